@@ -1,0 +1,7 @@
+"""`python -m dkit` is the same as the `dkit` console script."""
+
+import sys
+
+from dkit.cli import main
+
+sys.exit(main())

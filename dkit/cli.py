@@ -1,0 +1,234 @@
+"""The `dkit` command line: one subcommand per stage of the pipeline.
+
+    dkit check  KIT                 validate a kit YAML and print it resolved
+    dkit fetch  KIT                 put the kit's weights and images into the model store
+    dkit label  KIT --data DIR      the teacher labels a folder of images
+    dkit train  KIT                 train the student on those labels
+    dkit eval   KIT                 measure how much of the teacher the student kept
+    dkit export KIT                 write the bundle (ONNX + manifest) for the device
+    dkit run    BUNDLE --source S   score camera frames on the device
+    dkit serve  BUNDLE              the kiosk web app and leaderboard
+    dkit bench  label|runtime|serve throughput figures as JSON
+
+Each stage module is imported only when its subcommand runs, so `dkit run` and `dkit serve` work on
+a base (edge-only) install. Errors the user can act on print one line and exit with a code from
+dkit.errors (2 bad kit or arguments, 3 missing model/data file, 4 missing extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from dkit import __version__
+from dkit.errors import DkitError, NotBuiltError, NotInStoreError
+
+log = logging.getLogger("dkit")
+
+_EPILOG = """\
+exit codes: 0 done, 1 a run failed, 2 bad kit YAML or arguments, 3 a model or data file is missing
+(offline), 4 an optional extra is not installed, 130 interrupted.
+environment: DKIT_HOME (model store, default ~/.cache/dkit), DKIT_OFFLINE=1 (never download).
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose - args.quiet)
+    try:
+        return args.handler(args) or 0
+    except DkitError as e:
+        log.debug("details", exc_info=True)
+        sys.stderr.write(f"dkit: error: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("dkit: interrupted\n")
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dkit",
+        description="Distill a big zero-shot vision teacher into a small model that runs offline on the edge.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    verbosity = argparse.ArgumentParser(add_help=False)
+    verbosity.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    verbosity.add_argument("-q", "--quiet", action="count", default=0, help="only warnings and errors")
+    parser.set_defaults(verbose=0, quiet=0)
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    def command(name: str, help_: str, description: str, *, kit: bool) -> argparse.ArgumentParser:
+        parents = [verbosity, _kit_arguments()] if kit else [verbosity]
+        return sub.add_parser(name, help=help_, description=description, epilog=_EPILOG, parents=parents,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = command("check", "validate a kit YAML and print it resolved",
+                "Validate a kit YAML (with any --data/--set overrides) and print the resolved kit as YAML, "
+                "with absolute paths and every default filled in.", kit=True)
+    p.set_defaults(handler=cmd_check)
+
+    p = command("fetch", "put the kit's weights and images into the model store",
+                "Resolve every file the kit needs (teacher weights, student starting weights, images) in the "
+                "model store ($DKIT_HOME), downloading what is missing. Run it on a machine with a network, "
+                "then copy $DKIT_HOME to an offline one.", kit=True)
+    p.set_defaults(handler=cmd_fetch)
+
+    p = command("label", "auto-label a folder of images with the teacher",
+                "The teacher labels the kit's images into RUN_DIR/labels/: an Ultralytics data set, "
+                "labels.jsonl and report.html.", kit=True)
+    p.set_defaults(handler=_not_built("label", 3, "teacher auto-labeling"))
+
+    p = command("train", "train the student on the teacher's labels",
+                "Train the kit's student on RUN_DIR/labels/ into RUN_DIR/student/.", kit=True)
+    p.set_defaults(handler=_not_built("train", 4, "students and evaluation"))
+
+    p = command("eval", "evaluate the student against the teacher",
+                "Write RUN_DIR/eval.json and eval.md: the student against the teacher (and ground truth).",
+                kit=True)
+    p.add_argument("--ground-truth", metavar="DIR", help="folder of YOLO-format ground-truth labels")
+    p.set_defaults(handler=_not_built("eval", 4, "students and evaluation"))
+
+    p = command("export", "write the bundle for the device",
+                "Write RUN_DIR/bundle/ (ONNX, fp16/int8 variants, manifest.json) and RUN_DIR/bundle.tar.gz.",
+                kit=True)
+    p.set_defaults(handler=_not_built("export", 5, "export"))
+
+    p = command("run", "score camera frames with a bundle (on the device)",
+                "Run a bundle on frames from a camera, stream, video, folder or image.", kit=False)
+    p.add_argument("bundle", metavar="BUNDLE", help="bundle folder or .tar.gz")
+    p.add_argument("--source", required=True, metavar="SRC",
+                   help="camera index, video file, rtsp:// or http:// URL, image folder or image")
+    p.add_argument("--jsonl", action="store_true", help="print one JSON line per frame")
+    p.add_argument("--show", action="store_true", help="show the annotated frames in a window")
+    p.add_argument("--save", metavar="PATH", help="write the annotated frames to a video file")
+    p.set_defaults(handler=_not_built("run", 6, "edge runtime"))
+
+    p = command("serve", "serve the kiosk web app and leaderboard",
+                "Serve the kiosk judge: a drawing/camera page, the scoring API and the leaderboard.", kit=False)
+    p.add_argument("bundle", metavar="BUNDLE", help="judge bundle folder or .tar.gz")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    p.add_argument("--db", metavar="PATH", help="SQLite database for submissions (default: next to the bundle)")
+    p.set_defaults(handler=_not_built("serve", 7, "kiosk judge"))
+
+    p = command("bench", "measure throughput; prints JSON",
+                "Benchmarks that compare the kit's pipeline with the bare library call in one run.", kit=False)
+    bench = p.add_subparsers(title="benchmarks", metavar="WHAT", required=True)
+    b = bench.add_parser("label", help="labeling images/s vs the bare teacher", parents=[verbosity, _kit_arguments()])
+    b.set_defaults(handler=_not_built("bench label", 3, "teacher auto-labeling"))
+    b = bench.add_parser("runtime", help="edge frames/s vs bare onnxruntime and Ultralytics", parents=[verbosity])
+    b.add_argument("bundle", metavar="BUNDLE")
+    b.add_argument("--source", required=True, metavar="DIR")
+    b.set_defaults(handler=_not_built("bench runtime", 6, "edge runtime"))
+    b = bench.add_parser("serve", help="kiosk submissions/s and latency on loopback", parents=[verbosity])
+    b.add_argument("bundle", metavar="BUNDLE")
+    b.set_defaults(handler=_not_built("bench serve", 7, "kiosk judge"))
+    return parser
+
+
+def _kit_arguments() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("kit", metavar="KIT", help="kit YAML file, e.g. datasets/coco128/kit.yaml")
+    p.add_argument("--data", metavar="DIR", help="folder of images (overrides data.images in the kit)")
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<kit name>/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a kit value, validated like the file; repeatable "
+                        "(e.g. --set teacher.imgsz=1280 --set export.precisions=[fp32,int8])")
+    return p
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def load(args: argparse.Namespace):
+    """The kit named on the command line, validated, with its overrides applied."""
+    from dkit.kit import load_kit
+
+    kit = load_kit(args.kit, data=args.data, overrides=args.overrides)
+    if kit.teacher.is_random:
+        log.warning(
+            "teacher.pretrained is 'random': the teacher is UNTRAINED. Labels, evaluation and bundles "
+            "made from this kit are meaningless and are marked as such. Use it for tests only."
+        )
+    return kit
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import yaml
+
+    kit = load(args)
+    doc = _plain(dataclasses.asdict(kit))
+    sys.stdout.write(f"# {args.kit}: valid. Runs go to {kit.run_dir(args.out)}\n")
+    sys.stdout.write(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=110, default_flow_style=None))
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from dkit.store import ModelStore
+
+    kit = load(args)
+    store = ModelStore()
+    sys.stdout.write(f"model store: {store.root}{' (offline)' if store.offline else ''}\n")
+    missing = 0
+
+    def item(role: str, resolve, optional: str = "") -> None:
+        nonlocal missing
+        try:
+            found = resolve()
+        except NotInStoreError as e:
+            missing += not optional
+            sys.stdout.write(f"  {role:8s} MISSING  {e}{optional}\n")
+        else:
+            sys.stdout.write(f"  {role:8s} ok       {found}\n")
+
+    t = kit.teacher
+    if t.kind == "yolo":
+        item("teacher", lambda: store.yolo_weights(t.model) if not t.is_random else "untrained (random)")
+    else:
+        item("teacher", lambda: store.clip_checkpoint(t.model, t.pretrained) or "untrained (random)")
+    s = kit.student
+    if s.kind.startswith("yolo"):
+        item("student", lambda: store.yolo_weights(s.model), optional=" (optional: training starts from scratch)")
+    if kit.data.images is not None:
+        item("images", lambda: kit.data.images)
+    elif kit.data.url is not None:
+        item("images", lambda: store.dataset(kit.data.url, sha256=kit.data.sha256, subdir=kit.data.subdir))
+    else:
+        sys.stdout.write("  images   none set (pass --data DIR to label)\n")
+    if missing:
+        sys.stderr.write(f"dkit: error: {missing} file(s) missing from the model store (see above)\n")
+        return NotInStoreError.exit_code
+    return 0
+
+
+def _not_built(command: str, issue: int, stage: str):
+    def handler(args: argparse.Namespace) -> int:
+        if getattr(args, "kit", None) is not None:
+            load(args)  # a bad kit is still reported as such
+        raise NotBuiltError(f"'dkit {command}' is not built yet (issue #{issue}: {stage}); nothing was done")
+
+    return handler
+
+
+def _plain(value: Any) -> Any:
+    """Dataclass dict -> YAML-safe values (paths as strings)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
+
+
+def _setup_logging(level: int) -> None:
+    """Log to stderr; leaves alone a process that configured logging itself (an app, pytest)."""
+    lvl = logging.WARNING if level < 0 else logging.INFO if level == 0 else logging.DEBUG
+    logging.basicConfig(level=lvl, format="dkit: %(levelname)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(lvl)

@@ -1,0 +1,435 @@
+"""The kit YAML: one file per data set, parsed once into typed, frozen dataclasses.
+
+    kit = load_kit("datasets/coco128/kit.yaml", data="../shared/assets/data/coco128/images/train2017",
+                   overrides=["teacher.imgsz=1280"])
+
+Sections: `name`, `data`, `ontology`, `teacher`, `student`, `export`, `edge`, `judge` (see the
+dataclasses below and the recipes in datasets/). Validation is pydantic in strict mode (an integer
+is never a string, a boolean is never "yes"); every problem becomes one `KitError` line naming the
+file, the key path and what was expected. Paths in a kit resolve relative to the kit file; `--data`
+is relative to the current directory. `--set KEY.PATH=VALUE` values are parsed as YAML scalars or
+flow lists (`--set export.precisions=[fp32,int8]`) and validated exactly like the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
+
+import pydantic
+import yaml
+from pydantic import BeforeValidator, ConfigDict, Field, Strict, StringConstraints
+from pydantic.dataclasses import dataclass
+
+from dkit.errors import KitError, UsageError
+
+RANDOM = "random"  # teacher.pretrained value that builds an untrained teacher: tests only
+CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+TEACHERS = ("clip", "yolo")
+STUDENTS = ("yolo-detect", "yolo-cls", "clip-embed")
+
+# Sections are plain mappings in YAML; scalars are strict: 640 is an integer, "640" is not, "yes" is no boolean.
+_STRICT = ConfigDict(extra="forbid")
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]  # strict float still takes an integer
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict()]
+
+
+def _as_list(value: Any) -> Any:
+    """A single prompt may be written as a plain string."""
+    return [value] if isinstance(value, str) else value
+
+
+Text = Annotated[str, Strict(), StringConstraints(strip_whitespace=True, min_length=1)]
+Prompts = Annotated[list[Text], BeforeValidator(_as_list), Field(min_length=1)]
+OptPrompts = Annotated[list[Text], BeforeValidator(_as_list)]
+Fraction = Annotated[float, Strict(), Field(ge=0.0, le=1.0)]
+PosInt = Annotated[int, Strict(), Field(gt=0)]
+FilePath = Annotated[Path, Field(strict=False)]
+Name = Annotated[str, Strict(), StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
+@dataclass(frozen=True, config=_STRICT)
+class Data:
+    """Where the unlabeled images come from, and how they are split."""
+
+    images: FilePath | None = None  # folder of images (searched recursively); `--data` overrides
+    url: Text | None = None  # archive downloaded into the model store when `images` is not set
+    sha256: Text | None = None  # of that archive
+    subdir: Text | None = None  # folder inside the extracted archive that holds the images
+    val: Int | Float = 0.2  # held-out share (0 < val < 1) or a count of images (an integer >= 1)
+    seed: Int = 0  # the split is deterministic for a seed
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.val, int) and self.val >= 1 or isinstance(self.val, float) and 0 < self.val < 1):
+            raise _Invalid("val", "a share between 0 and 1 (0.2) or a count of images (32)", self.val)
+        if self.sha256 is not None and (len(self.sha256) != 64 or not _is_hex(self.sha256)):
+            raise _Invalid("sha256", "64 hexadecimal digits", self.sha256)
+        if self.subdir is not None and self.url is None:
+            raise _Invalid("subdir", "to be used together with data.url", self.subdir)
+
+
+@dataclass(frozen=True, config=_STRICT)
+class Ontology:
+    """What the teacher looks for: class name -> prompts, plus prompts that mean "none of these".
+
+    For a CLIP teacher the prompts are text (several are averaged, a prompt ensemble); for a YOLO
+    teacher they are the teacher's own class names that map onto the class (unmapped ones are dropped).
+    """
+
+    classes: dict[Text, Prompts]
+    background: OptPrompts = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            raise _Invalid("classes", "at least one class (name: [prompts])", self.classes)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.classes)
+
+
+@dataclass(frozen=True, config=_STRICT)
+class Teacher:
+    """The big zero-shot model that labels the images."""
+
+    kind: Literal["clip", "yolo"]
+    model: Text  # clip: open_clip architecture (ViT-B-32); yolo: weights file name or path (yolov8n.pt)
+    pretrained: Text | None = None  # clip: open_clip tag, local checkpoint path, or "random" (tests only)
+    templates: OptPrompts = dataclasses.field(default_factory=lambda: ["{}"])  # clip prompt templates
+    imgsz: PosInt = 640
+    conf: Fraction = 0.25
+    iou: Fraction = 0.7
+    batch: PosInt = 16
+    augment: Bool = False  # test-time augmentation: labeling is offline, quality beats speed
+    device: Text = "auto"
+
+    def __post_init__(self) -> None:
+        if self.kind == "clip" and self.pretrained is None:
+            raise _Invalid("pretrained", "an open_clip pretrained tag, a checkpoint path, or 'random'")
+        for i, template in enumerate(self.templates):
+            if template.count("{}") != 1:
+                raise _Invalid(f"templates[{i}]", "a template with exactly one '{}'", template)
+
+    @property
+    def is_random(self) -> bool:
+        """True when the teacher is built untrained: every artefact made from it says so."""
+        return self.pretrained == RANDOM
+
+
+@dataclass(frozen=True, config=_STRICT)
+class Student:
+    """The small model trained on the teacher's labels."""
+
+    kind: Literal["yolo-detect", "yolo-cls", "clip-embed"]
+    model: Text  # yolo: yolov8n.pt (pretrained, from the store) or yolov8n.yaml (from scratch); clip-embed: backbone
+    imgsz: PosInt = 320
+    epochs: PosInt = 50
+    batch: PosInt = 16
+    patience: PosInt = 20  # early stopping: epochs without improvement
+    device: Text = "auto"
+    train_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # passed on to Ultralytics' train()
+
+    def __post_init__(self) -> None:
+        if self.kind.startswith("yolo") and self.imgsz % 32:
+            raise _Invalid("imgsz", "a multiple of 32 for a YOLO student", self.imgsz)
+
+
+@dataclass(frozen=True, config=_STRICT)
+class Export:
+    """What goes into the bundle."""
+
+    precisions: Annotated[list[Literal["fp32", "fp16", "int8"]], Field(min_length=1)] = dataclasses.field(
+        default_factory=lambda: ["fp32"]
+    )
+    tensorrt: Bool = False  # build an engine when TensorRT and a GPU are present, else document the command
+    opset: Annotated[int, Strict(), Field(ge=17)] = 17
+    calibration_images: PosInt = 64  # int8 calibration: the kit's own images
+    accuracy_guard: Fraction = 0.95  # a reduced-precision variant agreeing less than this with fp32 is refused
+    archive: Bool = True  # also write bundle.tar.gz
+
+
+@dataclass(frozen=True, config=_STRICT)
+class Edge:
+    """Defaults the device runtime starts with (all overridable on the device)."""
+
+    conf: Fraction = 0.25
+    iou: Fraction = 0.45
+    max_det: PosInt = 100
+    providers: list[Text] = dataclasses.field(default_factory=list)  # empty: TensorRT > CUDA > ... > CPU
+    threads: Annotated[int, Strict(), Field(ge=0)] = 0  # 0: onnxruntime's default
+    max_fps: Annotated[float, Strict(), Field(ge=0.0)] = 0.0  # 0: as fast as frames come
+
+
+@dataclass(frozen=True, config=_STRICT)
+class Judge:
+    """The kiosk judge (clip-embed students): prompts, moderation prompts and thresholds."""
+
+    prompt: Text | None = None  # the prompt the kiosk starts with
+    prompts: OptPrompts = dataclasses.field(default_factory=list)  # embedded into the bundle
+    text_prompts: OptPrompts = dataclasses.field(
+        default_factory=lambda: ["text", "handwriting", "written words", "letters of the alphabet"]
+    )
+    unsafe_prompts: OptPrompts = dataclasses.field(default_factory=list)
+    text_penalty: Fraction = 0.5  # score multiplier when a drawing looks more like writing than its prompt
+
+
+@dataclass(frozen=True, config=_STRICT)
+class Kit:
+    """One kit YAML, validated."""
+
+    name: Name
+    ontology: Ontology
+    teacher: Teacher
+    student: Student
+    data: Annotated[Data, BeforeValidator(lambda v: {"images": v} if isinstance(v, str) else v)] = (
+        dataclasses.field(default_factory=Data)
+    )
+    export: Export = dataclasses.field(default_factory=Export)
+    edge: Edge = dataclasses.field(default_factory=Edge)
+    judge: Judge | None = None
+
+    def __post_init__(self) -> None:
+        if self.student.kind == "clip-embed" and self.teacher.kind != "clip":
+            raise _Invalid("student.kind", "a yolo-detect or yolo-cls student for a yolo teacher", "clip-embed")
+        if self.teacher.kind == "yolo" and self.student.kind == "yolo-cls":
+            raise _Invalid("student.kind", "yolo-detect for a yolo (detector) teacher", self.student.kind)
+        if self.judge is not None and self.student.kind != "clip-embed":
+            raise _Invalid("judge", "no judge section unless student.kind is clip-embed", "a judge section")
+
+    def run_dir(self, out: str | os.PathLike | None = None) -> Path:
+        """Where this kit's artefacts go: `--out`, or `runs/<name>/` under the current directory."""
+        return Path(out).resolve() if out is not None else Path.cwd() / "runs" / self.name
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def load_kit(
+    path: str | os.PathLike,
+    *,
+    data: str | os.PathLike | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> Kit:
+    """Read, override, validate and resolve one kit file. Raises KitError / UsageError."""
+    file = Path(path)
+    where = str(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise UsageError(f"kit file not found: {where}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read kit file {where}: {e}") from e
+    raw = _parse_yaml(text, where)
+
+    sources: dict[str, str] = {}  # key path -> the command-line option that set it
+    for item in overrides:
+        key = _apply_override(raw, item, where)
+        sources[key] = f"--set {item}"
+    if data is not None:
+        section = raw.get("data")
+        raw["data"] = {} if section is None else ({"images": section} if isinstance(section, str) else section)
+        if not isinstance(raw["data"], dict):
+            raise KitError(where, "data", "a mapping or a folder path", raw["data"])
+        raw["data"]["images"] = str(Path(data).resolve())
+        sources["data.images"] = f"--data {data}"
+
+    try:
+        kit = pydantic.TypeAdapter(Kit).validate_python(raw)
+    except pydantic.ValidationError as e:
+        raise _kit_error(e, where, sources) from None
+    return _resolve_paths(kit, file.resolve().parent, where, sources)
+
+
+def _parse_yaml(text: str, where: str) -> dict[str, Any]:
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        line = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = f"invalid YAML: {e.problem or e}"
+        if e.context and e.context_mark is not None and e.context_mark is not mark:
+            problem += f" ({e.context} at line {e.context_mark.line + 1})"
+        raise KitError(f"{where}{line}", "", problem=problem) from None
+    except yaml.YAMLError as e:
+        raise KitError(where, "", problem=f"invalid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise KitError(where, "", "a mapping with the keys name, ontology, teacher, student, ...", raw)
+    return raw
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice (PyYAML silently keeps the last one)."""
+
+
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def _apply_override(raw: dict[str, Any], item: str, where: str) -> str:
+    """Apply one `KEY.PATH=VALUE` to the raw mapping; returns the key path."""
+    key, sep, value_text = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(p.strip() for p in parts):
+        raise UsageError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. --set teacher.imgsz=1280")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else ""
+    except yaml.YAMLError as e:
+        raise UsageError(f"--set {item!r}: the value is not valid YAML: {e}") from None
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            at = ".".join(parts[: depth + 1])
+            raise KitError(where, at, f"a section to set {key} in", child, source=f"--set {item}")
+        node = child
+    node[parts[-1]] = value
+    return ".".join(parts)
+
+
+def _resolve_paths(kit: Kit, base: Path, where: str, sources: dict[str, str]) -> Kit:
+    """Make the kit's file paths absolute (relative to the kit file) and check the ones that must exist."""
+    data = kit.data
+    if data.images is not None:
+        images = (base / data.images).resolve()
+        if not images.is_dir():
+            problem = ("not a folder: " if images.exists() else "no such folder: ") + str(images)
+            if "data.images" not in sources:
+                problem += " (paths in a kit are relative to the kit file)"
+            raise KitError(where, "data.images", problem=problem, source=sources.get("data.images"))
+        data = dataclasses.replace(data, images=images)
+
+    teacher = kit.teacher
+    if teacher.pretrained not in (None, RANDOM) and _looks_like_path(teacher.pretrained):
+        ckpt = (base / teacher.pretrained).resolve()
+        if not ckpt.is_file():
+            raise KitError(where, "teacher.pretrained", "an existing checkpoint file or an open_clip tag",
+                           str(ckpt), source=sources.get("teacher.pretrained"))
+        teacher = dataclasses.replace(teacher, pretrained=str(ckpt))
+    if teacher.kind == "yolo" and _looks_like_path(teacher.model, require_sep=True):
+        teacher = dataclasses.replace(teacher, model=str((base / teacher.model).resolve()))
+
+    student = kit.student
+    if student.kind.startswith("yolo") and _looks_like_path(student.model, require_sep=True):
+        student = dataclasses.replace(student, model=str((base / student.model).resolve()))
+    return dataclasses.replace(kit, data=data, teacher=teacher, student=student)
+
+
+def _looks_like_path(value: str, require_sep: bool = False) -> bool:
+    has_sep = "/" in value or os.sep in value or value.startswith("~")
+    return has_sep if require_sep else has_sep or value.lower().endswith(CHECKPOINT_SUFFIXES)
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+class _Invalid(ValueError):
+    """Raised in __post_init__: `key` is relative to the dataclass being validated."""
+
+    def __init__(self, key: str, expected: str, got: object = ...):
+        self.key, self.expected, self.got = key, expected, got
+        super().__init__(f"{key}: expected {expected}")
+
+
+_EXPECTED = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "dataclass_type": "a mapping",
+    "dataclass_exact_type": "a mapping",
+    "model_type": "a mapping",
+    "path_type": "a file path",
+    "none_required": "nothing (null)",
+}
+
+
+def _kit_error(err: pydantic.ValidationError, where: str, sources: dict[str, str]) -> KitError:
+    """Turn pydantic's first error into one KitError line."""
+    errors = err.errors(include_url=False)
+    # A union (e.g. judge: Judge | None) reports one error per member; the most specific is the deepest.
+    first = max(errors, key=lambda e: len(_loc(e)))
+    loc = _loc(first)
+    kind, ctx, got = first["type"], first.get("ctx") or {}, first.get("input", ...)
+
+    problem, expected = None, None
+    if isinstance(ctx.get("error"), _Invalid):
+        inv = ctx["error"]
+        loc = [*loc, *inv.key.split(".")] if inv.key else loc
+        expected, got = inv.expected, inv.got
+    elif kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        allowed = _allowed_keys(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        problem = "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
+        problem += f"; the keys here are: {', '.join(allowed)}" if allowed else ""
+    elif kind == "missing":
+        problem = "required key is missing"
+    elif kind == "literal_error":
+        expected = "one of " + ctx.get("expected", "?")
+    elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        sym = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
+        bound = next(iter(ctx.values()), "?")
+        expected = f"a number {sym} {bound}"
+    elif kind in ("too_short", "string_too_short"):
+        expected = "a non-empty value"
+    elif kind == "string_pattern_mismatch":
+        expected = "a name of letters, digits, '.', '_' or '-' (it names runs/<name>/)"
+    else:
+        expected = _EXPECTED.get(kind, first["msg"][0].lower() + first["msg"][1:])
+
+    key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
+    source = next((src for k, src in sources.items() if key == k or key.startswith(k + ".")), None)
+    return KitError(where, key, expected, got, problem=problem, source=source)
+
+
+def _loc(error: dict[str, Any]) -> list[str | int]:
+    """pydantic's location without the function/union markers it inserts."""
+    out: list[str | int] = []
+    for part in error["loc"]:
+        if isinstance(part, str) and ("[" in part or part.startswith(("function-", "constrained-"))):
+            continue  # e.g. 'function-before[...]', 'constrained-float', 'list[...]'
+        out.append(part)
+    return out
+
+
+def _allowed_keys(loc: list[str | int]) -> list[str]:
+    """The field names of the dataclass found at `loc` inside Kit (empty if not a dataclass)."""
+    cls: Any = Kit
+    for part in loc:
+        if not isinstance(part, str) or not dataclasses.is_dataclass(cls):
+            return []
+        cls = _dataclass_in(get_type_hints(cls, include_extras=True).get(part))
+    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+
+
+def _dataclass_in(hint: Any) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return hint
+    for arg in get_args(hint) if get_origin(hint) is not None else ():
+        found = _dataclass_in(arg)
+        if found is not None:
+            return found
+    return None

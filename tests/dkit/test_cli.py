@@ -1,0 +1,80 @@
+"""The `dkit` command line: --help everywhere, and stages not built yet say so instead of faking output."""
+
+from __future__ import annotations
+
+import pytest
+
+from dkit import __version__
+from dkit.cli import build_parser, main
+from tests.conftest import RECIPES, run_dkit
+
+KIT = str(RECIPES / "imagenette" / "kit.yaml")
+
+HELP = [
+    ([], "label"),
+    (["check"], "--set KEY.PATH=VALUE"),
+    (["fetch"], "DKIT_HOME"),
+    (["label"], "--data DIR"),
+    (["train"], "--out RUN_DIR"),
+    (["eval"], "--ground-truth DIR"),
+    (["export"], "bundle"),
+    (["run"], "--source SRC"),
+    (["serve"], "--port"),
+    (["bench"], "runtime"),
+    (["bench", "label"], "KIT"),
+    (["bench", "runtime"], "--source DIR"),
+    (["bench", "serve"], "BUNDLE"),
+]
+
+
+@pytest.mark.parametrize(("command", "text"), HELP, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_help_everywhere(command, text, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: dkit") and text in out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert __version__ in capsys.readouterr().out
+
+
+NOT_BUILT = [
+    (["label", KIT], "#3"),
+    (["train", KIT], "#4"),
+    (["eval", KIT], "#4"),
+    (["export", KIT], "#5"),
+    (["run", "bundle", "--source", "0"], "#6"),
+    (["serve", "bundle"], "#7"),
+    (["bench", "label", KIT], "#3"),
+    (["bench", "runtime", "bundle", "--source", "dir"], "#6"),
+    (["bench", "serve", "bundle"], "#7"),
+]
+
+
+@pytest.mark.parametrize(("argv", "issue"), NOT_BUILT, ids=lambda v: " ".join(v[:2]) if isinstance(v, list) else None)
+def test_stages_not_built_yet_say_so_and_fail(argv, issue, capsys):
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no fake output
+    assert f"is not built yet (issue {issue}" in captured.err
+
+
+@pytest.mark.parametrize("argv", [["label"], ["run", "b"], ["frobnicate"], ["check", KIT, "--set"]])
+def test_argument_errors_exit_2(argv):
+    result = run_dkit(*argv)
+    assert result.returncode == 2 and "usage: dkit" in result.stderr
+
+
+def test_every_subcommand_has_a_handler():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "==SUPPRESS==" or a.__class__.__name__ == "_SubParsersAction")
+    assert set(sub.choices) == {"check", "fetch", "label", "train", "eval", "export", "run", "serve", "bench"}
+
+
+def test_python_dash_m_is_the_console_script():
+    result = run_dkit("--version")
+    assert result.returncode == 0 and __version__ in result.stdout

@@ -1,0 +1,110 @@
+"""The base install is the edge runtime only: no torch, ultralytics, open_clip or onnx in it or its imports."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from importlib import metadata
+
+import pytest
+from packaging.requirements import Requirement
+
+from tests.conftest import RECIPES, ROOT
+
+HEAVY = {"torch", "torchvision", "ultralytics", "open-clip-torch", "onnx", "onnxslim", "tensorrt"}
+HEAVY_MODULES = ["torch", "torchvision", "ultralytics", "open_clip", "onnx", "onnxslim", "tensorrt"]
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _closure(dist: str, extras: frozenset[str] = frozenset()) -> set[str]:
+    """Names of every installed distribution that `pip install dist[extras]` pulls in, transitively."""
+    seen: set[str] = set()
+    todo = [(dist, extras)]
+    while todo:
+        name, wanted = todo.pop()
+        if _norm(name) in seen:
+            continue
+        seen.add(_norm(name))
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue  # a marker-excluded or optional package this environment does not have
+        for text in requires:
+            req = Requirement(text)
+            envs = [{"extra": e} for e in (wanted or {""})]
+            if req.marker is None or any(req.marker.evaluate(env) for env in envs):
+                todo.append((req.name, frozenset(req.extras)))
+    return seen
+
+
+def test_base_dependencies_pull_in_no_training_stack():
+    base = _closure("distill-kit")
+    assert not (base & HEAVY), f"the base install pulls in {sorted(base & HEAVY)}"
+    assert {"numpy", "onnxruntime", "opencv-python-headless", "fastapi", "uvicorn"} <= base
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    ("distill", {"torch", "torchvision", "open-clip-torch", "ultralytics"}),
+    ("export", {"onnx", "onnxslim"}),
+    ("dev", {"pytest", "ruff"}),
+])
+def test_extras_carry_the_heavy_packages(extra, expected):
+    requires = [Requirement(r) for r in metadata.requires("distill-kit") or []]
+    in_extra = {_norm(r.name) for r in requires if r.marker is not None and r.marker.evaluate({"extra": extra})}
+    assert expected <= in_extra
+
+
+# Runs in a fresh interpreter where the training stack cannot be imported at all, as on a base-only
+# install: any import of it, even indirect, fails the script.
+_BLOCKED_RUN = """
+import importlib.abc, json, sys
+BLOCKED = set(sys.argv[1].split(","))
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked: not in a base install)", name=name)
+sys.meta_path.insert(0, Block())
+import pkgutil, edge, dkit, dkit.cli, dkit.kit, dkit.store, dkit.errors
+for mod in pkgutil.walk_packages(edge.__path__, "edge."):
+    __import__(mod.name)
+from dkit.cli import main
+codes = {
+    "check": main(["check", sys.argv[2], "-q"]),
+    "run_help": None,
+}
+try:
+    main(["run", "--help"])
+except SystemExit as e:
+    codes["run_help"] = e.code
+codes["label"] = main(["label", sys.argv[3], "-q"])  # needs the distill extra: must fail cleanly, not crash
+print(json.dumps({"codes": codes, "loaded": sorted(m for m in BLOCKED if m in sys.modules)}))
+"""
+
+
+def test_edge_and_cli_work_without_the_training_stack():
+    result = subprocess.run(
+        [sys.executable, "-c", _BLOCKED_RUN, ",".join(HEAVY_MODULES),
+         str(RECIPES / "imagenette" / "kit.yaml"), str(RECIPES / "imagenette" / "kit.yaml")],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["loaded"] == []
+    assert report["codes"] == {"check": 0, "run_help": 0, "label": 1}
+
+
+def test_importing_edge_loads_no_training_stack():
+    code = f"import sys, edge; print(','.join(m for m in {HEAVY_MODULES!r} if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == ""
+
+
+def test_edge_sources_import_nothing_from_the_training_side():
+    pattern = re.compile(r"^\s*(import|from)\s+(torch|open_clip|ultralytics|onnx\b|onnxslim|distill|export)\b", re.M)
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "edge").rglob("*.py") if pattern.search(p.read_text())]
+    assert offenders == []
