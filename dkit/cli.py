@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,9 @@ environment: DKIT_HOME (model store, default ~/.cache/dkit), DKIT_OFFLINE=1 (nev
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Ultralytics pip-installs missing packages at run time unless told not to; the kit never does that.
+    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+    os.environ.setdefault("YOLO_OFFLINE", "true")  # no update checks or telemetry calls from the CLI
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose - args.quiet)
@@ -82,9 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_fetch)
 
     p = command("label", "auto-label a folder of images with the teacher",
-                "The teacher labels the kit's images into RUN_DIR/labels/: an Ultralytics data set, "
-                "labels.jsonl and report.html.", kit=True)
-    p.set_defaults(handler=_not_built("label", 3, "teacher auto-labeling"))
+                "The teacher labels the kit's images into RUN_DIR/labels/: an Ultralytics data set "
+                "(detection or classification layout, per the kit's student), labels.jsonl (one line per file) "
+                "and report.html (counts, histograms, contact sheets, what to review, skipped files). Teacher "
+                "outputs are cached in RUN_DIR/cache/, so a rerun or an interrupted run recomputes nothing.",
+                kit=True)
+    p.add_argument("--ground-truth", metavar="DIR",
+                   help="folder of YOLO-format labels (STEM.txt): also score the labels against them "
+                        "(mAP50, mAP50-95, precision/recall/F1 at IoU 0.5) into quality.json and the report")
+    p.set_defaults(handler=cmd_label)
 
     p = command("train", "train the student on the teacher's labels",
                 "Train the kit's student on RUN_DIR/labels/ into RUN_DIR/student/.", kit=True)
@@ -122,8 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("bench", "measure throughput; prints JSON",
                 "Benchmarks that compare the kit's pipeline with the bare library call in one run.", kit=False)
     bench = p.add_subparsers(title="benchmarks", metavar="WHAT", required=True)
-    b = bench.add_parser("label", help="labeling images/s vs the bare teacher", parents=[verbosity, _kit_arguments()])
-    b.set_defaults(handler=_not_built("bench label", 3, "teacher auto-labeling"))
+    b = bench.add_parser("label", help="labeling images/s vs the bare teacher", parents=[verbosity, _kit_arguments()],
+                         description="Images/s of the whole `dkit label` pipeline (ips_label) against the bare "
+                                     "teacher forward pass on the same images (ips_bare), in one run; JSON on stdout.")
+    b.add_argument("--repeat", type=int, default=1, help="timed repetitions, best kept (default: %(default)s)")
+    b.set_defaults(handler=cmd_bench_label)
     b = bench.add_parser("runtime", help="edge frames/s vs bare onnxruntime and Ultralytics", parents=[verbosity])
     b.add_argument("bundle", metavar="BUNDLE")
     b.add_argument("--source", required=True, metavar="DIR")
@@ -206,6 +219,38 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     if missing:
         sys.stderr.write(f"dkit: error: {missing} file(s) missing from the model store (see above)\n")
         return NotInStoreError.exit_code
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from distill.label import label_images
+
+    kit = load(args)
+    result = label_images(kit, kit.run_dir(args.out), ground_truth=args.ground_truth, progress=args.quiet == 0)
+    c = result.counts
+    labelled = sum(1 for r in result.records if r["labels"])
+    abstained = sum(1 for r in result.records if r["abstained"])
+    boxes = sum(len(r["labels"]) for r in result.records)
+    sys.stdout.write(
+        f"labels: {result.labels_dir}\n"
+        f"  {c['files']} files: {labelled} labelled ({boxes} labels), {abstained} abstained, {c['skipped']} skipped; "
+        f"teacher ran on {c['inferred']}, {c['cached']} from cache; {c['files'] / result.seconds:.1f} images/s\n"
+        f"  report: {result.labels_dir / 'report.html'}\n"
+    )
+    if result.quality is not None:
+        q = result.quality
+        sys.stdout.write(f"  vs ground truth: mAP50 {q['map50']:.3f}  mAP50-95 {q['map50_95']:.3f}  "
+                         f"P {q['precision']:.3f}  R {q['recall']:.3f}  F1 {q['f1']:.3f}\n")
+    return 0
+
+
+def cmd_bench_label(args: argparse.Namespace) -> int:
+    import json
+
+    from distill.bench import bench_label
+    from dkit.store import ModelStore
+
+    sys.stdout.write(json.dumps(bench_label(load(args), store=ModelStore(), repeat=args.repeat), indent=2) + "\n")
     return 0
 
 

@@ -63,6 +63,8 @@ class Data:
     subdir: Text | None = None  # folder inside the extracted archive that holds the images
     val: Int | Float = 0.2  # held-out share (0 < val < 1) or a count of images (an integer >= 1)
     seed: Int = 0  # the split is deterministic for a seed
+    workers: Annotated[int, Strict(), Field(ge=0)] = 0  # image-decoding processes; 0: one per spare core
+    link: Literal["symlink", "copy"] = "symlink"  # how images enter the data set (never moved)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.val, int) and self.val >= 1 or isinstance(self.val, float) and 0 < self.val < 1):
@@ -94,6 +96,34 @@ class Ontology:
 
 
 @dataclass(frozen=True, config=_STRICT)
+class Abstain:
+    """When a CLIP teacher says "none" instead of forcing the argmax (a softmax always picks something).
+
+    An image (or a crop) is labelled only if its best class beats every background prompt, its cosine
+    similarity to that class reaches `floor`, and its probability leads the runner-up by `margin`.
+    Cosines depend on the CLIP model: read the histogram in report.html and set `floor` from it.
+    """
+
+    floor: Annotated[float, Strict(), Field(ge=-1.0, le=1.0)] | None = None  # cosine floor; null: off
+    margin: Fraction = 0.0  # softmax probability lead of the best class over the second
+
+
+@dataclass(frozen=True, config=_STRICT)
+class Proposer:
+    """Where a CLIP teacher looks for objects: each proposed box is cropped and verified by CLIP."""
+
+    kind: Literal["yolo", "sliding"] = "yolo"
+    model: Text = "yolov8n.pt"  # yolo: any Ultralytics detector, used class-agnostically
+    conf: Fraction = 0.05  # yolo: objectness floor of a proposal
+    scales: Annotated[list[Annotated[float, Strict(), Field(gt=0.0, le=1.0)]], Field(min_length=1)] = (
+        dataclasses.field(default_factory=lambda: [0.3, 0.5, 0.75])
+    )  # sliding: window side as a share of the image's shorter side
+    overlap: Annotated[float, Strict(), Field(ge=0.0, lt=1.0)] = 0.5  # sliding: overlap of neighbouring windows
+    max_proposals: PosInt = 100  # per image
+    pad: Annotated[float, Strict(), Field(ge=0.0, le=1.0)] = 0.1  # context added around a crop, share of its size
+
+
+@dataclass(frozen=True, config=_STRICT)
 class Teacher:
     """The big zero-shot model that labels the images."""
 
@@ -106,6 +136,11 @@ class Teacher:
     iou: Fraction = 0.7
     batch: PosInt = 16
     augment: Bool = False  # test-time augmentation: labeling is offline, quality beats speed
+    max_det: PosInt = 300  # boxes per image at most
+    min_box: Annotated[float, Strict(), Field(ge=0.0)] = 4.0  # boxes with a side shorter than this (pixels) are dropped
+    abstain: Abstain = dataclasses.field(default_factory=Abstain)
+    proposer: Proposer = dataclasses.field(default_factory=Proposer)  # clip teacher, detection students
+    review_below: Fraction = 0.5  # report.html lists labels less confident than this for review
     device: Text = "auto"
 
     def __post_init__(self) -> None:
@@ -200,6 +235,11 @@ class Kit:
             raise _Invalid("student.kind", "yolo-detect for a yolo (detector) teacher", self.student.kind)
         if self.judge is not None and self.student.kind != "clip-embed":
             raise _Invalid("judge", "no judge section unless student.kind is clip-embed", "a judge section")
+
+    @property
+    def task(self) -> Literal["detect", "classify"]:
+        """What the labels are: boxes for a detector student, one class per image otherwise."""
+        return "detect" if self.student.kind == "yolo-detect" else "classify"
 
     def run_dir(self, out: str | os.PathLike | None = None) -> Path:
         """Where this kit's artefacts go: `--out`, or `runs/<name>/` under the current directory."""

@@ -43,13 +43,11 @@ def test_version(capsys):
 
 
 NOT_BUILT = [
-    (["label", KIT], "#3"),
     (["train", KIT], "#4"),
     (["eval", KIT], "#4"),
     (["export", KIT], "#5"),
     (["run", "bundle", "--source", "0"], "#6"),
     (["serve", "bundle"], "#7"),
-    (["bench", "label", KIT], "#3"),
     (["bench", "runtime", "bundle", "--source", "dir"], "#6"),
     (["bench", "serve", "bundle"], "#7"),
 ]

@@ -81,7 +81,7 @@ try:
     main(["run", "--help"])
 except SystemExit as e:
     codes["run_help"] = e.code
-codes["label"] = main(["label", sys.argv[3], "-q"])  # needs the distill extra: must fail cleanly, not crash
+codes["label"] = main(["label", sys.argv[3], "-q"])  # needs the distill extra: exit 4 naming it, no crash
 print(json.dumps({"codes": codes, "loaded": sorted(m for m in BLOCKED if m in sys.modules)}))
 """
 
@@ -95,7 +95,8 @@ def test_edge_and_cli_work_without_the_training_stack():
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["loaded"] == []
-    assert report["codes"] == {"check": 0, "run_help": 0, "label": 1}
+    assert report["codes"] == {"check": 0, "run_help": 0, "label": 4}
+    assert "install the 'distill' extra" in result.stderr
 
 
 def test_importing_edge_loads_no_training_stack():

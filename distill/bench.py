@@ -1,0 +1,55 @@
+"""`dkit bench label`: labeling images/s of the whole pipeline against the bare teacher, in one run.
+
+    dkit bench label datasets/coco128/kit.yaml --data ../shared/assets/data/coco128/images/train2017
+
+prints JSON: `ips_label` (the full `dkit label`: scan, decode in workers, teacher, cache, data set,
+report, into a fresh run folder, so nothing comes from the cache) and `ips_bare` (the teacher's
+`infer` alone on the same images, already decoded in memory, same batch size). Their ratio is the
+pipeline's efficiency; the teacher is built once and warmed up before either is timed.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+from distill.images import load_image, scan
+from distill.label import label_images, resolve_images
+from distill.teachers import build_teacher
+
+
+def bench_label(kit, *, store, repeat: int = 1) -> dict:
+    root = resolve_images(kit, store)
+    teacher = build_teacher(kit, store)
+    images = [li.rgb for li in (load_image(p, root) for p in scan(root)) if li.ok]  # (H, W, 3) RGB, untimed
+    batch = kit.teacher.batch
+    teacher.infer(images[:batch])  # warm-up: first-call allocations and lazy initialisation
+
+    bare = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for i in range(0, len(images), batch):
+            teacher.infer(images[i : i + batch])
+        bare.append(len(images) / (time.perf_counter() - start))
+
+    full = []
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory(prefix="dkit-bench-") as tmp:
+            result = label_images(kit, Path(tmp), store=store, teacher=teacher, progress=False)
+            full.append(result.counts["files"] / result.seconds)
+    ips_label, ips_bare = max(full), max(bare)
+    return {
+        "benchmark": "label",
+        "kit": kit.name,
+        "teacher": teacher.id,
+        "images": len(images),
+        "batch": batch,
+        "workers": kit.data.workers or max(1, (os.cpu_count() or 2) - 1),
+        "ips_label": round(ips_label, 3),
+        "ips_bare": round(ips_bare, 3),
+        "ratio": round(ips_label / ips_bare, 3),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
+    }

@@ -1,0 +1,84 @@
+"""Cache of teacher outputs, keyed by (teacher identity, sha256 of the image file's bytes).
+
+A rerun, or a run that was interrupted, reuses every image the teacher already saw; renaming or
+moving images does not invalidate anything, changing the teacher (weights, sizes, proposer) does.
+Stored as one SQLite file (WAL) of npz blobs (no pickle), committed batch by batch, so a kill
+loses at most the batch in flight. The clip-embed student trains on the embeddings kept here.
+
+    with TeacherCache(run_dir / "cache" / "teacher.sqlite") as cache:
+        raw = cache.get(teacher.cache_key, sha)
+        cache.put_many(teacher.cache_key, [(sha, raw), ...])
+"""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+Raw = dict[str, np.ndarray]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS teacher_outputs (
+    teacher TEXT NOT NULL,
+    image_sha256 TEXT NOT NULL,
+    outputs BLOB NOT NULL,
+    PRIMARY KEY (teacher, image_sha256)
+) WITHOUT ROWID
+"""
+
+
+class TeacherCache:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute(_SCHEMA)
+        self.db.commit()
+
+    def __enter__(self) -> TeacherCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def get(self, teacher: str, sha: str) -> Raw | None:
+        row = self.db.execute(
+            "SELECT outputs FROM teacher_outputs WHERE teacher = ? AND image_sha256 = ?", (teacher, sha)
+        ).fetchone()
+        return None if row is None else _decode(row[0])
+
+    def put_many(self, teacher: str, items: Iterable[tuple[str, Raw]]) -> None:
+        with self.db:  # one transaction: the whole batch or none of it
+            self.db.executemany(
+                "INSERT OR REPLACE INTO teacher_outputs VALUES (?, ?, ?)",
+                [(teacher, sha, _encode(raw)) for sha, raw in items],
+            )
+
+    def count(self, teacher: str) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM teacher_outputs WHERE teacher = ?", (teacher,)).fetchone()[0]
+
+    def items(self, teacher: str) -> Iterator[tuple[str, Raw]]:
+        for sha, blob in self.db.execute(
+            "SELECT image_sha256, outputs FROM teacher_outputs WHERE teacher = ? ORDER BY image_sha256", (teacher,)
+        ):
+            yield sha, _decode(blob)
+
+
+def _encode(raw: Raw) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **raw)
+    return buf.getvalue()
+
+
+def _decode(blob: bytes) -> Raw:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}

@@ -1,0 +1,298 @@
+"""`dkit label`: the teacher labels a folder of images into a data set a student trains on.
+
+    result = label_images(kit, run_dir)            # -> run_dir/labels/
+
+writes `run_dir/labels/`:
+- an Ultralytics data set: detection `data.yaml`, `images/{train,val}/`, `labels/{train,val}/*.txt`;
+  classification `{train,val}/<class>/` (plus a `data.yaml` with the class names);
+- `labels.jsonl`: one line per file: its labels with confidences, the teacher's top-k scores,
+  whether the teacher abstained and why, or why the file was skipped, and the teacher id;
+- `report.html`: counts, histograms, contact sheets, what to review, skipped files.
+
+Images are linked (or copied, `data.link: copy`), never moved, and keep their file stem (a `_1`
+suffix only on a name collision); an image that had to be normalised (CMYK, 16-bit, EXIF rotation,
+downscaled) is written as a plain JPEG. The split is deterministic for `data.seed` and keeps
+identical images together. Decoding runs in worker processes while the teacher infers; teacher
+outputs are cached by image content, so a rerun or an interrupted run recomputes nothing it has.
+The data set is built in a temporary folder and swapped in at the end: Ctrl-C leaves the previous
+labels (or none), never a half-written set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+
+from distill.cache import TeacherCache
+from distill.images import LoadedImage, iter_images, scan
+from distill.teachers import Teacher, build_teacher
+from dkit.errors import DkitError, UsageError
+
+log = logging.getLogger(__name__)
+
+# Suffixes Ultralytics loads by name; anything else is written as a JPEG copy.
+LINKABLE = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+@dataclasses.dataclass
+class LabelResult:
+    labels_dir: Path
+    records: list[dict]
+    counts: dict[str, int]
+    seconds: float
+    quality: dict | None = None
+
+
+def resolve_images(kit, store) -> Path:
+    """The kit's image folder: `data.images` (or --data), else its `data.url` archive from the model store."""
+    if kit.data.images is not None:
+        return Path(kit.data.images)
+    if kit.data.url is not None:
+        return store.dataset(kit.data.url, sha256=kit.data.sha256, subdir=kit.data.subdir)
+    raise UsageError("no images to label: set data.images in the kit or pass --data DIR")
+
+
+def label_images(kit, run_dir: Path, *, store=None, teacher: Teacher | None = None,
+                 ground_truth: Path | None = None, progress: bool = True, report: bool = True) -> LabelResult:
+    """Label the kit's images into `run_dir/labels/` (see the module docstring)."""
+    from dkit.store import ModelStore
+
+    start = time.perf_counter()
+    store = store or ModelStore()
+    teacher = teacher or build_teacher(kit, store)  # first: a missing extra or weights file fails before downloads
+    root = resolve_images(kit, store)
+    paths = scan(root)
+    if teacher.random:
+        log.warning("labeling with an UNTRAINED teacher (%s): the labels are meaningless", teacher.id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".labels-", dir=run_dir))
+    try:
+        with TeacherCache(run_dir / "cache" / "teacher.sqlite") as cache:
+            records, counts = _label_all(kit, teacher, cache, root, paths, tmp / ".staging", progress)
+        if not any(not r["skipped"] for r in records):
+            raise UsageError(f"none of the {len(paths)} files in {root} is a readable image (see the reasons with -v)")
+        _assign_split(records, kit)
+        _write_dataset(records, kit, tmp)
+        quality = None
+        if ground_truth is not None:
+            if kit.task != "detect":
+                raise UsageError("--ground-truth scores detection labels; this kit's labels are image classes")
+            from distill.quality import detection_quality
+
+            quality = detection_quality(records, Path(ground_truth), kit.ontology.names)
+            _write_text(tmp / "quality.json", json.dumps(quality, indent=2) + "\n")
+        _write_text(tmp / "labels.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        if report:
+            from distill.report import write_report
+
+            write_report(
+                tmp / "report.html", records=records, names=kit.ontology.names, task=kit.task, teacher=teacher.id,
+                random_teacher=teacher.random, settings=_settings(kit), review_below=kit.teacher.review_below,
+                quality=quality, title=f"{kit.name}: teacher labels",
+            )
+        shutil.rmtree(tmp / ".staging", ignore_errors=True)
+        labels_dir = run_dir / "labels"
+        _swap_into_place(tmp, labels_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return LabelResult(labels_dir, records, counts, time.perf_counter() - start, quality)
+
+
+# ------------------------------------------------------------------------------------------ labeling
+
+
+def _label_all(kit, teacher: Teacher, cache: TeacherCache, root: Path, paths: list[Path], staging: Path,
+               progress: bool) -> tuple[list[dict], dict[str, int]]:
+    from tqdm.auto import tqdm
+
+    staging.mkdir(parents=True)
+    records: list[dict | None] = [None] * len(paths)
+    counts = {"files": len(paths), "cached": 0, "inferred": 0, "skipped": 0}
+    pending: list[tuple[int, LoadedImage]] = []
+    batch = kit.teacher.batch
+    workers = kit.data.workers or max(1, (os.cpu_count() or 2) - 1)
+    bar = tqdm(total=len(paths), unit="img", desc="label", disable=None if progress else True, dynamic_ncols=True)
+
+    def flush() -> None:
+        if not pending:
+            return
+        raws = teacher.infer([li.rgb for _, li in pending])
+        cache.put_many(teacher.cache_key, [(li.sha256, raw) for (_, li), raw in zip(pending, raws, strict=True)])
+        for (i, li), raw in zip(pending, raws, strict=True):
+            records[i] = _record(li, raw, teacher, kit, staging)
+        counts["inferred"] += len(pending)
+        bar.update(len(pending))
+        pending.clear()
+
+    try:
+        for i, li in enumerate(iter_images(paths, root, workers=workers, prefetch=max(16, 2 * batch))):
+            if not li.ok:
+                records[i] = _skipped(li, teacher)
+                counts["skipped"] += 1
+                log.info("skipped %s: %s", li.rel, li.skipped)
+                bar.update(1)
+                continue
+            raw = cache.get(teacher.cache_key, li.sha256)
+            if raw is not None:
+                records[i] = _record(li, raw, teacher, kit, staging)
+                counts["cached"] += 1
+                bar.update(1)
+                continue
+            pending.append((i, li))
+            if len(pending) >= batch:
+                flush()
+                bar.set_postfix(cached=counts["cached"], skipped=counts["skipped"], refresh=False)
+        flush()
+    finally:
+        bar.close()
+    return [r for r in records if r is not None], counts
+
+
+def _record(li: LoadedImage, raw, teacher: Teacher, kit, staging: Path) -> dict:
+    h, w = li.rgb.shape[:2]
+    d = teacher.decide(raw, (h, w))
+    names = kit.ontology.names
+    labels = []
+    for k in range(len(d.class_ids)):
+        lab = {"class": names[int(d.class_ids[k])], "class_id": int(d.class_ids[k]),
+               "confidence": round(float(d.confidences[k]), 5)}
+        if d.boxes is not None:
+            x1, y1, x2, y2 = (float(v) for v in d.boxes[k])
+            lab["box"] = [round(max(0.0, x1), 2), round(max(0.0, y1), 2), round(min(w, x2), 2), round(min(h, y2), 2)]
+        labels.append(lab)
+    copy = None
+    if li.normalised or li.path.suffix.lower() not in LINKABLE:
+        copy = staging / f"{li.sha256}.jpg"  # the normalised pixels, what the teacher saw
+        if not copy.exists():
+            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(li.rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            if not ok:
+                raise DkitError(f"cannot encode a normalised copy of {li.path}")
+            copy.write_bytes(buf.tobytes())
+    return {
+        "image": li.rel, "source": str(li.path), "sha256": li.sha256, "split": None, "dataset_image": None,
+        "width": w, "height": h, "normalised": li.normalised,
+        "labels": labels,
+        "topk": [{"class": names[c], "score": round(s, 5)} for c, s in d.topk],
+        "similarity": None if d.similarity is None else round(d.similarity, 5),
+        "abstained": d.abstain_reason is not None, "abstain_reason": d.abstain_reason,
+        "skipped": None, "teacher": teacher.id,
+        **({"_copy": str(copy)} if copy is not None else {}),
+    }
+
+
+def _skipped(li: LoadedImage, teacher: Teacher) -> dict:
+    return {
+        "image": li.rel, "source": str(li.path), "sha256": li.sha256, "split": None, "dataset_image": None,
+        "width": 0, "height": 0, "normalised": None, "labels": [], "topk": [], "similarity": None,
+        "abstained": False, "abstain_reason": None, "skipped": li.skipped, "teacher": teacher.id,
+    }
+
+
+# ------------------------------------------------------------------------------------------ data set
+
+
+def _assign_split(records: list[dict], kit) -> None:
+    """Seeded, order-independent split: rank images by a hash of (seed, content); identical images stay together."""
+    usable = [r for r in records if not r["skipped"] and not (kit.task == "classify" and r["abstained"])]
+    if not usable:
+        raise UsageError("the teacher abstained on every image: nothing to train on (see report.html)")
+    val = kit.data.val
+    n_val = val if isinstance(val, int) else round(val * len(usable))
+    n_val = min(max(n_val, 1 if len(usable) > 1 else 0), len(usable) - 1)
+    if isinstance(val, int) and val > n_val:
+        log.warning("data.val asks for %d held-out images but only %d can be held out", val, n_val)
+    ranked = sorted(usable, key=lambda r: (hashlib.sha256(f"{kit.data.seed}:{r['sha256']}".encode()).hexdigest(),
+                                           r["image"]))
+    for k, rec in enumerate(ranked):
+        rec["split"] = "val" if k < n_val else "train"
+
+
+def _write_dataset(records: list[dict], kit, out: Path) -> None:
+    names = kit.ontology.names
+    taken: set[str] = set()
+    for rec in records:
+        copy = rec.pop("_copy", None)
+        if rec["split"] is None:
+            continue
+        src = Path(copy) if copy else Path(rec["source"])
+        stem = Path(rec["image"]).stem
+        suffix = ".jpg" if copy else Path(rec["image"]).suffix.lower()
+        name, k = f"{stem}{suffix}", 0
+        while name.lower() in taken:  # a collision across sub-folders: suffix, never overwrite
+            k += 1
+            name = f"{stem}_{k}{suffix}"
+        taken.add(name.lower())
+        if kit.task == "detect":
+            rel = Path("images") / rec["split"] / name
+            _place(src, out / rel, copy=bool(copy) or kit.data.link == "copy")
+            lines = []
+            for lab in rec["labels"]:
+                x1, y1, x2, y2 = lab["box"]
+                w, h = rec["width"], rec["height"]
+                lines.append(f"{lab['class_id']} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} "
+                             f"{(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}\n")
+            label_file = out / "labels" / rec["split"] / f"{Path(name).stem}.txt"
+            label_file.parent.mkdir(parents=True, exist_ok=True)
+            label_file.write_text("".join(lines))
+        else:
+            rel = Path(rec["split"]) / rec["labels"][0]["class"] / name
+            _place(src, out / rel, copy=bool(copy) or kit.data.link == "copy")
+        rec["dataset_image"] = rel.as_posix()
+    if kit.task == "detect":
+        for split in ("train", "val"):
+            (out / "images" / split).mkdir(parents=True, exist_ok=True)
+            (out / "labels" / split).mkdir(parents=True, exist_ok=True)
+        doc = {"train": "images/train", "val": "images/val"}
+    else:
+        for split in ("train", "val"):
+            for cls in names:
+                (out / split / cls).mkdir(parents=True, exist_ok=True)  # Ultralytics wants every class folder
+        doc = {"train": "train", "val": "val"}
+    import yaml
+
+    doc |= {"names": dict(enumerate(names)), "task": kit.task, "teacher": records[0]["teacher"]}
+    _write_text(out / "data.yaml", "# written by dkit label; paths are relative to this file\n"
+                + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+
+
+def _place(src: Path, dest: Path, *, copy: bool) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if copy:
+        shutil.copyfile(src, dest)
+        return
+    try:
+        os.symlink(src.resolve(), dest)
+    except OSError:  # a filesystem without symlinks
+        shutil.copyfile(src, dest)
+
+
+def _swap_into_place(tmp: Path, dest: Path) -> None:
+    """Replace `dest` by `tmp` with renames only: a crash leaves the old or the new folder, never a mix."""
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}-old-{os.getpid()}")
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_text(path: Path, text: str) -> None:
+    part = path.with_name(f".{path.name}.part")
+    part.write_text(text, encoding="utf-8")
+    os.replace(part, path)
+
+
+def _settings(kit) -> dict:
+    return {"teacher": dataclasses.asdict(kit.teacher), "ontology": dataclasses.asdict(kit.ontology),
+            "data": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(kit.data).items()}}

@@ -1,0 +1,34 @@
+"""Teacher plugins, keyed by the kit's `teacher.kind`; a plugin module is imported only when asked for.
+
+    teacher = build_teacher(kit, ModelStore())
+    raws = teacher.infer([rgb, ...])          # expensive, cached by the labeler (see distill.cache)
+    decision = teacher.decide(raws[0], (h, w))  # cheap: thresholds, abstain rule, ontology mapping
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from distill.teachers.base import Decision, Teacher
+from dkit.errors import MissingExtraError, UsageError
+
+TEACHERS = {
+    "clip": "distill.teachers.clip:ClipTeacher",
+    "yolo": "distill.teachers.yolo:YoloTeacher",
+}
+
+__all__ = ["TEACHERS", "Decision", "Teacher", "build_teacher"]
+
+
+def build_teacher(kit, store) -> Teacher:
+    """The kit's teacher, built and ready (weights from the model store)."""
+    try:
+        target = TEACHERS[kit.teacher.kind]
+    except KeyError as e:
+        raise UsageError(f"unknown teacher kind {kit.teacher.kind!r}; known: {', '.join(TEACHERS)}") from e
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise MissingExtraError(f"the {kit.teacher.kind} teacher", e.name or module_name, "distill") from e
+    return getattr(module, attr)(kit, store)

@@ -1,0 +1,185 @@
+"""CLIP teacher: zero-shot labels from text prompts (open_clip: any model + pretrained tag or checkpoint).
+
+Each class's text embedding is a prompt ensemble: every prompt in every template ("a photo of {}."),
+normalised, averaged, normalised again. Background prompts ("a blank image") each get their own
+embedding and compete with the classes. Because a softmax over the captions always picks one, the
+teacher abstains (label "none") when a background prompt wins, when the best class's cosine is below
+`teacher.abstain.floor`, or when its probability leads the runner-up by less than `teacher.abstain.margin`.
+
+Classification kits get one label per image. Detection kits get boxes from a proposer (`yolo`:
+class-agnostic Ultralytics boxes; `sliding`: multi-scale windows) whose crops CLIP verifies with the
+same rule, then class-wise NMS and the min-size filter.
+
+What is cached per image (`infer`): the normalised image embedding, and for detection the proposals
+and their crop embeddings. Prompts and thresholds are applied in `decide`, so changing them reruns
+nothing expensive. The embeddings are also what a clip-embed student learns to reproduce.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from distill.proposers import build_proposer, crop_boxes
+from distill.teachers.base import Decision, Raw, Teacher, file_digest, resolve_device
+from dkit.errors import require
+from dkit.kit import RANDOM
+
+
+class ClipTeacher(Teacher):
+    def __init__(self, kit, store):
+        open_clip = require("open_clip", what="the clip teacher", extra="distill")
+        torch = require("torch", what="the clip teacher", extra="distill")
+        cfg = self.cfg = kit.teacher
+        self.random = cfg.is_random
+        self.task = kit.task
+        self.device = resolve_device(cfg.device)
+
+        checkpoint = store.clip_checkpoint(cfg.model, cfg.pretrained)
+        # the kit made checkpoint paths absolute: anything else but 'random' is an open_clip tag, whose config
+        # (QuickGELU, mean/std, resize mode) must travel with the weights when they load from a store file
+        is_tag = not self.random and not Path(cfg.pretrained).is_absolute()
+        tag_cfg = open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained) if is_tag else {}
+        if self.random:
+            torch.manual_seed(0)  # the same untrained weights every run, so the cache stays valid
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            cfg.model,
+            pretrained=str(checkpoint) if checkpoint is not None else None,
+            force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+            image_mean=tag_cfg.get("mean"),
+            image_std=tag_cfg.get("std"),
+            image_interpolation=tag_cfg.get("interpolation"),
+            image_resize_mode=tag_cfg.get("resize_mode"),
+            device=self.device,
+        )
+        self.model, self.preprocess, self.torch = model.eval(), preprocess, torch
+        self.tokenizer = open_clip.get_tokenizer(cfg.model)
+        self.logit_scale = float(model.logit_scale.exp().item())
+
+        names = list(kit.ontology.classes)
+        self.class_names = names
+        self.text = self.embed_prompts([kit.ontology.classes[n] for n in names])  # (C, D)
+        self.background_prompts = list(kit.ontology.background)
+        self.background = self.embed_prompts([[p] for p in self.background_prompts])  # (B, D)
+
+        weights = "random-seed0" if self.random else cfg.pretrained if is_tag else file_digest(str(checkpoint))
+        self.id = f"clip:{cfg.model}/{cfg.pretrained if not self.random else RANDOM}" + (
+            " (UNTRAINED)" if self.random else ""
+        )
+        self.cache_key = f"clip|{cfg.model}|{weights}"
+        self.proposer = None
+        if self.task == "detect":
+            self.proposer = build_proposer(cfg.proposer, store, self.device)
+            self.cache_key += f"|{self.proposer.cache_key}"
+
+    # ------------------------------------------------------------------------------------------ embeddings
+
+    def embed_prompts(self, prompt_sets: list[list[str]]) -> np.ndarray:
+        """One embedding per set: every prompt in every template, normalised, averaged, normalised."""
+        dim = int(self.model.text_projection.shape[1]) if hasattr(self.model, "text_projection") else None
+        if not prompt_sets:
+            return np.zeros((0, dim or 1), np.float32)
+        out = []
+        with self.torch.inference_mode():
+            for prompts in prompt_sets:
+                texts = [t.format(p) for p in prompts for t in self.cfg.templates]
+                emb = self.model.encode_text(self.tokenizer(texts).to(self.device)).float()
+                emb = emb / emb.norm(dim=-1, keepdim=True)
+                mean = emb.mean(0)
+                out.append((mean / mean.norm()).cpu().numpy())
+        return np.stack(out).astype(np.float32)
+
+    def embed_images(self, images: list[np.ndarray]) -> np.ndarray:
+        """(N, D) normalised embeddings of (H, W, 3) uint8 RGB images, through open_clip's own preprocessing."""
+        from PIL import Image
+
+        if not images:
+            return np.zeros((0, self.text.shape[1]), np.float32)
+        batch = self.torch.stack([self.preprocess(Image.fromarray(im)) for im in images]).to(self.device)
+        with self.torch.inference_mode():
+            emb = self.model.encode_image(batch).float()
+        emb = emb / emb.norm(dim=-1, keepdim=True)
+        return emb.cpu().numpy().astype(np.float32)
+
+    # ------------------------------------------------------------------------------------------ teacher
+
+    def infer(self, images: list[np.ndarray]) -> list[Raw]:
+        if self.proposer is None:
+            return [{"embedding": e} for e in self.embed_images(images)]
+        out = []
+        for image, (boxes, objectness) in zip(images, self.proposer.propose(images), strict=True):
+            crops = crop_boxes(image, boxes, pad=self.cfg.proposer.pad)
+            out.append({
+                "embedding": self.embed_images([image])[0],
+                "boxes": boxes.astype(np.float32),  # (P, 4) xyxy pixels
+                "objectness": objectness.astype(np.float32),  # (P,)
+                "crops": self.embed_images(crops),  # (P, D)
+            })
+        return out
+
+    def scores(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cosines (N, C) to the classes and softmax probabilities (N, C + B) over classes then background."""
+        cos = embeddings @ self.text.T  # (N, C)
+        logits = self.logit_scale * np.concatenate([cos, embeddings @ self.background.T], axis=1)
+        logits -= logits.max(axis=1, keepdims=True)
+        prob = np.exp(logits)
+        return cos, prob / prob.sum(axis=1, keepdims=True)
+
+    def verdict(self, cos: np.ndarray, prob: np.ndarray) -> tuple[int, float, str | None]:
+        """(class, confidence, abstain reason or None) for one image or crop: the abstain rule."""
+        num_classes = cos.shape[0]
+        best = int(np.argmax(prob))
+        if best >= num_classes:
+            prompt = self.background_prompts[best - num_classes]
+            return -1, float(prob[best]), f"background prompt {prompt!r} scored highest"
+        floor, margin = self.cfg.abstain.floor, self.cfg.abstain.margin
+        if floor is not None and cos[best] < floor:
+            return best, float(prob[best]), f"similarity {cos[best]:.3f} below floor {floor:.3f}"
+        runner_up = float(np.partition(prob, -2)[-2]) if prob.size > 1 else 0.0
+        if prob[best] - runner_up < margin:
+            return best, float(prob[best]), f"margin {prob[best] - runner_up:.3f} below {margin:.3f}"
+        return best, float(prob[best]), None
+
+    def decide(self, raw: Raw, shape: tuple[int, int]) -> Decision:
+        cos, prob = self.scores(raw["embedding"][None])
+        cos, prob = cos[0], prob[0]
+        classes = prob[: len(self.class_names)]
+        top = [(int(i), float(classes[i])) for i in np.argsort(-classes, kind="stable")[:5]]
+        similarity = float(cos.max()) if cos.size else None
+        if "boxes" not in raw:  # image-level outputs: one label for the image
+            cls, conf, reason = self.verdict(cos, prob)
+            if reason is not None:
+                return Decision(np.zeros(0, np.int32), np.zeros(0, np.float32), topk=top, similarity=similarity,
+                                abstain_reason=reason)
+            return Decision(np.array([cls], np.int32), np.array([conf], np.float32), topk=top, similarity=similarity)
+        return self._decide_boxes(raw, top, similarity)
+
+    def _decide_boxes(self, raw: Raw, top: list[tuple[int, float]], similarity: float | None) -> Decision:
+        boxes = raw["boxes"]  # (P, 4)
+        cls, conf = np.full(len(boxes), -1, np.int32), np.zeros(len(boxes), np.float32)
+        if len(boxes):
+            cos, prob = self.scores(raw["crops"])
+            for i in range(len(boxes)):
+                c, p, reason = self.verdict(cos[i], prob[i])
+                if reason is None:
+                    cls[i], conf[i] = c, p
+        sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) if len(boxes) else np.zeros(0)
+        keep = np.flatnonzero((cls >= 0) & (sides >= self.cfg.min_box))
+        keep = keep[_batched_nms(boxes[keep], conf[keep], cls[keep], self.cfg.iou)][: self.cfg.max_det]
+        best = np.zeros(len(self.class_names), np.float32)
+        np.maximum.at(best, cls[keep], conf[keep])
+        box_top = [(int(i), float(best[i])) for i in np.argsort(-best, kind="stable")[:5] if best[i] > 0]
+        return Decision(cls[keep], conf[keep], boxes[keep], topk=box_top or top, similarity=similarity)
+
+
+def _batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
+    """Indices kept by class-wise NMS, best first (torchvision's implementation)."""
+    if len(boxes) == 0:
+        return np.zeros(0, np.int64)
+    import torch
+    from torchvision.ops import batched_nms
+
+    keep = batched_nms(torch.from_numpy(boxes).float(), torch.from_numpy(scores).float(),
+                       torch.from_numpy(classes).long(), iou)
+    return keep.numpy()

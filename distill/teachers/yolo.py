@@ -1,0 +1,90 @@
+"""YOLO teacher: any Ultralytics detector, its class names mapped onto the kit's ontology.
+
+Each ontology class lists the teacher class names it takes (`person: [person]`, or
+`vehicle: [car, truck, bus]`); teacher classes no ontology class names are dropped. Labeling is
+offline, so quality can beat speed: `teacher.augment: true` turns on Ultralytics' test-time
+augmentation, and `teacher.imgsz` can be larger than the student's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from distill.teachers.base import Decision, Raw, Teacher, file_digest, resolve_device
+from dkit.errors import UsageError, require
+
+
+class YoloTeacher(Teacher):
+    def __init__(self, kit, store):
+        ultralytics = require("ultralytics", what="the yolo teacher", extra="distill")
+        cfg = self.cfg = kit.teacher
+        self.random = cfg.is_random
+        if self.random:  # the architecture, untrained: tests only
+            import torch
+
+            torch.manual_seed(0)
+            weights = str(Path(cfg.model).with_suffix(".yaml").name)
+            digest = "random-seed0"
+        else:
+            weights = store.yolo_weights(cfg.model)
+            digest = file_digest(weights)
+        self.model = ultralytics.YOLO(weights, task="detect")
+        self.device = resolve_device(cfg.device)
+        self.mapping = _map_classes(self.model.names, kit.ontology.classes, by_order=self.random, weights=weights)
+        self.num_classes = len(kit.ontology.classes)
+        self.id = f"yolo:{Path(weights).name}@{cfg.imgsz}{'+tta' if cfg.augment else ''}" + (
+            " (UNTRAINED)" if self.random else ""
+        )
+        self.cache_key = (
+            f"yolo|{digest}|imgsz={cfg.imgsz}|conf={cfg.conf}|iou={cfg.iou}|augment={cfg.augment}|max_det={cfg.max_det}"
+        )
+
+    def infer(self, images: list[np.ndarray]) -> list[Raw]:
+        bgr = [np.ascontiguousarray(im[..., ::-1]) for im in images]  # Ultralytics takes OpenCV's BGR
+        results = self.model.predict(
+            bgr, imgsz=self.cfg.imgsz, conf=self.cfg.conf, iou=self.cfg.iou, augment=self.cfg.augment,
+            max_det=self.cfg.max_det, device=self.device, verbose=False,
+        )
+        return [
+            {
+                "boxes": r.boxes.xyxy.cpu().numpy().astype(np.float32),  # (N, 4) xyxy pixels
+                "conf": r.boxes.conf.cpu().numpy().astype(np.float32),  # (N,)
+                "cls": r.boxes.cls.cpu().numpy().astype(np.int32),  # (N,) teacher class ids
+            }
+            for r in results
+        ]
+
+    def decide(self, raw: Raw, shape: tuple[int, int]) -> Decision:
+        cls = self.mapping[raw["cls"]] if len(raw["cls"]) else np.zeros(0, np.int32)
+        boxes, conf = raw["boxes"], raw["conf"]
+        sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) if len(boxes) else np.zeros(0)
+        keep = (cls >= 0) & (sides >= self.cfg.min_box)
+        order = np.argsort(-conf[keep], kind="stable")[: self.cfg.max_det]
+        cls, conf, boxes = cls[keep][order], conf[keep][order], boxes[keep][order]
+        best = np.zeros(self.num_classes, np.float32)
+        np.maximum.at(best, cls, conf)
+        top = [int(i) for i in np.argsort(-best, kind="stable")[:5] if best[i] > 0]
+        return Decision(cls.astype(np.int32), conf, boxes, topk=[(i, float(best[i])) for i in top])
+
+
+def _map_classes(names: dict[int, str], ontology: dict[str, list[str]], *, by_order: bool, weights: str) -> np.ndarray:
+    """Teacher class id -> ontology index (-1: dropped). Each prompt must name a teacher class."""
+    mapping = np.full(len(names), -1, np.int32)
+    if by_order:  # an untrained model has no meaningful names: class i is ontology class i
+        mapping[: min(len(names), len(ontology))] = np.arange(min(len(names), len(ontology)))
+        return mapping
+    index = {name.lower(): i for i, name in names.items()}
+    for o, (cls, prompts) in enumerate(ontology.items()):
+        for prompt in prompts:
+            t = index.get(prompt.lower())
+            if t is None:
+                raise UsageError(
+                    f"ontology.classes.{cls}: {prompt!r} is not a class of the teacher {Path(weights).name} "
+                    f"(its classes: {', '.join(names.values())})"
+                )
+            if mapping[t] >= 0 and mapping[t] != o:
+                raise UsageError(f"ontology: the teacher class {prompt!r} is mapped to two classes")
+            mapping[t] = o
+    return mapping
