@@ -21,10 +21,11 @@ from dkit.errors import UsageError, require
 
 def read_yolo_labels(path: Path, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     """(M,) class ids and (M, 4) xyxy pixel boxes from a YOLO label file; empty when it does not exist."""
-    if not path.is_file():
+    text = path.read_text() if path.is_file() else ""
+    if not text.strip():  # no file, or an empty one: an image without objects
         return np.zeros(0, np.int64), np.zeros((0, 4), np.float32)
     try:
-        rows = np.loadtxt(path, ndmin=2, dtype=np.float64)
+        rows = np.loadtxt(text.splitlines(), ndmin=2, dtype=np.float64)
     except ValueError as e:
         raise UsageError(f"cannot read ground-truth labels {path}: {e}") from e
     if rows.size == 0:

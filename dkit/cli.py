@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = bench.add_parser("label", help="labeling images/s vs the bare teacher", parents=[verbosity, _kit_arguments()],
                          description="Images/s of the whole `dkit label` pipeline (ips_label) against the bare "
                                      "teacher forward pass on the same images (ips_bare), in one run; JSON on stdout.")
-    b.add_argument("--repeat", type=int, default=1, help="timed repetitions, best kept (default: %(default)s)")
+    b.add_argument("--repeat", type=int, default=3,
+                   help="alternating timed rounds of each, best kept (default: %(default)s)")
     b.set_defaults(handler=cmd_bench_label)
     b = bench.add_parser("runtime", help="edge frames/s vs bare onnxruntime and Ultralytics", parents=[verbosity])
     b.add_argument("bundle", metavar="BUNDLE")

@@ -131,7 +131,7 @@ class Teacher:
     model: Text  # clip: open_clip architecture (ViT-B-32); yolo: weights file name or path (yolov8n.pt)
     pretrained: Text | None = None  # clip: open_clip tag, local checkpoint path, or "random" (tests only)
     templates: OptPrompts = dataclasses.field(default_factory=lambda: ["{}"])  # clip prompt templates
-    imgsz: PosInt = 640
+    imgsz: PosInt = 640  # yolo teacher and proposer inference size; a CLIP model uses its own input size
     conf: Fraction = 0.25
     iou: Fraction = 0.7
     batch: PosInt = 16

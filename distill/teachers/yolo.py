@@ -15,6 +15,11 @@ import numpy as np
 from distill.teachers.base import Decision, Raw, Teacher, file_digest, resolve_device
 from dkit.errors import UsageError, require
 
+# Predictions are cached down to this confidence and `teacher.conf` is applied in `decide`, so a rerun
+# with another threshold recomputes nothing. Class-wise NMS keeps the same boxes above any threshold
+# whatever lies below it, so the labels equal a direct predict at `teacher.conf`.
+CACHE_CONF = 0.01
+
 
 class YoloTeacher(Teacher):
     def __init__(self, kit, store):
@@ -34,17 +39,19 @@ class YoloTeacher(Teacher):
         self.device = resolve_device(cfg.device)
         self.mapping = _map_classes(self.model.names, kit.ontology.classes, by_order=self.random, weights=weights)
         self.num_classes = len(kit.ontology.classes)
+        self.infer_conf = min(cfg.conf, CACHE_CONF)
         self.id = f"yolo:{Path(weights).name}@{cfg.imgsz}{'+tta' if cfg.augment else ''}" + (
             " (UNTRAINED)" if self.random else ""
         )
         self.cache_key = (
-            f"yolo|{digest}|imgsz={cfg.imgsz}|conf={cfg.conf}|iou={cfg.iou}|augment={cfg.augment}|max_det={cfg.max_det}"
+            f"yolo|{digest}|imgsz={cfg.imgsz}|conf>={self.infer_conf}|iou={cfg.iou}|augment={cfg.augment}"
+            f"|max_det={cfg.max_det}"
         )
 
     def infer(self, images: list[np.ndarray]) -> list[Raw]:
         bgr = [np.ascontiguousarray(im[..., ::-1]) for im in images]  # Ultralytics takes OpenCV's BGR
         results = self.model.predict(
-            bgr, imgsz=self.cfg.imgsz, conf=self.cfg.conf, iou=self.cfg.iou, augment=self.cfg.augment,
+            bgr, imgsz=self.cfg.imgsz, conf=self.infer_conf, iou=self.cfg.iou, augment=self.cfg.augment,
             max_det=self.cfg.max_det, device=self.device, verbose=False,
         )
         return [
@@ -60,7 +67,7 @@ class YoloTeacher(Teacher):
         cls = self.mapping[raw["cls"]] if len(raw["cls"]) else np.zeros(0, np.int32)
         boxes, conf = raw["boxes"], raw["conf"]
         sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) if len(boxes) else np.zeros(0)
-        keep = (cls >= 0) & (sides >= self.cfg.min_box)
+        keep = (cls >= 0) & (sides >= self.cfg.min_box) & (conf >= self.cfg.conf)
         order = np.argsort(-conf[keep], kind="stable")[: self.cfg.max_det]
         cls, conf, boxes = cls[keep][order], conf[keep][order], boxes[keep][order]
         best = np.zeros(self.num_classes, np.float32)

@@ -96,6 +96,10 @@ def test_classification_data_set_layout_records_and_report(photos, tmp_path, sto
     assert stems == ["owl", "owl_1"]  # stems kept, a suffix only on a collision
     for split in ("train", "val"):
         assert sorted(p.name for p in (out / split).iterdir()) == sorted(kit.ontology.names)
+    from ultralytics.data.utils import check_cls_dataset
+
+    data = check_cls_dataset(str(out))  # Ultralytics accepts the folder as a classification data set
+    assert data["nc"] == 3 and sorted(data["names"].values()) == sorted(kit.ontology.names)
     assert all(r["teacher"] == "clip:ViT-S-32/random (UNTRAINED)" for r in records)
     assert all(len(r["topk"]) == 3 and r["similarity"] is not None for r in placed)
     report = (out / "report.html").read_text()
@@ -200,6 +204,20 @@ def test_interrupted_run_leaves_nothing_half_written_and_resumes_from_the_cache(
     assert [r["labels"] for r in again.records] == [r["labels"] for r in result.records]
 
 
+def test_folders_left_by_a_killed_labeler_are_removed(photos, tmp_path, store):
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    run = tmp_path / "run"
+    (run / f".labels-{dead.stdout.strip()}-abc" / "images").mkdir(parents=True)  # its process is gone
+    (run / f".labels-{os.getpid()}-live").mkdir()  # a labeler still running (this process)
+    kit = clip_kit(tmp_path, photos)
+    label_images(kit, run, store=store, progress=False, report=False)
+    assert sorted(p.name for p in run.iterdir()) == [f".labels-{os.getpid()}-live", "cache", "labels"]
+
+
 def test_new_thresholds_reuse_the_cache(photos, tmp_path, store):
     kit = clip_kit(tmp_path, photos)
     label_images(kit, tmp_path / "run", store=store, progress=False, report=False)
@@ -280,8 +298,11 @@ def test_yolo_teacher_labels_match_ultralytics_and_load_as_a_data_set(coco16, tm
     assert sum(1 for r in result.records if r["split"] == "val") == 4
 
     model = YOLO(str(assets / "models" / "yolov8n.pt"))
+    assert kit.teacher.augment and kit.teacher.conf == 0.35
     for rec in result.records[:6]:  # the labels are exactly what Ultralytics predicts with the kit's settings
-        pred = model.predict(rec["source"], imgsz=640, conf=0.25, iou=0.7, verbose=False, device="cpu")[0]
+        t = kit.teacher  # the recipe's TTA at conf 0.35; the cache holds conf >= 0.01, re-thresholded
+        pred = model.predict(rec["source"], imgsz=t.imgsz, conf=t.conf, iou=t.iou, augment=t.augment,
+                             verbose=False, device="cpu")[0]
         ours = sorted((lab["class_id"], round(lab["confidence"], 3)) for lab in rec["labels"])
         theirs = sorted((int(c), round(float(s), 3)) for c, s in zip(pred.boxes.cls, pred.boxes.conf, strict=True))
         assert ours == theirs
@@ -320,7 +341,7 @@ def test_cli_label_and_bench(coco16, tmp_path, yolo_store):
                       env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "16 files" in result.stdout and "report.html" in result.stdout
-    bench = run_dkit("bench", "label", kit, "--data", str(coco16), "-q", env=env, timeout=300)
+    bench = run_dkit("bench", "label", kit, "--data", str(coco16), "-q", "--repeat", "1", env=env, timeout=300)
     assert bench.returncode == 0, bench.stderr
     report = json.loads(bench.stdout)
     assert report["images"] == 16 and report["ips_label"] > 0 and report["ips_bare"] > 0
