@@ -6,6 +6,7 @@
 #   DATA=DIR                        folder of images (overrides data.images)
 #   OUT=RUN_DIR                     run folder (default: runs/<kit name>/)
 #   SET="teacher.imgsz=1280 ..."    kit overrides, each passed as --set KEY.PATH=VALUE
+#   GT=PATH                         ground truth for `eval` (YOLO label folder, or a CSV for classifiers)
 #   BUNDLE=DIR                      bundle for `serve` (default: RUN_DIR/bundle)
 #   PYTHON=python3.11               interpreter the venv is made from
 
@@ -18,6 +19,7 @@ KIT ?= datasets/imagenette/kit.yaml
 DATA ?=
 OUT ?=
 SET ?=
+GT ?=
 KIT_NAME = $(shell sed -n 's/^name:[[:space:]]*\([^[:space:]#]*\).*/\1/p' $(KIT))
 RUN_DIR = $(if $(OUT),$(OUT),runs/$(KIT_NAME))
 BUNDLE ?= $(RUN_DIR)/bundle
@@ -47,7 +49,7 @@ train: setup
 	$(BIN)/dkit train $(KIT_ARGS)
 
 eval: setup
-	$(BIN)/dkit eval $(KIT_ARGS)
+	$(BIN)/dkit eval $(KIT_ARGS) $(if $(GT),--ground-truth $(GT))
 
 export: setup
 	$(BIN)/dkit export $(KIT_ARGS)

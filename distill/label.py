@@ -238,7 +238,10 @@ def _skipped(li: LoadedImage, teacher: Teacher) -> dict:
 
 def _assign_split(records: list[dict], kit) -> None:
     """Seeded, order-independent split: rank images by a hash of (seed, content); identical images stay together."""
-    usable = [r for r in records if not r["skipped"] and not (kit.task == "classify" and r["abstained"])]
+    # A classifier trains on labelled images only; a clip-embed student reproduces the teacher's embedding
+    # of every image it saw, abstained ones too (they are left out of the class folders, not of the split).
+    embed = kit.student.kind == "clip-embed"
+    usable = [r for r in records if not r["skipped"] and (embed or not (kit.task == "classify" and r["abstained"]))]
     if not usable:
         raise UsageError("the teacher abstained on every image: nothing to train on (see report.html)")
     val = kit.data.val
@@ -257,7 +260,7 @@ def _write_dataset(records: list[dict], kit, out: Path) -> None:
     taken: set[str] = set()
     for rec in records:
         copy = rec.pop("_copy", None)
-        if rec["split"] is None:
+        if rec["split"] is None or (kit.task == "classify" and rec["abstained"]):
             continue
         src = Path(copy) if copy else Path(rec["source"])
         stem = Path(rec["image"]).stem

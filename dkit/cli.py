@@ -97,14 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_label)
 
     p = command("train", "train the student on the teacher's labels",
-                "Train the kit's student on RUN_DIR/labels/ into RUN_DIR/student/.", kit=True)
-    p.set_defaults(handler=_not_built("train", 4, "students and evaluation"))
+                "Train the kit's student on RUN_DIR/labels/ into RUN_DIR/student/ (weights, the resolved "
+                "config, curves.png, train.log). YOLO students start from pretrained weights when the model store "
+                "has them, from scratch otherwise. An interrupted run resumes where it stopped.", kit=True)
+    p.add_argument("--restart", action="store_true", help="discard RUN_DIR/student/ and train from the start")
+    p.set_defaults(handler=cmd_train)
 
     p = command("eval", "evaluate the student against the teacher",
                 "Write RUN_DIR/eval.json and eval.md: the student against the teacher (and ground truth).",
                 kit=True)
-    p.add_argument("--ground-truth", metavar="DIR", help="folder of YOLO-format ground-truth labels")
-    p.set_defaults(handler=_not_built("eval", 4, "students and evaluation"))
+    p.add_argument("--ground-truth", metavar="PATH",
+                   help="ground truth for the held-out images: a folder of YOLO labels (STEM.txt) for detection, "
+                        "a CSV with columns file,class for classification")
+    p.set_defaults(handler=cmd_eval)
 
     p = command("export", "write the bundle for the device",
                 "Write RUN_DIR/bundle/ (ONNX, fp16/int8 variants, manifest.json) and RUN_DIR/bundle.tar.gz.",
@@ -242,6 +247,33 @@ def cmd_label(args: argparse.Namespace) -> int:
         q = result.quality
         sys.stdout.write(f"  vs ground truth: mAP50 {q['map50']:.3f}  mAP50-95 {q['map50_95']:.3f}  "
                          f"P {q['precision']:.3f}  R {q['recall']:.3f}  F1 {q['f1']:.3f}\n")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from distill.students import student_module
+    from dkit.store import ModelStore
+
+    kit = load(args)
+    summary = student_module(kit).train(kit, kit.run_dir(args.out), store=ModelStore(), restart=args.restart,
+                                        progress=args.quiet == 0)
+    how = ("already trained" if summary["already_trained"]
+           else "resumed and trained" if summary["resumed"] else "trained")
+    sys.stdout.write(f"student: {summary['weights']}\n  {how}: {summary['epochs']} epochs, started from "
+                     f"{summary['started_from']}, {summary['seconds']:.0f} s\n")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from distill.evaluate import write_eval
+    from distill.students import student_module
+    from dkit.store import ModelStore
+
+    kit = load(args)
+    run_dir = kit.run_dir(args.out)
+    result = student_module(kit).evaluate(kit, run_dir, store=ModelStore(), ground_truth=args.ground_truth)
+    json_path, md_path = write_eval(run_dir, result)
+    sys.stdout.write(md_path.read_text() + f"\nwritten: {json_path}, {md_path}\n")
     return 0
 
 

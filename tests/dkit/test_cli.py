@@ -43,8 +43,6 @@ def test_version(capsys):
 
 
 NOT_BUILT = [
-    (["train", KIT], "#4"),
-    (["eval", KIT], "#4"),
     (["export", KIT], "#5"),
     (["run", "bundle", "--source", "0"], "#6"),
     (["serve", "bundle"], "#7"),

@@ -1,0 +1,129 @@
+"""`dkit eval`: how much of the teacher the student kept, and how much faster it is, on the held-out split.
+
+    result = evaluate(kit, run_dir, store=store, ground_truth=None)   # the student plugin's evaluate()
+    write_eval(run_dir, result)                                       # eval.json + eval.md
+
+eval.json is a stable contract for CI and dashboards (version 1):
+    task            "detect" | "classify" | "embed"
+    split           "val" (the seeded held-out images of `dkit label`)
+    images          how many
+    kit, random_teacher, ground_truth (the --ground-truth path or null)
+    student         {kind, weights, params, gflops, ms_per_image, ...}
+    teacher         {id, params, gflops, ms_per_image, ...}
+    ratios          {speed: teacher ms / student ms, map50: student / teacher (detection with ground truth)}
+  detection:  student.map50_vs_teacher, map50_95_vs_teacher (against the teacher's labels);
+              student.map50, map50_95 and teacher.map50, map50_95 against ground truth (null without it)
+  classify:   student.top1_agreement (with the teacher's labels), accuracy (against ground truth, or null)
+  embed:      student.cosine_mean, spearman_mean, top1_agreement, moderation_agreement; baseline {...}
+Times are medians of single-image passes in the same process, one after the other, on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from dkit.errors import UsageError
+
+SCHEMA_VERSION = 1
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    path = run_dir / "labels" / "labels.jsonl"
+    if not path.is_file():
+        raise UsageError(f"no labels in {run_dir / 'labels'}: run `dkit label` first")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def timed_median(fn: Callable[[Any], Any], items: Sequence[Any], warmup: int = 2) -> tuple[float, list[Any]]:
+    """(median milliseconds of fn(item), the outputs), after `warmup` untimed calls."""
+    for item in items[:warmup]:
+        fn(item)
+    times, outputs = [], []
+    for item in items:
+        start = time.perf_counter()
+        outputs.append(fn(item))
+        times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    mid = len(times) // 2
+    median = times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2
+    return round(median, 2), outputs
+
+
+def profile(module, input_shape: tuple[int, ...]) -> tuple[int, float]:
+    """(parameters, GFLOPs of one forward pass at `input_shape`), counted by torch's FlopCounterMode."""
+    import copy
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    params = sum(p.numel() for p in module.parameters())
+    model = copy.deepcopy(module).float().eval()  # Ultralytics keeps fused fp16 copies around; count fp32
+    x = torch.zeros(input_shape, dtype=torch.float32, device=next(model.parameters()).device)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(x)
+    return int(params), counter.get_total_flops() / 1e9
+
+
+def profile_teacher(teacher, imgsz: int) -> tuple[int, float]:
+    """(parameters, GFLOPs) of what the teacher runs per image: a CLIP image tower, or a YOLO network."""
+    model = teacher.model
+    if hasattr(model, "visual"):  # open_clip
+        size = model.visual.image_size
+        size = size if isinstance(size, int) else size[0]
+        return profile(model.visual, (1, 3, size, size))
+    return profile(model.model, (1, 3, imgsz, imgsz))
+
+
+def write_eval(run_dir: Path, result: dict) -> tuple[Path, Path]:
+    """eval.json (the contract above) and eval.md (a table a person reads), each written atomically."""
+    doc = {"schema_version": SCHEMA_VERSION, **result,
+           "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
+    paths = run_dir / "eval.json", run_dir / "eval.md"
+    for path, text in zip(paths, (json.dumps(doc, indent=2) + "\n", render_markdown(doc)), strict=True):
+        part = path.with_name(f".{path.name}.part")
+        part.write_text(text, encoding="utf-8")
+        os.replace(part, path)
+    return paths
+
+
+def render_markdown(doc: dict) -> str:
+    s, t = doc["student"], doc["teacher"]
+    lines = [f"# {doc['kit']}: student vs teacher ({doc['task']}, {doc['images']} held-out images)", ""]
+    if doc.get("random_teacher"):
+        lines += ["**UNTRAINED (random) teacher: these figures prove the machinery, nothing more.**", ""]
+    keys = [k for k in ("params", "gflops", "ms_per_image", "imgsz", "map50", "map50_95", "map50_vs_teacher",
+                        "map50_95_vs_teacher", "top1_agreement", "accuracy", "cosine_mean", "spearman_mean",
+                        "moderation_agreement") if k in s or k in t]
+    lines += ["| | student | teacher |", "|---|---|---|"]
+    lines += [f"| {k} | {_fmt(s.get(k))} | {_fmt(t.get(k))} |" for k in keys]
+    lines += ["", f"student: `{s.get('kind')}` ({s.get('weights')}); teacher: `{t.get('id')}`"]
+    if doc.get("baseline"):
+        lines += ["", "Untrained student (same architecture) on the same images: "
+                  + ", ".join(f"{k} {_fmt(v)}" for k, v in doc["baseline"].items())]
+    ratios = {k: v for k, v in (doc.get("ratios") or {}).items() if v is not None}
+    if ratios:
+        lines += ["", "Ratios: " + ", ".join(
+            f"{'speed (teacher ms / student ms)' if k == 'speed' else k + ' (student / teacher)'} {v:.3f}"
+            for k, v in ratios.items())]
+    if doc.get("ground_truth"):
+        lines += ["", f"Ground truth: `{doc['ground_truth']}`."]
+    lines += ["", f"Times: median single-image ms on {doc['machine']['cpus']} CPU(s), {doc['machine']['platform']}.",
+              ""]
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    if isinstance(v, int) and abs(v) >= 10_000:
+        return f"{v:,}"
+    return str(v)

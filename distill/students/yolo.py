@@ -1,0 +1,292 @@
+"""YOLO students (`yolo-detect`, `yolo-cls`): Ultralytics training on the teacher's labels, and evaluation.
+
+    summary = train(kit, run_dir, store=store)       # run_dir/labels/ -> run_dir/student/
+    result = evaluate(kit, run_dir, store=store, ground_truth=Path(".../labels"))
+
+Training starts from pretrained weights when the model store has them (`student.model: yolov8n.pt`),
+from the architecture (`yolov8n.yaml`) otherwise, and says which. An interrupted run resumes from
+`student/weights/last.pt`; a finished one is not trained again unless `restart`. Ultralytics' own
+plots are off (they download a font); `student/curves.png` is drawn from its results.csv instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from distill.evaluate import profile, profile_teacher, read_records, timed_median
+from dkit.errors import NotInStoreError, UsageError, require
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def train(kit, run_dir: Path, *, store, restart: bool = False, progress: bool = True) -> dict:
+    ultralytics = require("ultralytics", what=f"the {kit.student.kind} student", extra="distill")
+    labels = run_dir / "labels"
+    if not (labels / "data.yaml").is_file():
+        raise UsageError(f"no labels in {labels}: run `dkit label` first")
+    out = run_dir / "student"
+    last = out / "weights" / "last.pt"
+    if restart and out.exists():
+        shutil.rmtree(out)
+    state = _checkpoint_state(last, kit.student.epochs)
+    if state == "finished":
+        log.info("the student in %s is already trained (--restart trains it again)", out)
+        return _summary(kit, out, started_from=_read_json(out / "student.json").get("started_from"),
+                        resumed=False, already_trained=True, seconds=0.0)
+
+    start = time.perf_counter()
+    task = "detect" if kit.student.kind == "yolo-detect" else "classify"
+    data = str(labels / "data.yaml") if task == "detect" else str(labels)
+    file_log = _attach_log(out / "train.log", ultralytics)
+    try:
+        if state == "resumable":
+            log.info("resuming the interrupted training from %s", last)
+            started_from = _read_json(out / "student.json").get("started_from", "unknown")
+            ultralytics.YOLO(str(last)).train(resume=True, plots=False, verbose=progress)
+        else:
+            weights, started_from = _starting_weights(kit, store)
+            out.mkdir(parents=True, exist_ok=True)
+            _write_json(out / "student.json", _resolved(kit, started_from, weights))
+            s = kit.student
+            args = {
+                "data": data, "imgsz": s.imgsz, "epochs": s.epochs, "batch": s.batch, "patience": s.patience,
+                "project": str(run_dir.resolve()), "name": "student", "exist_ok": True, "plots": False,
+                "seed": kit.data.seed, "deterministic": True, "verbose": progress,
+                "workers": kit.data.workers or max(1, (os.cpu_count() or 2) - 1),
+                **({} if s.device == "auto" else {"device": s.device}),
+                **s.train_args,
+            }
+            ultralytics.YOLO(weights, task=task).train(**args)
+    finally:
+        logging.getLogger("ultralytics").removeHandler(file_log)
+        file_log.close()
+    _plot_curves(out / "results.csv", out / "curves.png")
+    return _summary(kit, out, started_from=started_from, resumed=state == "resumable", already_trained=False,
+                    seconds=time.perf_counter() - start)
+
+
+def _checkpoint_state(last: Path, epochs: int) -> str:
+    """'none', 'resumable' (interrupted: optimizer state kept) or 'finished' (Ultralytics strips the optimizer)."""
+    if not last.is_file():
+        return "none"
+    import torch
+
+    try:
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a half-written checkpoint from a kill mid-save
+        raise UsageError(f"cannot read {last} ({e}); train again with --restart") from e
+    if ckpt.get("optimizer") is None:
+        return "finished"
+    total = int((ckpt.get("train_args") or {}).get("epochs", epochs))
+    return "resumable" if 0 < ckpt.get("epoch", -1) + 1 < total else "finished"
+
+
+def _starting_weights(kit, store) -> tuple[str, str]:
+    """(what YOLO() loads, 'pretrained: <file>' or 'scratch: <architecture>')."""
+    model = kit.student.model
+    if model.endswith((".yaml", ".yml")):
+        log.info("training %s from scratch (an architecture file, no weights)", model)
+        return model, f"scratch: {model}"
+    try:
+        weights = store.yolo_weights(model)
+    except NotInStoreError as e:
+        scratch = Path(model).with_suffix(".yaml").name
+        log.warning("no pretrained weights for the student (%s); training %s from scratch", e, scratch)
+        return scratch, f"scratch: {scratch}"
+    log.info("training the student from pretrained weights %s", weights)
+    return weights, f"pretrained: {Path(weights).name}"
+
+
+def _resolved(kit, started_from: str, weights: str) -> dict:
+    return {"kit": kit.name, "student": asdict(kit.student), "started_from": started_from, "weights_in": weights,
+            "labels": "labels/", "data_seed": kit.data.seed}
+
+
+def _summary(kit, out: Path, *, started_from, resumed: bool, already_trained: bool, seconds: float) -> dict:
+    rows = _read_results(out / "results.csv")
+    best = out / "weights" / "best.pt"
+    if not best.is_file():
+        raise UsageError(f"training ended without {best}; see {out / 'train.log'}")
+    return {"weights": str(best), "epochs": len(rows), "resumed": resumed, "already_trained": already_trained,
+            "started_from": started_from, "seconds": round(seconds, 1), "curves": str(out / "curves.png")}
+
+
+def _read_results(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return [{k.strip(): float(v) for k, v in row.items() if v not in (None, "")} for row in csv.DictReader(f)]
+
+
+def _plot_curves(results: Path, png: Path) -> None:
+    """Loss and metric curves per epoch from Ultralytics' results.csv (its own plots are off: font download)."""
+    rows = _read_results(results)
+    if not rows:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    losses = [k for k in rows[0] if k.startswith(("train/", "val/")) and "loss" in k]
+    metrics = [k for k in rows[0] if k.startswith("metrics/")]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for k in losses:
+        axes[0].plot(epochs, [r[k] for r in rows], label=k)
+    for k in metrics:
+        axes[1].plot(epochs, [r[k] for r in rows], label=k.removeprefix("metrics/"))
+    for ax, title in zip(axes, ("loss", "held-out metrics"), strict=True):
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    part = png.with_name(f".{png.name}.part.png")
+    fig.savefig(part, dpi=100)
+    plt.close(fig)
+    os.replace(part, png)
+
+
+def _attach_log(path: Path, ultralytics) -> logging.Handler:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logging.getLogger("ultralytics").addHandler(handler)
+    return handler
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+def evaluate(kit, run_dir: Path, *, store, ground_truth: Path | None = None) -> dict:
+    """Student vs teacher on the held-out split: the eval.json contract (see distill.evaluate)."""
+    ultralytics = require("ultralytics", what=f"the {kit.student.kind} student", extra="distill")
+    best = run_dir / "student" / "weights" / "best.pt"
+    if not best.is_file():
+        raise UsageError(f"no trained student in {run_dir / 'student'}: run `dkit train` first")
+    records = [r for r in read_records(run_dir) if r["split"] == "val"]
+    if not records:
+        raise UsageError(f"no held-out images in {run_dir / 'labels'} (data.val)")
+    from distill.teachers import build_teacher
+
+    student = ultralytics.YOLO(str(best))
+    # The teacher as a model, not as a labeler: one forward pass at its size, no TTA, a low floor for mAP
+    # (what `yolo val` does), so its speed and accuracy compare like for like with the student's.
+    t_cfg = replace(kit.teacher, conf=0.001, augment=False, min_box=0.0)
+    teacher = build_teacher(replace(kit, teacher=t_cfg), store)
+    from distill.images import load_image
+
+    images = [load_image(Path(r["source"]), Path(r["source"]).parent) for r in records]
+    rgbs = [li.rgb for li in images]
+    s = kit.student
+
+    def student_predict(rgb):
+        return student.predict(np.ascontiguousarray(rgb[..., ::-1]), imgsz=s.imgsz, conf=0.001, max_det=300,
+                               verbose=False, device="cpu" if s.device == "auto" else s.device)[0]
+
+    def teacher_predict(rgb):
+        return teacher.infer([rgb])[0]
+
+    s_ms, s_out = timed_median(student_predict, rgbs)
+    t_ms, t_out = timed_median(teacher_predict, rgbs)
+    s_params, s_gflops = profile(student.model, (1, 3, s.imgsz, s.imgsz))
+    t_params, t_gflops = profile_teacher(teacher, kit.teacher.imgsz)
+    result = {
+        "task": "detect" if s.kind == "yolo-detect" else "classify", "split": "val", "images": len(records),
+        "kit": kit.name, "random_teacher": teacher.random,
+        "ground_truth": None if ground_truth is None else str(ground_truth),
+        "student": {"kind": s.kind, "weights": str(best), "imgsz": s.imgsz, "params": s_params,
+                    "gflops": s_gflops, "ms_per_image": s_ms},
+        "teacher": {"id": teacher.id, "imgsz": kit.teacher.imgsz, "params": t_params, "gflops": t_gflops,
+                    "ms_per_image": t_ms},
+    }
+    if s.kind == "yolo-detect":
+        _detection_metrics(result, kit, run_dir, records, s_out, t_out, teacher, ground_truth)
+    else:
+        _classification_metrics(result, kit, records, s_out, ground_truth)
+    result["ratios"] = {"speed": round(t_ms / s_ms, 3) if s_ms else None}
+    if result["student"].get("map50") is not None and result["teacher"].get("map50"):
+        result["ratios"]["map50"] = round(result["student"]["map50"] / result["teacher"]["map50"], 3)
+    return result
+
+
+def _detection_metrics(result, kit, run_dir, records, s_out, t_out, teacher, ground_truth) -> None:
+    from distill.quality import detection_quality
+
+    names = kit.ontology.names
+
+    def as_record(rec, boxes, conf, cls, image_key):
+        labels = [{"class_id": int(c), "confidence": float(p), "box": [float(v) for v in b]}
+                  for b, p, c in zip(boxes, conf, cls, strict=True)]
+        return {"image": rec[image_key], "width": rec["width"], "height": rec["height"], "skipped": None,
+                "labels": labels}
+
+    s_boxes = [(r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy(), r.boxes.cls.cpu().numpy()) for r in s_out]
+    # against the teacher's labels as written (the data set's label files: the student's training target)
+    vs_teacher = detection_quality([as_record(rec, *b, "dataset_image") for rec, b in zip(records, s_boxes,
+                                                                                            strict=True)],
+                                   run_dir / "labels" / "labels" / "val", names)
+    result["student"] |= {"map50_vs_teacher": vs_teacher["map50"], "map50_95_vs_teacher": vs_teacher["map50_95"]}
+    result["student"] |= {"map50": None, "map50_95": None}
+    result["teacher"] |= {"map50": None, "map50_95": None}
+    if ground_truth is not None:
+        gt = Path(ground_truth)
+        q = detection_quality([as_record(rec, *b, "image") for rec, b in zip(records, s_boxes, strict=True)],
+                              gt, names)
+        result["student"] |= {"map50": q["map50"], "map50_95": q["map50_95"]}
+        t_records = []
+        for rec, raw in zip(records, t_out, strict=True):
+            d = teacher.decide(raw, (rec["height"], rec["width"]))
+            t_records.append(as_record(rec, d.boxes, d.confidences, d.class_ids, "image"))
+        tq = detection_quality(t_records, gt, names)
+        result["teacher"] |= {"map50": tq["map50"], "map50_95": tq["map50_95"]}
+
+
+def _classification_metrics(result, kit, records, s_out, ground_truth) -> None:
+    names = kit.ontology.names
+    predicted = [names[int(r.probs.top1)] if r.names[int(r.probs.top1)] in names else r.names[int(r.probs.top1)]
+                 for r in s_out]
+    teacher = [r["labels"][0]["class"] for r in records]
+    result["student"]["top1_agreement"] = float(np.mean([p == t for p, t in zip(predicted, teacher, strict=True)]))
+    result["student"]["accuracy"] = None
+    if ground_truth is not None:
+        truth = _read_class_truth(Path(ground_truth))
+        pairs = [(p, truth[Path(r["image"]).name]) for p, r in zip(predicted, records, strict=True)
+                 if Path(r["image"]).name in truth]
+        if not pairs:
+            raise UsageError(f"--ground-truth {ground_truth}: none of the held-out images is listed")
+        result["student"]["accuracy"] = float(np.mean([p == t for p, t in pairs]))
+
+
+def _read_class_truth(path: Path) -> dict[str, str]:
+    """file name -> class from a CSV with a `file` column and a `class` or `class_name` column."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    key = "class" if rows and "class" in rows[0] else "class_name"
+    if not rows or "file" not in rows[0] or key not in rows[0]:
+        raise UsageError(f"{path}: expected a CSV with columns file and class (or class_name)")
+    return {Path(r["file"]).name: r[key] for r in rows}
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    part = path.with_name(f".{path.name}.part")
+    part.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    os.replace(part, path)
