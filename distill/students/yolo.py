@@ -50,11 +50,15 @@ def train(kit, run_dir: Path, *, store, restart: bool = False, progress: bool = 
     task = "detect" if kit.student.kind == "yolo-detect" else "classify"
     data = str(labels / "data.yaml") if task == "detect" else str(labels)
     file_log = _attach_log(out / "train.log", ultralytics)
+    level = log.level
+    log.setLevel(min(log.getEffectiveLevel(), logging.INFO))  # epoch lines reach train.log whatever the console shows
     try:
         if state == "resumable":
             log.info("resuming the interrupted training from %s", last)
             started_from = _read_json(out / "student.json").get("started_from", "unknown")
-            ultralytics.YOLO(str(last)).train(resume=True, plots=False, verbose=progress)
+            model = ultralytics.YOLO(str(last))
+            model.add_callback("on_fit_epoch_end", _EpochLog())
+            model.train(resume=True, plots=False, verbose=progress)
         else:
             weights, started_from = _starting_weights(kit, store)
             out.mkdir(parents=True, exist_ok=True)
@@ -68,13 +72,43 @@ def train(kit, run_dir: Path, *, store, restart: bool = False, progress: bool = 
                 **({} if s.device == "auto" else {"device": s.device}),
                 **s.train_args,
             }
-            ultralytics.YOLO(weights, task=task).train(**args)
+            model = ultralytics.YOLO(weights, task=task)
+            model.add_callback("on_fit_epoch_end", _EpochLog())
+            model.train(**args)
     finally:
-        logging.getLogger("ultralytics").removeHandler(file_log)
+        log.setLevel(level)
+        for logger in (logging.getLogger("ultralytics"), log):
+            logger.removeHandler(file_log)
         file_log.close()
     _plot_curves(out / "results.csv", out / "curves.png")
     return _summary(kit, out, started_from=started_from, resumed=state == "resumable", already_trained=False,
                     seconds=time.perf_counter() - start)
+
+
+class _EpochLog:
+    """One line per epoch with the loss, the held-out metric and an ETA for the whole run."""
+
+    def __init__(self):
+        self.start, self.first = time.perf_counter(), None
+
+    def __call__(self, trainer) -> None:
+        try:
+            self._log(trainer)
+        except Exception:  # noqa: BLE001 - a progress line must never stop a long training run
+            log.debug("epoch progress line failed", exc_info=True)
+
+    def _log(self, trainer) -> None:
+        done = trainer.epoch + 1
+        self.first = trainer.epoch if self.first is None else self.first  # a resumed run starts later
+        per_epoch = (time.perf_counter() - self.start) / max(1, done - self.first)
+        tloss = getattr(trainer, "tloss", None)  # a tensor of loss parts, or a dict of them (Ultralytics 8.4)
+        parts = tloss.values() if isinstance(tloss, dict) else [] if tloss is None else tloss.reshape(-1)
+        loss = float(sum(float(v) for v in parts)) if tloss is not None else float("nan")
+        metric = (trainer.metrics or {}).get("metrics/mAP50(B)", (trainer.metrics or {}).get("metrics/accuracy_top1"))
+        left = per_epoch * (trainer.epochs - done)
+        log.info("student epoch %d/%d: loss %.4f, held-out %s %s, about %dm%02ds left", done, trainer.epochs, loss,
+                 "mAP50" if "metrics/mAP50(B)" in (trainer.metrics or {}) else "top-1",
+                 "?" if metric is None else f"{metric:.4f}", left // 60, left % 60)
 
 
 def _checkpoint_state(last: Path, epochs: int) -> str:
@@ -165,7 +199,8 @@ def _attach_log(path: Path, ultralytics) -> logging.Handler:
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    logging.getLogger("ultralytics").addHandler(handler)
+    for logger in (logging.getLogger("ultralytics"), log):  # Ultralytics' lines and our epoch lines
+        logger.addHandler(handler)
     return handler
 
 

@@ -50,7 +50,8 @@ def test_detector_trains_from_pretrained_weights_and_evaluates(labelled):
     assert summary["started_from"] == "pretrained: yolov8n.pt" and summary["epochs"] == 1
     assert Path(summary["weights"]).is_file() and (out / "curves.png").stat().st_size > 1000
     assert json.loads((out / "student.json").read_text())["student"]["imgsz"] == 64
-    assert (out / "train.log").stat().st_size > 0
+    epoch_lines = [ln for ln in (out / "train.log").read_text().splitlines() if "student epoch 1/1: loss" in ln]
+    assert len(epoch_lines) == 1 and "held-out mAP50" in epoch_lines[0] and "left" in epoch_lines[0]
 
     again = student_module(kit).train(kit, labelled.run, store=labelled.store, progress=False)
     assert again["already_trained"] and again["seconds"] == 0.0  # a finished run is not trained again
@@ -168,3 +169,29 @@ def test_eval_markdown_shows_every_figure():
     assert "map50 (student / teacher) 0.909" in md and "speed (teacher ms / student ms) 5.854" in md
     assert "UNTRAINED" not in md
     assert "UNTRAINED" in ev.render_markdown({**doc, "random_teacher": True})
+
+
+def test_classifier_trains_from_scratch_and_evaluates(assets, tmp_path):
+    """yolo-cls on classes a random CLIP teacher gave 24 real photos; no weights in the store: from scratch."""
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for p in sorted((assets / "data/imagenet-sample").glob("*.JPEG"))[:24]:
+        (images / p.name).symlink_to(p)
+    kit_file = tmp_path / "kit.yaml"
+    kit_file.write_text(
+        "name: cls\n"
+        f"data: {{images: {images}, val: 6}}\n"
+        "ontology: {classes: {animal: [an animal], thing: [a thing]}}\n"
+        "teacher: {kind: clip, model: ViT-S-32, pretrained: random, abstain: {margin: 0.0}}\n"
+        "student: {kind: yolo-cls, model: yolov8n-cls.pt, imgsz: 32, epochs: 1, batch: 8}\n"
+    )
+    kit = load_kit(kit_file)
+    store = ModelStore(tmp_path / "empty-store", offline=True)
+    run = tmp_path / "run"
+    label_images(kit, run, store=store, progress=False, report=False)
+    summary = student_module(kit).train(kit, run, store=store, progress=False)
+    assert summary["started_from"] == "scratch: yolov8n-cls.yaml" and summary["epochs"] == 1
+    result = student_module(kit).evaluate(kit, run, store=store)
+    assert result["task"] == "classify" and result["images"] == 6 and result["random_teacher"]
+    assert 0.0 <= result["student"]["top1_agreement"] <= 1.0 and result["student"]["accuracy"] is None
+    assert result["teacher"]["params"] > result["student"]["params"] > 0

@@ -16,7 +16,7 @@ HELP = [
     (["fetch"], "DKIT_HOME"),
     (["label"], "--data DIR"),
     (["train"], "--out RUN_DIR"),
-    (["eval"], "--ground-truth DIR"),
+    (["eval"], "--ground-truth PATH"),
     (["export"], "bundle"),
     (["run"], "--source SRC"),
     (["serve"], "--port"),
