@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from dkit.errors import UsageError
+from dkit.files import atomic_write
 
 SCHEMA_VERSION = 1
 
@@ -87,9 +88,7 @@ def write_eval(run_dir: Path, result: dict) -> tuple[Path, Path]:
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
     paths = run_dir / "eval.json", run_dir / "eval.md"
     for path, text in zip(paths, (json.dumps(doc, indent=2) + "\n", render_markdown(doc)), strict=True):
-        part = path.with_name(f".{path.name}.part")
-        part.write_text(text, encoding="utf-8")
-        os.replace(part, path)
+        atomic_write(path, text)
     return paths
 
 

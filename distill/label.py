@@ -37,6 +37,7 @@ from distill.cache import TeacherCache
 from distill.images import LoadedImage, iter_images, scan
 from distill.teachers import Teacher, build_teacher
 from dkit.errors import DkitError, UsageError
+from dkit.files import atomic_write, duration
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,8 @@ def label_images(kit, run_dir: Path, *, store=None, teacher: Teacher | None = No
             from distill.quality import detection_quality
 
             quality = detection_quality(records, Path(ground_truth), kit.ontology.names)
-            _write_text(tmp / "quality.json", json.dumps(quality, indent=2) + "\n")
-        _write_text(tmp / "labels.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            atomic_write(tmp / "quality.json", json.dumps(quality, indent=2) + "\n")
+        atomic_write(tmp / "labels.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         if report:
             from distill.report import write_report
 
@@ -176,21 +177,13 @@ class _LogProgress:
             self.last = now
             rate = self.n / (now - self.start)
             left = (self.total - self.n) / rate if rate else float("inf")
-            log.info("label: %d/%d images, %.1f images/s, about %s left", self.n, self.total, rate, _duration(left))
+            log.info("label: %d/%d images, %.1f images/s, about %s left", self.n, self.total, rate, duration(left))
 
     def set_postfix(self, **_) -> None:
         pass
 
     def close(self) -> None:
         pass
-
-
-def _duration(seconds: float) -> str:
-    if seconds == float("inf"):
-        return "?"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def _record(li: LoadedImage, raw, teacher: Teacher, kit, staging: Path) -> dict:
@@ -299,7 +292,7 @@ def _write_dataset(records: list[dict], kit, out: Path) -> None:
     import yaml
 
     doc |= {"names": dict(enumerate(names)), "task": kit.task, "teacher": records[0]["teacher"]}
-    _write_text(out / "data.yaml", "# written by dkit label; paths are relative to this file\n"
+    atomic_write(out / "data.yaml", "# written by dkit label; paths are relative to this file\n"
                 + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
 
 
@@ -343,12 +336,6 @@ def _swap_into_place(tmp: Path, dest: Path) -> None:
     os.replace(tmp, dest)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _write_text(path: Path, text: str) -> None:
-    part = path.with_name(f".{path.name}.part")
-    part.write_text(text, encoding="utf-8")
-    os.replace(part, path)
 
 
 def _settings(kit) -> dict:

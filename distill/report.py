@@ -24,8 +24,6 @@ import base64
 import html
 import logging
 import math
-import os
-import secrets
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ import numpy as np
 import yaml
 
 from distill.images import load_image
+from dkit.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +94,7 @@ def write_report(path: Path, *, records: list[dict], names: list[str], task: str
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_ESC(title)}</title>'
             f"<style>{_CSS % {'thumb': thumb}}</style></head>\n<body>\n<nav>{nav}</nav>\n"
             + "\n".join(b for b in body if b) + "\n</body></html>\n")
-    _write_atomic(path, page)
+    atomic_write(path, page)
 
 
 # ---- sections ------------------------------------------------------------------------------------------------------
@@ -390,17 +389,3 @@ def _plain(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return str(value)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temp file beside `path`, then os.replace it: readers never see half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies, as for any file (mkstemp: 0600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -57,7 +57,6 @@ import math
 import os
 import shutil
 import statistics
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -74,6 +73,7 @@ from distill.images import iter_images, load_image
 from distill.teachers import build_teacher
 from distill.teachers.base import resolve_device
 from dkit.errors import DkitError, UsageError
+from dkit.files import atomic_write, duration
 
 log = logging.getLogger(__name__)
 
@@ -527,7 +527,7 @@ def train(kit, run_dir: Path, *, store, restart: bool = False, progress: bool = 
         stopped = bad >= cfg.patience and epoch < cfg.epochs
         eta = elapsed * (cfg.epochs - epoch) if not stopped else 0.0
         line = (f"epoch {epoch}/{cfg.epochs}  loss {loss:.4f}  val cosine {val_cos:.4f} "
-                f"(best {best_cos:.4f} @ {best_epoch})  lr {lr:.2e}  {elapsed:.1f}s  ETA {_duration(eta)}")
+                f"(best {best_cos:.4f} @ {best_epoch})  lr {lr:.2e}  {elapsed:.1f}s  ETA {duration(eta)}")
         history.append({"epoch": epoch, "train_loss": round(loss, 6), "val_cosine": round(val_cos, 6),
                         "lr": lr, "seconds": round(elapsed, 3), "log": line})
         finished = stopped or epoch == cfg.epochs
@@ -573,30 +573,13 @@ def _summary(weights: Path, state: dict, *, resumed: bool, already_trained: bool
     }
 
 
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds + 0.5), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
 # ------------------------------------------------------------------------------------------ files
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _save(path: Path, obj: dict) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
-    _atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def _write_logs(out: Path, history: list[dict], config: dict, state: dict) -> None:
@@ -604,12 +587,12 @@ def _write_logs(out: Path, history: list[dict], config: dict, state: dict) -> No
     writer = csv.DictWriter(buf, fieldnames=RESULTS_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(history)
-    _atomic_write(out / "results.csv", buf.getvalue().encode())
-    _atomic_write(out / "train.log", "".join(row["log"] + "\n" for row in history).encode())
+    atomic_write(out / "results.csv", buf.getvalue().encode())
+    atomic_write(out / "train.log", "".join(row["log"] + "\n" for row in history).encode())
     summary = {**config, "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
                "best_val_cosine": state["best_cosine"], "finished": state["finished"],
                "stopped_early": state["stopped_early"], "seconds": round(state["seconds"], 3)}
-    _atomic_write(out / "student.json", (json.dumps(summary, indent=2) + "\n").encode())
+    atomic_write(out / "student.json", (json.dumps(summary, indent=2) + "\n").encode())
 
 
 def _write_curves(path: Path, history: list[dict], title: str) -> None:
@@ -631,7 +614,7 @@ def _write_curves(path: Path, history: list[dict], title: str) -> None:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    _atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 # ------------------------------------------------------------------------------------------ evaluation

@@ -12,7 +12,7 @@ plots are off (they download a font); `student/curves.png` is drawn from its res
 from __future__ import annotations
 
 import csv
-import json
+import io
 import logging
 import os
 import shutil
@@ -24,6 +24,7 @@ import numpy as np
 
 from distill.evaluate import profile, profile_teacher, read_records, timed_median
 from dkit.errors import NotInStoreError, UsageError, require
+from dkit.files import atomic_write, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def train(kit, run_dir: Path, *, store, restart: bool = False, progress: bool = 
     state = _checkpoint_state(last, kit.student.epochs)
     if state == "finished":
         log.info("the student in %s is already trained (--restart trains it again)", out)
-        return _summary(kit, out, started_from=_read_json(out / "student.json").get("started_from"),
+        return _summary(kit, out, started_from=read_json(out / "student.json").get("started_from"),
                         resumed=False, already_trained=True, seconds=0.0)
 
     start = time.perf_counter()
@@ -55,14 +56,14 @@ def train(kit, run_dir: Path, *, store, restart: bool = False, progress: bool = 
     try:
         if state == "resumable":
             log.info("resuming the interrupted training from %s", last)
-            started_from = _read_json(out / "student.json").get("started_from", "unknown")
+            started_from = read_json(out / "student.json").get("started_from", "unknown")
             model = ultralytics.YOLO(str(last))
             model.add_callback("on_fit_epoch_end", _EpochLog())
             model.train(resume=True, plots=False, verbose=progress)
         else:
             weights, started_from = _starting_weights(kit, store)
             out.mkdir(parents=True, exist_ok=True)
-            _write_json(out / "student.json", _resolved(kit, started_from, weights))
+            write_json(out / "student.json", _resolved(kit, started_from, weights))
             s = kit.student
             args = {
                 "data": data, "imgsz": s.imgsz, "epochs": s.epochs, "batch": s.batch, "patience": s.patience,
@@ -189,10 +190,10 @@ def _plot_curves(results: Path, png: Path) -> None:
         if ax.lines:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    part = png.with_name(f".{png.name}.part.png")
-    fig.savefig(part, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    os.replace(part, png)
+    atomic_write(png, buf.getvalue())
 
 
 def _attach_log(path: Path, ultralytics) -> logging.Handler:
@@ -315,13 +316,3 @@ def _read_class_truth(path: Path) -> dict[str, str]:
     if not rows or "file" not in rows[0] or key not in rows[0]:
         raise UsageError(f"{path}: expected a CSV with columns file and class (or class_name)")
     return {Path(r["file"]).name: r[key] for r in rows}
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _write_json(path: Path, doc: dict) -> None:
-    part = path.with_name(f".{path.name}.part")
-    part.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    os.replace(part, path)

@@ -335,7 +335,7 @@ def test_failed_write_leaves_nothing_half_written(photos, tmp_path, monkeypatch)
     def refuse(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(report.os, "replace", refuse)
+    monkeypatch.setattr("dkit.files.os.replace", refuse)  # the shared atomic write renames into place
     with pytest.raises(OSError, match="disk full"):
         report.write_report(out, records=records, names=NAMES, task="detect", teacher="t", random_teacher=True,
                             settings={}, review_below=0.5)
