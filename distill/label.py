@@ -27,7 +27,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from distill.cache import TeacherCache
 from distill.images import LoadedImage, iter_images, scan
 from distill.teachers import Teacher, build_teacher
 from dkit.errors import DkitError, UsageError
-from dkit.files import atomic_write, duration
+from dkit.files import atomic_write, duration, new_tmp_dir, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ def label_images(kit, run_dir: Path, *, store=None, teacher: Teacher | None = No
         log.warning("labeling with an UNTRAINED teacher (%s): the labels are meaningless", teacher.id)
     run_dir.mkdir(parents=True, exist_ok=True)
     _remove_orphans(run_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".labels-{os.getpid()}-", dir=run_dir))
+    tmp = new_tmp_dir(run_dir, f".labels-{os.getpid()}-")
     try:
         with TeacherCache(run_dir / "cache" / "teacher.sqlite") as cache:
             records, counts = _label_all(kit, teacher, cache, root, paths, tmp / ".staging", progress)
@@ -104,7 +103,7 @@ def label_images(kit, run_dir: Path, *, store=None, teacher: Teacher | None = No
             )
         shutil.rmtree(tmp / ".staging", ignore_errors=True)
         labels_dir = run_dir / "labels"
-        _swap_into_place(tmp, labels_dir)
+        replace_dir(tmp, labels_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -325,17 +324,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's process
         return True
     return True
-
-
-def _swap_into_place(tmp: Path, dest: Path) -> None:
-    """Replace `dest` by `tmp` with renames only: a crash leaves the old or the new folder, never a mix."""
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}-old-{os.getpid()}")
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _settings(kit) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
 
 
@@ -44,3 +45,24 @@ def duration(seconds: float) -> str:
     minutes, secs = divmod(int(seconds + 0.5), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def replace_dir(tmp: Path, dest: Path) -> None:
+    """Put the finished folder `tmp` at `dest` with renames only: a crash leaves the old or the new one, never a mix."""
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}-old-{os.getpid()}")
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def new_tmp_dir(parent: Path, prefix: str) -> Path:
+    """A fresh temporary folder inside `parent` (same filesystem, so it can be renamed into place), readable
+    like any folder (mkdtemp makes it 0700: a bundle or data set copied elsewhere would be unreadable)."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    path.chmod(0o755)
+    return path

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
@@ -185,6 +186,7 @@ class Export:
     opset: Annotated[int, Strict(), Field(ge=17)] = 17
     calibration_images: PosInt = 64  # int8 calibration: the kit's own images
     accuracy_guard: Fraction = 0.95  # a reduced-precision variant agreeing less than this with fp32 is refused
+    parity_atol: Annotated[float, Strict(), Field(gt=0.0)] = 0.05  # ONNX vs PyTorch: largest raw output difference
     archive: Bool = True  # also write bundle.tar.gz
 
 
@@ -319,6 +321,10 @@ def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, d
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+# YAML 1.1 (PyYAML) reads 1e-9 as a string: it wants a dot (1.0e-9). Numbers as people write them are numbers.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 def _apply_override(raw: dict[str, Any], item: str, where: str) -> str:
@@ -328,7 +334,7 @@ def _apply_override(raw: dict[str, Any], item: str, where: str) -> str:
     if not sep or not all(p.strip() for p in parts):
         raise UsageError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. --set teacher.imgsz=1280")
     try:
-        value = yaml.safe_load(value_text) if value_text.strip() else ""
+        value = yaml.load(value_text, Loader=_UniqueKeyLoader) if value_text.strip() else ""  # noqa: S506
     except yaml.YAMLError as e:
         raise UsageError(f"--set {item!r}: the value is not valid YAML: {e}") from None
     node = raw

@@ -43,7 +43,6 @@ def test_version(capsys):
 
 
 NOT_BUILT = [
-    (["export", KIT], "#5"),
     (["run", "bundle", "--source", "0"], "#6"),
     (["serve", "bundle"], "#7"),
     (["bench", "runtime", "bundle", "--source", "dir"], "#6"),

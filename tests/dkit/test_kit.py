@@ -130,6 +130,18 @@ def test_malformed_set_is_a_usage_error(kit_dir, item):
         load_kit(write(kit_dir, GOOD), overrides=[item])
 
 
+@pytest.mark.parametrize(("text", "value"), [("1e-9", 1e-9), ("5E-1", 0.5), ("-2e-1", -0.2), ("1.5e-1", 0.15)])
+def test_exponent_numbers_are_numbers_in_files_and_overrides(kit_dir, text, value):
+    in_file = load_kit(write(kit_dir, edit("pretrained: random", f"pretrained: random, abstain: {{floor: {text}}}")))
+    assert in_file.teacher.abstain.floor == pytest.approx(value)
+    overridden = load_kit(write(kit_dir, GOOD), overrides=[f"teacher.abstain.floor={text}"])
+    assert overridden.teacher.abstain.floor == pytest.approx(value)
+
+
+def test_not_every_e_is_an_exponent(kit_dir):
+    assert load_kit(write(kit_dir, GOOD), overrides=["name=1e3x"]).name == "1e3x"
+
+
 def test_overrides_parse_yaml_values_and_create_sections(kit_dir):
     kit = load_kit(write(kit_dir, GOOD), overrides=[
         "teacher.imgsz=336", "teacher.augment=true", "export.precisions=[fp32, int8]",

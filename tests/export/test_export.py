@@ -1,0 +1,149 @@
+"""`dkit export` of a tiny real YOLO student: parity asserted, verified bundle, runs on the edge without torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ultralytics")
+pytest.importorskip("onnx")
+
+from distill.label import label_images  # noqa: E402
+from distill.students import student_module  # noqa: E402
+from dkit.errors import DkitError, NotBuiltError  # noqa: E402
+from dkit.kit import load_kit  # noqa: E402
+from dkit.store import ModelStore  # noqa: E402
+from edge.bundle import open_bundle  # noqa: E402
+from export.bundle import export_bundle  # noqa: E402
+from tests.conftest import RECIPES, ROOT  # noqa: E402
+
+TINY = ["data.val=4", "teacher.augment=false", "student.imgsz=64", "student.batch=8", "student.epochs=1",
+        "export.precisions=[fp32]"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """16 real COCO-128 images labelled by YOLOv8n and a 64 px student trained for one epoch."""
+    from tests.conftest import ASSETS
+
+    if not (ASSETS / "README.md").is_file():
+        pytest.skip(f"real test assets not found at {ASSETS}")
+    tmp = tmp_path_factory.mktemp("export")
+    data = tmp / "coco16"
+    data.mkdir()
+    for p in sorted((ASSETS / "data/coco128/images/train2017").glob("*.jpg"))[:16]:
+        (data / p.name).symlink_to(p)
+    (tmp / "store").mkdir()
+    (tmp / "store" / "yolov8n.pt").symlink_to(ASSETS / "models" / "yolov8n.pt")
+    store = ModelStore(tmp / "store", offline=True)
+
+    def kit(*extra):
+        return load_kit(RECIPES / "coco128" / "kit.yaml", data=data, overrides=[*TINY, *extra])
+
+    run = tmp / "run"
+    label_images(kit(), run, store=store, progress=False, report=False)
+    student_module(kit()).train(kit(), run, store=store, progress=False)
+    return kit, run
+
+
+def test_export_writes_a_verified_bundle_with_parity(trained):
+    kit, run = trained
+    result = export_bundle(kit(), run)
+    parity = result["parity"]
+    assert parity["images"] == 16 and parity["max_abs_diff"] <= kit().export.parity_atol
+    assert parity["agreement"] >= kit().export.accuracy_guard
+    with open_bundle(run / "bundle") as bundle:
+        m = bundle.manifest
+        assert (m["task"], m["classes"][:2], m["teacher"]["random"]) == ("detect", ["person", "bicycle"], False)
+        assert m["models"]["student"]["parity"] == parity and m["models"]["student"]["opset"] == 17
+        assert m["preprocess"]["size"] == [64, 64] and set(m["files"]) == {"student.onnx", "README.md"}
+        assert "trtexec --onnx=student.onnx" in bundle.path("README.md").read_text()
+    with open_bundle(run / "bundle.tar.gz") as packed:
+        assert packed.manifest["files"] == m["files"]
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []  # no temporary folders left
+    assert oct((run / "bundle").stat().st_mode & 0o777) == "0o755"
+    assert not (run / "student" / "weights" / "best.onnx").exists()
+
+
+def test_the_bundle_runs_on_the_edge_without_the_training_stack(trained, assets):
+    kit, run = trained
+    export_bundle(kit(), run)
+    code = """
+import importlib.abc, json, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "torchvision", "ultralytics", "open_clip", "onnx", "onnxslim", "distill",
+                                  "export"}:
+            raise ModuleNotFoundError(name)
+sys.meta_path.insert(0, Block())
+import cv2, numpy as np, onnxruntime as ort
+from edge.bundle import open_bundle
+from edge.preprocess import preprocess
+with open_bundle(sys.argv[1]) as b:
+    m = b.manifest
+    rgb = cv2.cvtColor(cv2.imread(sys.argv[2]), cv2.COLOR_BGR2RGB)
+    x, box = preprocess(rgb, m["preprocess"])
+    s = ort.InferenceSession(str(b.path(m["models"]["student"]["file"])), providers=["CPUExecutionProvider"])
+    out = s.run(None, {s.get_inputs()[0].name: x})[0]
+    print(json.dumps({"shape": list(out.shape), "finite": bool(np.isfinite(out).all())}))
+"""
+    photo = assets / "data" / "photos" / "pets.jpg"
+    for bundle in (run / "bundle", run / "bundle.tar.gz"):
+        result = subprocess.run([sys.executable, "-c", code, str(bundle), str(photo)], capture_output=True, text=True,
+                                cwd=ROOT, timeout=120)
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert report == {"shape": [1, 84, 84], "finite": True}  # 80 classes + 4; (8x8 + 4x4 + 2x2) anchors at 64 px
+
+
+def test_out_of_tolerance_is_refused_saying_by_how_much(trained):
+    kit, run = trained
+    export_bundle(kit(), run)
+    before = (run / "bundle" / "manifest.json").read_text()
+    refused = r"out of tolerance .* max abs output difference .* \(export.parity_atol 1e-09\)"
+    with pytest.raises(DkitError, match=refused):
+        export_bundle(kit("export.parity_atol=1e-9"), run)
+    assert (run / "bundle" / "manifest.json").read_text() == before  # the previous bundle is untouched
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    (["export.precisions=[fp32, int8]"], "int8, not built yet"),
+    (["export.tensorrt=true"], "tensorrt, not built yet"),
+])
+def test_parts_not_built_yet_say_so(trained, extra, words):
+    kit, run = trained
+    with pytest.raises(NotBuiltError, match=words):
+        export_bundle(kit(*extra), run)
+
+
+def test_export_before_training(tmp_path):
+    kit = load_kit(RECIPES / "coco128" / "kit.yaml", overrides=["export.precisions=[fp32]"])
+    (tmp_path / "labels").mkdir()
+    with pytest.raises(DkitError, match="run `dkit train` first"):
+        export_bundle(kit, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels"]
+
+
+def test_parity_numbers_are_real(trained):
+    """The agreement is computed from two different runtimes' outputs, not assumed: perturb one and it drops."""
+    from export.yolo import detector_parity, preprocess_spec
+
+    kit, run = trained
+    export_bundle(kit(), run)
+    from ultralytics import YOLO
+
+    model = YOLO(str(run / "student" / "weights" / "best.pt"))
+    photos = [np.asarray(np.random.default_rng(0).integers(0, 255, (64, 96, 3)), np.uint8)]
+    same = detector_parity(model, run / "bundle" / "student.onnx", photos, preprocess_spec(kit()), kit())
+    assert same["max_abs_diff"] < 0.05
+    other = run / "other.onnx"
+    YOLO("yolov8n.yaml").export(format="onnx", imgsz=64, opset=17, dynamic=True, simplify=False, verbose=False)
+    Path("yolov8n.onnx").replace(other)
+    different = detector_parity(model, other, photos, preprocess_spec(kit()), kit())
+    assert different["max_abs_diff"] > 1.0  # an untrained network: the check notices
