@@ -12,11 +12,10 @@ in the kit's ontology order); an image without a file has no objects.
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
-from dkit.errors import UsageError, require
+from dkit.errors import UsageError
 
 
 def read_yolo_labels(path: Path, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
@@ -38,44 +37,26 @@ def read_yolo_labels(path: Path, width: int, height: int) -> tuple[np.ndarray, n
 
 def detection_quality(records: list[dict], gt_dir: Path, names: list[str]) -> dict:
     """mAP50, mAP50-95 and P/R/F1 at IoU 0.5 of the records' boxes against the ground truth in `gt_dir`."""
-    torch = require("torch", what="label quality", extra="distill")
-    metrics_mod = require("ultralytics.utils.metrics", what="label quality", extra="distill")
-    from ultralytics.engine.validator import BaseValidator
+    from export.metrics import detection_map
 
     gt_dir = Path(gt_dir)
     if not gt_dir.is_dir():
         raise UsageError(f"--ground-truth: no such folder: {gt_dir}")
-    metrics = metrics_mod.DetMetrics(names=dict(enumerate(names)))
-    matcher = SimpleNamespace(iouv=torch.linspace(0.5, 0.95, 10))  # the thresholds `yolo val` uses
-    images = gt_boxes = label_boxes = tp50 = 0
-    for rec in records:
-        if rec.get("skipped"):
-            continue
-        images += 1
-        gcls, gboxes = read_yolo_labels(gt_dir / f"{Path(rec['image']).stem}.txt", rec["width"], rec["height"])
-        labels = sorted(rec["labels"], key=lambda lab: -lab["confidence"])
-        pcls = np.array([lab["class_id"] for lab in labels], np.int64)
-        conf = np.array([lab["confidence"] for lab in labels], np.float32)
-        pboxes = np.array([lab["box"] for lab in labels], np.float32).reshape(-1, 4)
-        if len(pcls) and len(gcls):
-            iou = metrics_mod.box_iou(torch.from_numpy(gboxes), torch.from_numpy(pboxes))  # (M, N)
-            tp = BaseValidator.match_predictions(matcher, torch.from_numpy(pcls), torch.from_numpy(gcls), iou)
-            tp = tp.numpy()
-        else:
-            tp = np.zeros((len(pcls), 10), bool)
-        metrics.update_stats({"tp": tp, "conf": conf, "pred_cls": pcls, "target_cls": gcls,
-                              "target_img": np.unique(gcls), "im_name": rec["image"]})
-        gt_boxes += len(gcls)
-        label_boxes += len(pcls)
-        tp50 += int(tp[:, 0].sum())
-    if images == 0:
+    scored = [r for r in records if not r.get("skipped")]
+    if not scored:
         raise UsageError("no labelled images to score against the ground truth")
-    metrics.process()
-    precision = tp50 / label_boxes if label_boxes else 0.0
-    recall = tp50 / gt_boxes if gt_boxes else 0.0
+
+    def pairs():
+        for rec in scored:
+            gcls, gboxes = read_yolo_labels(gt_dir / f"{Path(rec['image']).stem}.txt", rec["width"], rec["height"])
+            labels = rec["labels"]
+            yield (np.array([lab["box"] for lab in labels], np.float32).reshape(-1, 4),
+                   np.array([lab["confidence"] for lab in labels], np.float32),
+                   np.array([lab["class_id"] for lab in labels], np.int64), gboxes, gcls)
+
+    m = detection_map(pairs(), names)
+    precision = m["tp50"] / m["pred_boxes"] if m["pred_boxes"] else 0.0
+    recall = m["tp50"] / m["ref_boxes"] if m["ref_boxes"] else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {
-        "images": images, "gt_boxes": gt_boxes, "label_boxes": label_boxes,
-        "map50": float(metrics.box.map50), "map50_95": float(metrics.box.map),
-        "precision": precision, "recall": recall, "f1": f1,
-    }
+    return {"images": m["images"], "gt_boxes": m["ref_boxes"], "label_boxes": m["pred_boxes"],
+            "map50": m["map50"], "map50_95": m["map50_95"], "precision": precision, "recall": recall, "f1": f1}

@@ -40,7 +40,7 @@ def export_detector(kit, run_dir: Path, bundle_dir: Path) -> dict:
     shutil.move(str(exported), onnx_path)
 
     spec = preprocess_spec(kit)
-    parity = detector_parity(model, onnx_path, _parity_images(run_dir), spec, kit)
+    parity = detector_parity(model, onnx_path, kit_images(run_dir, split=None, limit=PARITY_IMAGES), spec, kit)
     if parity["max_abs_diff"] > e.parity_atol or parity["agreement"] < e.accuracy_guard:
         raise DkitError(
             f"ONNX export of {best} is out of tolerance on {parity['images']} images: max abs output difference "
@@ -98,8 +98,8 @@ def detector_parity(model, onnx_path: Path, images: list[np.ndarray], spec: dict
             "agreement": 1.0 if total == 0 else matched / total, "boxes": total}
 
 
-def _parity_images(run_dir: Path) -> list[np.ndarray]:
-    """Up to PARITY_IMAGES of the kit's own labelled images, held-out ones first, as (H, W, 3) RGB."""
+def kit_images(run_dir: Path, *, split: str | None, limit: int) -> list[np.ndarray]:
+    """Up to `limit` of the kit's own labelled images as (H, W, 3) RGB: one split, or all (held-out first)."""
     import json
 
     import cv2
@@ -108,15 +108,16 @@ def _parity_images(run_dir: Path) -> list[np.ndarray]:
     if not jsonl.is_file():
         raise UsageError(f"no labels in {run_dir / 'labels'}: run `dkit label` first")
     records = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
-    records = sorted((r for r in records if r["split"]), key=lambda r: (r["split"] != "val", r["image"]))
+    records = sorted((r for r in records if r["split"] and split in (None, r["split"])),
+                     key=lambda r: (r["split"] != "val", r["image"]))
     images = []
     for rec in records:
         path = run_dir / "labels" / rec["dataset_image"] if rec.get("dataset_image") else Path(rec["source"])
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)  # the data set's copy: normalised images are plain JPEGs
         if bgr is not None:
             images.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-        if len(images) == PARITY_IMAGES:
+        if len(images) == limit:
             break
     if not images:
-        raise UsageError(f"no readable images in {run_dir / 'labels'} to check the export against")
+        raise UsageError(f"no readable {split or ''} images in {run_dir / 'labels'} to check the export against")
     return images

@@ -15,7 +15,7 @@ pytest.importorskip("onnx")
 
 from distill.label import label_images  # noqa: E402
 from distill.students import student_module  # noqa: E402
-from dkit.errors import DkitError, NotBuiltError  # noqa: E402
+from dkit.errors import DkitError  # noqa: E402
 from dkit.kit import load_kit  # noqa: E402
 from dkit.store import ModelStore  # noqa: E402
 from edge.bundle import open_bundle  # noqa: E402
@@ -112,14 +112,42 @@ def test_out_of_tolerance_is_refused_saying_by_how_much(trained):
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
 
 
-@pytest.mark.parametrize(("extra", "words"), [
-    (["export.precisions=[fp32, int8]"], "int8, not built yet"),
-    (["export.tensorrt=true"], "tensorrt, not built yet"),
-])
-def test_parts_not_built_yet_say_so(trained, extra, words):
+@pytest.mark.parametrize(("guard", "shipped"), [(0.0, {"fp16", "int8"}), (1.0, set())])
+def test_fp16_and_int8_variants_carry_their_agreement_or_are_refused(trained, guard, shipped):
     kit, run = trained
-    with pytest.raises(NotBuiltError, match=words):
-        export_bundle(kit(*extra), run)
+    result = export_bundle(kit("export.precisions=[fp32, fp16, int8]", f"export.accuracy_guard={guard}",
+                               "export.calibration_images=8"), run)
+    with open_bundle(run / "bundle") as bundle:
+        m = bundle.manifest
+        assert {k.removeprefix("student_") for k in m["models"] if k != "student"} == shipped
+        for precision in shipped:
+            v = m["models"][f"student_{precision}"]
+            assert bundle.path(v["file"]).is_file() and v["precision"] == precision
+            assert 0.0 <= v["vs_fp32"]["map50_vs_fp32"] <= 1.0 and v["vs_fp32"]["images"] == 4
+            assert v["vs_fp32"]["ms_per_image"] > 0 and v["vs_fp32"]["ms_per_image_fp32"] > 0
+        for precision in {"fp16", "int8"} - shipped:  # below the guard: refused by name, its file not shipped
+            assert "below export.accuracy_guard 1" in m["refused_variants"][precision]
+            assert not (run / "bundle" / f"student-{precision}.onnx").exists()
+            assert f"{precision}: refused" in bundle.path("README.md").read_text()
+    assert set(result["variants"]) == {"fp16", "int8"}
+
+
+def test_int8_keeps_linear_convolutions_in_float(trained):
+    from export.variants import linear_convs
+
+    kit, run = trained
+    export_bundle(kit(), run)
+    names = linear_convs(run / "bundle" / "student.onnx")
+    # YOLOv8's head: the last conv of each box and class branch at 3 scales, and the fixed DFL conv
+    assert len(names) == 7 and all("model.22" in n for n in names)
+
+
+def test_tensorrt_without_a_gpu_documents_the_device_build(trained):
+    kit, run = trained
+    export_bundle(kit("export.tensorrt=true"), run)
+    readme = (run / "bundle" / "README.md").read_text()
+    assert "trtexec --onnx=student.onnx --saveEngine=student.engine --fp16" in readme
+    assert "--minShapes=images:1x3x64x64" in readme
 
 
 def test_export_before_training(tmp_path):
