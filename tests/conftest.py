@@ -39,3 +39,21 @@ def run_dkit(*args: str, cwd: Path | None = None, env: dict[str, str] | None = N
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "dkit", *args], cwd=cwd or ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def link_images(source: Path, pattern: str, count: int, dest: Path) -> Path:
+    """A folder `dest` of symlinks to the first `count` files of `source` matching `pattern` (real images,
+    never copied into the repo, never modified)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in sorted(source.glob(pattern))[:count]:
+        (dest / p.name).symlink_to(p)
+    return dest
+
+
+def yolo_store(assets: Path, root: Path):
+    """An offline model store holding the real yolov8n.pt (by file name, as users place it)."""
+    from dkit.store import ModelStore
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "yolov8n.pt").symlink_to(assets / "models" / "yolov8n.pt")
+    return ModelStore(root, offline=True)

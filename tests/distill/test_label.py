@@ -17,7 +17,8 @@ from distill.teachers import build_teacher  # noqa: E402
 from dkit.errors import UsageError  # noqa: E402
 from dkit.kit import load_kit  # noqa: E402
 from dkit.store import ModelStore  # noqa: E402
-from tests.conftest import RECIPES, run_dkit  # noqa: E402
+from tests.conftest import RECIPES, link_images, run_dkit  # noqa: E402
+from tests.conftest import yolo_store as make_yolo_store  # noqa: E402
 
 CLIP_KIT = """\
 name: toy
@@ -232,14 +233,11 @@ def test_new_thresholds_reuse_the_cache(photos, tmp_path, store):
 
 @pytest.mark.parametrize("proposer", ["sliding", "yolo"])
 def test_clip_detection_verifies_proposals(photos, tmp_path, assets, proposer, monkeypatch):
-    store_dir = tmp_path / "store"
-    store_dir.mkdir()
-    (store_dir / "yolov8n.pt").symlink_to(assets / "models" / "yolov8n.pt")
     kit = clip_kit(tmp_path, photos, student="yolo-detect", model="yolov8n.yaml", overrides=[
         f"teacher.proposer.kind={proposer}", "teacher.proposer.max_proposals=20", "teacher.min_box=16",
         "teacher.iou=0.5",
     ])
-    result = label_images(kit, tmp_path / "run", store=ModelStore(store_dir, offline=True), progress=False)
+    result = label_images(kit, tmp_path / "run", store=make_yolo_store(assets, tmp_path / "store"), progress=False)
     out = result.labels_dir
     placed = [r for r in result.records if r["split"]]
     assert any(r["labels"] for r in placed), "a permissive random teacher keeps some boxes"
@@ -270,19 +268,12 @@ def _iou(a, b) -> float:
 @pytest.fixture
 def coco16(assets, tmp_path) -> Path:
     """16 real COCO-128 images."""
-    folder = tmp_path / "coco16"
-    folder.mkdir()
-    for p in sorted((assets / "data/coco128/images/train2017").glob("*.jpg"))[:16]:
-        (folder / p.name).symlink_to(p)
-    return folder
+    return link_images(assets / "data/coco128/images/train2017", "*.jpg", 16, tmp_path / "coco16")
 
 
-@pytest.fixture
-def yolo_store(assets, tmp_path) -> ModelStore:
-    root = tmp_path / "store"
-    root.mkdir()
-    (root / "yolov8n.pt").symlink_to(assets / "models" / "yolov8n.pt")
-    return ModelStore(root, offline=True)
+@pytest.fixture(name="yolo_store")
+def _yolo_store(assets, tmp_path) -> ModelStore:
+    return make_yolo_store(assets, tmp_path / "store")
 
 
 def test_yolo_teacher_labels_match_ultralytics_and_load_as_a_data_set(coco16, tmp_path, assets, yolo_store):

@@ -18,7 +18,7 @@ from distill.students import yolo as ys  # noqa: E402
 from dkit.errors import UsageError  # noqa: E402
 from dkit.kit import load_kit  # noqa: E402
 from dkit.store import ModelStore  # noqa: E402
-from tests.conftest import RECIPES, run_dkit  # noqa: E402
+from tests.conftest import RECIPES, link_images, run_dkit, yolo_store  # noqa: E402
 
 TINY = ["data.val=4", "teacher.augment=false", "student.imgsz=64", "student.batch=8"]
 
@@ -26,14 +26,8 @@ TINY = ["data.val=4", "teacher.augment=false", "student.imgsz=64", "student.batc
 @pytest.fixture
 def labelled(assets, tmp_path):
     """16 real COCO-128 images labelled by the real YOLOv8n; a model store holding yolov8n.pt."""
-    data = tmp_path / "coco16"
-    data.mkdir()
-    for p in sorted((assets / "data/coco128/images/train2017").glob("*.jpg"))[:16]:
-        (data / p.name).symlink_to(p)
-    root = tmp_path / "store"
-    root.mkdir()
-    (root / "yolov8n.pt").symlink_to(assets / "models" / "yolov8n.pt")
-    store = ModelStore(root, offline=True)
+    data = link_images(assets / "data/coco128/images/train2017", "*.jpg", 16, tmp_path / "coco16")
+    store = yolo_store(assets, tmp_path / "store")
     run = tmp_path / "run"
 
     def kit(*extra):
@@ -173,10 +167,7 @@ def test_eval_markdown_shows_every_figure():
 
 def test_classifier_trains_from_scratch_and_evaluates(assets, tmp_path):
     """yolo-cls on classes a random CLIP teacher gave 24 real photos; no weights in the store: from scratch."""
-    images = tmp_path / "imgs"
-    images.mkdir()
-    for p in sorted((assets / "data/imagenet-sample").glob("*.JPEG"))[:24]:
-        (images / p.name).symlink_to(p)
+    images = link_images(assets / "data/imagenet-sample", "*.JPEG", 24, tmp_path / "imgs")
     kit_file = tmp_path / "kit.yaml"
     kit_file.write_text(
         "name: cls\n"

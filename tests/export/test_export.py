@@ -17,7 +17,6 @@ from distill.label import label_images  # noqa: E402
 from distill.students import student_module  # noqa: E402
 from dkit.errors import DkitError  # noqa: E402
 from dkit.kit import load_kit  # noqa: E402
-from dkit.store import ModelStore  # noqa: E402
 from edge.bundle import open_bundle  # noqa: E402
 from export.bundle import export_bundle  # noqa: E402
 from tests.conftest import RECIPES, ROOT  # noqa: E402
@@ -29,18 +28,13 @@ TINY = ["data.val=4", "teacher.augment=false", "student.imgsz=64", "student.batc
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """16 real COCO-128 images labelled by YOLOv8n and a 64 px student trained for one epoch."""
-    from tests.conftest import ASSETS
+    from tests.conftest import ASSETS, link_images, yolo_store
 
     if not (ASSETS / "README.md").is_file():
         pytest.skip(f"real test assets not found at {ASSETS}")
     tmp = tmp_path_factory.mktemp("export")
-    data = tmp / "coco16"
-    data.mkdir()
-    for p in sorted((ASSETS / "data/coco128/images/train2017").glob("*.jpg"))[:16]:
-        (data / p.name).symlink_to(p)
-    (tmp / "store").mkdir()
-    (tmp / "store" / "yolov8n.pt").symlink_to(ASSETS / "models" / "yolov8n.pt")
-    store = ModelStore(tmp / "store", offline=True)
+    data = link_images(ASSETS / "data/coco128/images/train2017", "*.jpg", 16, tmp / "coco16")
+    store = yolo_store(ASSETS, tmp / "store")
 
     def kit(*extra):
         return load_kit(RECIPES / "coco128" / "kit.yaml", data=data, overrides=[*TINY, *extra])
