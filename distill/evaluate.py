@@ -67,8 +67,17 @@ def profile(module, input_shape: tuple[int, ...]) -> tuple[int, float]:
     model = copy.deepcopy(module).float().eval()  # Ultralytics keeps fused fp16 copies around; count fp32
     x = torch.zeros(input_shape, dtype=torch.float32, device=next(model.parameters()).device)
     counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode():
-        model(x)
+    # Fused attention kernels (nn.MultiheadAttention's fast path, flash/efficient scaled-dot-product attention)
+    # are invisible to the counter: count with the plain math implementation, which computes the same thing.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with counter, torch.inference_mode(), sdpa_kernel([SDPBackend.MATH]):
+            model(x)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return int(params), counter.get_total_flops() / 1e9
 
 

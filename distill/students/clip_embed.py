@@ -56,7 +56,6 @@ import logging
 import math
 import os
 import shutil
-import statistics
 import time
 import warnings
 from collections.abc import Iterator
@@ -69,6 +68,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.cache import TeacherCache
+from distill.evaluate import profile, profile_teacher, timed_median
 from distill.images import iter_images, load_image
 from distill.teachers import build_teacher
 from distill.teachers.base import resolve_device
@@ -681,67 +681,25 @@ def evaluate(kit, run_dir: Path, *, store, ground_truth: Path | None = None) -> 
         moderation = None if moderation is None else round(moderation, 5)
 
     size = int(spec["size"])
-    visual = teacher.model.visual
 
     def student_forward(rgb: np.ndarray) -> np.ndarray:  # what the device does per frame: preprocess + model
         return model(torch.from_numpy(preprocess(rgb, spec))[None].to(device)).cpu().numpy()
 
-    teacher_size = _input_size(visual)
+    s_params, s_gflops = profile(model, (1, 3, size, size))
+    t_params, t_gflops = profile_teacher(teacher, kit.teacher.imgsz)
+    with torch.inference_mode():
+        s_ms, _ = timed_median(student_forward, timed, warmup=WARMUP_PASSES)
+        t_ms, _ = timed_median(lambda rgb: teacher.embed_images([rgb]), timed, warmup=WARMUP_PASSES)
     return {
         "task": "embed", "split": "val", "images": len(val_recs), "kit": kit.name, "random_teacher": teacher.random,
         "student": {
-            "kind": KIND, "weights": str(best), "params": _params(model),
-            "gflops": round(_gflops(model, (1, 3, size, size)), 4),
-            "ms_per_image": round(_median_ms(student_forward, timed), 3), "device": device,
+            "kind": KIND, "weights": str(best), "params": s_params, "gflops": round(s_gflops, 4),
+            "ms_per_image": s_ms, "device": device,
             **agreement(student_emb), "moderation_agreement": moderation,
         },
         "teacher": {
-            "id": teacher.id, "params": _params(visual),
-            "gflops": round(_gflops(visual, (1, 3, *teacher_size)), 4),
-            "ms_per_image": round(_median_ms(lambda rgb: teacher.embed_images([rgb]), timed), 3),
+            "id": teacher.id, "params": t_params, "gflops": round(t_gflops, 4), "ms_per_image": t_ms,
             "device": teacher.device,
         },
         "baseline": agreement(baseline_emb),
     }
-
-
-def _params(module: nn.Module) -> int:
-    return int(sum(p.numel() for p in module.parameters()))
-
-
-def _gflops(module: nn.Module, shape: tuple[int, ...]) -> float:
-    """Forward FLOPs of one input of `shape` (a multiply-add counts 2), in billions."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    param = next(module.parameters())
-    x = torch.zeros(shape, dtype=param.dtype, device=param.device)
-    was_training, fastpath = module.training, torch.backends.mha.get_fastpath_enabled()
-    module.eval()
-    torch.backends.mha.set_fastpath_enabled(False)  # nn.MultiheadAttention's fused kernel is invisible to the counter
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            module(x)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
-        module.train(was_training)
-    return counter.get_total_flops() / 1e9
-
-
-def _input_size(visual: nn.Module) -> tuple[int, int]:
-    size = getattr(visual, "image_size", None)
-    if size is None:
-        raise DkitError(f"cannot tell the input size of the teacher's image tower {type(visual).__name__}")
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-def _median_ms(fn, images: list[np.ndarray]) -> float:
-    """Median wall time (ms) of fn(image) over the images, one at a time, after WARMUP_PASSES calls."""
-    with torch.inference_mode():
-        for _ in range(WARMUP_PASSES):
-            fn(images[0])
-        times = []
-        for rgb in images:
-            t0 = time.perf_counter()
-            fn(rgb)
-            times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)

@@ -53,10 +53,6 @@ def resolve_device(device: str) -> str:
 
 def file_digest(path: str, length: int = 16) -> str:
     """Short sha256 of a weights file, so the cache notices when weights change under the same name."""
-    import hashlib
+    from edge.bundle import sha256_file
 
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()[:length]
+    return sha256_file(path)[:length]

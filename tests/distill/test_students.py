@@ -186,3 +186,18 @@ def test_classifier_trains_from_scratch_and_evaluates(assets, tmp_path):
     assert result["task"] == "classify" and result["images"] == 6 and result["random_teacher"]
     assert 0.0 <= result["student"]["top1_agreement"] <= 1.0 and result["student"]["accuracy"] is None
     assert result["teacher"]["params"] > result["student"]["params"] > 0
+
+
+def test_profile_counts_attention_that_pytorch_would_fuse():
+    """In eval mode PyTorch may run attention as one fused kernel the FLOP counter cannot see; profile must not."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    layer = torch.nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32, batch_first=True)
+    reference = FlopCounterMode(display=False)
+    layer.train()  # the unfused path: every matmul visible
+    with reference, torch.no_grad():
+        layer(torch.zeros(1, 5, 16))
+    params, gflops = ev.profile(layer, (1, 5, 16))
+    assert gflops * 1e9 == reference.get_total_flops() > 0
+    assert params == sum(p.numel() for p in layer.parameters())
