@@ -239,12 +239,11 @@ def download(url: str, dest: Path, *, sha256: str | None = None, timeout: float 
 
 
 def _verify(path: Path, sha256: str) -> None:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    if digest.hexdigest().lower() != sha256.lower():
-        raise DownloadError(f"{path} has sha256 {digest.hexdigest()}, expected {sha256}: delete it and retry")
+    from edge.bundle import sha256_file
+
+    actual = sha256_file(path)
+    if actual != sha256.lower():
+        raise DownloadError(f"{path} has sha256 {actual}, expected {sha256}: delete it and retry")
 
 
 def _archive_name(url: str) -> str:
