@@ -1,17 +1,21 @@
 """`dkit export`: a trained student -> RUN_DIR/bundle/ (and bundle.tar.gz), verified before it is put in place.
 
-    result = export_bundle(kit, run_dir)
+    result = export_bundle(kit, run_dir, store=ModelStore())
 
-The bundle is built in a temporary folder: the model (see export.yolo), a README.md for the person
-installing it, and manifest.json (edge.bundle.write_manifest: everything the device reads, with the
-sha256 of every file). It is then opened with the edge's own verifier, exactly as a device would, and
-only then swapped into place; the archive is written beside it the same way. Nothing half-written is
-ever left where a bundle is expected.
+The bundle is built in a temporary folder: the model files for the student's kind, a README.md for the
+person installing it, and manifest.json (edge.bundle.write_manifest: everything the device reads, with the
+sha256 of every file). It is then opened with the edge's own verifier, exactly as a device would, and only
+then swapped into place; the archive is written beside it the same way. Nothing half-written is ever left
+where a bundle is expected.
 
-Built so far: a `yolo-detect` student as fp32 ONNX plus the fp16/int8 variants the kit asks for
-(export.variants), and the TensorRT build command for the device. Building engines here (a GPU with
-TensorRT) and the classifier and judge (clip-embed) bundles are issue #5's remaining parts: asking for
-them fails with a clear message.
+By student kind (task in the manifest):
+- `yolo-detect` (detect): student.onnx, letterbox preprocessing, YOLOv8 decoding, NMS thresholds (export.yolo).
+- `yolo-cls` (classify): student.onnx giving probabilities, Ultralytics' classify preprocessing (export.yolo).
+- `clip-embed` (embed, the kiosk judge): the image encoder, the teacher's text encoder, the tokenizer vocab,
+  the prompt embeddings and the score calibration (export.judge).
+Each gets the fp16/int8 variants the kit asks for (export.variants), each measured against fp32 and refused
+below the accuracy guard. TensorRT engines are device-specific: the README carries the device's build command,
+and with the `tensorrt` package and a GPU here an engine is built too (export.tensorrt).
 """
 
 from __future__ import annotations
@@ -25,38 +29,52 @@ import tarfile
 from pathlib import Path
 
 from dkit import __version__
-from dkit.errors import NotBuiltError
+from dkit.errors import UsageError
 from dkit.files import atomic_write, new_tmp_dir, read_json, replace_dir
 from edge.bundle import open_bundle, sha256_file, write_manifest
 
 log = logging.getLogger(__name__)
 
+TASKS = {"yolo-detect": "detect", "yolo-cls": "classify", "clip-embed": "embed"}
 
-def export_bundle(kit, run_dir: Path) -> dict:
-    if kit.student.kind != "yolo-detect":
-        raise NotBuiltError(f"exporting a {kit.student.kind} student is not built yet (issue #5: export); "
-                            "yolo-detect students export today")
-    if kit.export.tensorrt and _tensorrt_here():
-        raise NotBuiltError("building a TensorRT engine on this machine is not built yet (issue #5); set "
-                            "export.tensorrt=false and build it on the device with the command in the bundle README")
-    if kit.export.tensorrt:
-        log.info("TensorRT: no GPU with TensorRT here, so no engine; the bundle README has the device's build command")
+
+def export_bundle(kit, run_dir: Path, *, store=None) -> dict:
     from export.variants import make_variant
-    from export.yolo import export_detector, kit_images, preprocess_spec
+    from export.yolo import kit_images
 
+    task = TASKS[kit.student.kind]
     tmp = new_tmp_dir(run_dir, f".bundle-{os.getpid()}-")
     try:
-        entry = export_detector(kit, run_dir, tmp)
+        if task == "embed":
+            from dkit.store import ModelStore
+            from export.judge import export_judge
+
+            parts = export_judge(kit, run_dir, tmp, store=store or ModelStore())
+            entry = parts["student"] | {"preprocess": parts["preprocess"]}
+            classes = list(kit.ontology.names)
+        elif task == "classify":
+            from export.yolo import export_classifier
+
+            entry, classes = export_classifier(kit, run_dir, tmp)
+            parts = {}
+        else:
+            from export.yolo import export_detector
+
+            entry, classes, parts = export_detector(kit, run_dir, tmp), list(kit.ontology.names), {}
         variants = {}
         later = [p for p in dict.fromkeys(kit.export.precisions) if p != "fp32"]
         if later:
-            held_out = kit_images(run_dir, split="val", limit=256)
-            calibration = kit_images(run_dir, split="train", limit=kit.export.calibration_images)
+            try:
+                held_out = kit_images(run_dir, split="val", limit=256)
+            except UsageError:
+                held_out = kit_images(run_dir, split=None, limit=256)
+            calibration = kit_images(run_dir, split=None, limit=kit.export.calibration_images)
             for precision in later:
                 variants[precision] = make_variant(precision, tmp / entry["file"], tmp, kit, held_out, calibration,
-                                                   preprocess_spec(kit))
-        manifest = _manifest(kit, run_dir, entry, variants)
-        atomic_write(tmp / "README.md", _readme(kit, manifest, read_json(run_dir / "eval.json")))
+                                                   entry["preprocess"], task)
+        engines = _engines(kit, tmp, entry, variants)
+        manifest = _manifest(kit, run_dir, task, entry, variants, classes, parts, engines)
+        atomic_write(tmp / "README.md", _readme(kit, manifest, _evaluation(run_dir)))
         write_manifest(tmp, manifest)
         with open_bundle(tmp):  # the device's own check, on exactly what will be shipped
             pass
@@ -77,9 +95,27 @@ def export_bundle(kit, run_dir: Path) -> dict:
             part.unlink(missing_ok=True)
         with open_bundle(archive):
             pass
-    return {"bundle": str(bundle), "archive": None if archive is None else str(archive),
-            "models": {k: v["file"] for k, v in manifest["models"].items()}, "parity": entry["parity"],
-            "variants": variants}
+    return {"bundle": str(bundle), "archive": None if archive is None else str(archive), "task": task,
+            "models": {k: v["file"] for k, v in manifest["models"].items()},
+            "parity": {k: v["parity"] for k, v in manifest["models"].items() if "parity" in v},
+            "variants": variants, "calibration": manifest.get("calibration")}
+
+
+def _evaluation(run_dir: Path) -> dict:
+    path = run_dir / "eval.json"
+    return read_json(path) if path.is_file() else {}
+
+
+def _engines(kit, bundle_dir: Path, entry: dict, variants: dict) -> dict:
+    """TensorRT engines built here when possible (export.tensorrt), else none: the README has the command."""
+    if not kit.export.tensorrt:
+        return {}
+    if not _tensorrt_here():
+        log.info("TensorRT: no GPU with TensorRT here, so no engine; the bundle README has the device's build command")
+        return {}
+    from export.tensorrt import build_engines
+
+    return build_engines(kit, bundle_dir, entry, variants)
 
 
 def _tensorrt_here() -> bool:
@@ -91,71 +127,109 @@ def _tensorrt_here() -> bool:
     return torch.cuda.is_available()
 
 
-def _manifest(kit, run_dir: Path, entry: dict, variants: dict) -> dict:
+def _manifest(kit, run_dir: Path, task: str, entry: dict, variants: dict, classes: list[str], parts: dict,
+              engines: dict) -> dict:
     first = next((json.loads(line) for line in (run_dir / "labels" / "labels.jsonl").open(encoding="utf-8")), {})
     best = run_dir / "student" / "weights" / "best.pt"
-    model = {k: v for k, v in entry.items() if k not in ("preprocess", "decode")}
-    return {
+    models = {"student": {k: v for k, v in entry.items() if k not in ("preprocess", "decode")}}
+    models |= {f"student_{p}": v for p, v in variants.items() if "refused" not in v}
+    if "text" in parts:
+        models["text"] = parts["text"]
+    models |= engines
+    if task == "detect":
+        thresholds = {"conf": kit.edge.conf, "iou": kit.edge.iou, "max_det": kit.edge.max_det}
+    elif task == "classify":
+        thresholds = {"conf": kit.edge.conf, "top_k": min(5, len(classes))}
+    else:
+        thresholds = {}
+    manifest = {
         "name": kit.name,
-        "task": kit.task,
+        "task": task,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "dkit_version": __version__,
-        "teacher": {"id": first.get("teacher"), "random": kit.teacher.is_random},
+        "teacher": {"id": parts.get("teacher_id") or first.get("teacher"), "random": kit.teacher.is_random},
         "student": {"kind": kit.student.kind, "model": kit.student.model, "imgsz": kit.student.imgsz,
                     "weights_sha256": sha256_file(best)},
-        "models": {"student": model, **{f"student_{p}": v for p, v in variants.items() if "refused" not in v}},
+        "models": models,
         "refused_variants": {p: v["refused"] for p, v in variants.items() if "refused" in v},
         "preprocess": entry["preprocess"],
-        "decode": entry["decode"],
-        "classes": kit.ontology.names,
-        "thresholds": {"conf": kit.edge.conf, "iou": kit.edge.iou, "max_det": kit.edge.max_det},
+        "decode": entry.get("decode") or {"type": "embedding", "output": "(batch, dim)", "normalized": True,
+                                          "dim": parts["prompts"]["dim"]},
+        "classes": classes,
+        "thresholds": thresholds,
         "runtime": {"providers": kit.edge.providers, "threads": kit.edge.threads, "max_fps": kit.edge.max_fps},
     }
+    for key in ("tokenizer", "prompts", "logit_scale", "calibration", "judge"):
+        if key in parts:
+            manifest[key] = parts[key]
+    return manifest
 
 
 def _readme(kit, manifest: dict, evaluation: dict) -> str:
-    m = manifest["models"]["student"]
+    task, m = manifest["task"], manifest["models"]["student"]
     p = m["parity"]
+    what = {"detect": f"A {manifest['student']['imgsz']} px object detector for {len(manifest['classes'])} classes",
+            "classify": f"A {manifest['student']['imgsz']} px image classifier for {len(manifest['classes'])} classes",
+            "embed": f"A kiosk judge: a {manifest['student']['imgsz']} px image encoder that reproduces the teacher's "
+                     "image embeddings, scored against text prompts (the teacher's text encoder ships too, so new "
+                     "prompts are embedded on the device), with moderation prompts and a 0-100 score calibration; "
+                     f"its ontology has {len(manifest['classes'])} classes"}[task]
     lines = [f"# {kit.name}: {kit.student.kind} bundle", ""]
     if manifest["teacher"]["random"]:
         lines += ["**WARNING: made from an UNTRAINED (random) teacher. Its outputs are meaningless; tests only.**", ""]
+    names = manifest["classes"]
     lines += [
-        f"A {manifest['student']['imgsz']} px object detector for {len(manifest['classes'])} classes "
-        f"({', '.join(manifest['classes'][:12])}{', ...' if len(manifest['classes']) > 12 else ''}), distilled from "
-        f"the teacher `{manifest['teacher']['id']}`. Everything the device needs is in `manifest.json`; every "
-        "file's sha256 is checked before anything loads.", "",
+        f"{what} ({', '.join(names[:12])}{', ...' if len(names) > 12 else ''}), distilled from the teacher "
+        f"`{manifest['teacher']['id']}`. Everything the device needs is in `manifest.json`; every file's sha256 is "
+        "checked before anything loads.", "",
         "## Run it", "",
         "```bash",
         "pip install distill-kit          # the edge runtime only: numpy, onnxruntime, opencv; no torch",
         "dkit run bundle/ --source 0 --jsonl     # camera 0; or a video file, an rtsp:// URL, a folder",
-        "```", "",
-        "## Measured", "",
-        f"- ONNX (fp32, opset {m['opset']}) against the PyTorch student on {p['images']} of the kit's images: "
-        f"largest output difference {p['max_abs_diff']:.2e}, boxes agreeing after NMS {p['agreement']:.3f}.",
     ]
+    if task == "embed":
+        lines.append("dkit serve bundle/ --port 8000          # the kiosk: drawing canvas, camera, leaderboard")
+    lines += ["```", "", "## Measured", ""]
+    if task == "detect":
+        lines.append(f"- ONNX (fp32, opset {m['opset']}) against the PyTorch student on {p['images']} of the kit's "
+                     f"images: largest output difference {p['max_abs_diff']:.2e}, boxes agreeing after NMS "
+                     f"{p['agreement']:.3f}.")
+    elif task == "classify":
+        lines.append(f"- ONNX (fp32, opset {m['opset']}) against the PyTorch student on {p['images']} of the kit's "
+                     f"images: largest probability difference {p['max_abs_diff']:.2e}; the device's input differs "
+                     f"from Ultralytics' by at most {p['input_max_abs_diff']:.2e}; top-1 class agreeing with "
+                     f"Ultralytics' predict {p['agreement']:.3f}.")
+    else:
+        t = manifest["models"]["text"]["parity"]
+        c = manifest["calibration"]
+        lines += [f"- Image encoder ONNX (fp32, opset {m['opset']}) against the PyTorch student on {p['images']} of "
+                  f"the kit's images: largest difference {p['max_abs_diff']:.2e}, cosine mean {p['agreement']:.6f} "
+                  f"(min {p['min_cosine']:.6f}).",
+                  f"- Text encoder ONNX against open_clip on {t['prompts']} prompts: token ids identical "
+                  f"{t['token_agreement']:.3f}, largest difference {t['max_abs_diff']:.2e}, cosine mean "
+                  f"{t['agreement']:.6f}.",
+                  f"- Score calibration from {c['images']} of the kit's images: cosine knots "
+                  f"{', '.join(f'{x:.3f}' for x in c['cosine'])} -> scores {', '.join(f'{y:g}' for y in c['score'])}; "
+                  f"student vs teacher scores on {c['agreement']['pairs']} ({c['agreement']['split']}) image-class "
+                  f"pairs: mean absolute difference {c['agreement']['mean_abs_score_diff']:.1f} points, Spearman "
+                  f"{c['agreement']['spearman']:.3f}."]
     for role, v in manifest["models"].items():
-        if role != "student":
+        if role.startswith("student_") and "vs_fp32" in v:
             a = v["vs_fp32"]
-            lines.append(f"- `{v['file']}` ({v['precision']}): mAP50 {a['map50_vs_fp32']:.3f} against the fp32 model "
-                         f"on {a['images']} held-out images; {a['ms_per_image']:.1f} ms/image vs "
+            lines.append(f"- `{v['file']}` ({v['precision']}): {a['metric']} {a['agreement']:.3f} against the fp32 "
+                         f"model on {a['images']} held-out images; {a['ms_per_image']:.1f} ms/image vs "
                          f"{a['ms_per_image_fp32']:.1f} for fp32 on the exporting machine's CPU.")
     for precision, why in manifest["refused_variants"].items():
         lines.append(f"- {precision}: refused ({why}).")
-    s, t = evaluation.get("student") or {}, evaluation.get("teacher") or {}
-    if s:
-        lines.append(f"- On {evaluation.get('images')} held-out images (`dkit eval`): student mAP50 "
-                     f"{_f(s.get('map50'))} vs the teacher's {_f(t.get('map50'))} (ground truth), "
-                     f"{_f(s.get('map50_vs_teacher'))} against the teacher's labels; "
-                     f"{_f(s.get('ms_per_image'))} ms/image vs {_f(t.get('ms_per_image'))} on "
-                     f"{(evaluation.get('machine') or {}).get('cpus', '?')} CPU cores.")
+    lines += _eval_lines(evaluation)
+    size, inp = kit.student.imgsz, m["inputs"][0]["name"]
     lines += [
         "", "## TensorRT (on the device)", "",
-        "Engines are specific to the GPU and TensorRT version that build them, so none ships here. On a Jetson:", "",
+        "Engines are specific to the GPU and TensorRT version that build them, so none is trusted across devices. "
+        "On a Jetson:", "",
         "```bash",
         f"trtexec --onnx=student.onnx --saveEngine=student.engine --fp16 "
-        f"--minShapes=images:1x3x{kit.student.imgsz}x{kit.student.imgsz} "
-        f"--optShapes=images:1x3x{kit.student.imgsz}x{kit.student.imgsz} "
-        f"--maxShapes=images:4x3x{kit.student.imgsz}x{kit.student.imgsz}",
+        f"--minShapes={inp}:1x3x{size}x{size} --optShapes={inp}:1x3x{size}x{size} --maxShapes={inp}:4x3x{size}x{size}",
         "```", "",
         "or let onnxruntime's TensorRT execution provider build and cache it on first run "
         "(`trt_engine_cache_enable=True`, `trt_engine_cache_path=./trt-cache`).", "",
@@ -163,6 +237,22 @@ def _readme(kit, manifest: dict, evaluation: dict) -> str:
     return "\n".join(lines)
 
 
+def _eval_lines(evaluation: dict) -> list[str]:
+    s, t = evaluation.get("student") or {}, evaluation.get("teacher") or {}
+    if not s:
+        return []
+    on = (f"{_f(s.get('ms_per_image'))} ms/image vs the teacher's {_f(t.get('ms_per_image'))} on "
+          f"{(evaluation.get('machine') or {}).get('cpus', '?')} CPU cores")
+    if evaluation.get("task") == "detect":
+        return [f"- On {evaluation.get('images')} held-out images (`dkit eval`): student mAP50 {_f(s.get('map50'))} "
+                f"vs the teacher's {_f(t.get('map50'))} (ground truth), {_f(s.get('map50_vs_teacher'))} against the "
+                f"teacher's labels; {on}."]
+    if "top1_agreement" in s:
+        return [f"- On {evaluation.get('images')} held-out images (`dkit eval`): top-1 agreement with the teacher "
+                f"{_f(s.get('top1_agreement'))}, accuracy {_f(s.get('accuracy'))} (ground truth); {on}."]
+    return [f"- On {evaluation.get('images')} held-out images (`dkit eval`): cosine to the teacher's embedding "
+            f"{_f(s.get('cosine_mean'))}; {on}."]
+
+
 def _f(v) -> str:
     return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
-

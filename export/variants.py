@@ -7,9 +7,11 @@
 - `int8`: onnxruntime's static quantization (QDQ, per-channel weights), calibrated on the kit's own
   training images through the device's preprocessing.
 
-Each variant carries its agreement with fp32 on held-out images: the mAP50 of its detections against
-the fp32 model's detections (Ultralytics' matching, export.metrics) and the median ms/image of both on
-this machine, in the same run. A variant below `export.accuracy_guard` is refused, not shipped.
+Each variant carries its agreement with fp32 on held-out images (`vs_fp32.agreement`, and which metric it
+is), by task: a detector's mAP50 against the fp32 model's detections (Ultralytics' matching,
+export.metrics); a classifier's top-1 agreement; an embedding model's mean cosine to the fp32 embedding.
+And the median ms/image of both on this machine, in the same run. A variant whose agreement is below
+`export.accuracy_guard` is refused, not shipped.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def make_variant(precision: str, fp32: Path, bundle_dir: Path, kit, held_out: list[np.ndarray],
-                 calibration: list[np.ndarray], spec: dict) -> dict:
+                 calibration: list[np.ndarray], spec: dict, task: str = "detect") -> dict:
     """Write student-<precision>.onnx into bundle_dir; return its manifest entry (with `refused` if below guard)."""
     onnx = require("onnx", what=f"the {precision} variant", extra="export")
     out = bundle_dir / f"student-{precision}.onnx"
@@ -39,12 +41,12 @@ def make_variant(precision: str, fp32: Path, bundle_dir: Path, kit, held_out: li
         _quantize_int8(fp32, out, calibration, spec)
     else:
         raise ValueError(f"unknown precision {precision!r}")
-    agreement = compare(fp32, out, held_out, spec, kit)
+    agreement = compare(fp32, out, held_out, spec, kit, task)
     entry = {"file": out.name, "precision": precision, "vs_fp32": agreement}
-    if agreement["map50_vs_fp32"] < kit.export.accuracy_guard:
+    if agreement["agreement"] < kit.export.accuracy_guard:
         out.unlink()
-        entry["refused"] = (f"mAP50 against fp32 {agreement['map50_vs_fp32']:.3f} is below export.accuracy_guard "
-                            f"{kit.export.accuracy_guard:g}: not shipped")
+        entry["refused"] = (f"{agreement['metric']} against fp32 {agreement['agreement']:.3f} is below "
+                            f"export.accuracy_guard {kit.export.accuracy_guard:g}: not shipped")
         log.warning("%s variant refused: %s", precision, entry["refused"])
     return entry
 
@@ -90,35 +92,58 @@ def linear_convs(model_path: Path) -> list[str]:
             and not {"Sigmoid", "Relu", "HardSwish", "HardSigmoid"} & set(consumers.get(n.output[0], []))]
 
 
-def compare(fp32: Path, variant: Path, images: list[np.ndarray], spec: dict, kit) -> dict:
-    """mAP50 of the variant's detections against fp32's, and the median ms/image of each, on the same images."""
+METRICS = {"detect": "mAP50", "classify": "top-1 agreement", "embed": "mean cosine"}
+
+
+def compare(fp32: Path, variant: Path, images: list[np.ndarray], spec: dict, kit, task: str = "detect") -> dict:
+    """The variant's agreement with fp32 (METRICS[task]) and the median ms/image of each, on the same images."""
     import onnxruntime as ort
+
+    inputs = [preprocess(rgb, spec)[0] for rgb in images]  # (1, 3, H, W) each
+
+    def run(path: Path) -> tuple[list[np.ndarray], float]:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        session.run(None, {name: inputs[0]})  # warm-up
+        times, outs = [], []
+        for x in inputs:
+            start = time.perf_counter()
+            outs.append(session.run(None, {name: x})[0])
+            times.append((time.perf_counter() - start) * 1000)
+        return outs, float(np.median(times))
+
+    ref, ms_ref = run(fp32)
+    got, ms_got = run(variant)
+    result = {"images": len(images), "metric": METRICS[task]}
+    if task == "detect":
+        result |= _detection_agreement(ref, got, kit)
+        result["agreement"] = result["map50_vs_fp32"]
+    elif task == "classify":
+        top_ref, top_got = (np.concatenate([o.argmax(-1) for o in outs]) for outs in (ref, got))
+        result["agreement"] = float(np.mean(top_ref == top_got))
+    else:
+        a, b = np.concatenate(ref), np.concatenate(got)  # (N, D)
+        cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+        result |= {"agreement": float(cos.mean()), "min_cosine": float(cos.min())}
+    result["max_abs_diff"] = float(max(np.abs(r - g).max() for r, g in zip(ref, got, strict=True)))
+    return result | {"ms_per_image_fp32": round(ms_ref, 2), "ms_per_image": round(ms_got, 2),
+                     "speedup_vs_fp32": round(ms_ref / ms_got, 3) if ms_got else None}
+
+
+def _detection_agreement(ref: list[np.ndarray], got: list[np.ndarray], kit) -> dict:
+    """mAP50 (and mAP50-95) of the variant's detections against the fp32 detections a device would keep."""
     import torch
     from ultralytics.utils.nms import non_max_suppression
 
     from export.metrics import detection_map
 
-    def run(path: Path) -> tuple[list, float]:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        inputs = [preprocess(rgb, spec)[0] for rgb in images]
-        session.run(None, {name: inputs[0]})  # warm-up
-        times, dets = [], []
-        for x in inputs:
-            start = time.perf_counter()
-            raw = session.run(None, {name: x})[0]
-            times.append((time.perf_counter() - start) * 1000)
-            d = non_max_suppression(torch.from_numpy(raw), conf_thres=0.001, iou_thres=kit.edge.iou,
-                                    max_det=kit.edge.max_det)[0].numpy()  # (N, 6) xyxy conf cls
-            dets.append(d)
-        return dets, float(np.median(times))
+    def nms(raw: np.ndarray) -> np.ndarray:  # (N, 6) xyxy conf cls
+        return non_max_suppression(torch.from_numpy(raw), conf_thres=0.001, iou_thres=kit.edge.iou,
+                                   max_det=kit.edge.max_det)[0].numpy()
 
-    ref, ms_ref = run(fp32)
-    got, ms_got = run(variant)
-    # the fp32 detections a device would keep (edge.conf) are the reference; the variant is ranked by confidence
-    pairs = [(g[:, :4], g[:, 4], g[:, 5], r[r[:, 4] >= kit.edge.conf][:, :4], r[r[:, 4] >= kit.edge.conf][:, 5])
-             for g, r in zip(got, ref, strict=True)]
+    pairs = []
+    for g, r in zip(map(nms, got), map(nms, ref), strict=True):
+        keep = r[r[:, 4] >= kit.edge.conf]  # the reference: what fp32 keeps at the device's threshold
+        pairs.append((g[:, :4], g[:, 4], g[:, 5], keep[:, :4], keep[:, 5]))  # the variant ranked by confidence
     score = detection_map(pairs, kit.ontology.names)
-    return {"images": len(images), "map50_vs_fp32": score["map50"], "map50_95_vs_fp32": score["map50_95"],
-            "ms_per_image_fp32": round(ms_ref, 2), "ms_per_image": round(ms_got, 2),
-            "speedup_vs_fp32": round(ms_ref / ms_got, 3) if ms_got else None}
+    return {"map50_vs_fp32": score["map50"], "map50_95_vs_fp32": score["map50_95"]}

@@ -1,13 +1,18 @@
-"""YOLO detector student -> ONNX, with parity against the PyTorch student on the kit's own images.
+"""YOLO students (detector, classifier) -> ONNX, with parity against the PyTorch student on the kit's own images.
 
-    entry = export_detector(kit, run_dir, bundle_dir)   # writes bundle_dir/student.onnx, returns its manifest entry
+    entry = export_detector(kit, run_dir, bundle_dir)    # writes bundle_dir/student.onnx, returns its manifest entry
+    entry = export_classifier(kit, run_dir, bundle_dir)
 
 The graph comes from Ultralytics' exporter (opset from the kit, dynamic batch, simplified with onnxslim).
-Parity: the same letterboxed images (edge.preprocess, what the device will do) go through the PyTorch
-student and through onnxruntime; the raw outputs' largest absolute difference must stay within
+Detector parity: the same letterboxed images (edge.preprocess, what the device will do) go through the
+PyTorch student and through onnxruntime; the raw outputs' largest absolute difference must stay within
 `export.parity_atol`, and after Ultralytics' NMS at the kit's edge thresholds the boxes must agree
-(same class, IoU >= 0.9) at least `export.accuracy_guard` of the time. Otherwise the export fails and
-says by how much.
+(same class, IoU >= 0.9) at least `export.accuracy_guard` of the time.
+Classifier parity: the device's input (edge.preprocess: shortest side, centre crop, Pillow's bilinear
+in numpy) against Ultralytics' own torchvision transform of the same image (largest difference, expected
+0), the ONNX probabilities against the PyTorch student's on that input (within `export.parity_atol`), and
+the top-1 class of the whole device path against Ultralytics' whole path (at least `export.accuracy_guard`).
+Out of tolerance, the export fails and says by how much.
 """
 
 from __future__ import annotations
@@ -27,6 +32,29 @@ PARITY_IMAGES = 16  # held-out images first, then training images, as many as th
 
 
 def export_detector(kit, run_dir: Path, bundle_dir: Path) -> dict:
+    model, onnx_path, best = _export_onnx(kit, run_dir, bundle_dir)
+    spec = preprocess_spec(kit)
+    parity = detector_parity(model, onnx_path, kit_images(run_dir, split=None, limit=PARITY_IMAGES), spec, kit)
+    _check(parity, kit, best, "box/class agreement after NMS")
+    return _entry(onnx_path, kit, parity, spec, {
+        "type": "yolov8-detect", "output": "(batch, 4 + classes, anchors)", "boxes": "xywh, input pixels",
+        "scores": "class probabilities, no objectness", "nms": "class-wise"})
+
+
+def export_classifier(kit, run_dir: Path, bundle_dir: Path) -> tuple[dict, list[str]]:
+    """The classifier's manifest entry and its class names in output order (the classes it was trained on)."""
+    model, onnx_path, best = _export_onnx(kit, run_dir, bundle_dir)
+    transform = _classify_transform(model, kit.student.imgsz)
+    spec = classifier_spec(transform, kit.student.imgsz)
+    images = kit_images(run_dir, split=None, limit=PARITY_IMAGES)
+    parity = classifier_parity(model, onnx_path, images, spec, transform)
+    _check(parity, kit, best, "top-1 agreement with Ultralytics' predict")
+    names = [model.names[i] for i in range(len(model.names))]
+    return _entry(onnx_path, kit, parity, spec, {"type": "classify", "output": "(batch, classes)",
+                                                 "scores": "probabilities (softmax inside the model)"}), names
+
+
+def _export_onnx(kit, run_dir: Path, bundle_dir: Path):
     ultralytics = require("ultralytics", what="exporting a YOLO student", extra="distill")
     require("onnx", what="exporting to ONNX", extra="export")
     best = run_dir / "student" / "weights" / "best.pt"
@@ -38,28 +66,32 @@ def export_detector(kit, run_dir: Path, bundle_dir: Path) -> dict:
                                  verbose=False))
     onnx_path = bundle_dir / "student.onnx"
     shutil.move(str(exported), onnx_path)
+    return model, onnx_path, best
 
-    spec = preprocess_spec(kit)
-    parity = detector_parity(model, onnx_path, kit_images(run_dir, split=None, limit=PARITY_IMAGES), spec, kit)
+
+def _check(parity: dict, kit, best: Path, what: str) -> None:
+    e = kit.export
     if parity["max_abs_diff"] > e.parity_atol or parity["agreement"] < e.accuracy_guard:
         raise DkitError(
             f"ONNX export of {best} is out of tolerance on {parity['images']} images: max abs output difference "
-            f"{parity['max_abs_diff']:.3g} (export.parity_atol {e.parity_atol:g}), box/class agreement after NMS "
+            f"{parity['max_abs_diff']:.3g} (export.parity_atol {e.parity_atol:g}), {what} "
             f"{parity['agreement']:.3f} (export.accuracy_guard {e.accuracy_guard:g})"
         )
     log.info("ONNX parity on %d images: max abs diff %.2e, agreement %.3f", parity["images"],
              parity["max_abs_diff"], parity["agreement"])
+
+
+def _entry(onnx_path: Path, kit, parity: dict, spec: dict, decode: dict) -> dict:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     return {
-        "file": onnx_path.name, "precision": "fp32", "opset": e.opset, "parity": parity,
+        "file": onnx_path.name, "precision": "fp32", "opset": kit.export.opset, "parity": parity,
         "inputs": [{"name": i.name, "shape": i.shape, "dtype": "float32", "layout": "NCHW"}
                    for i in session.get_inputs()],
         "outputs": [{"name": o.name, "shape": o.shape} for o in session.get_outputs()],
         "preprocess": spec,
-        "decode": {"type": "yolov8-detect", "output": "(batch, 4 + classes, anchors)", "boxes": "xywh, input pixels",
-                   "scores": "class probabilities, no objectness", "nms": "class-wise"},
+        "decode": decode,
     }
 
 
@@ -96,6 +128,56 @@ def detector_parity(model, onnx_path: Path, images: list[np.ndarray], spec: dict
             matched += int((iou.max(1).values >= 0.9).sum())
     return {"images": len(images), "max_abs_diff": max_diff,
             "agreement": 1.0 if total == 0 else matched / total, "boxes": total}
+
+
+def _classify_transform(model, imgsz: int):
+    """The torchvision transform Ultralytics' predictor applies for this classifier (its own, or the default)."""
+    from ultralytics.data.augment import classify_transforms
+
+    transform = getattr(model.model, "transforms", None)
+    size = getattr(transform.transforms[0], "size", None) if transform is not None else None
+    return transform if size in (imgsz, [imgsz], (imgsz, imgsz)) else classify_transforms(imgsz)
+
+
+def classifier_spec(transform, imgsz: int) -> dict:
+    """Ultralytics' classify transform (Resize shortest, CenterCrop, ToTensor, Normalize) as manifest data."""
+    import torchvision.transforms as T
+
+    steps = {type(t): t for t in transform.transforms}
+    resize, normalize = steps.get(T.Resize), steps.get(T.Normalize)
+    if resize is None or normalize is None or resize.interpolation != T.InterpolationMode.BILINEAR:
+        raise DkitError(f"this classifier's transform ({transform}) is not the Resize(bilinear) + CenterCrop + "
+                        "Normalize the edge reproduces")
+    return {"resize": "shortest", "size": imgsz, "crop": "center", "interpolation": "pil-bilinear",
+            "channels": "RGB", "scale": 1 / 255, "mean": [float(v) for v in normalize.mean],
+            "std": [float(v) for v in normalize.std], "layout": "NCHW"}
+
+
+def classifier_parity(model, onnx_path: Path, images: list[np.ndarray], spec: dict, transform) -> dict:
+    """Device input vs Ultralytics' input, ONNX vs PyTorch outputs, and the two whole paths' top-1 classes."""
+    import onnxruntime as ort
+    import torch
+    from PIL import Image
+
+    net = model.model.float().eval()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    input_diff, max_diff, same = 0.0, 0.0, 0
+    for rgb in images:
+        x, _ = preprocess(rgb, spec)  # (1, 3, S, S): what the device feeds
+        theirs = transform(Image.fromarray(rgb)).numpy()[None]  # what Ultralytics' predict feeds
+        input_diff = max(input_diff, float(np.abs(x - theirs).max()))
+        with torch.inference_mode():
+            ref, ref_theirs = (_probs(net(torch.from_numpy(v))) for v in (x, theirs))  # (1, C) each
+        got = session.run(None, {name: x})[0]
+        max_diff = max(max_diff, float(np.abs(ref - got).max()))
+        same += int(got.argmax() == ref_theirs.argmax())
+    return {"images": len(images), "max_abs_diff": max_diff, "input_max_abs_diff": input_diff,
+            "agreement": same / len(images)}
+
+
+def _probs(out) -> np.ndarray:
+    return (out[0] if isinstance(out, (tuple, list)) else out).numpy()
 
 
 def kit_images(run_dir: Path, *, split: str | None, limit: int) -> list[np.ndarray]:

@@ -61,7 +61,6 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -74,6 +73,8 @@ from distill.teachers import build_teacher
 from distill.teachers.base import resolve_device
 from dkit.errors import DkitError, UsageError
 from dkit.files import atomic_write, duration
+from edge.preprocess import center_crop, normalize, resize, shortest_side
+from edge.preprocess import preprocess as edge_preprocess
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,6 @@ WARMUP_PASSES = 3
 CURVES_EVERY_S = 30.0  # curves.png is redrawn after an epoch at most this often, and after the last one
 _FINGERPRINT = {"student": "student settings", "teacher": "teacher", "prompts": "prompts", "images": "labelled images"}
 RESULTS_COLUMNS = ["epoch", "train_loss", "val_cosine", "lr", "seconds"]
-_INTERPOLATION = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
 
 
 # ------------------------------------------------------------------------------------------ preprocessing
@@ -95,9 +95,9 @@ def preprocess_spec(kit) -> dict:
     """The student's input transform as data: what the bundle manifest carries to the device."""
     mean, std = _backbone_mean_std(kit.student.model)
     return {
-        "resize": "shortest",  # shorter side to `size`, longer side int(long * size / short + 0.5)
+        "resize": "shortest",  # shorter side to `size`, longer side int(long * size / short) (edge.preprocess)
         "size": kit.student.imgsz,
-        "crop": "center",  # size x size at ((H - size) // 2, (W - size) // 2)
+        "crop": "center",  # size x size at (round((H - size) / 2), round((W - size) / 2))
         "interpolation": "area",  # cv2.INTER_AREA (shrinking and enlarging alike)
         "scale": 1 / 255,  # uint8 -> [0, 1], then (x - mean) / std per channel
         "mean": mean,
@@ -119,34 +119,13 @@ def _backbone_mean_std(name: str) -> tuple[list[float], list[float]]:
 
 
 def resize_shortest(rgb: np.ndarray, spec: dict) -> np.ndarray:
-    """(H, W, 3) uint8 -> (h, w, 3) uint8 with min(h, w) == spec["size"], aspect ratio kept."""
-    size = spec["size"]
-    h, w = rgb.shape[:2]
-    if min(h, w) == size:
-        return rgb
-    if h <= w:
-        new_h, new_w = size, max(size, int(w * size / h + 0.5))
-    else:
-        new_h, new_w = max(size, int(h * size / w + 0.5)), size
-    return cv2.resize(rgb, (new_w, new_h), interpolation=_INTERPOLATION[spec["interpolation"]])
-
-
-def center_crop(rgb: np.ndarray, size: int) -> np.ndarray:
-    h, w = rgb.shape[:2]
-    top, left = (h - size) // 2, (w - size) // 2
-    return rgb[top : top + size, left : left + size]
-
-
-def normalize(square: np.ndarray, spec: dict) -> np.ndarray:
-    """(S, S, 3) uint8 RGB -> (3, S, S) float32, (x / 255 - mean) / std."""
-    x = square.astype(np.float32) * np.float32(spec["scale"])
-    x = (x - np.asarray(spec["mean"], np.float32)) / np.asarray(spec["std"], np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    """(H, W, 3) uint8 -> (h, w, 3) uint8 with min(h, w) == spec["size"]: the device's resize (edge.preprocess)."""
+    return shortest_side(rgb, spec["size"], spec["interpolation"])
 
 
 def preprocess(rgb: np.ndarray, spec: dict) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (3, S, S) float32: the exact transform the device repeats."""
-    return normalize(center_crop(resize_shortest(rgb, spec), spec["size"]), spec)
+    """(H, W, 3) uint8 RGB -> (3, S, S) float32: the exact transform the device repeats (edge.preprocess)."""
+    return edge_preprocess(rgb, spec)[0][0]
 
 
 def _augment(small: np.ndarray, spec: dict, rng: np.random.Generator) -> np.ndarray:
@@ -162,8 +141,7 @@ def _augment(small: np.ndarray, spec: dict, rng: np.random.Generator) -> np.ndar
     else:
         ch = cw = min(h, w)
     top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    crop = cv2.resize(small[top : top + ch, left : left + cw], (size, size),
-                      interpolation=_INTERPOLATION[spec["interpolation"]])
+    crop = resize(small[top : top + ch, left : left + cw], (size, size), spec["interpolation"])
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
     x = crop.astype(np.float32)

@@ -48,7 +48,7 @@ def trained(tmp_path_factory):
 def test_export_writes_a_verified_bundle_with_parity(trained):
     kit, run = trained
     result = export_bundle(kit(), run)
-    parity = result["parity"]
+    parity = result["parity"]["student"]
     assert parity["images"] == 16 and parity["max_abs_diff"] <= kit().export.parity_atol
     assert parity["agreement"] >= kit().export.accuracy_guard
     with open_bundle(run / "bundle") as bundle:

@@ -1,0 +1,213 @@
+"""A bundle, loaded and ready to score frames: onnxruntime plus the manifest's pre- and post-processing.
+
+    with Runtime.load("runs/coco128/bundle") as rt:      # verified first (edge.bundle); or a bundle.tar.gz
+        result = rt(rgb)                                 # (H, W, 3) uint8 RGB -> Result
+        results = rt.batch([rgb1, rgb2])                 # several cameras in one session.run when the model allows
+        rt.provider                                      # e.g. "CUDAExecutionProvider": the one really used
+
+Execution providers: the first available of TensorRT > CUDA > OpenVINO > CoreML > CPU, unless `providers` names
+them (full names or short ones: tensorrt, cuda, openvino, coreml, cpu); the choice is logged. TensorRT engines
+are cached under $DKIT_HOME/trt-cache (built on first use, specific to this device). `threads` sets
+onnxruntime's intra-op threads (0: its default). `precision` picks the bundle's fp32, fp16 or int8 model.
+The session is warmed up when built, so the first frame is not slow.
+
+Per task (manifest `task`):
+- detect: letterbox, YOLOv8 decode + class-wise NMS in numpy (edge.postprocess), boxes in image pixels.
+- classify: shortest-side resize + centre crop, probabilities, top-k.
+- embed: the L2-normalised embedding and its cosine to every prompt the bundle ships (prompts.npy), each also
+  as a 0-100 score through the bundle's calibration.
+Thresholds come from the manifest and may be overridden (`conf`, `iou`, `max_det`, `top_k`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.bundle import Bundle, BundleError, open_bundle
+from edge.postprocess import Detections, cosine_scores, decode_yolo, topk
+from edge.preprocess import Letterbox, preprocess
+
+log = logging.getLogger(__name__)
+
+PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "OpenVINOExecutionProvider",
+                  "CoreMLExecutionProvider", "CPUExecutionProvider")
+SHORT_NAMES = {"tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
+               "cuda": "CUDAExecutionProvider", "openvino": "OpenVINOExecutionProvider",
+               "coreml": "CoreMLExecutionProvider", "cpu": "CPUExecutionProvider"}
+WARMUP_RUNS = 2
+
+
+class RuntimeConfigError(Exception):
+    """The bundle cannot run here (no such provider, precision or task); the message says what to change."""
+
+
+@dataclass
+class Result:
+    """What one frame produced. Exactly one of detections / top / scores is set, by task."""
+
+    frame_id: int
+    timestamp: float  # when the frame was captured (time.time())
+    latency_ms: float  # capture -> result, or pre-processing start -> result when the capture time is unknown
+    task: str
+    detections: Detections | None = None  # detect: boxes in image pixels
+    top: list[tuple[int, float]] | None = None  # classify: (class index, probability), best first
+    embedding: np.ndarray | None = None  # embed: (D,) normalised
+    cosine: np.ndarray | None = None  # embed: (P,) to the bundle's prompts
+    scores: np.ndarray | None = None  # embed: (P,) 0-100 through the calibration
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self, classes: list[str], prompts: list[str] | None = None) -> dict[str, Any]:
+        doc: dict[str, Any] = {"frame": self.frame_id, "ts": round(self.timestamp, 6),
+                               "latency_ms": round(self.latency_ms, 3), **self.extra}
+        if self.detections is not None:
+            d = self.detections
+            doc["detections"] = [
+                {"class": classes[int(c)] if 0 <= int(c) < len(classes) else str(int(c)), "class_id": int(c),
+                 "conf": round(float(p), 4), "box": [round(float(v), 1) for v in b]}
+                for b, p, c in zip(d.xyxy, d.confidence, d.class_id, strict=True)]
+        if self.top is not None:
+            doc["top"] = [{"class": classes[i] if i < len(classes) else str(i), "class_id": i, "prob": round(p, 4)}
+                          for i, p in self.top]
+        if self.scores is not None and prompts is not None:
+            doc["scores"] = {t: round(float(s), 1) for t, s in zip(prompts, self.scores, strict=True)}
+        return doc
+
+
+def choose_providers(requested: list[str] | None, available: list[str]) -> list[str]:
+    """The providers to ask onnxruntime for, best first (CPU always last as the fallback)."""
+    if requested:
+        names = [SHORT_NAMES.get(p.lower(), p) for p in requested]
+        missing = [p for p in names if p not in available]
+        if missing:
+            raise RuntimeConfigError(f"execution provider(s) {', '.join(missing)} not available in this onnxruntime "
+                                f"(available: {', '.join(available)}); install onnxruntime-gpu / onnxruntime-openvino "
+                                "for those, or leave --providers out to pick automatically")
+        return names + (["CPUExecutionProvider"] if "CPUExecutionProvider" not in names else [])
+    return [p for p in PROVIDER_ORDER if p in available] or ["CPUExecutionProvider"]
+
+
+class Runtime:
+    def __init__(self, bundle: Bundle, *, providers: list[str] | None = None, threads: int | None = None,
+                 precision: str = "fp32", conf: float | None = None, iou: float | None = None,
+                 max_det: int | None = None, top_k: int | None = None, warmup: int = WARMUP_RUNS):
+        import onnxruntime as ort
+
+        self.bundle = bundle
+        m = self.manifest = bundle.manifest
+        self.task = m["task"]
+        self.classes: list[str] = list(m["classes"])
+        self.spec: dict = m["preprocess"]
+        role = "student" if precision == "fp32" else f"student_{precision}"
+        if role not in m["models"]:
+            have = sorted({"fp32"} | {r.removeprefix("student_") for r in m["models"] if r.startswith("student_")})
+            raise RuntimeConfigError(f"{bundle.source}: no {precision} model in this bundle "
+                                     f"(it has: {', '.join(have)})")
+        self.model_file = bundle.path(m["models"][role]["file"])
+        runtime_cfg = m.get("runtime") or {}
+        thresholds = m.get("thresholds") or {}
+        self.conf = thresholds.get("conf", 0.25) if conf is None else conf
+        self.iou = thresholds.get("iou", 0.45) if iou is None else iou
+        self.max_det = thresholds.get("max_det", 300) if max_det is None else max_det
+        self.top_k = thresholds.get("top_k", 5) if top_k is None else top_k
+
+        options = ort.SessionOptions()
+        threads = runtime_cfg.get("threads", 0) if threads is None else threads
+        if threads:
+            options.intra_op_num_threads = threads
+        wanted = choose_providers(providers or runtime_cfg.get("providers") or None, ort.get_available_providers())
+        self.session = ort.InferenceSession(str(self.model_file), sess_options=options,
+                                            providers=[_with_options(p, bundle) for p in wanted])
+        self.provider = self.session.get_providers()[0]
+        log.info("%s: %s on %s (asked for %s)", bundle.source, self.model_file.name, self.provider, ", ".join(wanted))
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.dynamic_batch = not isinstance(inp.shape[0], int)
+
+        self.prompts: list[str] | None = None
+        if self.task == "embed":
+            table = np.load(bundle.path(m["prompts"]["file"]), allow_pickle=False)  # (P, D)
+            self.prompt_embeddings = table.astype(np.float32)
+            self.prompts = [r["text"] for r in m["prompts"]["rows"]]
+            self.calibration = m["calibration"]
+        for _ in range(warmup):
+            self.infer(preprocess(np.zeros((64, 64, 3), np.uint8) + 114, self.spec)[0])
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, **kwargs) -> Runtime:
+        bundle = open_bundle(path)
+        try:
+            return cls(bundle, **kwargs)
+        except BaseException:
+            bundle.close()
+            raise
+
+    def close(self) -> None:
+        self.bundle.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------ stages
+
+    def preprocess(self, rgb: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        return preprocess(rgb, self.spec)  # (1, 3, H, W)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x})[0]
+
+    def postprocess(self, raw: np.ndarray, boxes: list[Letterbox], frame_ids: list[int], timestamps: list[float],
+                    started: float) -> list[Result]:
+        now = time.time()
+        latency = [(now - (t if t else started)) * 1000 for t in timestamps]
+        if self.task == "detect":
+            dets = decode_yolo(raw, self.conf, self.iou, self.max_det)
+            return [Result(f, t, ms, "detect", detections=d.scaled(b))
+                    for d, b, f, t, ms in zip(dets, boxes, frame_ids, timestamps, latency, strict=True)]
+        if self.task == "classify":
+            idx, val = topk(raw, min(self.top_k, raw.shape[-1]))
+            return [Result(f, t, ms, "classify", top=[(int(i), float(v)) for i, v in zip(ii, vv, strict=True)])
+                    for ii, vv, f, t, ms in zip(idx, val, frame_ids, timestamps, latency, strict=True)]
+        cos = cosine_scores(raw, self.prompt_embeddings)  # (N, P)
+        scores = np.interp(cos, self.calibration["cosine"], self.calibration["score"])
+        return [Result(f, t, ms, "embed", embedding=e, cosine=c, scores=s)
+                for e, c, s, f, t, ms in zip(raw, cos, scores, frame_ids, timestamps, latency, strict=True)]
+
+    # ------------------------------------------------------------------------------------------ whole frames
+
+    def __call__(self, rgb: np.ndarray, frame_id: int = 0, timestamp: float = 0.0) -> Result:
+        return self.batch([rgb], [frame_id], [timestamp])[0]
+
+    def batch(self, frames: list[np.ndarray], frame_ids: list[int] | None = None,
+              timestamps: list[float] | None = None) -> list[Result]:
+        """Score several frames (one session.run when the model has a dynamic batch)."""
+        started = time.time()
+        ids = frame_ids if frame_ids is not None else list(range(len(frames)))
+        stamps = timestamps if timestamps is not None else [0.0] * len(frames)
+        pre = [self.preprocess(rgb) for rgb in frames]
+        if self.dynamic_batch and len(pre) > 1 and len({x.shape for x, _ in pre}) == 1:
+            raw = self.infer(np.concatenate([x for x, _ in pre]))
+        else:
+            raw = np.concatenate([self.infer(x) for x, _ in pre])
+        return self.postprocess(raw, [b for _, b in pre], ids, stamps, started)
+
+
+def _with_options(provider: str, bundle: Bundle) -> str | tuple[str, dict]:
+    if provider != "TensorrtExecutionProvider":
+        return provider
+    home = Path(os.environ.get("DKIT_HOME") or Path.home() / ".cache" / "dkit").expanduser()
+    cache = home / "trt-cache" / bundle.manifest["files"][bundle.manifest["models"]["student"]["file"]][:16]
+    cache.mkdir(parents=True, exist_ok=True)
+    return provider, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache), "trt_fp16_enable": True}
+
+
+__all__ = ["Runtime", "Result", "RuntimeConfigError", "choose_providers", "BundleError", "PROVIDER_ORDER"]

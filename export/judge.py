@@ -1,0 +1,314 @@
+"""Judge (clip-embed) bundles: what a kiosk needs to score any prompt offline, each part checked on export.
+
+    parts = export_judge(kit, run_dir, bundle_dir, store=ModelStore())
+
+Writes into bundle_dir:
+- `student.onnx`: the student image encoder, (N, 3, S, S) -> (N, D) L2-normalised embedding (torch.onnx,
+  dynamic batch, simplified with onnxslim). Parity on the kit's images through the device's preprocessing:
+  largest output difference (<= export.parity_atol) and cosine to the PyTorch student (mean >= accuracy_guard).
+- `text.onnx`: the teacher's text encoder, (N, 77) int64 token ids -> (N, D) normalised, so the device embeds a
+  new prompt itself. Parity: on every prompt the bundle ships and a table of kiosk-like prompts, the device's
+  tokenizer (edge.tokenizer, with the vocab file below) must give open_clip's ids exactly, and the ONNX
+  embedding must match open_clip's encode_text (largest difference, cosine).
+- `bpe_simple_vocab_16e6.txt.gz`: the tokenizer's vocabulary (open_clip's own file).
+- `prompts.npy`: (P, D) float32, one row per prompt the kit names (ontology classes as template ensembles,
+  background prompts, judge prompts, text and unsafe moderation prompts), listed in the manifest in row order.
+  A plain .npy array, loaded with allow_pickle=False.
+- the score calibration (`calibrate`), in the manifest.
+
+Score calibration: a raw cosine means little on its own (CLIP cosines sit in a narrow band that depends on the
+model), so it is mapped to 0-100 by a piecewise-linear curve through percentiles of the similarities actually
+produced on the kit's images. For each image, `best` is its cosine to its closest ontology class and `rest` its
+cosines to the other classes; the knots are ANCHORS: an unrelated pair at the median scores 10, the top 1% of
+unrelated pairs 40, a typical match 70, the top 1% of matches 100. Knots are computed for the student (what the
+device uses) and the teacher, and their agreement on held-out images is reported: the mean absolute difference
+of the two scores over (image, class) pairs, and their Spearman rank correlation.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from dkit.errors import DkitError, UsageError, require
+from edge.preprocess import preprocess
+from edge.tokenizer import VOCAB_NAME, Tokenizer
+
+log = logging.getLogger(__name__)
+
+PARITY_IMAGES = 16
+CALIBRATION_IMAGES = 1024  # the kit's images whose similarities set the score curve (train and val)
+ANCHORS = (("rest", 1.0, 0.0), ("rest", 50.0, 10.0), ("rest", 99.0, 40.0), ("best", 50.0, 70.0), ("best", 99.0, 100.0))
+PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
+# prompts every text-encoder parity check includes besides the kit's own: what kiosk operators type
+EXTRA_PROMPTS = ("a raccoon driving a tractor", "A Photo Of A CAT!!", "un café crème, s'il vous plaît",
+                 "🐱 cat emoji 🐶", "it's a bird... it's a plane", "naïve résumé façade", "3 little pigs & 1 wolf",
+                 "一只猫", " ".join(["very long prompt"] * 40))
+
+
+def export_judge(kit, run_dir: Path, bundle_dir: Path, *, store) -> dict:
+    """Write the judge's files into bundle_dir; return the manifest parts (models, text, prompts, calibration)."""
+    require("onnx", what="exporting to ONNX", extra="export")
+    from distill.students import clip_embed
+    from distill.teachers import build_teacher
+
+    best = run_dir / "student" / "weights" / "best.pt"
+    if not best.is_file():
+        raise UsageError(f"no trained student in {run_dir / 'student'}: run `dkit train` first")
+    model, ckpt = clip_embed.load_student(best)
+    spec = ckpt["preprocess"]
+    teacher = build_teacher(kit, store)
+    records = clip_embed._records(run_dir)
+    if not records:
+        raise UsageError(f"no labelled images in {run_dir / 'labels'} to check the export against")
+    records = sorted(records, key=lambda r: (r["split"] != "val", r["image"]))[:CALIBRATION_IMAGES]  # val first
+    images = [clip_embed._decode(r) for r in records]
+
+    student = _export_image_encoder(model, spec, ckpt["dim"], bundle_dir / "student.onnx", kit)
+    student["parity"] = image_parity(model, bundle_dir / "student.onnx", images[:PARITY_IMAGES], spec)
+    _check(student["parity"], kit, "image encoder", best)
+
+    shutil.copyfile(_vocab(), bundle_dir / VOCAB_NAME)
+    rows, embeddings = _prompt_table(kit, teacher)
+    np.save(bundle_dir / "prompts.npy", embeddings, allow_pickle=False)
+    context = int(getattr(teacher.tokenizer, "context_length", 77))
+    text = _export_text_encoder(teacher, bundle_dir / "text.onnx", kit, context)
+    texts = [t.format(r["text"]) for r in rows for t in teacher.cfg.templates] + list(EXTRA_PROMPTS)
+    text["parity"] = text_parity(teacher, bundle_dir / "text.onnx", Tokenizer.from_file(bundle_dir / VOCAB_NAME,
+                                                                                        context), texts)
+    _check(text["parity"], kit, "text encoder", Path(kit.teacher.model))
+    if text["parity"]["token_agreement"] < 1.0:
+        raise DkitError(f"the device tokenizer disagrees with {kit.teacher.model}'s open_clip tokenizer on "
+                        f"{text['parity']['token_mismatches']} of {len(texts)} prompts (first: "
+                        f"{text['parity']['first_mismatch']!r}); this teacher's tokenizer is not the CLIP BPE one "
+                        "the edge reproduces")
+
+    student_emb = _run(bundle_dir / "student.onnx", [preprocess(im, spec)[0] for im in images])  # (N, D)
+    teacher_emb = clip_embed._targets(records, teacher, run_dir)  # (N, D) from the teacher cache
+    calibration = calibrate(student_emb, teacher.text)
+    calibration["teacher"] = calibrate(teacher_emb, teacher.text)
+    held = np.array([r["split"] == "val" for r in records]) if any(r["split"] == "val" for r in records) else None
+    calibration["agreement"] = score_agreement(student_emb, teacher_emb, teacher.text, calibration,
+                                               calibration["teacher"], held)
+    calibration |= {"source": "student", "images": len(images), "classes": "ontology classes"}
+    judge = kit.judge
+    return {
+        "student": student, "text": text, "preprocess": spec,
+        "tokenizer": {"type": "clip-bpe", "file": VOCAB_NAME, "context_length": context},
+        "prompts": {"file": "prompts.npy", "dim": int(embeddings.shape[1]), "rows": rows,
+                    "templates": list(teacher.cfg.templates),
+                    "ensemble": "each template formatted with the prompt, encoded, normalised, averaged, normalised"},
+        "logit_scale": teacher.logit_scale,
+        "calibration": calibration,
+        "judge": None if judge is None else {
+            "prompt": judge.prompt, "prompts": judge.prompts, "text_prompts": judge.text_prompts,
+            "unsafe_prompts": judge.unsafe_prompts, "text_penalty": judge.text_penalty},
+        "teacher_id": teacher.id,
+    }
+
+
+# ------------------------------------------------------------------------------------------ encoders
+
+
+def _export_image_encoder(model, spec: dict, dim: int, path: Path, kit) -> dict:
+    import torch
+
+    size = spec["size"]
+    _onnx_export(model.float().eval(), (torch.zeros(1, 3, size, size),), path, ["images"], ["embedding"],
+                 kit.export.opset)
+    return {"file": path.name, "precision": "fp32", "opset": kit.export.opset,
+            "inputs": [{"name": "images", "shape": ["batch", 3, size, size], "dtype": "float32", "layout": "NCHW"}],
+            "outputs": [{"name": "embedding", "shape": ["batch", dim], "normalized": True}]}
+
+
+def _text_tower(clip):
+    """open_clip's encode_text, normalised, as a module: (N, L) int64 -> (N, D)."""
+    import torch
+
+    class TextTower(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.clip = clip
+
+        def forward(self, tokens):
+            return self.clip.encode_text(tokens, normalize=True)
+
+    return TextTower().eval()
+
+
+def _export_text_encoder(teacher, path: Path, kit, context: int) -> dict:
+    import torch
+
+    tower = _text_tower(teacher.model.float().cpu())
+    tokens = teacher.tokenizer(["a photo of a cat.", "a dog"])
+    _onnx_export(tower, (tokens,), path, ["tokens"], ["embedding"], kit.export.opset)
+    with torch.no_grad():
+        dim = int(tower(tokens).shape[1])
+    return {"file": path.name, "precision": "fp32", "opset": kit.export.opset,
+            "inputs": [{"name": "tokens", "shape": ["batch", context], "dtype": "int64"}],
+            "outputs": [{"name": "embedding", "shape": ["batch", dim], "normalized": True}]}
+
+
+def _onnx_export(module, args: tuple, path: Path, inputs: list[str], outputs: list[str], opset: int) -> None:
+    """torch's TorchScript-based exporter, dynamic batch, quiet about what does not concern this graph."""
+    import torch
+
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.filterwarnings("ignore", message=".*aten::index.*")  # open_clip's argmax pooling: indices >= 0
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # shapes fixed but the batch: expected
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
+                          dynamic_axes={n: {0: "batch"} for n in inputs + outputs}, opset_version=opset, dynamo=False)
+    _slim(path)
+
+
+def _slim(path: Path) -> None:
+    onnx = require("onnx", what="exporting to ONNX", extra="export")
+    onnxslim = require("onnxslim", what="simplifying the ONNX graph", extra="export")
+    slimmed = onnxslim.slim(onnx.load(str(path)))
+    part = path.with_name(f".{path.name}.part")
+    onnx.save(slimmed, str(part))
+    part.replace(path)
+
+
+def _vocab() -> Path:
+    from export.tokenizer import vocab_file
+
+    return vocab_file()
+
+
+def _run(path: Path, inputs: list[np.ndarray]) -> np.ndarray:
+    """(N, D) outputs of an ONNX model for N single-item inputs."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: x})[0] for x in inputs]).astype(np.float32)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+
+
+def image_parity(model, onnx_path: Path, images: list[np.ndarray], spec: dict) -> dict:
+    """ONNX vs PyTorch image encoder on the device's preprocessing of the same images."""
+    import torch
+
+    inputs = [preprocess(im, spec)[0] for im in images]  # (1, 3, S, S) each
+    with torch.inference_mode():
+        ref = np.concatenate([model(torch.from_numpy(x)).numpy() for x in inputs])
+    got = _run(onnx_path, inputs)
+    cos = _cosine(ref, got)
+    return {"images": len(images), "max_abs_diff": float(np.abs(ref - got).max()), "agreement": float(cos.mean()),
+            "min_cosine": float(cos.min())}
+
+
+def text_parity(teacher, onnx_path: Path, tokenizer: Tokenizer, texts: list[str]) -> dict:
+    """Device tokenizer vs open_clip's ids, and ONNX vs open_clip's encode_text embeddings, on `texts`."""
+    import torch
+
+    ours = tokenizer(texts)  # (N, 77) int64
+    theirs = teacher.tokenizer(texts).numpy()
+    mismatch = [t for t, a, b in zip(texts, ours, theirs, strict=True) if not np.array_equal(a, b)]
+    with torch.inference_mode():
+        device = next(teacher.model.parameters()).device
+        ref = teacher.model.encode_text(torch.from_numpy(theirs).to(device), normalize=True).float()
+    ref = ref.cpu().numpy()
+    got = _run(onnx_path, [theirs[i : i + 1] for i in range(len(texts))])
+    cos = _cosine(ref, got)
+    return {"prompts": len(texts), "token_agreement": 1 - len(mismatch) / len(texts),
+            "token_mismatches": len(mismatch), "first_mismatch": mismatch[0] if mismatch else None,
+            "max_abs_diff": float(np.abs(ref - got).max()), "agreement": float(cos.mean()),
+            "min_cosine": float(cos.min())}
+
+
+def _check(parity: dict, kit, what: str, source: Path) -> None:
+    e = kit.export
+    if parity["max_abs_diff"] > e.parity_atol or parity["agreement"] < e.accuracy_guard:
+        raise DkitError(f"ONNX export of the {what} ({source}) is out of tolerance: max abs output difference "
+                        f"{parity['max_abs_diff']:.3g} (export.parity_atol {e.parity_atol:g}), mean cosine "
+                        f"{parity['agreement']:.4f} (export.accuracy_guard {e.accuracy_guard:g})")
+    log.info("%s ONNX parity: max abs diff %.2e, mean cosine %.6f", what, parity["max_abs_diff"], parity["agreement"])
+
+
+# ------------------------------------------------------------------------------------------ prompts
+
+
+def _prompt_table(kit, teacher) -> tuple[list[dict], np.ndarray]:
+    """Rows (text, role, and the class name for class rows) and their (P, D) teacher embeddings."""
+    rows = [{"text": name, "role": "class", "prompts": list(kit.ontology.classes[name])}
+            for name in teacher.class_names]
+    rows += [{"text": p, "role": "background"} for p in teacher.background_prompts]
+    parts = [teacher.text, teacher.background]
+    judge = kit.judge
+    if judge is not None:
+        extra: dict[str, str] = {}
+        for role, prompts in (("prompt", ([judge.prompt] if judge.prompt else []) + judge.prompts),
+                              ("text", judge.text_prompts), ("unsafe", judge.unsafe_prompts)):
+            for p in prompts:
+                extra.setdefault(p, role)
+        rows += [{"text": p, "role": role} for p, role in extra.items()]
+        parts.append(teacher.embed_prompts([[p] for p in extra]))
+    return rows, np.concatenate([p for p in parts if len(p)]).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------ calibration
+
+
+def calibrate(images: np.ndarray, classes: np.ndarray) -> dict:
+    """The piecewise-linear cosine -> 0-100 curve (ANCHORS) from (N, D) image and (C, D) class embeddings."""
+    if len(images) == 0 or len(classes) == 0:
+        raise DkitError("no images or no classes to calibrate the judge's scores on")
+    cos = images @ classes.T  # (N, C)
+    if cos.shape[1] > 1:
+        winner = cos.argmax(1)
+        best = cos[np.arange(len(cos)), winner]
+        others = np.ones_like(cos, bool)
+        others[np.arange(len(cos)), winner] = False
+        rest = cos[others]
+    else:
+        best = rest = cos.ravel()
+    groups = {"best": best, "rest": rest}
+    xs: list[float] = []
+    ys: list[float] = []
+    for group, q, score in ANCHORS:
+        c = float(np.percentile(groups[group], q))
+        if not xs or c > xs[-1] + 1e-6:  # a knot that would not increase the cosine is dropped
+            xs.append(c)
+            ys.append(score)
+        elif score == ANCHORS[-1][2]:  # the top knot is kept, just above the last one
+            xs.append(xs[-1] + 1e-3)
+            ys.append(score)
+    if len(xs) == 1:
+        xs, ys = [xs[0], xs[0] + 1e-3], [ys[0], 100.0]
+    return {"method": "piecewise-linear", "cosine": [round(x, 6) for x in xs], "score": ys,
+            "anchors": [list(a) for a in ANCHORS],
+            "percentiles": {g: {str(q): round(float(np.percentile(v, q)), 6) for q in PERCENTILES}
+                            for g, v in groups.items()}}
+
+
+def score(cosines: np.ndarray, calibration: dict) -> np.ndarray:
+    """0-100 scores of raw cosines through a calibration's curve (what the device does)."""
+    return np.interp(cosines, calibration["cosine"], calibration["score"])
+
+
+def score_agreement(student: np.ndarray, teacher: np.ndarray, classes: np.ndarray, s_cal: dict, t_cal: dict,
+                    mask: np.ndarray | None) -> dict:
+    """Student vs teacher 0-100 scores over (image, class) pairs of the held-out images (all if `mask` is None)."""
+    if mask is not None:
+        student, teacher = student[mask], teacher[mask]
+    a, b = score(student @ classes.T, s_cal).ravel(), score(teacher @ classes.T, t_cal).ravel()
+    return {"pairs": int(a.size), "split": "val" if mask is not None else "all",
+            "mean_abs_score_diff": round(float(np.abs(a - b).mean()), 3),
+            "spearman": round(_spearman(a, b), 4)}
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    return float(spearmanr(a, b).statistic)
