@@ -68,7 +68,10 @@ def export_bundle(kit, run_dir: Path, *, store=None) -> dict:
                 held_out = kit_images(run_dir, split="val", limit=256)
             except UsageError:
                 held_out = kit_images(run_dir, split=None, limit=256)
-            calibration = kit_images(run_dir, split=None, limit=kit.export.calibration_images)
+            try:  # int8 scales from the training images: the held-out ones judge the result
+                calibration = kit_images(run_dir, split="train", limit=kit.export.calibration_images)
+            except UsageError:
+                calibration = kit_images(run_dir, split=None, limit=kit.export.calibration_images)
             for precision in later:
                 variants[precision] = make_variant(precision, tmp / entry["file"], tmp, kit, held_out, calibration,
                                                    entry["preprocess"], task)

@@ -62,8 +62,14 @@ def _export_onnx(kit, run_dir: Path, bundle_dir: Path):
         raise UsageError(f"no trained student in {run_dir / 'student'}: run `dkit train` first")
     s, e = kit.student, kit.export
     model = ultralytics.YOLO(str(best))
-    exported = Path(model.export(format="onnx", imgsz=s.imgsz, opset=e.opset, dynamic=True, simplify=True,
-                                 verbose=False))
+    quiet = logging.getLogger("ultralytics")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # its exporter's banner goes to stdout, where `dkit export` reports
+    try:
+        exported = Path(model.export(format="onnx", imgsz=s.imgsz, opset=e.opset, dynamic=True, simplify=True,
+                                     verbose=False))
+    finally:
+        quiet.setLevel(level)
     onnx_path = bundle_dir / "student.onnx"
     shutil.move(str(exported), onnx_path)
     return model, onnx_path, best

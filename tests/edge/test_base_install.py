@@ -109,3 +109,39 @@ def test_edge_sources_import_nothing_from_the_training_side():
     pattern = re.compile(r"^\s*(import|from)\s+(torch|open_clip|ultralytics|onnx\b|onnxslim|distill|export)\b", re.M)
     offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "edge").rglob("*.py") if pattern.search(p.read_text())]
     assert offenders == []
+
+
+def test_blocked_stack_dkit_run_scores_a_bundle(detect_bundle, assets):
+    """`dkit run` on a real bundle in an interpreter where the training stack cannot be imported."""
+    photo = str(assets / "data/photos/pets.jpg")
+    code = _BLOCKED_RUN.split("import pkgutil")[0] + (
+        "from dkit.cli import main\n"
+        f"code = main(['run', {str(detect_bundle)!r}, '--source', {photo!r}, '--jsonl'])\n"
+        "print(json.dumps({'code': code, 'loaded': sorted(m for m in BLOCKED if m in sys.modules)}))\n")
+    result = subprocess.run([sys.executable, "-c", code, ",".join(HEAVY_MODULES)], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert lines[-1] == {"code": 0, "loaded": []}
+    assert lines[0]["name"] == "pets.jpg" and lines[0]["detections"]
+
+
+@pytest.mark.slow
+def test_a_real_base_only_install_runs_a_bundle(detect_bundle, assets, tmp_path):
+    """`pip install .` (no extras) into a new virtual environment, then `dkit run` a bundle with it."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
+    install = subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(ROOT)],
+                             capture_output=True, text=True, timeout=900)
+    assert install.returncode == 0, install.stderr[-2000:]
+    probe = subprocess.run([str(py), "-c", "import importlib.util as u, json; print(json.dumps("
+                            f"[m for m in {HEAVY_MODULES!r} if u.find_spec(m)]))"],
+                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert json.loads(probe.stdout) == []  # none of the training stack is even installed
+    out = subprocess.run([str(venv / "bin" / "dkit"), "run", str(detect_bundle), "--source",
+                          str(assets / "data/photos/pets.jpg"), "--jsonl"], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout.splitlines()[0])
+    assert doc["name"] == "pets.jpg" and {d["class"] for d in doc["detections"]} & {"cat", "dog"}
