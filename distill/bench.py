@@ -56,3 +56,22 @@ def bench_label(kit, *, store, repeat: int = 3) -> dict:
         "ips_bare_rounds": [round(v, 3) for v in bare],
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
     }
+
+
+def ultralytics_predictor(model_file, task: str, imgsz, conf: float, iou: float, max_det: int):
+    """predict(rgb) with Ultralytics' YOLO on an exported ONNX file, warmed up: `dkit bench runtime`'s reference."""
+    import logging
+
+    import numpy as np
+    from ultralytics import YOLO
+
+    logging.getLogger("ultralytics").setLevel(logging.WARNING)  # its INFO lines go to stdout, where the JSON goes
+    model = YOLO(str(model_file), task=task)
+
+    def predict(rgb):
+        return model.predict(np.ascontiguousarray(rgb[..., ::-1]), imgsz=imgsz, conf=conf, iou=iou, max_det=max_det,
+                             rect=False, verbose=False, device="cpu")
+
+    for _ in range(2):
+        predict(np.full((480, 640, 3), 114, np.uint8))
+    return predict

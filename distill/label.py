@@ -71,6 +71,12 @@ def label_images(kit, run_dir: Path, *, store=None, teacher: Teacher | None = No
     store = store or ModelStore()
     teacher = teacher or build_teacher(kit, store)  # first: a missing extra or weights file fails before downloads
     root = resolve_images(kit, store)
+    from distill.quickdraw import npy_files, render_folder, truth_file
+
+    if npy_files(root):  # Quick, Draw! bitmaps: rendered once into kiosk-like drawings, then labelled like images
+        root = render_folder(root, run_dir / "rendered", per_file=kit.data.drawings_per_file,
+                             size=kit.data.drawing_size)
+        log.info("Quick, Draw! files rendered to %s (their classes: %s)", root, truth_file(root))
     paths = scan(root)
     if teacher.random:
         log.warning("labeling with an UNTRAINED teacher (%s): the labels are meaningless", teacher.id)

@@ -78,8 +78,12 @@ class NotBuiltError(DkitError):
 
 
 def _short(value: object, limit: int = 80) -> str:
+    """repr(value), shortened in the middle past `limit` characters: a long path keeps its file name."""
     text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    if len(text) <= limit:
+        return text
+    keep = (limit - 3) // 2
+    return text[:keep] + "..." + text[-keep:]
 
 
 def require(module: str, *, what: str, extra: str):

@@ -66,6 +66,8 @@ class Data:
     seed: Int = 0  # the split is deterministic for a seed
     workers: Annotated[int, Strict(), Field(ge=0)] = 0  # image-decoding processes; 0: one per spare core
     link: Literal["symlink", "copy"] = "symlink"  # how images enter the data set (never moved)
+    drawings_per_file: PosInt = 200  # a folder of Quick, Draw! .npy files: doodles rendered from each
+    drawing_size: PosInt = 256  # ... at this many pixels a side, dark strokes on white
 
     def __post_init__(self) -> None:
         if not (isinstance(self.val, int) and self.val >= 1 or isinstance(self.val, float) and 0 < self.val < 1):
@@ -213,6 +215,9 @@ class Judge:
     )
     unsafe_prompts: OptPrompts = dataclasses.field(default_factory=list)
     text_penalty: Fraction = 0.5  # score multiplier when a drawing looks more like writing than its prompt
+    text_margin: Annotated[float, Strict(), Field(ge=-1.0, le=1.0)] = 0.0  # cosine lead a text prompt needs
+    unsafe_margin: Annotated[float, Strict(), Field(ge=-1.0, le=1.0)] = 0.0  # cosine lead an unsafe prompt needs
+    no_match_score: Annotated[float, Strict(), Field(ge=0.0, le=100.0)] = 15.0  # below it: "doesn't match"
 
 
 @dataclass(frozen=True, config=_STRICT)

@@ -1,12 +1,18 @@
-"""`dkit bench runtime`: frames/s of the edge runtime against its limit and against Ultralytics, in one run.
+"""`dkit bench runtime` and `dkit bench serve`: the edge's throughput figures, as JSON.
 
     result = bench_runtime("runs/coco128/bundle", "../shared/assets/data/coco128/images/train2017")
+    result = bench_serve("runs/quickdraw/bundle", submissions=10_000, concurrency=8)
+
+bench_serve: see its docstring (the kiosk server under concurrent clients on loopback).
+
+bench_runtime: frames/s of the edge runtime against its limit and against Ultralytics, in one run.
 
 On the same decoded images (decoded once, up front, so disk and JPEG decoding are not in the comparison):
 - fps_runtime: the whole runtime per frame (pre-processing, session.run, decoding + NMS / top-k / cosine);
 - fps_bare: the bare `session.run` loop on the same pre-processed inputs: the limit the runtime approaches;
 - fps_ultralytics: `YOLO(model.onnx).predict` on the same ONNX file and images (detectors and classifiers,
-  when ultralytics is installed; rect=False so it runs the same input size as the bundle).
+  when the distill extra is installed: distill.bench.ultralytics_predictor; rect=False so it runs the same
+  input size as the bundle).
 Rounds alternate between the three, `repeat` times, and each keeps its best round: the machines are shared
 and noisy, and the ratios come from one run. p50/p99 are the runtime's per-frame latencies over every round.
 fps_pipeline and pipeline_p50/p99_ms run the real pipeline (edge.pipeline) from the folder, decoding
@@ -15,7 +21,6 @@ included, with latency from capture to result.
 
 from __future__ import annotations
 
-import logging
 import os
 import platform
 import time
@@ -29,19 +34,17 @@ from edge.sources import open_source
 
 
 def bench_runtime(bundle: str | os.PathLike, source: str | os.PathLike, *, images: int = 64, repeat: int = 3,
-                  threads: int | None = None, precision: str = "fp32") -> dict:
-    with open_source(str(source)) as src:
-        if src.live:
-            raise ValueError(f"--source {source}: give a folder of images (a benchmark needs the same frames each "
-                             "round)")
-        frames = []
-        for frame in src:
-            frames.append(frame.rgb)
-            if len(frames) == images:
-                break
+                  threads: int | None = None, precision: str = "fp32", reference=None) -> dict:
+    """`reference(model_file, task, imgsz, conf, iou, max_det)` -> a predict(rgb) function of the library the
+    runtime replaces (Ultralytics: distill.bench.ultralytics_predictor); None leaves fps_ultralytics out."""
     with Runtime.load(bundle, threads=threads, precision=precision) as rt:
+        frames = _frames(source, images)
         inputs = [rt.preprocess(rgb)[0] for rgb in frames]
-        ultra = _ultralytics_predictor(rt)
+        size = rt.spec["size"]
+        ultra = None
+        if reference is not None and rt.task in ("detect", "classify"):
+            ultra = reference(rt.model_file, rt.task, size if isinstance(size, int) else list(size), rt.conf, rt.iou,
+                              rt.max_det)
         best = {"runtime": 0.0, "bare": 0.0, "ultralytics": 0.0}
         latencies: list[float] = []
         for _ in range(repeat):
@@ -76,23 +79,156 @@ def bench_runtime(bundle: str | os.PathLike, source: str | os.PathLike, *, image
         }
 
 
-def _ultralytics_predictor(rt: Runtime):
-    """A function predicting one RGB frame with Ultralytics on the bundle's ONNX, warmed up; None without it."""
-    if rt.task not in ("detect", "classify"):
-        return None
+def _frames(source: str | os.PathLike, count: int) -> list[np.ndarray]:
+    with open_source(str(source)) as src:
+        if src.live:
+            raise ValueError(f"--source {source}: give a folder of images (a benchmark needs the same frames each "
+                             "round)")
+        frames = []
+        for frame in src:
+            frames.append(frame.rgb)
+            if len(frames) == count:
+                break
+    return frames
+
+
+# ------------------------------------------------------------------------------------------ dkit bench serve
+
+
+def bench_serve(bundle: str | os.PathLike, *, submissions: int = 10_000, concurrency: int = 8,
+                source: str | os.PathLike | None = None, port: int = 0, threads: int = 1) -> dict:
+    """Sustained scored submissions/s of `dkit serve` on loopback: `concurrency` clients with keep-alive
+    connections post `submissions` drawings in all; p50/p99 latency per submission and the server's resident
+    memory before and after. The server runs in its own process, as on a kiosk, with a fresh database."""
+    import http.client
+    import json
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import threading
+    import uuid
+
+    images = _bench_images(source)
+    work = tempfile.mkdtemp(prefix="dkit-bench-serve-")
+    if not port:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "dkit", "serve", str(bundle), "--port", str(port), "--db",
+                               str(Path(work) / "kiosk.sqlite"), "--threads", str(threads), "-q"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        from ultralytics import YOLO
-    except ImportError:
+        _wait_up(server, port)
+        rss_before = _rss_mb(server.pid)
+        latencies: list[float] = []
+        verdicts: dict[str, int] = {}
+        errors: list[str] = []
+        lock = threading.Lock()
+        counter = iter(range(submissions))
+
+        def client(k: int) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            boundary = uuid.uuid4().hex
+            for i in counter:
+                png = images[i % len(images)]
+                body = (f'--{boundary}\r\nContent-Disposition: form-data; name="name"\r\n\r\nbench {k}\r\n'
+                        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="d.png"\r\n'
+                        "Content-Type: image/png\r\n\r\n").encode() + png + f"\r\n--{boundary}--\r\n".encode()
+                start = time.perf_counter()
+                try:
+                    conn.request("POST", "/api/submissions", body=body,
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+                    res = conn.getresponse()
+                    doc = json.loads(res.read())
+                    ms = (time.perf_counter() - start) * 1000
+                    with lock:
+                        if res.status == 200:
+                            latencies.append(ms)
+                            verdicts[doc["verdict"]] = verdicts.get(doc["verdict"], 0) + 1
+                        else:
+                            errors.append(f"{res.status}: {doc}")
+                except (OSError, http.client.HTTPException, ValueError) as e:
+                    with lock:
+                        errors.append(repr(e))
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn.close()
+
+        start = time.perf_counter()
+        workers = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        seconds = time.perf_counter() - start
+        rss_after = _rss_mb(server.pid)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    lat = np.asarray(latencies)
+    return {
+        "bundle": str(bundle), "submissions": submissions, "concurrency": concurrency, "ok": len(latencies),
+        "errors": len(errors), "first_error": errors[0] if errors else None, "verdicts": verdicts,
+        "seconds": round(seconds, 2), "rps": round(len(latencies) / seconds, 2) if seconds else 0.0,
+        "p50_ms": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
+        "p99_ms": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
+        "rss_mb_before": rss_before, "rss_mb_after": rss_after, "images": len(images),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+    }
+
+
+def _bench_images(source: str | os.PathLike | None, count: int = 64) -> list[bytes]:
+    """PNG bytes: the images of `source` (a folder), or seeded random-stroke doodles like a kiosk canvas."""
+    import cv2
+
+    out: list[bytes] = []
+    if source is not None:
+        with open_source(str(source)) as src:
+            for frame in src:
+                out.append(cv2.imencode(".png", cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR))[1].tobytes())
+                if len(out) == count:
+                    break
+        return out
+    rng = np.random.default_rng(0)
+    for _ in range(count):
+        canvas = np.full((512, 512, 3), 255, np.uint8)
+        for _ in range(int(rng.integers(3, 12))):
+            pts = np.cumsum(rng.integers(-40, 41, (int(rng.integers(3, 20)), 2)), axis=0) + rng.integers(100, 412, 2)
+            cv2.polylines(canvas, [pts.astype(np.int32)], False, (20, 20, 20), int(rng.integers(3, 14)), cv2.LINE_AA)
+        out.append(cv2.imencode(".png", canvas)[1].tobytes())
+    return out
+
+
+def _wait_up(server, port: int, timeout: float = 180.0) -> None:
+    import http.client
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"dkit serve exited {server.returncode}: {server.stderr.read().decode()[-2000:]}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"dkit serve did not answer on port {port} within {timeout:.0f} s")
+
+
+def _rss_mb(pid: int) -> float | None:
+    """Resident memory of a process in MiB (Linux /proc), None elsewhere."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
         return None
-    logging.getLogger("ultralytics").setLevel(logging.WARNING)  # its INFO lines go to stdout, where the JSON goes
-    size = rt.spec["size"]
-    imgsz = size if isinstance(size, int) else list(size)
-    model = YOLO(str(Path(rt.model_file)), task=rt.task)
-
-    def predict(rgb: np.ndarray):
-        return model.predict(np.ascontiguousarray(rgb[..., ::-1]), imgsz=imgsz, conf=rt.conf, iou=rt.iou,
-                             max_det=rt.max_det, rect=False, verbose=False, device="cpu")
-
-    for _ in range(2):
-        predict(np.full((480, 640, 3), 114, np.uint8))
-    return predict
+    return None

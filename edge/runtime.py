@@ -122,6 +122,7 @@ class Runtime:
         if threads:
             options.intra_op_num_threads = threads
         wanted = choose_providers(providers or runtime_cfg.get("providers") or None, ort.get_available_providers())
+        self.session_options = options
         self.session = ort.InferenceSession(str(self.model_file), sess_options=options,
                                             providers=[_with_options(p, bundle) for p in wanted])
         self.provider = self.session.get_providers()[0]

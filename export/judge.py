@@ -106,7 +106,9 @@ def export_judge(kit, run_dir: Path, bundle_dir: Path, *, store) -> dict:
         "calibration": calibration,
         "judge": None if judge is None else {
             "prompt": judge.prompt, "prompts": judge.prompts, "text_prompts": judge.text_prompts,
-            "unsafe_prompts": judge.unsafe_prompts, "text_penalty": judge.text_penalty},
+            "unsafe_prompts": judge.unsafe_prompts, "text_penalty": judge.text_penalty,
+            "text_margin": judge.text_margin, "unsafe_margin": judge.unsafe_margin,
+            "no_match_score": judge.no_match_score},
         "teacher_id": teacher.id,
     }
 

@@ -57,3 +57,44 @@ def yolo_store(assets: Path, root: Path):
     root.mkdir(parents=True, exist_ok=True)
     (root / "yolov8n.pt").symlink_to(assets / "models" / "yolov8n.pt")
     return ModelStore(root, offline=True)
+
+
+JUDGE_KIT = """\
+name: judge-toy
+data: {{images: {images}, val: 0.25, seed: 0}}
+ontology:
+  classes:
+    animal: [an animal, a bird]
+    food: [food]
+    vehicle: [a car, a boat]
+  background: [an empty background]
+teacher: {{kind: clip, model: ViT-S-32-alt, pretrained: random, templates: ["a photo of {{}}.", "a sketch of {{}}."]}}
+student: {{kind: clip-embed, model: mobilenetv3_small_050, imgsz: 64, epochs: 1, batch: 16}}
+judge: {{prompt: a cat, prompts: [a cat, a raccoon driving a tractor], unsafe_prompts: [a weapon]}}
+export: {{precisions: [fp32, int8], calibration_images: 8, archive: false}}
+"""
+
+
+@pytest.fixture(scope="session")
+def judge_run(tmp_path_factory):
+    """(kit, run_dir, store, export result): 40 real ImageNet photos labelled by a random CLIP teacher, a 64 px
+    clip-embed student trained for one epoch and exported to a judge bundle at run_dir/bundle. Once per session."""
+    pytest.importorskip("open_clip")
+    pytest.importorskip("onnx")
+    if not (ASSETS / "README.md").is_file():
+        pytest.skip(f"real test assets not found at {ASSETS}")
+    from distill.label import label_images
+    from distill.students import student_module
+    from dkit.kit import load_kit
+    from dkit.store import ModelStore
+    from export.bundle import export_bundle
+
+    tmp = tmp_path_factory.mktemp("judge")
+    images = link_images(ASSETS / "data/imagenet-sample", "*.JPEG", 40, tmp / "imgs")
+    (tmp / "kit.yaml").write_text(JUDGE_KIT.format(images=images))
+    kit = load_kit(tmp / "kit.yaml")
+    store = ModelStore(tmp / "store", offline=True)
+    run = tmp / "run"
+    label_images(kit, run, store=store, progress=False, report=False)
+    student_module(kit).train(kit, run, store=store, progress=False)
+    return kit, run, store, export_bundle(kit, run, store=store)

@@ -436,3 +436,61 @@ def test_stream_credentials_never_reach_frames_logs_or_errors(caplog):
     with pytest.raises(SourceError) as err:
         open_source("gopher://admin:hunter2@host/x")
     assert "hunter2" not in str(err.value)
+
+
+def test_a_real_http_stream_that_goes_down_comes_back(tmp_path):
+    """OpenCV's own capture reading a video over HTTP from a loopback server that stops, then starts again."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    hits: list[float] = []  # when each GET arrived
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the stdlib's name)
+            hits.append(time.time())
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    build_video(tmp_path)
+    clip = next(tmp_path.glob("*.avi"))
+    handler = functools.partial(Quiet, directory=str(tmp_path))
+
+    def serve(port: int) -> ThreadingHTTPServer:
+        ThreadingHTTPServer.allow_reuse_address = True
+        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    server = serve(0)
+    port = server.server_address[1]
+    events: list[str] = []
+    with open_source(f"http://127.0.0.1:{port}/{clip.name}", stall_timeout=2.0, backoff=(0.1, 0.3),
+                     on_event=lambda kind, detail: events.append(kind)) as source:
+        assert source.live and source.kind == "stream"
+        first = source.read(timeout=20)
+        assert first is not None and first.rgb.shape[2] == 3
+        server.shutdown()
+        server.server_close()
+        deadline = time.monotonic() + 20
+        while "disconnected" not in events and time.monotonic() < deadline:
+            try:
+                source.read(timeout=0.2)
+            except TimeoutError:
+                pass
+        assert "disconnected" in events
+        down_at = time.time()
+        time.sleep(0.5)  # a few failed reopens while the server is down
+        assert not [t for t in hits if t > down_at]  # nothing served while it was down
+        server = serve(port)
+        try:
+            frame = None
+            while not [t for t in hits if t > down_at] or frame is None or frame.timestamp < min(
+                    t for t in hits if t > down_at):
+                frame = source.read(timeout=20)  # frames from the restarted server
+                assert frame is not None
+            assert "reconnected" in events and source.stats.reconnects >= 1 and frame.id > first.id
+        finally:
+            server.shutdown()
+            server.server_close()

@@ -37,21 +37,6 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 """
 
-JUDGE_KIT = """\
-name: judge-toy
-data: {{images: {images}, val: 0.25, seed: 0}}
-ontology:
-  classes:
-    animal: [an animal, a bird]
-    food: [food]
-    vehicle: [a car, a boat]
-  background: [an empty background]
-teacher: {{kind: clip, model: ViT-S-32-alt, pretrained: random, templates: ["a photo of {{}}.", "a sketch of {{}}."]}}
-student: {{kind: clip-embed, model: mobilenetv3_small_050, imgsz: 64, epochs: 1, batch: 16}}
-judge: {{prompt: a cat, prompts: [a cat, a raccoon driving a tractor], unsafe_prompts: [a weapon]}}
-export: {{precisions: [fp32, int8], calibration_images: 8, archive: false}}
-"""
-
 CLS_KIT = """\
 name: cls-toy
 data: {{images: {images}, val: 8}}
@@ -76,9 +61,8 @@ def _run(tmp, name: str, text: str, count: int):
 
 
 @pytest.fixture(scope="module")
-def judge(tmp_path_factory):
-    """40 real ImageNet photos, a random CLIP teacher, a 64 px clip-embed student trained for one epoch, exported."""
-    return _run(tmp_path_factory.mktemp("judge"), "judge", JUDGE_KIT, 40)
+def judge(judge_run):
+    return judge_run
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,88 @@
+"""Quick, Draw! bitmaps -> kiosk-like drawings: dark strokes on white, upscaled, one PNG per doodle.
+
+    folder = render_folder(npy_dir, run_dir / "rendered", per_file=200, size=256)   # then label `folder`
+
+A Quick, Draw! `.npy` file (as in ../shared/assets/data/quickdraw) holds N doodles of one class as 28x28
+uint8 bitmaps, white strokes on black, shaped (N, 784) or (N, 1, 784). Each of the first `per_file` doodles
+becomes `<folder>/<class>/<class>_<i>.png`: inverted to dark strokes on white (how a drawing on the kiosk
+canvas looks) and upscaled to `size` px with cubic interpolation. `<folder>-labels.csv` (file,class) beside
+the folder is the class each came from, usable as `dkit eval --ground-truth`.
+
+Rendering is cached: a folder already rendered from the same files with the same settings is reused as is;
+anything else is rendered into a temporary folder and swapped into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from dkit.errors import UsageError
+from dkit.files import atomic_write, new_tmp_dir, replace_dir
+
+STAMP = ".rendered.json"
+
+
+def render(bitmap: np.ndarray, size: int = 256) -> np.ndarray:
+    """(784,) or (28, 28) uint8 white-on-black -> (size, size, 3) uint8 RGB, dark strokes on white."""
+    square = np.asarray(bitmap, np.uint8).reshape(28, 28)
+    big = cv2.resize(255 - square, (size, size), interpolation=cv2.INTER_CUBIC)
+    return np.repeat(big[:, :, None], 3, axis=2)
+
+
+def npy_files(folder: Path) -> list[Path]:
+    return sorted(p for p in Path(folder).rglob("*.npy") if not p.name.startswith("."))
+
+
+def render_folder(source: Path, dest: Path, *, per_file: int = 200, size: int = 256) -> Path:
+    """Render the first `per_file` doodles of every .npy under `source` into `dest` (cached); returns `dest`."""
+    files = npy_files(source)
+    if not files:
+        raise UsageError(f"{source}: no Quick, Draw! .npy files")
+    stamp = {"files": {p.name: _digest(p) for p in files}, "per_file": per_file, "size": size}
+    if (dest / STAMP).is_file() and json.loads((dest / STAMP).read_text()) == stamp:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = new_tmp_dir(dest.parent, f".{dest.name}-")
+    try:
+        rows = ["file,class"]
+        for path in files:
+            try:
+                doodles = np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise UsageError(f"{path}: not a Quick, Draw! bitmap file ({e})") from e
+            if doodles.dtype != np.uint8 or doodles.size % 784 or doodles.ndim < 2:
+                raise UsageError(f"{path}: expected uint8 bitmaps shaped (N, 784) or (N, 1, 784), got "
+                                 f"{doodles.dtype} {doodles.shape}")
+            doodles = doodles.reshape(-1, 784)
+            name = path.stem
+            (tmp / name).mkdir()
+            for i, bitmap in enumerate(doodles[:per_file]):
+                file = f"{name}_{i:05d}.png"
+                cv2.imwrite(str(tmp / name / file), render(bitmap, size))  # gray: the same in BGR and RGB
+                rows.append(f"{file},{name}")
+        atomic_write(tmp / STAMP, json.dumps(stamp))
+        replace_dir(tmp, dest)
+        atomic_write(truth_file(dest), "\n".join(rows) + "\n")
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def truth_file(dest: Path) -> Path:
+    return dest.with_name(f"{dest.name}-labels.csv")
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    h.update(str(path.stat().st_size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))  # size + the first MiB: enough to notice another file, cheap on big ones
+    return h.hexdigest()

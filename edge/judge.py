@@ -1,0 +1,152 @@
+"""The kiosk judge: how much a drawing (or camera frame) looks like a prompt, 0-100, with moderation.
+
+    judge = Judge(Runtime.load("runs/quickdraw/bundle"))
+    v = judge.score(rgb, "a raccoon driving a tractor")   # any prompt: embedded on the device, cached
+    v.score, v.verdict, v.reason                          # 73.0, "ok", None
+
+Score: cosine(student image embedding, prompt text embedding) through the bundle's calibration curve
+(export.judge: piecewise-linear through percentiles of the similarities measured on the kit's images).
+A prompt the bundle ships uses its stored embedding; any other is tokenized (edge.tokenizer), encoded by the
+bundle's text encoder (text.onnx) with the bundle's templates, averaged and normalised, exactly as the teacher
+embedded the shipped ones, and kept in a bounded cache.
+
+Moderation, as the paint.wtf team learned it; every prompt and threshold comes from the bundle's `judge`
+section (the kit's `judge:`), none from code:
+- `blocked`: the image is closer to one of `unsafe_prompts` than to its prompt (by more than `unsafe_margin`):
+  no score, and the server stores nothing.
+- `text`: closer to one of `text_prompts` ("text", "handwriting", ...) than to its prompt (by more than
+  `text_margin`): people write the prompt instead of drawing it; the score is multiplied by `text_penalty`.
+- `no_match`: the score is below `no_match_score`: it matches the prompt badly, and the verdict says what
+  it looks like most among the prompts the bundle knows, instead of presenting a confident number.
+- `ok` otherwise.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from edge.runtime import Runtime, RuntimeConfigError
+from edge.tokenizer import Tokenizer
+
+PROMPT_CACHE = 256  # prompts whose embedding is kept
+MAX_PROMPT_CHARS = 300
+DEFAULTS = {"text_prompts": [], "unsafe_prompts": [], "text_penalty": 0.5, "text_margin": 0.0, "unsafe_margin": 0.0,
+            "no_match_score": 15.0, "prompt": None, "prompts": []}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    prompt: str
+    score: float | None  # 0-100 after any penalty; None when blocked
+    raw_score: float  # 0-100 before moderation
+    cosine: float
+    verdict: str  # ok | text | no_match | blocked
+    reason: str | None
+    looks_like: str | None  # the known prompt the image is closest to
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Judge:
+    def __init__(self, runtime: Runtime, *, cache_size: int = PROMPT_CACHE):
+        import onnxruntime as ort
+
+        if runtime.task != "embed":
+            raise RuntimeConfigError(f"{runtime.bundle.source}: a {runtime.task} bundle cannot judge prompts; the "
+                                     "kiosk needs a judge bundle (a clip-embed student)")
+        self.runtime = runtime
+        m = runtime.manifest
+        self.cfg = {**DEFAULTS, **(m.get("judge") or {})}
+        self.templates: list[str] = list(m["prompts"]["templates"])
+        self.calibration = m["calibration"]
+        self.tokenizer = Tokenizer.from_file(runtime.bundle.path(m["tokenizer"]["file"]),
+                                             m["tokenizer"]["context_length"])
+        text = m["models"]["text"]
+        self.text_session = ort.InferenceSession(str(runtime.bundle.path(text["file"])),
+                                                 sess_options=runtime.session_options,
+                                                 providers=runtime.session.get_providers())
+        self.text_input = self.text_session.get_inputs()[0].name
+        self.cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.cache_size = cache_size
+        self.lock = threading.Lock()
+        rows = m["prompts"]["rows"]
+        table = runtime.prompt_embeddings  # (P, D)
+        self.shipped = {r["text"]: table[i] for i, r in enumerate(rows) if r["role"] != "class"}
+        self.known = [r["text"] for r in rows if r["role"] in ("class", "prompt")]  # what "looks like" can name
+        self.known_emb = np.stack([table[i] for i, r in enumerate(rows) if r["role"] in ("class", "prompt")])
+        self.text_emb = self._rows(rows, table, "text", self.cfg["text_prompts"])
+        self.unsafe_emb = self._rows(rows, table, "unsafe", self.cfg["unsafe_prompts"])
+
+    def _rows(self, rows: list[dict], table: np.ndarray, role: str, wanted: list[str]) -> np.ndarray:
+        picked = [table[i] for i, r in enumerate(rows) if r["role"] == role or (r["text"] in wanted and
+                                                                               r["role"] != "class")]
+        missing = [p for p in wanted if p not in self.shipped]
+        picked += [self.embed_prompt(p) for p in missing] if missing else []
+        return np.stack(picked) if picked else np.zeros((0, table.shape[1]), np.float32)
+
+    # ------------------------------------------------------------------------------------------ prompts
+
+    def embed_prompt(self, prompt: str) -> np.ndarray:
+        """(D,) normalised embedding of a prompt: the shipped one, or the text encoder's (cached)."""
+        prompt = check_prompt(prompt)
+        if prompt in self.shipped:
+            return self.shipped[prompt]
+        with self.lock:
+            if prompt in self.cache:
+                self.cache.move_to_end(prompt)
+                return self.cache[prompt]
+        texts = [t.format(prompt) for t in self.templates]
+        emb = self.text_session.run(None, {self.text_input: self.tokenizer(texts)})[0]  # (T, D)
+        emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        mean = emb.mean(axis=0)
+        mean = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+        with self.lock:
+            self.cache[prompt] = mean
+            while len(self.cache) > self.cache_size:
+                self.cache.popitem(last=False)
+        return mean
+
+    # ------------------------------------------------------------------------------------------ scoring
+
+    def to_score(self, cosine: float | np.ndarray) -> float | np.ndarray:
+        return np.interp(cosine, self.calibration["cosine"], self.calibration["score"])
+
+    def score(self, rgb: np.ndarray, prompt: str) -> Verdict:
+        """Judge one (H, W, 3) uint8 RGB image against a prompt."""
+        return self.judge(self.runtime(rgb).embedding, prompt)
+
+    def judge(self, embedding: np.ndarray, prompt: str) -> Verdict:
+        """Judge a (D,) normalised image embedding against a prompt."""
+        p = self.embed_prompt(prompt)
+        cos = float(embedding @ p)
+        raw = round(float(self.to_score(cos)), 1)
+        looks_like = self.known[int(np.argmax(self.known_emb @ embedding))] if len(self.known) else None
+        cfg = self.cfg
+        if len(self.unsafe_emb):
+            unsafe = self.unsafe_emb @ embedding
+            if float(unsafe.max()) > cos + cfg["unsafe_margin"]:
+                return Verdict(prompt, None, raw, cos, "blocked", "this image was blocked by the kiosk's content "
+                               "rules", None)
+        if len(self.text_emb) and float((self.text_emb @ embedding).max()) > cos + cfg["text_margin"]:
+            score = round(raw * cfg["text_penalty"], 1)
+            return Verdict(prompt, score, raw, cos, "text", "this looks like writing: draw it, don't write it "
+                           f"(score x{cfg['text_penalty']:g})", looks_like)
+        if raw < cfg["no_match_score"]:
+            hint = f"; it looks more like {looks_like!r}" if looks_like and looks_like != prompt else ""
+            return Verdict(prompt, raw, raw, cos, "no_match", f"this doesn't match {prompt!r} well{hint}", looks_like)
+        return Verdict(prompt, raw, raw, cos, "ok", None, looks_like)
+
+
+def check_prompt(prompt: str) -> str:
+    """A prompt stripped; empty or too long is a ValueError saying so."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("the prompt is empty")
+    prompt = " ".join(prompt.split())
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"the prompt is {len(prompt)} characters long; at most {MAX_PROMPT_CHARS}")
+    return prompt

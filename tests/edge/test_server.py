@@ -1,0 +1,306 @@
+"""The kiosk server for real: `dkit serve` (uvicorn) in a subprocess on loopback, a real judge bundle, real drawings.
+
+Scoring and ranking, every moderation path, admin auth, every bad-input case (nothing stored, the server keeps
+serving), and a kill -9 in the middle of it all: the restarted server has every acknowledged submission.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import ASSETS, ROOT
+
+TOKEN = "test-" + uuid.uuid4().hex
+MAX_UPLOAD_MB = 0.5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`dkit serve` in a subprocess; requests with urllib; JSON in and out."""
+
+    def __init__(self, bundle: Path, db: Path, *, token: str | None = TOKEN):
+        self.bundle, self.db, self.token = bundle, db, token
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [sys.executable, "-m", "dkit", "serve", str(bundle), "--port", str(self.port), "--db", str(db),
+                "--max-upload-mb", str(MAX_UPLOAD_MB)]
+        env = {**os.environ, "DKIT_ADMIN_TOKEN": token or ""}
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"dkit serve exited {self.proc.returncode}: {self.proc.stderr.read()}")
+            try:
+                if self.request("GET", "/healthz")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError("dkit serve did not come up in 120 s")
+
+    def request(self, method: str, path: str, *, body: bytes | None = None, headers: dict | None = None,
+                admin: bool = False) -> tuple[int, dict | bytes]:
+        headers = dict(headers or {})
+        if admin:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as res:
+                status, data, ctype = res.status, res.read(), res.headers.get("content-type", "")
+        except urllib.error.HTTPError as e:
+            status, data, ctype = e.code, e.read(), e.headers.get("content-type", "")
+        return status, (json.loads(data) if "json" in ctype and data else data)
+
+    def submit(self, image: bytes, *, name: str = "ada", prompt: str | None = None, path: str = "/api/submissions",
+               filename: str = "drawing.png", part_type: str = "image/png"):
+        fields = {"name": name} | ({"prompt": prompt} if prompt else {})
+        body, ctype = multipart(fields, {"image": (filename, part_type, image)})
+        return self.request("POST", path, body=body, headers={"Content-Type": ctype})
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=30)
+
+
+def multipart(fields: dict[str, str], files: dict[str, tuple[str, str, bytes]]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    out = b""
+    for k, v in fields.items():
+        out += f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+    for k, (filename, ctype, data) in files.items():
+        out += (f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"; filename="{filename}"\r\n'
+                f"Content-Type: {ctype}\r\n\r\n").encode() + data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def drawing(i: int = 0, cls: str = "apple") -> bytes:
+    """A real Quick, Draw! doodle rendered the kiosk way, as PNG bytes."""
+    from distill.quickdraw import render
+
+    bitmaps = np.load(ASSETS / "data" / "quickdraw" / f"{cls}.npy", mmap_mode="r")
+    ok, png = cv2.imencode(".png", render(np.asarray(bitmaps[i]), 256))
+    return png.tobytes()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG that claims to be width x height (a decompression bomb's header)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    data = zlib.compress(b"\0" * 100000)
+    idat = struct.pack(">I", len(data)) + b"IDAT" + data + struct.pack(">I", zlib.crc32(b"IDAT" + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk + idat
+
+
+@pytest.fixture(scope="module")
+def server(judge_run, tmp_path_factory):
+    _, run, _, _ = judge_run
+    srv = Server(run / "bundle", tmp_path_factory.mktemp("kiosk") / "kiosk.sqlite")
+    yield srv
+    srv.kill(signal.SIGTERM)
+
+
+# ------------------------------------------------------------------------------------------ scoring
+
+
+def test_page_prompt_and_openapi(server):
+    status, page = server.request("GET", "/")
+    assert status == 200 and b"<canvas" in page and b"/api/submissions" in page
+    status, prompt = server.request("GET", "/api/prompt")
+    assert status == 200 and prompt["prompt"] == "a cat" and "a raccoon driving a tractor" in prompt["suggestions"]
+    status, schema = server.request("GET", "/openapi.json")
+    assert status == 200 and {"/api/submissions", "/api/leaderboard", "/api/prompt", "/api/score",
+                              "/api/submissions/{sid}"} <= set(schema["paths"])
+
+
+def test_submissions_are_scored_ranked_and_listed(server):
+    before = server.request("GET", "/healthz")[1]["submissions"]
+    results = []
+    for i in range(4):
+        status, doc = server.submit(drawing(i), name=f"player {i}")
+        assert status == 200, doc
+        results.append(doc)
+    for doc in results:
+        assert doc["prompt"] == "a cat" and doc["verdict"] in ("ok", "text", "no_match", "blocked")
+        assert doc["stored"] == (doc["verdict"] != "blocked")
+        if doc["stored"]:
+            assert 0 <= doc["score"] <= 100 and 1 <= doc["rank"] <= doc["total"]
+    stored = [d for d in results if d["stored"]]
+    assert server.request("GET", "/healthz")[1]["submissions"] == before + len(stored)
+    status, board = server.request("GET", "/api/leaderboard?limit=100")
+    scores = [e["score"] for e in board["entries"]]
+    assert status == 200 and scores == sorted(scores, reverse=True) and len(scores) >= len(stored)
+    top = board["entries"][0]
+    status, jpeg = server.request("GET", top["thumb_url"])
+    assert status == 200 and cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape[2] == 3
+    # the camera route scores without storing
+    status, doc = server.submit(drawing(9), path="/api/score")
+    assert status == 200 and "rank" not in doc and 0 <= doc["raw_score"] <= 100
+    assert server.request("GET", "/healthz")[1]["submissions"] == before + len(stored)
+
+
+# ------------------------------------------------------------------------------------------ admin
+
+
+def test_admin_routes_need_the_token(server):
+    body = json.dumps({"prompt": "a raccoon driving a tractor"}).encode()
+    headers = {"Content-Type": "application/json"}
+    assert server.request("PUT", "/api/prompt", body=body, headers=headers)[0] == 401
+    wrong = headers | {"Authorization": "Bearer nope"}
+    assert server.request("PUT", "/api/prompt", body=body, headers=wrong)[0] == 401
+    status, doc = server.request("PUT", "/api/prompt", body=body, headers=headers, admin=True)
+    assert status == 200 and doc["prompt"] == "a raccoon driving a tractor"
+    assert server.request("GET", "/api/prompt")[1]["prompt"] == "a raccoon driving a tractor"
+    # an on-device prompt (not shipped in the bundle) scores like any other
+    status, doc = server.submit(drawing(1, "bicycle"), name="grace")
+    assert status == 200 and doc["prompt"] == "a raccoon driving a tractor"
+    assert server.request("GET", "/api/leaderboard")[1]["prompt"] == "a raccoon driving a tractor"
+    # earlier prompts keep their leaderboards; deleting needs the token too
+    status, old = server.request("GET", "/api/leaderboard?prompt=a%20cat")
+    assert status == 200 and old["entries"]
+    victim = old["entries"][0]["id"]
+    assert server.request("DELETE", f"/api/submissions/{victim}")[0] == 401
+    assert server.request("DELETE", f"/api/submissions/{victim}", admin=True)[0] == 204
+    assert server.request("DELETE", f"/api/submissions/{victim}", admin=True)[0] == 404
+    assert victim not in [e["id"] for e in server.request("GET", "/api/leaderboard?prompt=a%20cat")[1]["entries"]]
+    assert server.request("PUT", "/api/prompt", body=json.dumps({"prompt": "  "}).encode(), headers=headers,
+                          admin=True)[0] == 400
+    server.request("PUT", "/api/prompt", body=json.dumps({"prompt": "a cat"}).encode(), headers=headers, admin=True)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def _post_form(server: Server, form: tuple[bytes, str]):
+    return server.request("POST", "/api/submissions", body=form[0], headers={"Content-Type": form[1]})
+
+
+def _truncated_jpeg() -> bytes:
+    ok, jpg = cv2.imencode(".jpg", cv2.imread(str(ASSETS / "data" / "photos" / "pets.jpg")))
+    return jpg.tobytes()[: len(jpg) // 2]
+
+
+BAD = [
+    ("over the size limit", lambda s: s.submit(b"\xff\xd8\xff" + os.urandom(int(MAX_UPLOAD_MB * 2**20) + 70000)), 413,
+     "at most"),
+    ("not an image", lambda s: s.submit(b"hello, I am text"), 400, "not an image"),
+    ("empty file", lambda s: s.submit(b""), 400, "empty"),
+    ("truncated jpeg", lambda s: s.submit(_truncated_jpeg(), filename="x.jpg", part_type="image/jpeg"), 400,
+     "truncated"),
+    ("corrupt png", lambda s: s.submit(drawing(0)[:60] + os.urandom(200)), 400, "corrupt"),
+    ("decompression bomb", lambda s: s.submit(png_header_only(100_000, 100_000)), 400, "decompression bomb"),
+    ("json body", lambda s: s.request("POST", "/api/submissions", body=b'{"image": 1}',
+                                      headers={"Content-Type": "application/json"}), 415, "multipart/form-data"),
+    ("text part", lambda s: s.submit(drawing(0), part_type="text/plain"), 415, "not an image"),
+    ("missing image field", lambda s: _post_form(s, multipart({"name": "x"}, {})), 400, "no file field 'image'"),
+    ("unknown prompt", lambda s: s.submit(drawing(0), prompt="a prompt nobody set"), 404, "unknown prompt"),
+    ("unknown leaderboard", lambda s: s.request("GET", "/api/leaderboard?prompt=nope"), 404, "unknown prompt"),
+    ("bad limit", lambda s: s.request("GET", "/api/leaderboard?limit=many"), 400, "limit"),
+    ("unknown thumbnail", lambda s: s.request("GET", "/thumbs/../../etc/passwd"), 404, ""),
+]
+
+
+@pytest.mark.parametrize(("case", "send", "status", "message"), BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_refused_clearly_and_nothing_is_stored(server, case, send, status, message):
+    before = server.request("GET", "/healthz")[1]["submissions"]
+    got, doc = send(server)
+    assert got == status, doc
+    if message:
+        assert isinstance(doc, dict) and message in doc["error"], doc
+    health = server.request("GET", "/healthz")
+    assert health[0] == 200 and health[1]["submissions"] == before  # nothing stored, still serving
+
+
+# ------------------------------------------------------------------------------------------ moderation
+
+
+def test_moderation_paths(judge_run):
+    """Blocked, penalised for writing, no match, ok: the judge's rules on embeddings placed where each applies."""
+    from edge.judge import Judge
+    from edge.runtime import Runtime
+
+    _, run, _, _ = judge_run
+    with Runtime.load(run / "bundle") as rt:
+        judge = Judge(rt)
+        d = rt.prompt_embeddings.shape[1]
+        e = np.eye(d, dtype=np.float32)
+        judge.shipped = {"a cat": e[0]}
+        judge.text_emb, judge.unsafe_emb = e[1:2], e[2:3]
+        judge.calibration = {"cosine": [0.0, 1.0], "score": [0.0, 100.0]}
+
+        def mix(*weights: float) -> np.ndarray:  # a unit vector with these weights on e0, e1, ...
+            v = sum(w * e[i] for i, w in enumerate(weights))
+            return v / np.linalg.norm(v)
+
+        blocked = judge.judge(mix(0.5, 0.0, 0.8), "a cat")
+        assert blocked.verdict == "blocked" and blocked.score is None
+        text = judge.judge(mix(0.6, 0.8), "a cat")
+        assert text.verdict == "text" and text.score == pytest.approx(text.raw_score * 0.5, abs=0.1)
+        assert text.raw_score == pytest.approx(60, abs=0.1)
+        nothing = judge.judge(mix(0.1, 0.0, 0.0, 1.0), "a cat")
+        assert nothing.verdict == "no_match" and "doesn't match 'a cat'" in nothing.reason
+        ok = judge.judge(mix(0.9, 0.3, 0.2), "a cat")
+        assert ok.verdict == "ok" and ok.score == pytest.approx(100 * 0.9 / np.linalg.norm([0.9, 0.3, 0.2]), abs=0.1)
+        # margins and penalty come from the bundle, not the code
+        judge.cfg = judge.cfg | {"text_margin": 0.5}
+        assert judge.judge(mix(0.6, 0.8), "a cat").verdict == "ok"
+
+
+def test_a_new_prompt_is_embedded_like_the_shipped_ones(judge_run):
+    from edge.judge import Judge
+    from edge.runtime import Runtime
+
+    _, run, _, _ = judge_run
+    with Runtime.load(run / "bundle") as rt:
+        judge = Judge(rt)
+        shipped = judge.shipped.pop("a raccoon driving a tractor")
+        again = judge.embed_prompt("  a raccoon   driving a tractor ")  # the text encoder, on the device
+        assert float(again @ shipped) > 0.9999 and "a raccoon driving a tractor" in judge.cache
+        with pytest.raises(ValueError, match="empty"):
+            judge.embed_prompt("   ")
+
+
+# ------------------------------------------------------------------------------------------ crash
+
+
+def test_kill_9_loses_no_acknowledged_submission(judge_run, tmp_path):
+    _, run, _, _ = judge_run
+    db = tmp_path / "kiosk.sqlite"
+    first = Server(run / "bundle", db)
+    acknowledged = []
+    for i in range(6):
+        status, doc = first.submit(drawing(i, "eye"), name=f"crash {i}")
+        assert status == 200
+        if doc["stored"]:
+            acknowledged.append(doc["id"])
+    first.kill(signal.SIGKILL)  # no shutdown, no checkpoint
+    second = Server(run / "bundle", db, token=None)
+    try:
+        entries = second.request("GET", "/api/leaderboard?limit=100")[1]["entries"]
+        assert sorted(e["id"] for e in entries) == sorted(acknowledged)
+        assert all(second.request("GET", e["thumb_url"])[0] == 200 for e in entries)
+        # started without a token: the admin routes are off, not open
+        status, doc = second.request("DELETE", f"/api/submissions/{acknowledged[0]}", admin=True)
+        assert status == 403 and "--admin-token" in doc["error"]
+    finally:
+        second.kill(signal.SIGTERM)
