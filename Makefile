@@ -26,11 +26,13 @@ BUNDLE ?= $(RUN_DIR)/bundle
 KIT_ARGS = $(KIT) $(if $(DATA),--data $(DATA)) $(if $(OUT),--out $(OUT)) $(foreach s,$(SET),--set $(s))
 STAMP := $(VENV)/.installed
 
-.PHONY: setup distill label train eval export test test-all bench serve lint clean distclean help
+.PHONY: setup distill label train eval export test test-all chromium bench bench-label bench-runtime bench-serve \
+        serve lint clean distclean help
 
 help:
 	@awk '!/^#/{exit} {sub(/^# ?/, ""); print}' Makefile
-	@echo "targets: setup distill (label train eval) export test test-all bench serve lint clean distclean"
+	@echo "targets: setup distill (label train eval) export test test-all bench (bench-label bench-runtime)" \
+	      "bench-serve serve lint clean distclean"
 
 setup: $(STAMP)
 
@@ -54,15 +56,34 @@ eval: setup
 export: setup
 	$(BIN)/dkit export $(KIT_ARGS)
 
-test: setup
+test: setup chromium
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow" -q
+
+# The kiosk's browser test drives Debian's Chromium (Playwright, executable_path); installed here when it
+# can be (root with apt-get), otherwise that one test skips and says why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	      echo "installing chromium (Debian) for the kiosk browser test"; \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	    else echo "note: no chromium and no root apt-get: the kiosk browser test will skip"; fi; }
 
 test-all: setup
 	$(BIN)/python -m pytest -q
 
-bench: setup
+# make bench KIT=datasets/coco128/kit.yaml DATA=../shared/assets/data/coco128/images/train2017   (after export)
+bench: bench-label bench-runtime
+
+bench-label: setup
 	$(BIN)/dkit bench label $(KIT_ARGS)
+
+bench-runtime: setup
+	$(BIN)/dkit bench runtime $(BUNDLE) --source $(if $(DATA),$(DATA),../shared/assets/data/coco128/images/train2017)
+
+# a judge bundle: make bench-serve KIT=datasets/quickdraw/kit.yaml
+bench-serve: setup
+	$(BIN)/dkit bench serve $(BUNDLE)
 
 serve: setup
 	$(BIN)/dkit serve $(BUNDLE)

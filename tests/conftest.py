@@ -75,12 +75,9 @@ export: {{precisions: [fp32, int8], calibration_images: 8, archive: false}}
 """
 
 
-@pytest.fixture(scope="session")
-def judge_run(tmp_path_factory):
-    """(kit, run_dir, store, export result): 40 real ImageNet photos labelled by a random CLIP teacher, a 64 px
-    clip-embed student trained for one epoch and exported to a judge bundle at run_dir/bundle. Once per session."""
-    pytest.importorskip("open_clip")
-    pytest.importorskip("onnx")
+def distill_and_export(tmp: Path, kit_text: str, count: int) -> tuple:
+    """(kit, run_dir, store, export result): `count` real ImageNet photos through label, train and export with the
+    kit YAML `kit_text` (its `{images}` filled in), in `tmp`, offline."""
     if not (ASSETS / "README.md").is_file():
         pytest.skip(f"real test assets not found at {ASSETS}")
     from distill.label import label_images
@@ -89,12 +86,20 @@ def judge_run(tmp_path_factory):
     from dkit.store import ModelStore
     from export.bundle import export_bundle
 
-    tmp = tmp_path_factory.mktemp("judge")
-    images = link_images(ASSETS / "data/imagenet-sample", "*.JPEG", 40, tmp / "imgs")
-    (tmp / "kit.yaml").write_text(JUDGE_KIT.format(images=images))
+    images = link_images(ASSETS / "data/imagenet-sample", "*.JPEG", count, tmp / "imgs")
+    (tmp / "kit.yaml").write_text(kit_text.format(images=images))
     kit = load_kit(tmp / "kit.yaml")
     store = ModelStore(tmp / "store", offline=True)
     run = tmp / "run"
     label_images(kit, run, store=store, progress=False, report=False)
     student_module(kit).train(kit, run, store=store, progress=False)
     return kit, run, store, export_bundle(kit, run, store=store)
+
+
+@pytest.fixture(scope="session")
+def judge_run(tmp_path_factory):
+    """40 real ImageNet photos labelled by a random CLIP teacher, a 64 px clip-embed student trained for one epoch
+    and exported to a judge bundle at run_dir/bundle. Once per session."""
+    pytest.importorskip("open_clip")
+    pytest.importorskip("onnx")
+    return distill_and_export(tmp_path_factory.mktemp("judge"), JUDGE_KIT, 40)

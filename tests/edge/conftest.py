@@ -57,3 +57,16 @@ def detect_bundle(yolo_onnx, tmp_path_factory) -> Path:
     with open_bundle(root):
         pass
     return root
+
+
+@pytest.fixture(scope="session")
+def kiosk_server(judge_run, tmp_path_factory):
+    """`dkit serve` on the session's judge bundle, on a free loopback port with a fresh database."""
+    import signal
+
+    from tests.edge.test_server import Server
+
+    _, run, _, _ = judge_run
+    srv = Server(run / "bundle", tmp_path_factory.mktemp("kiosk") / "kiosk.sqlite")
+    yield srv
+    srv.kill(signal.SIGTERM)

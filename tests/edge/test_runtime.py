@@ -261,3 +261,42 @@ def test_dkit_bench_runtime_json(detect_bundle):
         assert result[key] > 0, key
     assert result["images"] == 6 and result["input"] == [1, 3, 320, 320] and result["task"] == "detect"
     assert result["runtime_vs_bare"] == pytest.approx(result["fps_runtime"] / result["fps_bare"], abs=2e-3)
+
+
+def test_pipeline_memory_stays_flat_over_a_long_run():
+    """15,000 frames through the pipeline (a fast stand-in model): traced memory does not grow with the count."""
+    import tracemalloc
+
+    from edge.runtime import Result
+
+    class Instant:  # the Runtime interface the pipeline uses, without a model: only the pipeline is measured
+        provider, classes, prompts = "test", ["x"], None
+
+        def batch(self, frames, ids, stamps):
+            now = time.time()
+            return [Result(i, t, (now - t) * 1000, "classify", top=[(0, 1.0)]) for i, t in zip(ids, stamps,
+                                                                                             strict=True)]
+
+    frame = np.zeros((48, 64, 3), np.uint8)
+
+    class Camera:
+        def read(self):
+            return True, frame.copy()
+
+        def release(self):
+            pass
+
+    def run(frames: int) -> int:
+        out = io.StringIO()
+        sink = JsonlSink(out, Instant())
+        tracemalloc.start()
+        pipeline = Pipeline(Instant(), [open_source("0", capture_factory=lambda s: Camera())],
+                            [sink, CallbackSink(lambda f, r: out.seek(0) or out.truncate())], max_frames=frames)
+        stats = pipeline.run()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert stats["frames"] >= frames
+        return peak
+
+    short, long = run(1_500), run(15_000)
+    assert long < short * 1.5 + 2_000_000, (short, long)  # 10x the frames, not 10x the memory

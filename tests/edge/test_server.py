@@ -112,12 +112,9 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk + idat
 
 
-@pytest.fixture(scope="module")
-def server(judge_run, tmp_path_factory):
-    _, run, _, _ = judge_run
-    srv = Server(run / "bundle", tmp_path_factory.mktemp("kiosk") / "kiosk.sqlite")
-    yield srv
-    srv.kill(signal.SIGTERM)
+@pytest.fixture
+def server(kiosk_server):
+    return kiosk_server
 
 
 # ------------------------------------------------------------------------------------------ scoring

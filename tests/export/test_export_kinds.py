@@ -18,14 +18,9 @@ pytest.importorskip("ultralytics")
 pytest.importorskip("open_clip")
 pytest.importorskip("onnx")
 
-from distill.label import label_images  # noqa: E402
-from distill.students import student_module  # noqa: E402
-from dkit.kit import load_kit  # noqa: E402
-from dkit.store import ModelStore  # noqa: E402
 from edge.bundle import open_bundle  # noqa: E402
-from export.bundle import export_bundle  # noqa: E402
 from export.judge import ANCHORS, calibrate, score  # noqa: E402
-from tests.conftest import ASSETS, ROOT, link_images  # noqa: E402
+from tests.conftest import ASSETS, ROOT, distill_and_export  # noqa: E402
 
 BLOCK = """
 import importlib.abc, json, sys
@@ -47,19 +42,6 @@ export: {{precisions: [fp32, fp16]}}
 """
 
 
-def _run(tmp, name: str, text: str, count: int):
-    if not (ASSETS / "README.md").is_file():
-        pytest.skip(f"real test assets not found at {ASSETS}")
-    images = link_images(ASSETS / "data/imagenet-sample", "*.JPEG", count, tmp / "imgs")
-    (tmp / "kit.yaml").write_text(text.format(images=images))
-    kit = load_kit(tmp / "kit.yaml")
-    store = ModelStore(tmp / "store", offline=True)
-    run = tmp / "run"
-    label_images(kit, run, store=store, progress=False, report=False)
-    student_module(kit).train(kit, run, store=store, progress=False)
-    return kit, run, store, export_bundle(kit, run, store=store)
-
-
 @pytest.fixture(scope="module")
 def judge(judge_run):
     return judge_run
@@ -67,7 +49,7 @@ def judge(judge_run):
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
-    return _run(tmp_path_factory.mktemp("cls"), "cls", CLS_KIT, 32)
+    return distill_and_export(tmp_path_factory.mktemp("cls"), CLS_KIT, 32)
 
 
 # ------------------------------------------------------------------------------------------ judge
