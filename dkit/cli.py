@@ -393,19 +393,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         runtime = Runtime.load(args.bundle, providers=providers, threads=args.threads, precision=args.precision,
                                conf=args.conf, iou=args.iou)
         with runtime:
-            sources = [open_source(s, stall_timeout=args.stall_timeout) for s in args.source]
             max_fps = args.max_fps if args.max_fps is not None else float(
                 (runtime.manifest.get("runtime") or {}).get("max_fps") or 0.0)
-            sinks = []
+            sinks = []  # checked before any capture thread starts
             if args.jsonl:
                 sinks.append(JsonlSink(sys.stdout, runtime))
             if args.save:
                 sinks.append(VideoSink(args.save, runtime, fps=max_fps or 15.0))
-            pipeline = Pipeline(runtime, sources, sinks, max_fps=max_fps, max_frames=args.max_frames)
-            if args.show:
-                pipeline.sinks.append(WindowSink(runtime, on_quit=pipeline.stop))
-            pipeline.install_signal_handlers()
-            stats = pipeline.run()
+            sources = []
+            try:
+                for spec in args.source:
+                    sources.append(open_source(spec, stall_timeout=args.stall_timeout))
+                pipeline = Pipeline(runtime, sources, sinks, max_fps=max_fps, max_frames=args.max_frames)
+                if args.show:
+                    pipeline.sinks.append(WindowSink(runtime, on_quit=pipeline.stop))
+                pipeline.install_signal_handlers()
+                stats = pipeline.run()
+            finally:
+                for source in sources:  # capture threads end before the interpreter does
+                    source.close()
     except tuple(errors) as e:
         raise next(v for k, v in errors.items() if isinstance(e, k))(str(e)) from e
     sys.stderr.write("dkit: stats " + json.dumps(stats) + "\n")

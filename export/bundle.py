@@ -250,11 +250,15 @@ def _eval_lines(evaluation: dict) -> list[str]:
         return [f"- On {evaluation.get('images')} held-out images (`dkit eval`): student mAP50 {_f(s.get('map50'))} "
                 f"vs the teacher's {_f(t.get('map50'))} (ground truth), {_f(s.get('map50_vs_teacher'))} against the "
                 f"teacher's labels; {on}."]
+    if "cosine_mean" in s:
+        return [f"- On {evaluation.get('images')} held-out images (`dkit eval`): cosine to the teacher's embedding "
+                f"{_f(s.get('cosine_mean'))}, Spearman of prompt scores {_f(s.get('spearman_mean'))}, top-1 class "
+                f"agreement {_f(s.get('top1_agreement'))}, moderation agreement {_f(s.get('moderation_agreement'))}; "
+                f"{on}."]
     if "top1_agreement" in s:
         return [f"- On {evaluation.get('images')} held-out images (`dkit eval`): top-1 agreement with the teacher "
                 f"{_f(s.get('top1_agreement'))}, accuracy {_f(s.get('accuracy'))} (ground truth); {on}."]
-    return [f"- On {evaluation.get('images')} held-out images (`dkit eval`): cosine to the teacher's embedding "
-            f"{_f(s.get('cosine_mean'))}; {on}."]
+    return []
 
 
 def _f(v) -> str:
