@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("bundle", metavar="BUNDLE")
     b.add_argument("--source", required=True, metavar="DIR", help="folder of images (decoded once, up front)")
     b.add_argument("--images", type=int, default=64, help="images used from the folder (default: %(default)s)")
-    b.add_argument("--repeat", type=int, default=3, help="alternating rounds of each (default: %(default)s)")
+    b.add_argument("--repeat", type=int, default=5, help="alternating rounds of each (default: %(default)s)")
     b.add_argument("--threads", type=int, help="onnxruntime intra-op threads (0: its default)")
     b.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
     b.set_defaults(handler=cmd_bench_runtime)

@@ -14,7 +14,9 @@ On the same decoded images (decoded once, up front, so disk and JPEG decoding ar
   when the distill extra is installed: distill.bench.ultralytics_predictor; rect=False so it runs the same
   input size as the bundle).
 Rounds alternate between the three, `repeat` times, and each keeps its best round: the machines are shared
-and noisy, and the ratios come from one run. p50/p99 are the runtime's per-frame latencies over every round.
+and noisy, and the ratios come from one run. (Not frame by frame: each library has its own onnxruntime
+session, whose threads spin briefly after a run, so switching sessions every frame slows all of them.)
+p50/p99 are the runtime's per-frame latencies over every round.
 fps_pipeline and pipeline_p50/p99_ms run the real pipeline (edge.pipeline) from the folder, decoding
 included, with latency from capture to result.
 """
