@@ -442,8 +442,11 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
 
     from edge.bench import bench_serve
 
-    result = bench_serve(args.bundle, submissions=args.submissions, concurrency=args.concurrency,
-                         source=args.source, threads=args.threads)
+    try:
+        result = bench_serve(args.bundle, submissions=args.submissions, concurrency=args.concurrency,
+                             source=args.source, threads=args.threads)
+    except RuntimeError as e:  # the server did not come up: its own error says why
+        raise DkitError(str(e)) from e
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
     return 0 if result["ok"] else 1
 
