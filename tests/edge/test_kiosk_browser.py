@@ -1,7 +1,7 @@
 """The kiosk page in a real browser: headless Chromium (Debian's) driven by Playwright against `dkit serve`.
 
 Draw strokes on the canvas with the mouse and with a pen, undo one, submit, and see the score, the rank and the
-leaderboard (with the thumbnail) update.
+leaderboard (with the thumbnail) update; then camera mode on Chromium's fake webcam: a live score, nothing stored.
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ def kiosk(kiosk_server):
 def page(kiosk):
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])  # a test webcam
         context = browser.new_context(viewport={"width": 1200, "height": 900}, has_touch=True)
+        context.grant_permissions(["camera"], origin=kiosk.url)
         page = context.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -86,3 +88,14 @@ def test_draw_undo_submit_and_see_the_leaderboard(page, kiosk):
         assert kiosk.request("GET", "/healthz")[1]["submissions"] == before + 1
     page.click("#clear")
     assert page.evaluate(INK) == 0
+
+
+def test_camera_mode_shows_a_live_score_and_stores_nothing(page, kiosk):
+    before = kiosk.request("GET", "/healthz")[1]["submissions"]
+    page.click("#camera")
+    page.wait_for_function("/^(live: \\d+|blocked)$/.test(document.getElementById('live').textContent)",
+                           timeout=30_000)
+    assert page.is_visible("#video") and page.text_content("#camera") == "Drawing mode"
+    page.click("#camera")  # back to drawing: the webcam stops
+    assert not page.is_visible("#video") and page.text_content("#live") == ""
+    assert kiosk.request("GET", "/healthz")[1]["submissions"] == before
