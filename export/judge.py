@@ -28,6 +28,7 @@ of the two scores over (image, class) pairs, and their Spearman rank correlation
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -62,11 +63,12 @@ def export_judge(kit, run_dir: Path, bundle_dir: Path, *, store) -> dict:
     model, ckpt = clip_embed.load_student(best)
     spec = ckpt["preprocess"]
     teacher = build_teacher(kit, store)
-    records = clip_embed._records(run_dir)
+    records = clip_embed.labelled_records(run_dir)
     if not records:
         raise UsageError(f"no labelled images in {run_dir / 'labels'} to check the export against")
     records = sorted(records, key=lambda r: (r["split"] != "val", r["image"]))[:CALIBRATION_IMAGES]  # val first
-    images = [clip_embed._decode(r) for r in records]
+    workers = kit.data.workers or max(1, (os.cpu_count() or 2) - 1)
+    images = list(clip_embed.iter_decoded(records, workers))  # in worker processes when there are many
 
     student = _export_image_encoder(model, spec, ckpt["dim"], bundle_dir / "student.onnx", kit)
     student["parity"] = image_parity(model, bundle_dir / "student.onnx", images[:PARITY_IMAGES], spec)
@@ -88,7 +90,7 @@ def export_judge(kit, run_dir: Path, bundle_dir: Path, *, store) -> dict:
                         "the edge reproduces")
 
     student_emb = _run(bundle_dir / "student.onnx", [preprocess(im, spec)[0] for im in images])  # (N, D)
-    teacher_emb = clip_embed._targets(records, teacher, run_dir)  # (N, D) from the teacher cache
+    teacher_emb = clip_embed.teacher_embeddings(records, teacher, run_dir)  # (N, D) from the teacher cache
     calibration = calibrate(student_emb, teacher.text)
     calibration["teacher"] = calibrate(teacher_emb, teacher.text)
     held = np.array([r["split"] == "val" for r in records]) if any(r["split"] == "val" for r in records) else None

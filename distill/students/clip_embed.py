@@ -185,7 +185,7 @@ def load_student(weights: Path) -> tuple[EmbedStudent, dict]:
 # ------------------------------------------------------------------------------------------ data
 
 
-def _records(run_dir: Path) -> list[dict]:
+def labelled_records(run_dir: Path) -> list[dict]:
     """Labelled images with a split (train or val), in file order."""
     path = run_dir / "labels" / "labels.jsonl"
     if not path.is_file():
@@ -195,7 +195,7 @@ def _records(run_dir: Path) -> list[dict]:
     return [r for r in records if r.get("skipped") is None and r.get("split") in ("train", "val")]
 
 
-def _targets(records: list[dict], teacher, run_dir: Path) -> np.ndarray:
+def teacher_embeddings(records: list[dict], teacher, run_dir: Path) -> np.ndarray:
     """(N, D) the teacher's normalised embeddings of the records' images, from the teacher cache."""
     out = []
     with TeacherCache(run_dir / "cache" / "teacher.sqlite") as cache:
@@ -209,7 +209,7 @@ def _targets(records: list[dict], teacher, run_dir: Path) -> np.ndarray:
     return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
 
-def _decode(rec: dict) -> np.ndarray:
+def decode_record(rec: dict) -> np.ndarray:
     """(H, W, 3) uint8 RGB of a record's source image, as the teacher saw it."""
     src = Path(rec["source"])
     return _checked(load_image(src, src.parent), rec)
@@ -223,7 +223,7 @@ def _checked(li, rec: dict) -> np.ndarray:
     return li.rgb
 
 
-def _iter_decoded(records: list[dict], workers: int) -> Iterator[np.ndarray]:
+def iter_decoded(records: list[dict], workers: int) -> Iterator[np.ndarray]:
     """The records' images in order, decoded in `workers` processes (in this one for a few images)."""
     if not records:
         return
@@ -249,7 +249,10 @@ class _Images(torch.utils.data.Dataset):
         return len(self.records)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        small = self.memory[i] if self.memory is not None else _shrink(_decode(self.records[i]), self.spec, self.train)
+        if self.memory is not None:
+            small = self.memory[i]
+        else:
+            small = _shrink(decode_record(self.records[i]), self.spec, self.train)
         if self.train:  # the same view for the same (seed, epoch, image), whichever worker makes it
             x = _augment(small, self.spec, np.random.default_rng((self.seed, self.epoch, i)))
         else:
@@ -268,8 +271,8 @@ def _datasets(train_recs, val_recs, train_t, val_t, spec, seed, workers) -> tupl
     in_memory = estimate <= MEMORY_BUDGET
     train_mem = val_mem = None
     if in_memory:
-        train_mem = [_shrink(rgb, spec, True) for rgb in _iter_decoded(train_recs, workers)]
-        val_mem = [_shrink(rgb, spec, False) for rgb in _iter_decoded(val_recs, workers)]
+        train_mem = [_shrink(rgb, spec, True) for rgb in iter_decoded(train_recs, workers)]
+        val_mem = [_shrink(rgb, spec, False) for rgb in iter_decoded(val_recs, workers)]
     else:
         log.info("%d images at %d px exceed the %d MiB memory budget: decoding them every epoch",
                  len(train_recs) + len(val_recs), size, MEMORY_BUDGET >> 20)
@@ -409,7 +412,7 @@ def train(kit, run_dir: Path, *, store, restart: bool = False, progress: bool = 
     out = run_dir / "student"
     weights = out / "weights"
     args = _train_args(kit)
-    records = _records(run_dir)
+    records = labelled_records(run_dir)
     train_recs = [r for r in records if r["split"] == "train"]
     val_recs = [r for r in records if r["split"] == "val"]
     if not train_recs or not val_recs:
@@ -446,7 +449,7 @@ def train(kit, run_dir: Path, *, store, restart: bool = False, progress: bool = 
     weights.mkdir(parents=True, exist_ok=True)
 
     device = resolve_device(cfg.device)
-    train_t, val_t = _targets(train_recs, teacher, run_dir), _targets(val_recs, teacher, run_dir)
+    train_t, val_t = teacher_embeddings(train_recs, teacher, run_dir), teacher_embeddings(val_recs, teacher, run_dir)
     workers = args["workers"] or kit.data.workers or max(1, (os.cpu_count() or 2) - 1)
     train_ds, val_ds, in_memory = _datasets(train_recs, val_recs, train_t, val_t, spec, seed, workers)
     loader_workers = 0 if in_memory else workers
@@ -613,20 +616,20 @@ def evaluate(kit, run_dir: Path, *, store, ground_truth: Path | None = None) -> 
     if ckpt.get("teacher_cache_key") != teacher.cache_key:
         raise UsageError(f"{best} was trained on {ckpt.get('teacher')}, the kit's teacher is {teacher.id}: "
                          "run dkit train again")
-    val_recs = [r for r in _records(run_dir) if r["split"] == "val"]
+    val_recs = [r for r in labelled_records(run_dir) if r["split"] == "val"]
     if not val_recs:
         raise UsageError(f"no held-out images in {run_dir / 'labels'}: nothing to evaluate on")
     spec, seed = ckpt["preprocess"], int(ckpt.get("seed", 0))
     device = resolve_device(kit.student.device)
     model = model.to(device)
     baseline = build_student(ckpt["backbone"], ckpt["dim"], seed).eval().to(device)
-    teacher_emb = _targets(val_recs, teacher, run_dir)  # (N, D)
+    teacher_emb = teacher_embeddings(val_recs, teacher, run_dir)  # (N, D)
 
     student_emb, baseline_emb, timed = [], [], []  # timed: the first TIMING_IMAGES decoded images
     workers = kit.data.workers or max(1, (os.cpu_count() or 2) - 1)
     batch = kit.student.batch
     chunk: list[np.ndarray] = []  # preprocessed inputs, (3, S, S) each
-    for k, rgb in enumerate(_iter_decoded(val_recs, workers)):
+    for k, rgb in enumerate(iter_decoded(val_recs, workers)):
         if len(timed) < TIMING_IMAGES:
             timed.append(rgb)
         chunk.append(preprocess(rgb, spec))

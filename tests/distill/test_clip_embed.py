@@ -246,7 +246,7 @@ def test_train_refuses_with_a_usage_error(overrides, match, tmp_path, store, ass
 
 def test_a_set_over_the_memory_budget_is_decoded_per_epoch_into_the_same_inputs(trained, monkeypatch):
     kit, labelled, _, _ = trained
-    records = clip_embed._records(labelled)
+    records = clip_embed.labelled_records(labelled)
     train_recs = [r for r in records if r["split"] == "train"][:5]
     val_recs = [r for r in records if r["split"] == "val"][:4]
     spec = clip_embed.preprocess_spec(kit)
@@ -266,12 +266,12 @@ def test_a_set_over_the_memory_budget_is_decoded_per_epoch_into_the_same_inputs(
     assert not torch.equal(kept_train[0][0], streamed_train[1][0])
     through_workers = torch.cat([x for x, _ in clip_embed._loader(streamed_val, 3, workers=1)])
     assert torch.equal(through_workers, torch.stack([kept_val[i][0] for i in range(4)]))
-    held_out = clip_embed.preprocess(clip_embed._decode(val_recs[0]), spec)
+    held_out = clip_embed.preprocess(clip_embed.decode_record(val_recs[0]), spec)
     assert np.array_equal(kept_val[0][0].numpy(), held_out)  # validation sees exactly preprocess()
 
     changed = {**val_recs[0], "sha256": "0" * 64}
     with pytest.raises(DkitError, match="changed since it was labelled: run dkit label again"):
-        clip_embed._decode(changed)
+        clip_embed.decode_record(changed)
 
 
 # ------------------------------------------------------------------------------------------ preprocessing
