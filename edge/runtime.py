@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.bundle import Bundle, BundleError, open_bundle
+from edge.bundle import Bundle, open_bundle
 from edge.postprocess import Detections, cosine_scores, decode_yolo, topk
 from edge.preprocess import Letterbox, preprocess
 
@@ -211,4 +211,3 @@ def _with_options(provider: str, bundle: Bundle) -> str | tuple[str, dict]:
     return provider, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache), "trt_fp16_enable": True}
 
 
-__all__ = ["Runtime", "Result", "RuntimeConfigError", "choose_providers", "BundleError", "PROVIDER_ORDER"]

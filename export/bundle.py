@@ -40,7 +40,6 @@ TASKS = {"yolo-detect": "detect", "yolo-cls": "classify", "clip-embed": "embed"}
 
 def export_bundle(kit, run_dir: Path, *, store=None) -> dict:
     from export.variants import make_variant
-    from export.yolo import kit_images
 
     task = TASKS[kit.student.kind]
     tmp = new_tmp_dir(run_dir, f".bundle-{os.getpid()}-")
@@ -64,14 +63,9 @@ def export_bundle(kit, run_dir: Path, *, store=None) -> dict:
         variants = {}
         later = [p for p in dict.fromkeys(kit.export.precisions) if p != "fp32"]
         if later:
-            try:
-                held_out = kit_images(run_dir, split="val", limit=256)
-            except UsageError:
-                held_out = kit_images(run_dir, split=None, limit=256)
-            try:  # int8 scales from the training images: the held-out ones judge the result
-                calibration = kit_images(run_dir, split="train", limit=kit.export.calibration_images)
-            except UsageError:
-                calibration = kit_images(run_dir, split=None, limit=kit.export.calibration_images)
+            held_out = _split_images(run_dir, "val", 256)
+            # int8 scales from the training images: the held-out ones judge the result
+            calibration = _split_images(run_dir, "train", kit.export.calibration_images)
             for precision in later:
                 variants[precision] = make_variant(precision, tmp / entry["file"], tmp, kit, held_out, calibration,
                                                    entry["preprocess"], task)
@@ -102,6 +96,16 @@ def export_bundle(kit, run_dir: Path, *, store=None) -> dict:
             "models": {k: v["file"] for k, v in manifest["models"].items()},
             "parity": {k: v["parity"] for k, v in manifest["models"].items() if "parity" in v},
             "variants": variants, "calibration": manifest.get("calibration")}
+
+
+def _split_images(run_dir: Path, split: str, limit: int) -> list:
+    """Up to `limit` of the kit's images of one split, or of both when that split is empty."""
+    from export.yolo import kit_images
+
+    try:
+        return kit_images(run_dir, split=split, limit=limit)
+    except UsageError:
+        return kit_images(run_dir, split=None, limit=limit)
 
 
 def _evaluation(run_dir: Path) -> dict:
