@@ -26,7 +26,7 @@ BUNDLE ?= $(RUN_DIR)/bundle
 KIT_ARGS = $(KIT) $(if $(DATA),--data $(DATA)) $(if $(OUT),--out $(OUT)) $(foreach s,$(SET),--set $(s))
 STAMP := $(VENV)/.installed
 
-.PHONY: setup distill label train eval export test test-all chromium bench bench-label bench-runtime bench-serve \
+.PHONY: setup distill label train eval export test layers test-all chromium bench bench-label bench-runtime bench-serve \
         serve lint clean distclean help
 
 help:
@@ -56,9 +56,18 @@ eval: setup
 export: setup
 	$(BIN)/dkit export $(KIT_ARGS)
 
-test: setup chromium
+test: setup chromium layers
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow" -q
+
+# The layer contracts (.importlinter) over the installed shape of the package: edge/, distill/ and export/ install
+# as dkit.edge, dkit.distill and dkit.export, so they are checked in a throwaway install of the package itself.
+LAYERS := build/layers
+layers: setup
+	@rm -rf $(LAYERS)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation --no-compile \
+	  --target $(LAYERS) . 2>&1 | grep -v "^WARNING: Location" || true
+	cd $(LAYERS) && PYTHONPATH=. $(abspath $(BIN))/lint-imports $(abspath .importlinter) --no-cache
 
 # The kiosk's browser test drives Debian's Chromium (Playwright, executable_path); installed here when it
 # can be (root with apt-get), otherwise that one test skips and says why.
@@ -88,7 +97,7 @@ bench-serve: setup
 serve: setup
 	$(BIN)/dkit serve $(BUNDLE)
 
-lint: setup
+lint: setup layers
 	$(BIN)/ruff check .
 
 clean:

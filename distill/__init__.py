@@ -1,6 +1,6 @@
-"""Teachers, labeling, students and evaluation: the training side of the kit.
+"""Teachers, labeling, students, evaluation and metrics: the training side of the kit (`dkit.distill`).
 
-May import `export` and `edge`. Heavy dependencies (torch, open_clip, ultralytics) are imported
-inside the plugin that needs them, so importing this package is cheap; using a teacher or student
-needs the `distill` extra: pip install 'distill-kit[distill]'.
+Layer: above `dkit.core` and `dkit.edge`, below `dkit.export` (it never imports export or the CLI; .importlinter).
+Heavy dependencies (torch, open_clip, ultralytics) are imported inside the plugin that needs them, so importing
+this package is cheap; using a teacher or student needs the `distill` extra: pip install 'distill-kit[distill]'.
 """

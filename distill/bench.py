@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from distill.images import load_image, scan
-from distill.label import label_images, resolve_images
-from distill.teachers import build_teacher
+from dkit.distill.images import load_image, scan
+from dkit.distill.label import label_images, resolve_images
+from dkit.distill.teachers import build_teacher
 
 
 def bench_label(kit, *, store, repeat: int = 3) -> dict:

@@ -28,8 +28,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dkit.errors import UsageError
-from dkit.files import atomic_write
+from dkit.core.errors import UsageError
+from dkit.core.files import atomic_write
 
 SCHEMA_VERSION = 1
 

@@ -38,7 +38,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
-from dkit.errors import UsageError
+from dkit.core.errors import UsageError
 
 MAX_PIXELS = 50_000_000  # images above this are downscaled (JPEG, via draft mode) or skipped
 

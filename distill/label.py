@@ -32,11 +32,11 @@ from pathlib import Path
 
 import cv2
 
-from distill.cache import TeacherCache
-from distill.images import LoadedImage, iter_images, scan
-from distill.teachers import Teacher, build_teacher
-from dkit.errors import DkitError, UsageError
-from dkit.files import atomic_write, duration, new_tmp_dir, replace_dir
+from dkit.core.errors import DkitError, UsageError
+from dkit.core.files import atomic_write, duration, new_tmp_dir, replace_dir
+from dkit.distill.cache import TeacherCache
+from dkit.distill.images import LoadedImage, iter_images, scan
+from dkit.distill.teachers import Teacher, build_teacher
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,13 @@ def resolve_images(kit, store) -> Path:
 def label_images(kit, run_dir: Path, *, store=None, teacher: Teacher | None = None,
                  ground_truth: Path | None = None, progress: bool = True, report: bool = True) -> LabelResult:
     """Label the kit's images into `run_dir/labels/` (see the module docstring)."""
-    from dkit.store import ModelStore
+    from dkit.core.store import ModelStore
 
     start = time.perf_counter()
     store = store or ModelStore()
     teacher = teacher or build_teacher(kit, store)  # first: a missing extra or weights file fails before downloads
     root = resolve_images(kit, store)
-    from distill.quickdraw import npy_files, render_folder, truth_file
+    from dkit.distill.quickdraw import npy_files, render_folder, truth_file
 
     if npy_files(root):  # Quick, Draw! bitmaps: rendered once into kiosk-like drawings, then labelled like images
         root = render_folder(root, run_dir / "rendered", per_file=kit.data.drawings_per_file,
@@ -94,13 +94,13 @@ def label_images(kit, run_dir: Path, *, store=None, teacher: Teacher | None = No
         if ground_truth is not None:
             if kit.task != "detect":
                 raise UsageError("--ground-truth scores detection labels; this kit's labels are image classes")
-            from distill.quality import detection_quality
+            from dkit.distill.quality import detection_quality
 
             quality = detection_quality(records, Path(ground_truth), kit.ontology.names)
             atomic_write(tmp / "quality.json", json.dumps(quality, indent=2) + "\n")
         atomic_write(tmp / "labels.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         if report:
-            from distill.report import write_report
+            from dkit.distill.report import write_report
 
             write_report(
                 tmp / "report.html", records=records, names=kit.ontology.names, task=kit.task, teacher=teacher.id,

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from distill.teachers.base import file_digest
-from dkit.errors import require
+from dkit.core.errors import require
+from dkit.distill.teachers.base import file_digest
 
 
 def build_proposer(cfg, store, device: str):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dkit.errors import UsageError
+from dkit.core.errors import UsageError
 
 
 def read_yolo_labels(path: Path, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
@@ -37,7 +37,7 @@ def read_yolo_labels(path: Path, width: int, height: int) -> tuple[np.ndarray, n
 
 def detection_quality(records: list[dict], gt_dir: Path, names: list[str]) -> dict:
     """mAP50, mAP50-95 and P/R/F1 at IoU 0.5 of the records' boxes against the ground truth in `gt_dir`."""
-    from export.metrics import detection_map
+    from dkit.distill.metrics import detection_map
 
     gt_dir = Path(gt_dir)
     if not gt_dir.is_dir():

@@ -21,8 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dkit.errors import UsageError
-from dkit.files import atomic_write, new_tmp_dir, replace_dir
+from dkit.core.errors import UsageError
+from dkit.core.files import atomic_write, new_tmp_dir, replace_dir
 
 STAMP = ".rendered.json"
 

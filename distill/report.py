@@ -32,8 +32,8 @@ import cv2
 import numpy as np
 import yaml
 
-from distill.images import load_image
-from dkit.files import atomic_write
+from dkit.core.files import atomic_write
+from dkit.distill.images import load_image
 
 log = logging.getLogger(__name__)
 

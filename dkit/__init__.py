@@ -1,13 +1,12 @@
 """Distill Kit: distill a big zero-shot vision teacher into a small model that runs offline on the edge.
 
-The `dkit` package is the front door shared by every layer: the CLI (`dkit.cli`), the kit YAML
-contract (`dkit.kit`), the offline model store (`dkit.store`) and the error types (`dkit.errors`).
-It imports nothing heavy at import time, so it works on a base (edge-only) install.
+One namespace, layered bottom to top (docs/ARCHITECTURE.md; enforced by import-linter, .importlinter):
+
+    dkit.edge     the on-device runtime (repo folder edge/): numpy, onnxruntime, opencv; never torch
+    dkit.core     kit YAML contract, run folder, model store, errors, atomic files, version (dkit/core/)
+    dkit.distill  teachers, labeling, students, evaluation, metrics (repo folder distill/)
+    dkit.export   trained student -> verified bundle (repo folder export/)
+    dkit.cli      the `dkit` command (dkit/cli/)
+
+Importing `dkit` imports nothing else, so `dkit.edge` works on a base install.
 """
-
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("distill-kit")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"

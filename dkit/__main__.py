@@ -2,6 +2,6 @@
 
 import sys
 
-from dkit.cli import main
+from dkit.cli.main import main
 
 sys.exit(main())

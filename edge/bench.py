@@ -11,13 +11,13 @@ On the same decoded images (decoded once, up front, so disk and JPEG decoding ar
 - fps_runtime: the whole runtime per frame (pre-processing, session.run, decoding + NMS / top-k / cosine);
 - fps_bare: the bare `session.run` loop on the same pre-processed inputs: the limit the runtime approaches;
 - fps_ultralytics: `YOLO(model.onnx).predict` on the same ONNX file and images (detectors and classifiers,
-  when the distill extra is installed: distill.bench.ultralytics_predictor; rect=False so it runs the same
+  when the distill extra is installed: dkit.distill.bench.ultralytics_predictor; rect=False so it runs the same
   input size as the bundle).
 Rounds alternate between the three, `repeat` times, and each keeps its best round: the machines are shared
 and noisy, and the ratios come from one run. (Not frame by frame: each library has its own onnxruntime
 session, whose threads spin briefly after a run, so switching sessions every frame slows all of them.)
 p50/p99 are the runtime's per-frame latencies over every round.
-fps_pipeline and pipeline_p50/p99_ms run the real pipeline (edge.pipeline) from the folder, decoding
+fps_pipeline and pipeline_p50/p99_ms run the real pipeline (dkit.edge.pipeline) from the folder, decoding
 included, with latency from capture to result.
 """
 
@@ -30,15 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.pipeline import Pipeline
-from edge.runtime import Runtime
-from edge.sources import open_source
+from dkit.edge.pipeline import Pipeline
+from dkit.edge.runtime import Runtime
+from dkit.edge.sources import open_source
 
 
 def bench_runtime(bundle: str | os.PathLike, source: str | os.PathLike, *, images: int = 64, repeat: int = 3,
                   threads: int | None = None, precision: str = "fp32", reference=None) -> dict:
     """`reference(model_file, task, imgsz, conf, iou, max_det)` -> a predict(rgb) function of the library the
-    runtime replaces (Ultralytics: distill.bench.ultralytics_predictor); None leaves fps_ultralytics out."""
+    runtime replaces (Ultralytics: dkit.distill.bench.ultralytics_predictor); None leaves fps_ultralytics out."""
     with Runtime.load(bundle, threads=threads, precision=precision) as rt:
         frames = _frames(source, images)
         inputs = [rt.preprocess(rgb)[0] for rgb in frames]

@@ -14,7 +14,6 @@ paths that leave it. Used by `dkit export` at the end (on what it wrote) and by 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +22,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from dkit.edge.hashing import sha256_file
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -149,14 +150,6 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, root / MANIFEST)
     return doc
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_name(name: str, manifest_path: Path) -> None:

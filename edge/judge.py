@@ -5,8 +5,8 @@
     v.score, v.verdict, v.reason                          # 73.0, "ok", None
 
 Score: cosine(student image embedding, prompt text embedding) through the bundle's calibration curve
-(export.judge: piecewise-linear through percentiles of the similarities measured on the kit's images).
-A prompt the bundle ships uses its stored embedding; any other is tokenized (edge.tokenizer), encoded by the
+(dkit.export.judge: piecewise-linear through percentiles of the similarities measured on the kit's images).
+A prompt the bundle ships uses its stored embedding; any other is tokenized (dkit.edge.tokenizer), encoded by the
 bundle's text encoder (text.onnx) with the bundle's templates, averaged and normalised, exactly as the teacher
 embedded the shipped ones, and kept in a bounded cache.
 
@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from edge.runtime import Runtime, RuntimeConfigError
-from edge.tokenizer import Tokenizer
+from dkit.edge.runtime import Runtime, RuntimeConfigError
+from dkit.edge.tokenizer import Tokenizer
 
 PROMPT_CACHE = 256  # prompts whose embedding is kept
 MAX_PROMPT_CHARS = 300

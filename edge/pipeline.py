@@ -5,7 +5,7 @@
     stats = pipeline.run()          # {"frames": ..., "fps": ..., "p50_ms": ..., "p99_ms": ..., "dropped_stale": ...}
 
 Each round takes the newest frame of every source that has one (live sources keep only their latest frame,
-edge.sources) and scores them together: one session.run for several cameras when the model has a dynamic
+dkit.edge.sources) and scores them together: one session.run for several cameras when the model has a dynamic
 batch. `max_fps` caps the rounds per second (0: as fast as frames come). A source that ends (a file) leaves
 the round; the pipeline ends when none is left. A dropped camera does not end it: its source reconnects and
 frames resume. Latency is capture -> result. Statistics keep a bounded window of latencies, so memory stays
@@ -32,8 +32,8 @@ from typing import IO, Protocol
 import cv2
 import numpy as np
 
-from edge.runtime import Result, Runtime, RuntimeConfigError
-from edge.sources import Frame, Source
+from dkit.edge.runtime import Result, Runtime, RuntimeConfigError
+from dkit.edge.sources import Frame, Source
 
 log = logging.getLogger(__name__)
 

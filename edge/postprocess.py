@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from edge.preprocess import Letterbox
+    from dkit.edge.preprocess import Letterbox
 
 MAX_NMS = 30000  # Ultralytics keeps at most this many candidates (highest scores) per image before NMS
 MAX_WH = 7680  # Ultralytics' per-class coordinate offset: boxes of different classes never overlap

@@ -1,6 +1,6 @@
 """A bundle, loaded and ready to score frames: onnxruntime plus the manifest's pre- and post-processing.
 
-    with Runtime.load("runs/coco128/bundle") as rt:      # verified first (edge.bundle); or a bundle.tar.gz
+    with Runtime.load("runs/coco128/bundle") as rt:      # verified first (dkit.edge.bundle); or a bundle.tar.gz
         result = rt(rgb)                                 # (H, W, 3) uint8 RGB -> Result
         results = rt.batch([rgb1, rgb2])                 # several cameras in one session.run when the model allows
         rt.provider                                      # e.g. "CUDAExecutionProvider": the one really used
@@ -12,7 +12,7 @@ onnxruntime's intra-op threads (0: its default). `precision` picks the bundle's 
 The session is warmed up when built, so the first frame is not slow.
 
 Per task (manifest `task`):
-- detect: letterbox, YOLOv8 decode + class-wise NMS in numpy (edge.postprocess), boxes in image pixels.
+- detect: letterbox, YOLOv8 decode + class-wise NMS in numpy (dkit.edge.postprocess), boxes in image pixels.
 - classify: shortest-side resize + centre crop, probabilities, top-k.
 - embed: the L2-normalised embedding and its cosine to every prompt the bundle ships (prompts.npy), each also
   as a 0-100 score through the bundle's calibration.
@@ -25,14 +25,14 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge.bundle import Bundle, open_bundle
-from edge.postprocess import Detections, cosine_scores, decode_yolo, topk
-from edge.preprocess import Letterbox, preprocess
+from dkit.edge.bundle import Bundle, open_bundle
+from dkit.edge.home import dkit_home
+from dkit.edge.postprocess import Detections, cosine_scores, decode_yolo, topk
+from dkit.edge.preprocess import Letterbox, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +205,7 @@ class Runtime:
 def _with_options(provider: str, bundle: Bundle) -> str | tuple[str, dict]:
     if provider != "TensorrtExecutionProvider":
         return provider
-    home = Path(os.environ.get("DKIT_HOME") or Path.home() / ".cache" / "dkit").expanduser()
-    cache = home / "trt-cache" / bundle.manifest["files"][bundle.manifest["models"]["student"]["file"]][:16]
+    cache = dkit_home() / "trt-cache" / bundle.manifest["files"][bundle.manifest["models"]["student"]["file"]][:16]
     cache.mkdir(parents=True, exist_ok=True)
     return provider, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache), "trt_fp16_enable": True}
 

@@ -34,10 +34,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
-from edge.judge import Judge, check_prompt
-from edge.runtime import Runtime
-from edge.store import Store
-from edge.upload import UploadError, decode_upload
+from dkit.edge.judge import Judge, check_prompt
+from dkit.edge.runtime import Runtime
+from dkit.edge.store import Store
+from dkit.edge.upload import UploadError, decode_upload
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Frame sources for the device: camera, RTSP/HTTP stream, video file, image folder, single image.
 
-    from edge.sources import open_source
+    from dkit.edge.sources import open_source
 
     with open_source("0") as source:                 # camera 0; also "rtsp://cam/stream", "clip.mp4", "shots/", "a.jpg"
         for frame in source:                         # Frame(id, timestamp, rgb (H, W, 3) uint8 RGB, source, name)

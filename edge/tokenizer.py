@@ -14,7 +14,7 @@ first `context_length` tokens with the last one replaced by `<end_of_text>`. A p
 contains "<start_of_text>" or "<end_of_text>" gets the special id there, as open_clip does.
 
 BPE results are cached per word (bounded), so scoring the same prompts again costs little. The vocab
-file ships in the bundle (export.tokenizer.vocab_file() finds open_clip's copy); nothing here imports
+file ships in the bundle (dkit.export.tokenizer.vocab_file() finds open_clip's copy); nothing here imports
 torch or open_clip.
 """
 

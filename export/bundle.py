@@ -3,19 +3,19 @@
     result = export_bundle(kit, run_dir, store=ModelStore())
 
 The bundle is built in a temporary folder: the model files for the student's kind, a README.md for the
-person installing it, and manifest.json (edge.bundle.write_manifest: everything the device reads, with the
+person installing it, and manifest.json (dkit.edge.bundle.write_manifest: everything the device reads, with the
 sha256 of every file). It is then opened with the edge's own verifier, exactly as a device would, and only
 then swapped into place; the archive is written beside it the same way. Nothing half-written is ever left
 where a bundle is expected.
 
 By student kind (task in the manifest):
-- `yolo-detect` (detect): student.onnx, letterbox preprocessing, YOLOv8 decoding, NMS thresholds (export.yolo).
-- `yolo-cls` (classify): student.onnx giving probabilities, Ultralytics' classify preprocessing (export.yolo).
+- `yolo-detect` (detect): student.onnx, letterbox preprocessing, YOLOv8 decoding, NMS thresholds (dkit.export.yolo).
+- `yolo-cls` (classify): student.onnx giving probabilities, Ultralytics' classify preprocessing (dkit.export.yolo).
 - `clip-embed` (embed, the kiosk judge): the image encoder, the teacher's text encoder, the tokenizer vocab,
-  the prompt embeddings and the score calibration (export.judge).
-Each gets the fp16/int8 variants the kit asks for (export.variants), each measured against fp32 and refused
+  the prompt embeddings and the score calibration (dkit.export.judge).
+Each gets the fp16/int8 variants the kit asks for (dkit.export.variants), each measured against fp32 and refused
 below the accuracy guard. TensorRT engines are device-specific: the README carries the device's build command,
-and with the `tensorrt` package and a GPU here an engine is built too (export.tensorrt).
+and with the `tensorrt` package and a GPU here an engine is built too (dkit.export.tensorrt).
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from dkit import __version__
-from dkit.errors import UsageError
-from dkit.files import atomic_write, new_tmp_dir, read_json, replace_dir
-from edge.bundle import open_bundle, sha256_file, write_manifest
+from dkit.core.errors import UsageError
+from dkit.core.files import atomic_write, new_tmp_dir, read_json, replace_dir
+from dkit.core.version import __version__
+from dkit.edge.bundle import open_bundle, write_manifest
+from dkit.edge.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -39,25 +40,25 @@ TASKS = {"yolo-detect": "detect", "yolo-cls": "classify", "clip-embed": "embed"}
 
 
 def export_bundle(kit, run_dir: Path, *, store=None) -> dict:
-    from export.variants import make_variant
+    from dkit.export.variants import make_variant
 
     task = TASKS[kit.student.kind]
     tmp = new_tmp_dir(run_dir, f".bundle-{os.getpid()}-")
     try:
         if task == "embed":
-            from dkit.store import ModelStore
-            from export.judge import export_judge
+            from dkit.core.store import ModelStore
+            from dkit.export.judge import export_judge
 
             parts = export_judge(kit, run_dir, tmp, store=store or ModelStore())
             entry = parts["student"] | {"preprocess": parts["preprocess"]}
             classes = list(kit.ontology.names)
         elif task == "classify":
-            from export.yolo import export_classifier
+            from dkit.export.yolo import export_classifier
 
             entry, classes = export_classifier(kit, run_dir, tmp)
             parts = {}
         else:
-            from export.yolo import export_detector
+            from dkit.export.yolo import export_detector
 
             entry, classes, parts = export_detector(kit, run_dir, tmp), list(kit.ontology.names), {}
         variants = {}
@@ -100,7 +101,7 @@ def export_bundle(kit, run_dir: Path, *, store=None) -> dict:
 
 def _split_images(run_dir: Path, split: str, limit: int) -> list:
     """Up to `limit` of the kit's images of one split, or of both when that split is empty."""
-    from export.yolo import kit_images
+    from dkit.export.yolo import kit_images
 
     try:
         return kit_images(run_dir, split=split, limit=limit)
@@ -114,13 +115,13 @@ def _evaluation(run_dir: Path) -> dict:
 
 
 def _engines(kit, bundle_dir: Path, entry: dict, variants: dict) -> dict:
-    """TensorRT engines built here when possible (export.tensorrt), else none: the README has the command."""
+    """TensorRT engines built here when possible (dkit.export.tensorrt), else none: the README has the command."""
     if not kit.export.tensorrt:
         return {}
     if not _tensorrt_here():
         log.info("TensorRT: no GPU with TensorRT here, so no engine; the bundle README has the device's build command")
         return {}
-    from export.tensorrt import build_engines
+    from dkit.export.tensorrt import build_engines
 
     return build_engines(kit, bundle_dir, entry, variants)
 

@@ -8,7 +8,7 @@ Writes into bundle_dir:
   largest output difference (<= export.parity_atol) and cosine to the PyTorch student (mean >= accuracy_guard).
 - `text.onnx`: the teacher's text encoder, (N, 77) int64 token ids -> (N, D) normalised, so the device embeds a
   new prompt itself. Parity: on every prompt the bundle ships and a table of kiosk-like prompts, the device's
-  tokenizer (edge.tokenizer, with the vocab file below) must give open_clip's ids exactly, and the ONNX
+  tokenizer (dkit.edge.tokenizer, with the vocab file below) must give open_clip's ids exactly, and the ONNX
   embedding must match open_clip's encode_text (largest difference, cosine).
 - `bpe_simple_vocab_16e6.txt.gz`: the tokenizer's vocabulary (open_clip's own file).
 - `prompts.npy`: (P, D) float32, one row per prompt the kit names (ontology classes as template ensembles,
@@ -35,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dkit.errors import DkitError, UsageError, require
-from edge.preprocess import preprocess
-from edge.tokenizer import VOCAB_NAME, Tokenizer
+from dkit.core.errors import DkitError, UsageError, require
+from dkit.edge.preprocess import preprocess
+from dkit.edge.tokenizer import VOCAB_NAME, Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,8 @@ EXTRA_PROMPTS = ("a raccoon driving a tractor", "A Photo Of A CAT!!", "un café 
 def export_judge(kit, run_dir: Path, bundle_dir: Path, *, store) -> dict:
     """Write the judge's files into bundle_dir; return the manifest parts (models, text, prompts, calibration)."""
     require("onnx", what="exporting to ONNX", extra="export")
-    from distill.students import clip_embed
-    from distill.teachers import build_teacher
+    from dkit.distill.students import clip_embed
+    from dkit.distill.teachers import build_teacher
 
     best = run_dir / "student" / "weights" / "best.pt"
     if not best.is_file():
@@ -179,7 +179,7 @@ def _slim(path: Path) -> None:
 
 
 def _vocab() -> Path:
-    from export.tokenizer import vocab_file
+    from dkit.export.tokenizer import vocab_file
 
     return vocab_file()
 

@@ -15,7 +15,7 @@ import logging
 import os
 from pathlib import Path
 
-from dkit.errors import DkitError
+from dkit.core.errors import DkitError
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Where the CLIP tokenizer's vocab file is, so the export step can copy it into a judge bundle.
 
-    shutil.copy(vocab_file(), bundle_dir / VOCAB_NAME)      # then edge.tokenizer.Tokenizer.from_file reads it
+    shutil.copy(vocab_file(), bundle_dir / VOCAB_NAME)      # then dkit.edge.tokenizer.Tokenizer.from_file reads it
 
 The file is the one open_clip's own tokenizer reads (bpe_simple_vocab_16e6.txt.gz inside the installed
 open_clip package), so the device tokenizes prompts with exactly the merges the teacher was trained with.
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dkit.errors import DkitError, require
-from edge.tokenizer import VOCAB_NAME
+from dkit.core.errors import DkitError, require
+from dkit.edge.tokenizer import VOCAB_NAME
 
 
 def vocab_file() -> Path:

@@ -9,7 +9,7 @@
 
 Each variant carries its agreement with fp32 on held-out images (`vs_fp32.agreement`, and which metric it
 is), by task: a detector's mAP50 against the fp32 model's detections (Ultralytics' matching,
-export.metrics); a classifier's top-1 agreement; an embedding model's mean cosine to the fp32 embedding.
+dkit.distill.metrics); a classifier's top-1 agreement; an embedding model's mean cosine to the fp32 embedding.
 And the median ms/image of both on this machine, in the same run. A variant whose agreement is below
 `export.accuracy_guard` is refused, not shipped.
 """
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dkit.errors import require
-from edge.preprocess import preprocess
+from dkit.core.errors import require
+from dkit.edge.preprocess import preprocess
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def _detection_agreement(ref: list[np.ndarray], got: list[np.ndarray], kit) -> d
     import torch
     from ultralytics.utils.nms import non_max_suppression
 
-    from export.metrics import detection_map
+    from dkit.distill.metrics import detection_map
 
     def nms(raw: np.ndarray) -> np.ndarray:  # (N, 6) xyxy conf cls
         return non_max_suppression(torch.from_numpy(raw), conf_thres=0.001, iou_thres=kit.edge.iou,

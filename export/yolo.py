@@ -4,11 +4,11 @@
     entry = export_classifier(kit, run_dir, bundle_dir)
 
 The graph comes from Ultralytics' exporter (opset from the kit, dynamic batch, simplified with onnxslim).
-Detector parity: the same letterboxed images (edge.preprocess, what the device will do) go through the
+Detector parity: the same letterboxed images (dkit.edge.preprocess, what the device will do) go through the
 PyTorch student and through onnxruntime; the raw outputs' largest absolute difference must stay within
 `export.parity_atol`, and after Ultralytics' NMS at the kit's edge thresholds the boxes must agree
 (same class, IoU >= 0.9) at least `export.accuracy_guard` of the time.
-Classifier parity: the device's input (edge.preprocess: shortest side, centre crop, Pillow's bilinear
+Classifier parity: the device's input (dkit.edge.preprocess: shortest side, centre crop, Pillow's bilinear
 in numpy) against Ultralytics' own torchvision transform of the same image (largest difference, expected
 0), the ONNX probabilities against the PyTorch student's on that input (within `export.parity_atol`), and
 the top-1 class of the whole device path against Ultralytics' whole path (at least `export.accuracy_guard`).
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dkit.errors import DkitError, UsageError, require
-from edge.preprocess import preprocess
+from dkit.core.errors import DkitError, UsageError, require
+from dkit.edge.preprocess import preprocess
 
 log = logging.getLogger(__name__)
 

@@ -52,7 +52,7 @@ def link_images(source: Path, pattern: str, count: int, dest: Path) -> Path:
 
 def yolo_store(assets: Path, root: Path):
     """An offline model store holding the real yolov8n.pt (by file name, as users place it)."""
-    from dkit.store import ModelStore
+    from dkit.core.store import ModelStore
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "yolov8n.pt").symlink_to(assets / "models" / "yolov8n.pt")
@@ -80,11 +80,11 @@ def distill_and_export(tmp: Path, kit_text: str, count: int) -> tuple:
     kit YAML `kit_text` (its `{images}` filled in), in `tmp`, offline."""
     if not (ASSETS / "README.md").is_file():
         pytest.skip(f"real test assets not found at {ASSETS}")
-    from distill.label import label_images
-    from distill.students import student_module
-    from dkit.kit import load_kit
-    from dkit.store import ModelStore
-    from export.bundle import export_bundle
+    from dkit.core.kit import load_kit
+    from dkit.core.store import ModelStore
+    from dkit.distill.label import label_images
+    from dkit.distill.students import student_module
+    from dkit.export.bundle import export_bundle
 
     images = link_images(ASSETS / "data/imagenet-sample", "*.JPEG", count, tmp / "imgs")
     (tmp / "kit.yaml").write_text(kit_text.format(images=images))

@@ -7,7 +7,7 @@ Every student module provides two functions:
         interrupted run unless `restart`; returns a summary (weights path, epochs, resumed, ...)
     evaluate(kit, run_dir, *, store, ground_truth=None) -> dict
         measures the student against the teacher on the held-out split: the eval.json contract
-        (see distill.evaluate)
+        (see dkit.distill.evaluate)
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from dkit.errors import MissingExtraError, UsageError
+from dkit.core.errors import MissingExtraError, UsageError
 
 STUDENTS = {
-    "yolo-detect": "distill.students.yolo",
-    "yolo-cls": "distill.students.yolo",
-    "clip-embed": "distill.students.clip_embed",
+    "yolo-detect": "dkit.distill.students.yolo",
+    "yolo-cls": "dkit.distill.students.yolo",
+    "clip-embed": "dkit.distill.students.clip_embed",
 }
 
 

@@ -66,15 +66,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.cache import TeacherCache
-from distill.evaluate import profile, profile_teacher, timed_median
-from distill.images import iter_images, load_image
-from distill.teachers import build_teacher
-from distill.teachers.base import resolve_device
-from dkit.errors import DkitError, UsageError
-from dkit.files import atomic_write, duration
-from edge.preprocess import center_crop, normalize, resize, shortest_side
-from edge.preprocess import preprocess as edge_preprocess
+from dkit.core.errors import DkitError, UsageError
+from dkit.core.files import atomic_write, duration
+from dkit.distill.cache import TeacherCache
+from dkit.distill.evaluate import profile, profile_teacher, timed_median
+from dkit.distill.images import iter_images, load_image
+from dkit.distill.teachers import build_teacher
+from dkit.distill.teachers.base import resolve_device
+from dkit.edge.preprocess import center_crop, normalize, resize, shortest_side
+from dkit.edge.preprocess import preprocess as edge_preprocess
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def preprocess_spec(kit) -> dict:
     """The student's input transform as data: what the bundle manifest carries to the device."""
     mean, std = _backbone_mean_std(kit.student.model)
     return {
-        "resize": "shortest",  # shorter side to `size`, longer side int(long * size / short) (edge.preprocess)
+        "resize": "shortest",  # shorter side to `size`, longer side int(long * size / short) (dkit.edge.preprocess)
         "size": kit.student.imgsz,
         "crop": "center",  # size x size at (round((H - size) / 2), round((W - size) / 2))
         "interpolation": "area",  # cv2.INTER_AREA (shrinking and enlarging alike)
@@ -119,12 +119,12 @@ def _backbone_mean_std(name: str) -> tuple[list[float], list[float]]:
 
 
 def resize_shortest(rgb: np.ndarray, spec: dict) -> np.ndarray:
-    """(H, W, 3) uint8 -> (h, w, 3) uint8 with min(h, w) == spec["size"]: the device's resize (edge.preprocess)."""
+    """(H, W, 3) uint8 -> (h, w, 3) uint8 with min(h, w) == spec["size"]: the device's resize (dkit.edge.preprocess)."""
     return shortest_side(rgb, spec["size"], spec["interpolation"])
 
 
 def preprocess(rgb: np.ndarray, spec: dict) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (3, S, S) float32: the exact transform the device repeats (edge.preprocess)."""
+    """(H, W, 3) uint8 RGB -> (3, S, S) float32: the exact transform the device repeats (dkit.edge.preprocess)."""
     return edge_preprocess(rgb, spec)[0][0]
 
 

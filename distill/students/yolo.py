@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.evaluate import profile, profile_teacher, read_records, timed_median
-from dkit.errors import NotInStoreError, UsageError, require
-from dkit.files import atomic_write, read_json, write_json
+from dkit.core.errors import NotInStoreError, UsageError, require
+from dkit.core.files import atomic_write, read_json, write_json
+from dkit.distill.evaluate import profile, profile_teacher, read_records, timed_median
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def _attach_log(path: Path, ultralytics) -> logging.Handler:
 
 
 def evaluate(kit, run_dir: Path, *, store, ground_truth: Path | None = None) -> dict:
-    """Student vs teacher on the held-out split: the eval.json contract (see distill.evaluate)."""
+    """Student vs teacher on the held-out split: the eval.json contract (see dkit.distill.evaluate)."""
     ultralytics = require("ultralytics", what=f"the {kit.student.kind} student", extra="distill")
     best = run_dir / "student" / "weights" / "best.pt"
     if not best.is_file():
@@ -217,14 +217,14 @@ def evaluate(kit, run_dir: Path, *, store, ground_truth: Path | None = None) -> 
     records = [r for r in read_records(run_dir) if r["split"] == "val"]
     if not records:
         raise UsageError(f"no held-out images in {run_dir / 'labels'} (data.val)")
-    from distill.teachers import build_teacher
+    from dkit.distill.teachers import build_teacher
 
     student = ultralytics.YOLO(str(best))
     # The teacher as a model, not as a labeler: one forward pass at its size, no TTA, a low floor for mAP
     # (what `yolo val` does), so its speed and accuracy compare like for like with the student's.
     t_cfg = replace(kit.teacher, conf=0.001, augment=False, min_box=0.0)
     teacher = build_teacher(replace(kit, teacher=t_cfg), store)
-    from distill.images import load_image
+    from dkit.distill.images import load_image
 
     images = [load_image(Path(r["source"]), Path(r["source"]).parent) for r in records]
     rgbs = [li.rgb for li in images]
@@ -261,7 +261,7 @@ def evaluate(kit, run_dir: Path, *, store, ground_truth: Path | None = None) -> 
 
 
 def _detection_metrics(result, kit, run_dir, records, s_out, t_out, teacher, ground_truth) -> None:
-    from distill.quality import detection_quality
+    from dkit.distill.quality import detection_quality
 
     names = kit.ontology.names
 

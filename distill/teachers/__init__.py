@@ -1,7 +1,7 @@
 """Teacher plugins, keyed by the kit's `teacher.kind`; a plugin module is imported only when asked for.
 
     teacher = build_teacher(kit, ModelStore())
-    raws = teacher.infer([rgb, ...])          # expensive, cached by the labeler (see distill.cache)
+    raws = teacher.infer([rgb, ...])          # expensive, cached by the labeler (see dkit.distill.cache)
     decision = teacher.decide(raws[0], (h, w))  # cheap: thresholds, abstain rule, ontology mapping
 """
 
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import importlib
 
-from distill.teachers.base import Decision, Teacher
-from dkit.errors import MissingExtraError, UsageError
+from dkit.core.errors import MissingExtraError, UsageError
+from dkit.distill.teachers.base import Decision, Teacher
 
 TEACHERS = {
-    "clip": "distill.teachers.clip:ClipTeacher",
-    "yolo": "distill.teachers.yolo:YoloTeacher",
+    "clip": "dkit.distill.teachers.clip:ClipTeacher",
+    "yolo": "dkit.distill.teachers.yolo:YoloTeacher",
 }
 
 __all__ = ["TEACHERS", "Decision", "Teacher", "build_teacher"]

@@ -11,6 +11,8 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from dkit.edge.hashing import sha256_file
+
 Raw = dict[str, np.ndarray]  # one image's teacher outputs, as stored in the cache
 
 
@@ -53,6 +55,4 @@ def resolve_device(device: str) -> str:
 
 def file_digest(path: str, length: int = 16) -> str:
     """Short sha256 of a weights file, so the cache notices when weights change under the same name."""
-    from edge.bundle import sha256_file
-
     return sha256_file(path)[:length]

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.proposers import build_proposer, crop_boxes
-from distill.teachers.base import Decision, Raw, Teacher, file_digest, resolve_device
-from dkit.errors import require
-from dkit.kit import RANDOM
+from dkit.core.errors import require
+from dkit.core.kit import RANDOM
+from dkit.distill.proposers import build_proposer, crop_boxes
+from dkit.distill.teachers.base import Decision, Raw, Teacher, file_digest, resolve_device
 
 
 class ClipTeacher(Teacher):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.teachers.base import Decision, Raw, Teacher, file_digest, resolve_device
-from dkit.errors import UsageError, require
+from dkit.core.errors import UsageError, require
+from dkit.distill.teachers.base import Decision, Raw, Teacher, file_digest, resolve_device
 
 # Predictions are cached down to this confidence and `teacher.conf` is applied in `decide`, so a rerun
 # with another threshold recomputes nothing. Class-wise NMS keeps the same boxes above any threshold

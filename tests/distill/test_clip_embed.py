@@ -20,11 +20,11 @@ pytest.importorskip("open_clip")
 pytest.importorskip("timm")
 torch = pytest.importorskip("torch")
 
-from distill.label import label_images  # noqa: E402
-from distill.students import clip_embed, student_module  # noqa: E402
-from dkit.errors import DkitError, UsageError  # noqa: E402
-from dkit.kit import load_kit  # noqa: E402
-from dkit.store import ModelStore  # noqa: E402
+from dkit.core.errors import DkitError, UsageError  # noqa: E402
+from dkit.core.kit import load_kit  # noqa: E402
+from dkit.core.store import ModelStore  # noqa: E402
+from dkit.distill.label import label_images  # noqa: E402
+from dkit.distill.students import clip_embed, student_module  # noqa: E402
 from tests.conftest import ASSETS  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -279,7 +279,7 @@ def test_a_set_over_the_memory_budget_is_decoded_per_epoch_into_the_same_inputs(
 
 def test_preprocess_equals_a_straightforward_reference_on_a_real_photo(assets, tmp_path):
     """cat_720p.jpg is 1280x720; at size 90 the shorter side shrinks exactly 8x, so INTER_AREA is an 8x8 mean."""
-    from distill.images import load_image
+    from dkit.distill.images import load_image
 
     photo = assets / "data" / "photos" / "cat_720p.jpg"
     rgb = load_image(photo, photo.parent).rgb  # (720, 1280, 3)
@@ -309,7 +309,7 @@ def test_preprocess_equals_a_straightforward_reference_on_a_real_photo(assets, t
 @pytest.mark.parametrize("name", ["cat_720p.jpg", "pets.jpg", "squat.bmp", "owl.jpg", "sunflower.bmp"])
 @pytest.mark.parametrize("size", [32, 64, 224])
 def test_preprocess_shape_and_range_on_real_photos(assets, name, size):
-    from distill.images import load_image
+    from dkit.distill.images import load_image
 
     photo = assets / "data" / "photos" / name
     rgb = load_image(photo, photo.parent).rgb

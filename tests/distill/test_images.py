@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from distill import images
-from distill.images import MAX_PIXELS, LoadedImage, iter_images, load_image, scan
-from dkit.errors import UsageError
+from dkit.core.errors import UsageError
+from dkit.distill import images
+from dkit.distill.images import MAX_PIXELS, LoadedImage, iter_images, load_image, scan
 
 PHOTO = "owl.jpg"  # 512 x 384, no EXIF orientation tag
 CRASH = "crash.jpg"  # the file _crashy_load dies on
@@ -308,7 +308,7 @@ def test_import_is_light_and_leaves_pillow_alone():
     code = (
         "import sys; from PIL import Image, ImageFile\n"
         "before = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)\n"
-        "import distill.images\n"
+        "import dkit.distill.images\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
         "assert (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES) == before, 'Pillow globals changed'\n"
     )

@@ -12,11 +12,11 @@ import pytest
 pytest.importorskip("open_clip")
 pytest.importorskip("ultralytics")
 
-from distill.label import label_images  # noqa: E402
-from distill.teachers import build_teacher  # noqa: E402
-from dkit.errors import UsageError  # noqa: E402
-from dkit.kit import load_kit  # noqa: E402
-from dkit.store import ModelStore  # noqa: E402
+from dkit.core.errors import UsageError  # noqa: E402
+from dkit.core.kit import load_kit  # noqa: E402
+from dkit.core.store import ModelStore  # noqa: E402
+from dkit.distill.label import label_images  # noqa: E402
+from dkit.distill.teachers import build_teacher  # noqa: E402
 from tests.conftest import RECIPES, link_images, run_dkit  # noqa: E402
 from tests.conftest import yolo_store as make_yolo_store  # noqa: E402
 
@@ -186,7 +186,7 @@ def test_interrupted_run_leaves_nothing_half_written_and_resumes_from_the_cache(
         label_images(kit, run, store=store, teacher=first, progress=False)
     assert sorted(p.name for p in run.iterdir()) == ["cache"]  # no labels, no temporary folder
 
-    from distill.cache import TeacherCache
+    from dkit.distill.cache import TeacherCache
 
     with TeacherCache(run / "cache" / "teacher.sqlite") as cache:
         done = {sha for sha, _ in cache.items(teacher.cache_key)}

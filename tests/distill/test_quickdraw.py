@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from distill.quickdraw import render, render_folder, truth_file
-from dkit.errors import UsageError
+from dkit.core.errors import UsageError
+from dkit.distill.quickdraw import render, render_folder, truth_file
 from tests.conftest import RECIPES
 
 
@@ -60,9 +60,9 @@ def test_bad_npy_files_are_named(tmp_path, content, message):
 
 def test_the_recipe_labels_a_folder_of_npy_files(assets, tmp_path):
     pytest.importorskip("open_clip")
-    from distill.label import label_images
-    from dkit.kit import load_kit
-    from dkit.store import ModelStore
+    from dkit.core.kit import load_kit
+    from dkit.core.store import ModelStore
+    from dkit.distill.label import label_images
 
     src = tmp_path / "npy"
     shutil.copytree(assets / "data" / "quickdraw", src, ignore=shutil.ignore_patterns("*.md"))

@@ -1,4 +1,4 @@
-"""distill.report: the self-contained HTML label report, built from records over real photos and parsed back."""
+"""dkit.distill.report: the self-contained HTML label report, built from records over real photos and parsed back."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import yaml
 
-from distill import report
-from distill.images import load_image
+from dkit.distill import report
+from dkit.distill.images import load_image
 
 NAMES = ["cat", "bird", "dog", "zebra"]  # zebra is never labelled: it must still be listed
 REVIEW_BELOW = 0.5
@@ -335,7 +335,7 @@ def test_failed_write_leaves_nothing_half_written(photos, tmp_path, monkeypatch)
     def refuse(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr("dkit.files.os.replace", refuse)  # the shared atomic write renames into place
+    monkeypatch.setattr("dkit.core.files.os.replace", refuse)  # the shared atomic write renames into place
     with pytest.raises(OSError, match="disk full"):
         report.write_report(out, records=records, names=NAMES, task="detect", teacher="t", random_teacher=True,
                             settings={}, review_below=0.5)

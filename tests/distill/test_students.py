@@ -11,13 +11,13 @@ import pytest
 
 pytest.importorskip("ultralytics")
 
-from distill import evaluate as ev  # noqa: E402
-from distill.label import label_images  # noqa: E402
-from distill.students import student_module  # noqa: E402
-from distill.students import yolo as ys  # noqa: E402
-from dkit.errors import UsageError  # noqa: E402
-from dkit.kit import load_kit  # noqa: E402
-from dkit.store import ModelStore  # noqa: E402
+from dkit.core.errors import UsageError  # noqa: E402
+from dkit.core.kit import load_kit  # noqa: E402
+from dkit.core.store import ModelStore  # noqa: E402
+from dkit.distill import evaluate as ev  # noqa: E402
+from dkit.distill.label import label_images  # noqa: E402
+from dkit.distill.students import student_module  # noqa: E402
+from dkit.distill.students import yolo as ys  # noqa: E402
 from tests.conftest import RECIPES, link_images, run_dkit, yolo_store  # noqa: E402
 
 TINY = ["data.val=4", "teacher.augment=false", "student.imgsz=64", "student.batch=8"]

@@ -10,11 +10,11 @@ import pytest
 open_clip = pytest.importorskip("open_clip")
 torch = pytest.importorskip("torch")
 
-from distill.proposers import crop_boxes, windows  # noqa: E402
-from distill.quality import detection_quality  # noqa: E402
-from distill.teachers import build_teacher  # noqa: E402
-from dkit.kit import load_kit  # noqa: E402
-from dkit.store import ModelStore  # noqa: E402
+from dkit.core.kit import load_kit  # noqa: E402
+from dkit.core.store import ModelStore  # noqa: E402
+from dkit.distill.proposers import crop_boxes, windows  # noqa: E402
+from dkit.distill.quality import detection_quality  # noqa: E402
+from dkit.distill.teachers import build_teacher  # noqa: E402
 
 KIT = """\
 name: t

@@ -69,10 +69,10 @@ class Block(importlib.abc.MetaPathFinder):
         if name.split(".")[0] in BLOCKED:
             raise ModuleNotFoundError(f"No module named {name!r} (blocked: not in a base install)", name=name)
 sys.meta_path.insert(0, Block())
-import pkgutil, edge, dkit, dkit.cli, dkit.kit, dkit.store, dkit.errors
-for mod in pkgutil.walk_packages(edge.__path__, "edge."):
+import pkgutil, dkit, dkit.edge, dkit.cli.main, dkit.core.kit, dkit.core.store, dkit.core.errors
+for mod in pkgutil.walk_packages(dkit.edge.__path__, "dkit.edge."):
     __import__(mod.name)
-from dkit.cli import main
+from dkit.cli.main import main
 codes = {
     "check": main(["check", sys.argv[2], "-q"]),
     "run_help": None,
@@ -100,13 +100,14 @@ def test_edge_and_cli_work_without_the_training_stack():
 
 
 def test_importing_edge_loads_no_training_stack():
-    code = f"import sys, edge; print(','.join(m for m in {HEAVY_MODULES!r} if m in sys.modules))"
+    code = f"import sys, dkit.edge; print(','.join(m for m in {HEAVY_MODULES!r} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == ""
 
 
 def test_edge_sources_import_nothing_from_the_training_side():
-    pattern = re.compile(r"^\s*(import|from)\s+(torch|open_clip|ultralytics|onnx\b|onnxslim|distill|export)\b", re.M)
+    pattern = re.compile(r"^\s*(import|from)\s+(torch|open_clip|ultralytics|onnx\b|onnxslim|dkit\.(distill|export|core|cli))"
+                         r"\b", re.M)
     offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "edge").rglob("*.py") if pattern.search(p.read_text())]
     assert offenders == []
 
@@ -115,7 +116,7 @@ def test_blocked_stack_dkit_run_scores_a_bundle(detect_bundle, assets):
     """`dkit run` on a real bundle in an interpreter where the training stack cannot be imported."""
     photo = str(assets / "data/photos/pets.jpg")
     code = _BLOCKED_RUN.split("import pkgutil")[0] + (
-        "from dkit.cli import main\n"
+        "from dkit.cli.main import main\n"
         f"code = main(['run', {str(detect_bundle)!r}, '--source', {photo!r}, '--jsonl'])\n"
         "print(json.dumps({'code': code, 'loaded': sorted(m for m in BLOCKED if m in sys.modules)}))\n")
     result = subprocess.run([sys.executable, "-c", code, ",".join(HEAVY_MODULES)], capture_output=True, text=True,

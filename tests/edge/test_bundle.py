@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.bundle import MANIFEST, SCHEMA_VERSION, BundleError, open_bundle, sha256_file, write_manifest
+from dkit.edge.bundle import MANIFEST, SCHEMA_VERSION, BundleError, open_bundle, write_manifest
+from dkit.edge.hashing import sha256_file
 
 BASE = {
     "name": "toy", "task": "detect",

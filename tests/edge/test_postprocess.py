@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.postprocess import Detections, cosine_scores, decode_yolo, nms, softmax, topk
-from edge.preprocess import Letterbox, preprocess
+from dkit.edge.postprocess import Detections, cosine_scores, decode_yolo, nms, softmax, topk
+from dkit.edge.preprocess import Letterbox, preprocess
 from tests.conftest import ASSETS, ROOT
 
 SPEC = {"resize": "letterbox", "size": [320, 320], "pad_value": 114, "interpolation": "linear", "channels": "RGB",
@@ -106,7 +106,7 @@ def test_end_to_end_matches_ultralytics_predict(yolo_onnx, conf, iou):
 
 
 def test_imports_without_the_training_stack():
-    code = ("import sys, edge.postprocess; "
+    code = ("import sys, dkit.edge.postprocess; "
             "print(sorted({'torch', 'torchvision', 'ultralytics', 'open_clip', 'onnx'} & set(sys.modules)))")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONSTARTUP"}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)

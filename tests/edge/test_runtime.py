@@ -17,13 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import edge
-from edge.pipeline import CallbackSink, JsonlSink, Pipeline, VideoSink
-from edge.runtime import PROVIDER_ORDER, Runtime, RuntimeConfigError, choose_providers
-from edge.sources import open_source
+from dkit.edge.pipeline import CallbackSink, JsonlSink, Pipeline, VideoSink
+from dkit.edge.runtime import PROVIDER_ORDER, Runtime, RuntimeConfigError, choose_providers
+from dkit.edge.sources import open_source
 from tests.conftest import ASSETS, ROOT, run_dkit
 
-HEAVY = ("torch", "torchvision", "ultralytics", "open_clip", "onnx", "onnxslim", "timm", "distill", "export")
+HEAVY = ("torch", "torchvision", "ultralytics", "open_clip", "onnx", "onnxslim", "timm", "dkit.distill", "dkit.export")
 COCO = ASSETS / "data" / "coco128" / "images" / "train2017"
 
 
@@ -37,10 +36,13 @@ def _rgb(path: Path) -> np.ndarray:
 
 
 def test_the_whole_edge_layer_imports_without_the_training_stack():
-    modules = sorted(f"edge.{m.name}" for m in pkgutil.iter_modules(edge.__path__))
-    assert {"edge.runtime", "edge.pipeline", "edge.sources", "edge.postprocess", "edge.tokenizer"} <= set(modules)
+    import dkit.edge
+
+    modules = sorted(f"dkit.edge.{m.name}" for m in pkgutil.iter_modules(dkit.edge.__path__))
+    assert {f"dkit.edge.{m}" for m in ("runtime", "pipeline", "sources", "postprocess", "tokenizer")} <= set(modules)
     code = f"import importlib, json, sys\nfor m in {modules!r}: importlib.import_module(m)\n" \
-           f"print(json.dumps(sorted(k for k in sys.modules if k.split('.')[0] in {HEAVY!r})))"
+           f"print(json.dumps(sorted(k for k in sys.modules if k.split('.')[0] in {HEAVY!r} or " \
+           f"'.'.join(k.split('.')[:2]) in {HEAVY!r})))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == []
@@ -267,7 +269,7 @@ def test_pipeline_memory_stays_flat_over_a_long_run():
     """15,000 frames through the pipeline (a fast stand-in model): traced memory does not grow with the count."""
     import tracemalloc
 
-    from edge.runtime import Result
+    from dkit.edge.runtime import Result
 
     class Instant:  # the Runtime interface the pipeline uses, without a model: only the pipeline is measured
         provider, classes, prompts = "test", ["x"], None

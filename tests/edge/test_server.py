@@ -96,7 +96,7 @@ def multipart(fields: dict[str, str], files: dict[str, tuple[str, str, bytes]]) 
 
 def drawing(i: int = 0, cls: str = "apple") -> bytes:
     """A real Quick, Draw! doodle rendered the kiosk way, as PNG bytes."""
-    from distill.quickdraw import render
+    from dkit.distill.quickdraw import render
 
     bitmaps = np.load(ASSETS / "data" / "quickdraw" / f"{cls}.npy", mmap_mode="r")
     ok, png = cv2.imencode(".png", render(np.asarray(bitmaps[i]), 256))
@@ -233,8 +233,8 @@ def test_bad_input_is_refused_clearly_and_nothing_is_stored(server, case, send, 
 
 def test_moderation_paths(judge_run):
     """Blocked, penalised for writing, no match, ok: the judge's rules on embeddings placed where each applies."""
-    from edge.judge import Judge
-    from edge.runtime import Runtime
+    from dkit.edge.judge import Judge
+    from dkit.edge.runtime import Runtime
 
     _, run, _, _ = judge_run
     with Runtime.load(run / "bundle") as rt:
@@ -264,8 +264,8 @@ def test_moderation_paths(judge_run):
 
 
 def test_a_new_prompt_is_embedded_like_the_shipped_ones(judge_run):
-    from edge.judge import Judge
-    from edge.runtime import Runtime
+    from dkit.edge.judge import Judge
+    from dkit.edge.runtime import Runtime
 
     _, run, _, _ = judge_run
     with Runtime.load(run / "bundle") as rt:

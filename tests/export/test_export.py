@@ -13,12 +13,12 @@ import pytest
 pytest.importorskip("ultralytics")
 pytest.importorskip("onnx")
 
-from distill.label import label_images  # noqa: E402
-from distill.students import student_module  # noqa: E402
-from dkit.errors import DkitError  # noqa: E402
-from dkit.kit import load_kit  # noqa: E402
-from edge.bundle import open_bundle  # noqa: E402
-from export.bundle import export_bundle  # noqa: E402
+from dkit.core.errors import DkitError  # noqa: E402
+from dkit.core.kit import load_kit  # noqa: E402
+from dkit.distill.label import label_images  # noqa: E402
+from dkit.distill.students import student_module  # noqa: E402
+from dkit.edge.bundle import open_bundle  # noqa: E402
+from dkit.export.bundle import export_bundle  # noqa: E402
 from tests.conftest import RECIPES, ROOT  # noqa: E402
 
 TINY = ["data.val=4", "teacher.augment=false", "student.imgsz=64", "student.batch=8", "student.epochs=1",
@@ -76,8 +76,8 @@ class Block(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(name)
 sys.meta_path.insert(0, Block())
 import cv2, numpy as np, onnxruntime as ort
-from edge.bundle import open_bundle
-from edge.preprocess import preprocess
+from dkit.edge.bundle import open_bundle
+from dkit.edge.preprocess import preprocess
 with open_bundle(sys.argv[1]) as b:
     m = b.manifest
     rgb = cv2.cvtColor(cv2.imread(sys.argv[2]), cv2.COLOR_BGR2RGB)
@@ -127,7 +127,7 @@ def test_fp16_and_int8_variants_carry_their_agreement_or_are_refused(trained, gu
 
 
 def test_int8_keeps_linear_convolutions_in_float(trained):
-    from export.variants import linear_convs
+    from dkit.export.variants import linear_convs
 
     kit, run = trained
     export_bundle(kit(), run)
@@ -138,7 +138,7 @@ def test_int8_keeps_linear_convolutions_in_float(trained):
 
 def test_tensorrt_without_a_gpu_documents_the_device_build(trained):
     kit, run = trained
-    export_bundle(kit("export.tensorrt=true"), run)
+    export_bundle(kit("dkit.export.tensorrt=true"), run)
     readme = (run / "bundle" / "README.md").read_text()
     assert "trtexec --onnx=student.onnx --saveEngine=student.engine --fp16" in readme
     assert "--minShapes=images:1x3x64x64" in readme
@@ -154,7 +154,7 @@ def test_export_before_training(tmp_path):
 
 def test_parity_numbers_are_real(trained):
     """The agreement is computed from two different runtimes' outputs, not assumed: perturb one and it drops."""
-    from export.yolo import detector_parity, preprocess_spec
+    from dkit.export.yolo import detector_parity, preprocess_spec
 
     kit, run = trained
     export_bundle(kit(), run)

@@ -18,8 +18,8 @@ pytest.importorskip("ultralytics")
 pytest.importorskip("open_clip")
 pytest.importorskip("onnx")
 
-from edge.bundle import open_bundle  # noqa: E402
-from export.judge import ANCHORS, calibrate, score  # noqa: E402
+from dkit.edge.bundle import open_bundle  # noqa: E402
+from dkit.export.judge import ANCHORS, calibrate, score  # noqa: E402
 from tests.conftest import ASSETS, ROOT, distill_and_export  # noqa: E402
 
 BLOCK = """
@@ -92,9 +92,9 @@ def test_judge_bundle_embeds_prompts_on_the_edge_alone(judge):
     image = sorted((ASSETS / "data/imagenet-sample").glob("*.JPEG"))[-1]
     code = BLOCK + f"""
 import cv2, numpy as np, onnxruntime as ort
-from edge.bundle import open_bundle
-from edge.preprocess import preprocess
-from edge.tokenizer import Tokenizer
+from dkit.edge.bundle import open_bundle
+from dkit.edge.preprocess import preprocess
+from dkit.edge.tokenizer import Tokenizer
 with open_bundle({str(run / "bundle")!r}) as b:
     m = b.manifest
     tok = Tokenizer.from_file(b.path(m["tokenizer"]["file"]), m["tokenizer"]["context_length"])
@@ -142,8 +142,8 @@ def test_classifier_bundle_parity_and_edge_run(classifier):
     image = sorted((ASSETS / "data/imagenet-sample").glob("*.JPEG"))[-1]
     code = BLOCK + f"""
 import cv2, numpy as np, onnxruntime as ort
-from edge.bundle import open_bundle
-from edge.preprocess import preprocess
+from dkit.edge.bundle import open_bundle
+from dkit.edge.preprocess import preprocess
 with open_bundle({str(run / "bundle")!r}) as b:
     s = ort.InferenceSession(str(b.path("student.onnx")), providers=["CPUExecutionProvider"])
     rgb = cv2.cvtColor(cv2.imread({str(image)!r}), cv2.COLOR_BGR2RGB)
@@ -195,7 +195,7 @@ def test_calibration_curve_is_increasing_and_spans_0_to_100(classes, separation)
 
 
 def test_calibration_refuses_nothing_to_calibrate():
-    from dkit.errors import DkitError
+    from dkit.core.errors import DkitError
 
     with pytest.raises(DkitError, match="no images or no classes"):
         calibrate(np.zeros((0, 4), np.float32), np.eye(4, dtype=np.float32))

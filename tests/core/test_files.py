@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from dkit.files import atomic_write, duration, read_json, write_json
+from dkit.core.files import atomic_write, duration, read_json, write_json
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(0, "0s"), (42.4, "42s"), (185, "3m05s"), (3725, "1h02m"),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dkit import __version__
-from dkit.cli import build_parser, main
+from dkit.cli.main import build_parser, main
+from dkit.core.version import __version__
 from tests.conftest import RECIPES, run_dkit
 
 KIT = str(RECIPES / "imagenette" / "kit.yaml")

@@ -2,8 +2,8 @@
 
     score = detection_map(pairs, names)   # pairs: (pred boxes, conf, cls, reference boxes, cls) per image
 
-Used to score labels against ground truth (distill.quality), a student against its teacher, and an
-fp16/int8 model against its fp32 original (export.variants): one implementation of the arithmetic.
+Used to score labels against ground truth (dkit.distill.quality), a student against its teacher, and an
+fp16/int8 model against its fp32 original (dkit.export.variants): one implementation of the arithmetic.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from dkit.errors import require
+from dkit.core.errors import require
 
 Pair = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dkit.errors import KitError, UsageError
-from dkit.kit import Kit, load_kit
+from dkit.core.errors import KitError, UsageError
+from dkit.core.kit import Kit, load_kit
 from tests.conftest import RECIPES, run_dkit
 
 GOOD = """\

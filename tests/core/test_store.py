@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from dkit.errors import DownloadError, NotInStoreError, UsageError
-from dkit.store import ModelStore, dkit_home, download
+from dkit.core.errors import DownloadError, NotInStoreError, UsageError
+from dkit.core.store import ModelStore, dkit_home, download
 from tests.conftest import RECIPES, run_dkit
 
 

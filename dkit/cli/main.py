@@ -12,7 +12,7 @@
 
 Each stage module is imported only when its subcommand runs, so `dkit run` and `dkit serve` work on
 a base (edge-only) install. Errors the user can act on print one line and exit with a code from
-dkit.errors (2 bad kit or arguments, 3 missing model/data file, 4 missing extra).
+dkit.core.errors (2 bad kit or arguments, 3 missing model/data file, 4 missing extra).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dkit import __version__
-from dkit.errors import DkitError, NotInStoreError
+from dkit.core.errors import DkitError, NotInStoreError
+from dkit.core.version import __version__
 
 log = logging.getLogger("dkit")
 
@@ -224,7 +224,7 @@ def _kit_arguments() -> argparse.ArgumentParser:
 
 def load(args: argparse.Namespace):
     """The kit named on the command line, validated, with its overrides applied."""
-    from dkit.kit import load_kit
+    from dkit.core.kit import load_kit
 
     kit = load_kit(args.kit, data=args.data, overrides=args.overrides)
     if kit.teacher.is_random:
@@ -246,7 +246,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from dkit.store import ModelStore
+    from dkit.core.store import ModelStore
 
     kit = load(args)
     store = ModelStore()
@@ -284,7 +284,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    from distill.label import label_images
+    from dkit.distill.label import label_images
 
     kit = load(args)
     result = label_images(kit, kit.run_dir(args.out), ground_truth=args.ground_truth, progress=args.quiet == 0)
@@ -306,8 +306,8 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from distill.students import student_module
-    from dkit.store import ModelStore
+    from dkit.core.store import ModelStore
+    from dkit.distill.students import student_module
 
     kit = load(args)
     summary = student_module(kit).train(kit, kit.run_dir(args.out), store=ModelStore(), restart=args.restart,
@@ -320,9 +320,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from distill.evaluate import write_eval
-    from distill.students import student_module
-    from dkit.store import ModelStore
+    from dkit.core.store import ModelStore
+    from dkit.distill.evaluate import write_eval
+    from dkit.distill.students import student_module
 
     kit = load(args)
     run_dir = kit.run_dir(args.out)
@@ -333,8 +333,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from dkit.store import ModelStore
-    from export.bundle import export_bundle
+    from dkit.core.store import ModelStore
+    from dkit.export.bundle import export_bundle
 
     kit = load(args)
     result = export_bundle(kit, kit.run_dir(args.out), store=ModelStore())
@@ -363,19 +363,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_bench_label(args: argparse.Namespace) -> int:
     import json
 
-    from distill.bench import bench_label
-    from dkit.store import ModelStore
+    from dkit.core.store import ModelStore
+    from dkit.distill.bench import bench_label
 
     sys.stdout.write(json.dumps(bench_label(load(args), store=ModelStore(), repeat=args.repeat), indent=2) + "\n")
     return 0
 
 
 def _edge_errors():
-    """The edge's own exceptions, as the CLI's exit codes (it has no dkit.errors dependency of its own)."""
-    from dkit.errors import UsageError
-    from edge.bundle import BundleError
-    from edge.runtime import RuntimeConfigError
-    from edge.sources import SourceError
+    """The edge's own exceptions, as the CLI's exit codes (it has no dkit.core.errors dependency of its own)."""
+    from dkit.core.errors import UsageError
+    from dkit.edge.bundle import BundleError
+    from dkit.edge.runtime import RuntimeConfigError
+    from dkit.edge.sources import SourceError
 
     return {BundleError: DkitError, RuntimeConfigError: UsageError, SourceError: UsageError}
 
@@ -385,9 +385,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     errors = _edge_errors()
     try:
-        from edge.pipeline import JsonlSink, Pipeline, VideoSink, WindowSink
-        from edge.runtime import Runtime
-        from edge.sources import open_source
+        from dkit.edge.pipeline import JsonlSink, Pipeline, VideoSink, WindowSink
+        from dkit.edge.runtime import Runtime
+        from dkit.edge.sources import open_source
 
         providers = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
         runtime = Runtime.load(args.bundle, providers=providers, threads=args.threads, precision=args.precision,
@@ -423,7 +423,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from edge.server import create_app
+        from dkit.edge.server import create_app
 
         bundle = Path(args.bundle)
         db = Path(args.db) if args.db else bundle.resolve().parent / "kiosk" / "kiosk.sqlite"
@@ -440,7 +440,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_bench_serve(args: argparse.Namespace) -> int:
     import json
 
-    from edge.bench import bench_serve
+    from dkit.edge.bench import bench_serve
 
     try:
         result = bench_serve(args.bundle, submissions=args.submissions, concurrency=args.concurrency,
@@ -455,11 +455,11 @@ def cmd_bench_runtime(args: argparse.Namespace) -> int:
     import importlib.util
     import json
 
-    from edge.bench import bench_runtime
+    from dkit.edge.bench import bench_runtime
 
     reference = None  # the Ultralytics reference needs the distill extra; a base install measures the rest
     if importlib.util.find_spec("ultralytics") is not None:
-        from distill.bench import ultralytics_predictor as reference
+        from dkit.distill.bench import ultralytics_predictor as reference
     errors = _edge_errors()
     try:
         result = bench_runtime(args.bundle, args.source, images=args.images, repeat=args.repeat,

@@ -33,8 +33,10 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from dkit.errors import DownloadError, NotInStoreError, UsageError, require
-from dkit.kit import CHECKPOINT_SUFFIXES, RANDOM
+from dkit.core.errors import DownloadError, NotInStoreError, UsageError, require
+from dkit.core.kit import CHECKPOINT_SUFFIXES, RANDOM
+from dkit.edge.hashing import sha256_file
+from dkit.edge.home import dkit_home
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +45,6 @@ YOLO_ASSETS_URL = "https://github.com/ultralytics/assets/releases/download/v8.3.
 HF_FILE_URL = "https://huggingface.co/{repo}/resolve/main/{filename}"
 CONNECT_TIMEOUT_S = 4.0
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".tar", ".zip")
-
-
-def dkit_home() -> Path:
-    """The model store folder: $DKIT_HOME, or ~/.cache/dkit."""
-    return Path(os.environ.get("DKIT_HOME") or Path.home() / ".cache" / "dkit").expanduser()
 
 
 def offline_forced() -> bool:
@@ -239,8 +236,6 @@ def download(url: str, dest: Path, *, sha256: str | None = None, timeout: float 
 
 
 def _verify(path: Path, sha256: str) -> None:
-    from edge.bundle import sha256_file
-
     actual = sha256_file(path)
     if actual != sha256.lower():
         raise DownloadError(f"{path} has sha256 {actual}, expected {sha256}: delete it and retry")

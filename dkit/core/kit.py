@@ -25,7 +25,7 @@ import yaml
 from pydantic import BeforeValidator, ConfigDict, Field, Strict, StringConstraints
 from pydantic.dataclasses import dataclass
 
-from dkit.errors import KitError, UsageError
+from dkit.core.errors import KitError, UsageError
 
 RANDOM = "random"  # teacher.pretrained value that builds an untrained teacher: tests only
 CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
