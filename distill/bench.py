@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from dkit.core.workers import decode_workers
 from dkit.distill.images import load_image, scan
 from dkit.distill.label import label_images, resolve_images
 from dkit.distill.teachers import build_teacher
@@ -47,7 +48,7 @@ def bench_label(kit, *, store, repeat: int = 3) -> dict:
         "teacher": teacher.id,
         "images": len(images),
         "batch": batch,
-        "workers": kit.data.workers or max(1, (os.cpu_count() or 2) - 1),
+        "workers": decode_workers(kit.data.workers),
         "rounds": len(bare),
         "ips_label": round(ips_label, 3),
         "ips_bare": round(ips_bare, 3),

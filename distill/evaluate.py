@@ -28,17 +28,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dkit.core.errors import UsageError
 from dkit.core.files import atomic_write
 
 SCHEMA_VERSION = 1
-
-
-def read_records(run_dir: Path) -> list[dict]:
-    path = run_dir / "labels" / "labels.jsonl"
-    if not path.is_file():
-        raise UsageError(f"no labels in {run_dir / 'labels'}: run `dkit label` first")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def timed_median(fn: Callable[[Any], Any], items: Sequence[Any], warmup: int = 2) -> tuple[float, list[Any]]:

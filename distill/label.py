@@ -34,6 +34,9 @@ import cv2
 
 from dkit.core.errors import DkitError, UsageError
 from dkit.core.files import atomic_write, duration, new_tmp_dir, replace_dir
+from dkit.core.records import LabelRecord
+from dkit.core.run import RunDir
+from dkit.core.workers import decode_workers
 from dkit.distill.cache import TeacherCache
 from dkit.distill.images import LoadedImage, iter_images, scan
 from dkit.distill.teachers import Teacher, build_teacher
@@ -84,7 +87,7 @@ def label_images(kit, run_dir: Path, *, store=None, teacher: Teacher | None = No
     _remove_orphans(run_dir)
     tmp = new_tmp_dir(run_dir, f".labels-{os.getpid()}-")
     try:
-        with TeacherCache(run_dir / "cache" / "teacher.sqlite") as cache:
+        with TeacherCache(RunDir(run_dir).cache_db) as cache:
             records, counts = _label_all(kit, teacher, cache, root, paths, tmp / ".staging", progress)
         if not any(not r["skipped"] for r in records):
             raise UsageError(f"none of the {len(paths)} files in {root} is a readable image (see the reasons with -v)")
@@ -98,7 +101,8 @@ def label_images(kit, run_dir: Path, *, store=None, teacher: Teacher | None = No
 
             quality = detection_quality(records, Path(ground_truth), kit.ontology.names)
             atomic_write(tmp / "quality.json", json.dumps(quality, indent=2) + "\n")
-        atomic_write(tmp / "labels.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        lines = (json.dumps(LabelRecord.from_dict(r).to_dict(), ensure_ascii=False) + "\n" for r in records)
+        atomic_write(tmp / "labels.jsonl", "".join(lines))  # every line is a valid LabelRecord (dkit.core.records)
         if report:
             from dkit.distill.report import write_report
 
@@ -128,7 +132,7 @@ def _label_all(kit, teacher: Teacher, cache: TeacherCache, root: Path, paths: li
     counts = {"files": len(paths), "cached": 0, "inferred": 0, "skipped": 0}
     pending: list[tuple[int, LoadedImage]] = []
     batch = kit.teacher.batch
-    workers = kit.data.workers or max(1, (os.cpu_count() or 2) - 1)
+    workers = decode_workers(kit.data.workers)
     bar = tqdm(total=len(paths), unit="img", desc="label", disable=None if progress else True, dynamic_ncols=True)
     if progress and bar.disable:  # not a terminal (a log file, CI): a line with the rate every 30 s instead
         bar = _LogProgress(len(paths), every_s=30.0)

@@ -1,15 +1,17 @@
 """The bundle: the one folder (or .tar.gz) copied to a device, and the verifier that guards it.
 
     bundle = open_bundle("runs/coco128/bundle")        # or "bundle.tar.gz"
-    bundle.manifest["task"], bundle.path("student.onnx")
+    bundle.manifest.task, bundle.path("student.onnx")   # manifest: a dkit.edge.manifest.Manifest
 
 A bundle is model files plus `manifest.json`, which says everything the device needs (task, inputs,
 preprocessing, classes, decoding, thresholds, ...) and the sha256 of every other file in the bundle.
 `open_bundle` checks, before anything is loaded: the manifest parses, its schema version is one this
-runtime reads, the required keys are there with the right types, every listed file exists inside the
-bundle with the listed sha256, and no file is present that the manifest does not list. Nothing is
-unpickled, ever. An archive is unpacked into a private temporary folder first, refusing links and
-paths that leave it. Used by `dkit export` at the end (on what it wrote) and by the edge at load time.
+runtime reads, it parses into the typed Manifest (dkit.edge.manifest: required keys, types), every
+listed file exists inside the bundle with the listed sha256, and no file is present that the manifest
+does not list. Nothing is unpickled, ever. An archive is unpacked into a private temporary folder first,
+refusing links and
+paths that leave it. Used by `dkit export` at the end (on what it wrote) and by the edge at load time;
+the writer is dkit.export.manifest.write_manifest.
 """
 
 from __future__ import annotations
@@ -21,26 +23,11 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from dkit.edge.hashing import sha256_file
+from dkit.edge.manifest import SCHEMA_VERSION, Manifest, ManifestError  # noqa: F401 (SCHEMA_VERSION re-exported)
 
-SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-TASKS = ("detect", "classify", "embed")
-
-# key -> type every manifest must have at the top level (nested sections are checked by their users)
-REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "schema_version": int,
-    "name": str,
-    "task": str,
-    "teacher": dict,
-    "student": dict,
-    "models": dict,
-    "preprocess": dict,
-    "classes": list,
-    "files": dict,
-}
 
 
 class BundleError(Exception):
@@ -50,13 +37,13 @@ class BundleError(Exception):
 @dataclass
 class Bundle:
     root: Path  # the folder the files are in (a private copy for an archive)
-    manifest: dict[str, Any]
+    manifest: Manifest  # parsed and validated once, by verify()
     source: Path  # what was opened: the folder or the archive
     _tmp: str | None = field(default=None, repr=False)
 
     def path(self, name: str) -> Path:
         """The absolute path of a file the manifest lists."""
-        if name not in self.manifest["files"]:
+        if name not in self.manifest.files:
             raise BundleError(f"{self.source}: {name!r} is not a file of this bundle")
         return self.root / name
 
@@ -94,33 +81,21 @@ def open_bundle(path: str | os.PathLike) -> Bundle:
     raise BundleError(f"{source}: no such bundle (expected a folder with {MANIFEST}, or a .tar.gz of one)")
 
 
-def verify(root: Path) -> dict[str, Any]:
-    """The manifest of the bundle folder `root`, after every check in the module docstring."""
+def verify(root: Path) -> Manifest:
+    """The manifest of the bundle folder `root`, parsed once, after every check in the module docstring."""
     manifest_path = root / MANIFEST
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        doc = json.loads(manifest_path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise BundleError(f"{root}: no {MANIFEST}: not a bundle") from e
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(f"{manifest_path}: not valid JSON ({e})") from e
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{manifest_path}: expected a JSON object")
-    version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise BundleError(
-            f"{manifest_path}: schema_version {version!r} is not supported by this runtime (it reads "
-            f"{SCHEMA_VERSION}); export the bundle again with a matching dkit, or update dkit on the device"
-        )
-    for key, kind in REQUIRED.items():
-        if key not in manifest:
-            raise BundleError(f"{manifest_path}: missing required key {key!r}")
-        if not isinstance(manifest[key], kind):
-            raise BundleError(f"{manifest_path}: {key!r} must be a {_type_name(kind)}, "
-                              f"got {type(manifest[key]).__name__}")
-    if manifest["task"] not in TASKS:
-        raise BundleError(f"{manifest_path}: task {manifest['task']!r} is not one of {', '.join(TASKS)}")
+    try:
+        manifest = Manifest.from_dict(doc)
+    except ManifestError as e:
+        raise BundleError(f"{manifest_path}: {e}") from e
 
-    listed = manifest["files"]
+    listed = manifest.files
     for name, digest in listed.items():
         _check_name(name, manifest_path)
         file = root / name
@@ -135,21 +110,10 @@ def verify(root: Path) -> dict[str, Any]:
     if unlisted:
         raise BundleError(f"{root}: files not listed in {MANIFEST}: {', '.join(unlisted)} (a bundle carries "
                           "nothing unverified)")
-    for role, model in manifest["models"].items():
-        if not isinstance(model, dict) or model.get("file") not in listed:
+    for role, model in manifest.models.items():
+        if model.file not in listed:
             raise BundleError(f"{manifest_path}: models.{role}.file must name a file listed in 'files'")
     return manifest
-
-
-def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Fill in schema_version and the sha256 of every file under `root`, write manifest.json atomically."""
-    files = {p.relative_to(root).as_posix(): sha256_file(p)
-             for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")}
-    doc = {"schema_version": SCHEMA_VERSION, **{k: v for k, v in manifest.items() if k != "files"}, "files": files}
-    tmp = root / f".{MANIFEST}.part"
-    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, root / MANIFEST)
-    return doc
 
 
 def _check_name(name: str, manifest_path: Path) -> None:
@@ -166,9 +130,3 @@ def _single_root(folder: Path) -> Path:
     if len(entries) == 1 and entries[0].is_dir():
         return entries[0]
     raise BundleError(f"the archive has no {MANIFEST} at its top or in a single top folder")
-
-
-def _type_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join({"dict": "JSON object", "list": "JSON array", "str": "string", "int": "integer"}
-                       .get(k.__name__, k.__name__) for k in kinds)

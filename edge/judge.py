@@ -10,8 +10,9 @@ A prompt the bundle ships uses its stored embedding; any other is tokenized (dki
 bundle's text encoder (text.onnx) with the bundle's templates, averaged and normalised, exactly as the teacher
 embedded the shipped ones, and kept in a bounded cache.
 
-Moderation, as the paint.wtf team learned it; every prompt and threshold comes from the bundle's `judge`
-section (the kit's `judge:`), none from code:
+Moderation, as the paint.wtf team learned it (the rule itself is dkit.edge.moderation, shared with the
+evaluation); every prompt and threshold comes from the bundle's `judge` section (the kit's `judge:`), none
+from code:
 - `blocked`: the image is closer to one of `unsafe_prompts` than to its prompt (by more than `unsafe_margin`):
   no score, and the server stores nothing.
 - `text`: closer to one of `text_prompts` ("text", "handwriting", ...) than to its prompt (by more than
@@ -29,13 +30,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from dkit.edge.moderation import moderate, penalise
 from dkit.edge.runtime import Runtime, RuntimeConfigError
 from dkit.edge.tokenizer import Tokenizer
 
 PROMPT_CACHE = 256  # prompts whose embedding is kept
 MAX_PROMPT_CHARS = 300
-DEFAULTS = {"text_prompts": [], "unsafe_prompts": [], "text_penalty": 0.5, "text_margin": 0.0, "unsafe_margin": 0.0,
-            "no_match_score": 15.0, "prompt": None, "prompts": []}
 
 
 @dataclass(frozen=True)
@@ -61,30 +61,30 @@ class Judge:
                                      "kiosk needs a judge bundle (a clip-embed student)")
         self.runtime = runtime
         m = runtime.manifest
-        self.cfg = {**DEFAULTS, **(m.get("judge") or {})}
-        self.templates: list[str] = list(m["prompts"]["templates"])
-        self.calibration = m["calibration"]
-        self.tokenizer = Tokenizer.from_file(runtime.bundle.path(m["tokenizer"]["file"]),
-                                             m["tokenizer"]["context_length"])
-        text = m["models"]["text"]
-        self.text_session = ort.InferenceSession(str(runtime.bundle.path(text["file"])),
+        if m.tokenizer is None or "text" not in m.models:
+            raise RuntimeConfigError(f"{runtime.bundle.source}: this embed bundle has no text encoder or tokenizer, "
+                                     "so it cannot embed prompts; export it again with a clip-embed kit")
+        self.cfg = m.judge_config  # the kit's judge: section (its defaults when the kit had none)
+        self.templates: list[str] = list(m.prompts.templates)
+        self.calibration = m.calibration
+        self.tokenizer = Tokenizer.from_file(runtime.bundle.path(m.tokenizer.file), m.tokenizer.context_length)
+        self.text_session = ort.InferenceSession(str(runtime.bundle.path(m.models["text"].file)),
                                                  sess_options=runtime.session_options,
                                                  providers=runtime.session.get_providers())
         self.text_input = self.text_session.get_inputs()[0].name
         self.cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.cache_size = cache_size
         self.lock = threading.Lock()
-        rows = m["prompts"]["rows"]
+        rows = m.prompts.rows
         table = runtime.prompt_embeddings  # (P, D)
-        self.shipped = {r["text"]: table[i] for i, r in enumerate(rows) if r["role"] != "class"}
-        self.known = [r["text"] for r in rows if r["role"] in ("class", "prompt")]  # what "looks like" can name
-        self.known_emb = np.stack([table[i] for i, r in enumerate(rows) if r["role"] in ("class", "prompt")])
-        self.text_emb = self._rows(rows, table, "text", self.cfg["text_prompts"])
-        self.unsafe_emb = self._rows(rows, table, "unsafe", self.cfg["unsafe_prompts"])
+        self.shipped = {r.text: table[i] for i, r in enumerate(rows) if r.role != "class"}
+        self.known = [r.text for r in rows if r.role in ("class", "prompt")]  # what "looks like" can name
+        self.known_emb = np.stack([table[i] for i, r in enumerate(rows) if r.role in ("class", "prompt")])
+        self.text_emb = self._rows(rows, table, "text", self.cfg.text_prompts)
+        self.unsafe_emb = self._rows(rows, table, "unsafe", self.cfg.unsafe_prompts)
 
-    def _rows(self, rows: list[dict], table: np.ndarray, role: str, wanted: list[str]) -> np.ndarray:
-        picked = [table[i] for i, r in enumerate(rows) if r["role"] == role or (r["text"] in wanted and
-                                                                               r["role"] != "class")]
+    def _rows(self, rows, table: np.ndarray, role: str, wanted: tuple[str, ...]) -> np.ndarray:
+        picked = [table[i] for i, r in enumerate(rows) if r.role == role or (r.text in wanted and r.role != "class")]
         missing = [p for p in wanted if p not in self.shipped]
         picked += [self.embed_prompt(p) for p in missing] if missing else []
         return np.stack(picked) if picked else np.zeros((0, table.shape[1]), np.float32)
@@ -114,7 +114,7 @@ class Judge:
     # ------------------------------------------------------------------------------------------ scoring
 
     def to_score(self, cosine: float | np.ndarray) -> float | np.ndarray:
-        return np.interp(cosine, self.calibration["cosine"], self.calibration["score"])
+        return self.calibration.to_score(cosine)
 
     def score(self, rgb: np.ndarray, prompt: str) -> Verdict:
         """Judge one (H, W, 3) uint8 RGB image against a prompt."""
@@ -127,16 +127,15 @@ class Judge:
         raw = round(float(self.to_score(cos)), 1)
         looks_like = self.known[int(np.argmax(self.known_emb @ embedding))] if len(self.known) else None
         cfg = self.cfg
-        if len(self.unsafe_emb):
-            unsafe = self.unsafe_emb @ embedding
-            if float(unsafe.max()) > cos + cfg["unsafe_margin"]:
-                return Verdict(prompt, None, raw, cos, "blocked", "this image was blocked by the kiosk's content "
-                               "rules", None)
-        if len(self.text_emb) and float((self.text_emb @ embedding).max()) > cos + cfg["text_margin"]:
-            score = round(raw * cfg["text_penalty"], 1)
+        verdict = str(moderate(cos, self.text_emb @ embedding, self.unsafe_emb @ embedding, cfg, score=raw))
+        if verdict == "blocked":
+            return Verdict(prompt, None, raw, cos, "blocked", "this image was blocked by the kiosk's content rules",
+                           None)
+        score = round(float(penalise(raw, np.asarray(verdict), cfg)), 1)
+        if verdict == "text":
             return Verdict(prompt, score, raw, cos, "text", "this looks like writing: draw it, don't write it "
-                           f"(score x{cfg['text_penalty']:g})", looks_like)
-        if raw < cfg["no_match_score"]:
+                           f"(score x{cfg.text_penalty:g})", looks_like)
+        if verdict == "no_match":
             hint = f"; it looks more like {looks_like!r}" if looks_like and looks_like != prompt else ""
             return Verdict(prompt, raw, raw, cos, "no_match", f"this doesn't match {prompt!r} well{hint}", looks_like)
         return Verdict(prompt, raw, raw, cos, "ok", None, looks_like)

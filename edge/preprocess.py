@@ -1,6 +1,6 @@
 """Pre-processing on the device, exactly as the bundle's manifest says (numpy and OpenCV only).
 
-    spec = bundle.manifest["preprocess"]   # {"resize": "letterbox", "size": [320, 320], "pad_value": 114, ...}
+    spec = bundle.manifest.preprocess       # a dkit.edge.manifest.Preprocess (or its dict form, as checkpoints keep it)
     x, meta = preprocess(rgb, spec)        # (1, 3, H, W) float32, and how to map boxes back to the image
 
 Two resize modes, each reproducing the training side's transform:
@@ -17,11 +17,14 @@ tests/edge/test_preprocess.py compares each with the library it replaces.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
 import cv2
 import numpy as np
+
+from dkit.edge.manifest import Preprocess, as_preprocess
 
 INTERPOLATION = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "cubic": cv2.INTER_CUBIC,
                  "nearest": cv2.INTER_NEAREST}
@@ -148,46 +151,42 @@ def _convolve(img: np.ndarray, first: np.ndarray, taps: np.ndarray, axis: int) -
     return out if axis == 0 else np.ascontiguousarray(out.transpose(1, 0, 2))
 
 
-def preprocess(rgb: np.ndarray, spec: dict) -> tuple[np.ndarray, Letterbox]:
+def preprocess(rgb: np.ndarray, spec: Preprocess | Mapping) -> tuple[np.ndarray, Letterbox]:
     """(H, W, 3) uint8 RGB -> (1, 3, H', W') float32 network input, per the manifest's `preprocess` section.
 
     The second value maps boxes back to the image (identity-free for a letterbox; for `shortest` it
     records the resize scale and the crop offset as negative padding)."""
-    mode = spec.get("resize")
-    if mode == "letterbox":
-        image, box = letterbox(rgb, tuple(spec["size"]), spec.get("pad_value", 114),
-                               spec.get("interpolation", "linear"))
-    elif mode == "shortest":
-        if spec.get("crop", "center") != "center":
-            raise ValueError(f"preprocess.crop {spec.get('crop')!r} is not supported (expected 'center')")
-        size = spec["size"] if isinstance(spec["size"], int) else spec["size"][0]
+    spec = as_preprocess(spec)
+    if spec.resize == "letterbox":
+        image, box = letterbox(rgb, spec.size, spec.pad_value, spec.interpolation)
+    else:  # shortest (the only other mode Preprocess accepts), centre crop
+        size = spec.size[0]
         h, w = rgb.shape[:2]
-        resized = shortest_side(rgb, size, spec.get("interpolation", "area"))
+        resized = shortest_side(rgb, size, spec.interpolation)
         image = center_crop(resized, size)
         rh, rw = resized.shape[:2]
         box = Letterbox(rh / h, -int(round((rw - size) / 2.0)), -int(round((rh - size) / 2.0)), (h, w), (rh, rw))
-    else:
-        raise ValueError(f"preprocess.resize {mode!r} is not supported (expected 'letterbox' or 'shortest')")
     return normalize(image, spec)[None], box  # (1, 3, H, W)
 
 
-def normalize(image: np.ndarray, spec: dict) -> np.ndarray:
+def normalize(image: np.ndarray, spec: Preprocess | Mapping) -> np.ndarray:
     """(H, W, 3) uint8 -> (3, H, W) float32: channel order, x * scale, then (x - mean) / std per channel.
 
     Written straight into the planar output (no float HWC copy), and the mean/std steps skipped when they are
     0 and 1: the same float32 operations per element, about five times faster than the straightforward way."""
-    if spec.get("channels", "RGB") == "BGR":
+    spec = as_preprocess(spec)
+    if spec.channels == "BGR":
         image = image[..., ::-1]
     chw = image.transpose(2, 0, 1)  # a view
     out = np.empty(chw.shape, np.float32)
-    scale = float(spec.get("scale", 1 / 255))
+    scale = spec.scale
     divisor = round(1 / scale) if scale > 0 else 0
     if divisor and abs(1 / scale - divisor) < 1e-6:
         np.divide(chw, np.float32(divisor), out=out)  # x / 255, as torchvision and Ultralytics do, to the bit
     else:
         np.multiply(chw, np.float32(scale), out=out)
-    mean = np.asarray(spec.get("mean", (0.0, 0.0, 0.0)), np.float32)
-    std = np.asarray(spec.get("std", (1.0, 1.0, 1.0)), np.float32)
+    mean = np.asarray(spec.mean, np.float32)
+    std = np.asarray(spec.std, np.float32)
     if mean.any():
         out -= mean[:, None, None]
     if (std != 1).any():

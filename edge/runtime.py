@@ -100,28 +100,25 @@ class Runtime:
         import onnxruntime as ort
 
         self.bundle = bundle
-        m = self.manifest = bundle.manifest
-        self.task = m["task"]
-        self.classes: list[str] = list(m["classes"])
-        self.spec: dict = m["preprocess"]
-        role = "student" if precision == "fp32" else f"student_{precision}"
-        if role not in m["models"]:
-            have = sorted({"fp32"} | {r.removeprefix("student_") for r in m["models"] if r.startswith("student_")})
+        m = self.manifest = bundle.manifest  # a dkit.edge.manifest.Manifest: typed, validated when opened
+        self.task = m.task
+        self.classes: list[str] = list(m.classes)
+        self.spec = m.preprocess
+        model = m.model(precision)
+        if model is None:
             raise RuntimeConfigError(f"{bundle.source}: no {precision} model in this bundle "
-                                     f"(it has: {', '.join(have)})")
-        self.model_file = bundle.path(m["models"][role]["file"])
-        runtime_cfg = m.get("runtime") or {}
-        thresholds = m.get("thresholds") or {}
-        self.conf = thresholds.get("conf", 0.25) if conf is None else conf
-        self.iou = thresholds.get("iou", 0.45) if iou is None else iou
-        self.max_det = thresholds.get("max_det", 300) if max_det is None else max_det
-        self.top_k = thresholds.get("top_k", 5) if top_k is None else top_k
+                                     f"(it has: {', '.join(m.precisions())})")
+        self.model_file = bundle.path(model.file)
+        self.conf = m.thresholds.conf if conf is None else conf
+        self.iou = m.thresholds.iou if iou is None else iou
+        self.max_det = m.thresholds.max_det if max_det is None else max_det
+        self.top_k = m.thresholds.top_k if top_k is None else top_k
 
         options = ort.SessionOptions()
-        threads = runtime_cfg.get("threads", 0) if threads is None else threads
+        threads = m.runtime.threads if threads is None else threads
         if threads:
             options.intra_op_num_threads = threads
-        wanted = choose_providers(providers or runtime_cfg.get("providers") or None, ort.get_available_providers())
+        wanted = choose_providers(providers or list(m.runtime.providers) or None, ort.get_available_providers())
         self.session_options = options
         self.session = ort.InferenceSession(str(self.model_file), sess_options=options,
                                             providers=[_with_options(p, bundle) for p in wanted])
@@ -133,10 +130,10 @@ class Runtime:
 
         self.prompts: list[str] | None = None
         if self.task == "embed":
-            table = np.load(bundle.path(m["prompts"]["file"]), allow_pickle=False)  # (P, D)
+            table = np.load(bundle.path(m.prompts.file), allow_pickle=False)  # (P, D)
             self.prompt_embeddings = table.astype(np.float32)
-            self.prompts = [r["text"] for r in m["prompts"]["rows"]]
-            self.calibration = m["calibration"]
+            self.prompts = m.prompts.texts()
+            self.calibration = m.calibration
         for _ in range(warmup):
             self.infer(preprocess(np.zeros((64, 64, 3), np.uint8) + 114, self.spec)[0])
 
@@ -179,7 +176,7 @@ class Runtime:
             return [Result(f, t, ms, "classify", top=[(int(i), float(v)) for i, v in zip(ii, vv, strict=True)])
                     for ii, vv, f, t, ms in zip(idx, val, frame_ids, timestamps, latency, strict=True)]
         cos = cosine_scores(raw, self.prompt_embeddings)  # (N, P)
-        scores = np.interp(cos, self.calibration["cosine"], self.calibration["score"])
+        scores = self.calibration.to_score(cos)
         return [Result(f, t, ms, "embed", embedding=e, cosine=c, scores=s)
                 for e, c, s, f, t, ms in zip(raw, cos, scores, frame_ids, timestamps, latency, strict=True)]
 
@@ -205,7 +202,8 @@ class Runtime:
 def _with_options(provider: str, bundle: Bundle) -> str | tuple[str, dict]:
     if provider != "TensorrtExecutionProvider":
         return provider
-    cache = dkit_home() / "trt-cache" / bundle.manifest["files"][bundle.manifest["models"]["student"]["file"]][:16]
+    m = bundle.manifest
+    cache = dkit_home() / "trt-cache" / m.files[m.models["student"].file][:16]
     cache.mkdir(parents=True, exist_ok=True)
     return provider, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache), "trt_fp16_enable": True}
 

@@ -71,6 +71,8 @@ class Capture(Protocol):
 
 CaptureFactory = Callable[[str], Capture]
 EventCallback = Callable[[str, str], None]
+Clock = Callable[[], float]
+BackoffWait = Callable[[threading.Event, float], object]
 
 
 @dataclass(frozen=True)
@@ -262,7 +264,8 @@ class Source:
 
     def __init__(self, spec: str, kind: str, target: str, *, live: bool, stall_timeout: float,
                  backoff: tuple[float, float], jitter: float, prefetch: int, factory: CaptureFactory,
-                 on_event: EventCallback | None) -> None:
+                 on_event: EventCallback | None, clock: Clock = time.monotonic,
+                 backoff_wait: BackoffWait = threading.Event.wait) -> None:
         self.spec = spec  # credentials removed
         self.kind = kind
         self._live = live
@@ -272,6 +275,8 @@ class Source:
         self._jitter = jitter
         self._factory = factory
         self._on_event = on_event
+        self._clock = clock  # the stall watch's clock
+        self._backoff_wait = backoff_wait  # (stop event, seconds): one back-off delay, ended early by close()
         self._stats = SourceStats()
         self._lock = threading.Lock()  # stats, generation, connection state
         self._buffer = _Buffer(1 if live else prefetch, drop_oldest=live)
@@ -424,7 +429,7 @@ class Source:
                 if self._stop.is_set():
                     break
                 self._gen += 1
-                gen, self._failure, self._progress = self._gen, None, time.monotonic()
+                gen, self._failure, self._progress = self._gen, None, self._clock()
             self._wake.clear()
             stuck = sum(t.is_alive() for t in self._threads if t is not threading.current_thread())
             if stuck >= MAX_STUCK_READERS:
@@ -448,14 +453,14 @@ class Source:
                 self._emit("disconnected", reason, logging.WARNING)
             else:
                 logger.info("%s: reconnect failed (%s); next try in %.2f s", self.spec, reason, delay)
-            self._stop.wait(delay * (1.0 + self._jitter * self._random.random()))
+            self._backoff_wait(self._stop, delay * (1.0 + self._jitter * self._random.random()))
             delay = min(delay * 2.0, longest)
 
     def _watch(self, gen: int) -> tuple[str, bool]:
         """Wait until the capture thread of `gen` fails or stalls, or close(): (reason, stalled)."""
         while not self._stop.is_set():
             with self._lock:
-                failure, idle = self._failure, time.monotonic() - self._progress
+                failure, idle = self._failure, self._clock() - self._progress
             if failure is not None:
                 return failure, False
             if idle >= self._stall_timeout:
@@ -517,7 +522,7 @@ class Source:
         with self._lock:
             if gen != self._gen:
                 return False
-            self._progress = time.monotonic()
+            self._progress = self._clock()
             if self._up_gen == gen:
                 return True
             self._up_gen, was_up, self._up = gen, self._up, True
@@ -532,12 +537,19 @@ class Source:
 
 def open_source(spec: str | int | Path, *, live: bool | None = None, stall_timeout: float = 5.0,
                 backoff: tuple[float, float] = (0.5, 10.0), jitter: float = 0.1, prefetch: int = 4,
-                capture_factory: CaptureFactory | None = None, on_event: EventCallback | None = None) -> Source:
+                capture_factory: CaptureFactory | None = None, on_event: EventCallback | None = None,
+                clock: Clock = time.monotonic, backoff_wait: BackoffWait = threading.Event.wait) -> Source:
     """Open a camera index ("0", "/dev/video0"), stream URL (rtsp://, http(s)://, ...), video file, image folder
     or image, and start reading it. See the module docstring for the two policies and the arguments.
 
     `capture_factory(spec) -> Capture` replaces cv2.VideoCapture (camera, stream, video; a capture whose
     isOpened() is False counts as a failed open). Raises SourceError for a source that can never work.
+
+    Hooks for tests (live policy only; the defaults are the real thing): `clock() -> seconds` is the monotonic
+    clock the stall watch measures `stall_timeout` with (default time.monotonic; the watch still sleeps in real
+    time, at most `stall_timeout` at a go, between looks at it); `backoff_wait(stop, seconds)` waits out one
+    back-off delay before a reconnect, `stop` being the threading.Event that close() sets (default
+    threading.Event.wait, which returns at once on close()).
     """
     spec = str(spec)
     name = _redact(spec)
@@ -556,7 +568,7 @@ def open_source(spec: str | int | Path, *, live: bool | None = None, stall_timeo
         raise ValueError(f"{name}: live=True needs a camera, stream or video file, not an image {kind}")
     factory = capture_factory or _default_factory(kind, stall_timeout)
     source = Source(name, kind, target, live=live, stall_timeout=stall_timeout, backoff=backoff, jitter=jitter,
-                    prefetch=prefetch, factory=factory, on_event=on_event)
+                    prefetch=prefetch, factory=factory, on_event=on_event, clock=clock, backoff_wait=backoff_wait)
     if live:
         source._start(source._supervise)
     elif kind in ("folder", "image"):

@@ -3,7 +3,7 @@
     result = export_bundle(kit, run_dir, store=ModelStore())
 
 The bundle is built in a temporary folder: the model files for the student's kind, a README.md for the
-person installing it, and manifest.json (dkit.edge.bundle.write_manifest: everything the device reads, with the
+person installing it, and manifest.json (dkit.export.manifest: everything the device reads, with the
 sha256 of every file). It is then opened with the edge's own verifier, exactly as a device would, and only
 then swapped into place; the archive is written beside it the same way. Nothing half-written is ever left
 where a bundle is expected.
@@ -20,8 +20,6 @@ and with the `tensorrt` package and a GPU here an engine is built too (dkit.expo
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 import os
 import shutil
@@ -30,73 +28,67 @@ from pathlib import Path
 
 from dkit.core.errors import UsageError
 from dkit.core.files import atomic_write, new_tmp_dir, read_json, replace_dir
-from dkit.core.version import __version__
-from dkit.edge.bundle import open_bundle, write_manifest
-from dkit.edge.hashing import sha256_file
+from dkit.core.run import RunDir
+from dkit.distill.students import student_plugin
+from dkit.edge.bundle import open_bundle
+from dkit.edge.manifest import Manifest
+from dkit.export.exporters import exporter_for
+from dkit.export.manifest import build_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
-TASKS = {"yolo-detect": "detect", "yolo-cls": "classify", "clip-embed": "embed"}
 
 
 def export_bundle(kit, run_dir: Path, *, store=None) -> dict:
+    from dkit.core.store import ModelStore
     from dkit.export.variants import make_variant
 
-    task = TASKS[kit.student.kind]
-    tmp = new_tmp_dir(run_dir, f".bundle-{os.getpid()}-")
+    run = RunDir(run_dir)
+    run.trained_weights()  # first: without a trained student there is nothing to export (and maybe no run folder)
+    task = student_plugin(kit).task
+    tmp = new_tmp_dir(run.root, f".bundle-{os.getpid()}-")
     try:
-        if task == "embed":
-            from dkit.core.store import ModelStore
-            from dkit.export.judge import export_judge
-
-            parts = export_judge(kit, run_dir, tmp, store=store or ModelStore())
-            entry = parts["student"] | {"preprocess": parts["preprocess"]}
-            classes = list(kit.ontology.names)
-        elif task == "classify":
-            from dkit.export.yolo import export_classifier
-
-            entry, classes = export_classifier(kit, run_dir, tmp)
-            parts = {}
-        else:
-            from dkit.export.yolo import export_detector
-
-            entry, classes, parts = export_detector(kit, run_dir, tmp), list(kit.ontology.names), {}
+        exported = exporter_for(kit)(kit, run, tmp, store or ModelStore())
+        entry = exported.entry
         variants = {}
         later = [p for p in dict.fromkeys(kit.export.precisions) if p != "fp32"]
         if later:
-            held_out = _split_images(run_dir, "val", 256)
+            held_out = _split_images(run.root, "val", 256)
             # int8 scales from the training images: the held-out ones judge the result
-            calibration = _split_images(run_dir, "train", kit.export.calibration_images)
+            calibration = _split_images(run.root, "train", kit.export.calibration_images)
             for precision in later:
                 variants[precision] = make_variant(precision, tmp / entry["file"], tmp, kit, held_out, calibration,
                                                    entry["preprocess"], task)
         engines = _engines(kit, tmp, entry, variants)
-        manifest = _manifest(kit, run_dir, task, entry, variants, classes, parts, engines)
-        atomic_write(tmp / "README.md", _readme(kit, manifest, _evaluation(run_dir)))
+        manifest = build_manifest(kit, run, task, entry, variants, exported.classes, exported.parts, engines)
+        atomic_write(tmp / "README.md", _readme(kit, manifest, read_json(run.eval_json)))
         write_manifest(tmp, manifest)
         with open_bundle(tmp):  # the device's own check, on exactly what will be shipped
             pass
-        bundle = run_dir / "bundle"
-        replace_dir(tmp, bundle)
+        replace_dir(tmp, run.bundle)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    archive = None
-    if kit.export.archive:
-        archive = run_dir / "bundle.tar.gz"
-        part = run_dir / f".bundle.tar.gz.{os.getpid()}.part"
-        try:
-            with tarfile.open(part, "w:gz") as tf:
-                tf.add(bundle, arcname="bundle")
-            os.replace(part, archive)
-        finally:
-            part.unlink(missing_ok=True)
-        with open_bundle(archive):
-            pass
-    return {"bundle": str(bundle), "archive": None if archive is None else str(archive), "task": task,
-            "models": {k: v["file"] for k, v in manifest["models"].items()},
-            "parity": {k: v["parity"] for k, v in manifest["models"].items() if "parity" in v},
-            "variants": variants, "calibration": manifest.get("calibration")}
+    archive = _archive(run) if kit.export.archive else None
+    return {"bundle": str(run.bundle), "archive": None if archive is None else str(archive), "task": task,
+            "models": {k: v.file for k, v in manifest.models.items()},
+            "parity": {k: dict(v.info["parity"]) for k, v in manifest.models.items() if "parity" in v.info},
+            "variants": variants, "calibration": None if manifest.calibration is None
+            else manifest.calibration.to_dict()}
+
+
+def _archive(run: RunDir) -> Path:
+    """RUN_DIR/bundle.tar.gz, written beside as a part file and renamed, then verified like the folder."""
+    part = run.root / f".bundle.tar.gz.{os.getpid()}.part"
+    try:
+        with tarfile.open(part, "w:gz") as tf:
+            tf.add(run.bundle, arcname="bundle")
+        os.replace(part, run.archive)
+    finally:
+        part.unlink(missing_ok=True)
+    with open_bundle(run.archive):
+        pass
+    return run.archive
 
 
 def _split_images(run_dir: Path, split: str, limit: int) -> list:
@@ -107,11 +99,6 @@ def _split_images(run_dir: Path, split: str, limit: int) -> list:
         return kit_images(run_dir, split=split, limit=limit)
     except UsageError:
         return kit_images(run_dir, split=None, limit=limit)
-
-
-def _evaluation(run_dir: Path) -> dict:
-    path = run_dir / "eval.json"
-    return read_json(path) if path.is_file() else {}
 
 
 def _engines(kit, bundle_dir: Path, entry: dict, variants: dict) -> dict:
@@ -135,60 +122,23 @@ def _tensorrt_here() -> bool:
     return torch.cuda.is_available()
 
 
-def _manifest(kit, run_dir: Path, task: str, entry: dict, variants: dict, classes: list[str], parts: dict,
-              engines: dict) -> dict:
-    first = next((json.loads(line) for line in (run_dir / "labels" / "labels.jsonl").open(encoding="utf-8")), {})
-    best = run_dir / "student" / "weights" / "best.pt"
-    models = {"student": {k: v for k, v in entry.items() if k not in ("preprocess", "decode")}}
-    models |= {f"student_{p}": v for p, v in variants.items() if "refused" not in v}
-    if "text" in parts:
-        models["text"] = parts["text"]
-    models |= engines
-    if task == "detect":
-        thresholds = {"conf": kit.edge.conf, "iou": kit.edge.iou, "max_det": kit.edge.max_det}
-    elif task == "classify":
-        thresholds = {"conf": kit.edge.conf, "top_k": min(5, len(classes))}
-    else:
-        thresholds = {}
-    manifest = {
-        "name": kit.name,
-        "task": task,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "dkit_version": __version__,
-        "teacher": {"id": parts.get("teacher_id") or first.get("teacher"), "random": kit.teacher.is_random},
-        "student": {"kind": kit.student.kind, "model": kit.student.model, "imgsz": kit.student.imgsz,
-                    "weights_sha256": sha256_file(best)},
-        "models": models,
-        "refused_variants": {p: v["refused"] for p, v in variants.items() if "refused" in v},
-        "preprocess": entry["preprocess"],
-        "decode": entry.get("decode") or {"type": "embedding", "output": "(batch, dim)", "normalized": True,
-                                          "dim": parts["prompts"]["dim"]},
-        "classes": classes,
-        "thresholds": thresholds,
-        "runtime": {"providers": kit.edge.providers, "threads": kit.edge.threads, "max_fps": kit.edge.max_fps},
-    }
-    for key in ("tokenizer", "prompts", "logit_scale", "calibration", "judge"):
-        if key in parts:
-            manifest[key] = parts[key]
-    return manifest
-
-
-def _readme(kit, manifest: dict, evaluation: dict) -> str:
-    task, m = manifest["task"], manifest["models"]["student"]
-    p = m["parity"]
-    what = {"detect": f"A {manifest['student']['imgsz']} px object detector for {len(manifest['classes'])} classes",
-            "classify": f"A {manifest['student']['imgsz']} px image classifier for {len(manifest['classes'])} classes",
-            "embed": f"A kiosk judge: a {manifest['student']['imgsz']} px image encoder that reproduces the teacher's "
+def _readme(kit, manifest: Manifest, evaluation: dict) -> str:
+    task, m = manifest.task, manifest.models["student"]
+    p = m.info["parity"]
+    imgsz, n_classes = manifest.student["imgsz"], len(manifest.classes)
+    what = {"detect": f"A {imgsz} px object detector for {n_classes} classes",
+            "classify": f"A {imgsz} px image classifier for {n_classes} classes",
+            "embed": f"A kiosk judge: a {imgsz} px image encoder that reproduces the teacher's "
                      "image embeddings, scored against text prompts (the teacher's text encoder ships too, so new "
                      "prompts are embedded on the device), with moderation prompts and a 0-100 score calibration; "
-                     f"its ontology has {len(manifest['classes'])} classes"}[task]
+                     f"its ontology has {n_classes} classes"}[task]
     lines = [f"# {kit.name}: {kit.student.kind} bundle", ""]
-    if manifest["teacher"]["random"]:
+    if manifest.teacher["random"]:
         lines += ["**WARNING: made from an UNTRAINED (random) teacher. Its outputs are meaningless; tests only.**", ""]
-    names = manifest["classes"]
+    names = manifest.classes
     lines += [
         f"{what} ({', '.join(names[:12])}{', ...' if len(names) > 12 else ''}), distilled from the teacher "
-        f"`{manifest['teacher']['id']}`. Everything the device needs is in `manifest.json`; every file's sha256 is "
+        f"`{manifest.teacher['id']}`. Everything the device needs is in `manifest.json`; every file's sha256 is "
         "checked before anything loads.", "",
         "## Run it", "",
         "```bash",
@@ -199,18 +149,19 @@ def _readme(kit, manifest: dict, evaluation: dict) -> str:
         lines.append("dkit serve bundle/ --port 8000          # the kiosk: drawing canvas, camera, leaderboard")
     lines += ["```", "", "## Measured", ""]
     if task == "detect":
-        lines.append(f"- ONNX (fp32, opset {m['opset']}) against the PyTorch student on {p['images']} of the kit's "
-                     f"images: largest output difference {p['max_abs_diff']:.2e}, boxes agreeing after NMS "
+        lines.append(f"- ONNX (fp32, opset {m.info['opset']}) against the PyTorch student on {p['images']} of the kit's"
+                     f" images: largest output difference {p['max_abs_diff']:.2e}, boxes agreeing after NMS "
                      f"{p['agreement']:.3f}.")
     elif task == "classify":
-        lines.append(f"- ONNX (fp32, opset {m['opset']}) against the PyTorch student on {p['images']} of the kit's "
-                     f"images: largest probability difference {p['max_abs_diff']:.2e}; the device's input differs "
+        lines.append(f"- ONNX (fp32, opset {m.info['opset']}) against the PyTorch student on {p['images']} of the kit's"
+                     f" images: largest probability difference {p['max_abs_diff']:.2e}; the device's input differs "
                      f"from Ultralytics' by at most {p['input_max_abs_diff']:.2e}; top-1 class agreeing with "
                      f"Ultralytics' predict {p['agreement']:.3f}.")
     else:
-        t = manifest["models"]["text"]["parity"]
-        c = manifest["calibration"]
-        lines += [f"- Image encoder ONNX (fp32, opset {m['opset']}) against the PyTorch student on {p['images']} of "
+        t = manifest.models["text"].info["parity"]
+        c = manifest.calibration.to_dict()
+        lines += [f"- Image encoder ONNX (fp32, opset {m.info['opset']}) against the PyTorch student on "
+                  f"{p['images']} of "
                   f"the kit's images: largest difference {p['max_abs_diff']:.2e}, cosine mean {p['agreement']:.6f} "
                   f"(min {p['min_cosine']:.6f}).",
                   f"- Text encoder ONNX against open_clip on {t['prompts']} prompts: token ids identical "
@@ -221,16 +172,16 @@ def _readme(kit, manifest: dict, evaluation: dict) -> str:
                   f"student vs teacher scores on {c['agreement']['pairs']} ({c['agreement']['split']}) image-class "
                   f"pairs: mean absolute difference {c['agreement']['mean_abs_score_diff']:.1f} points, Spearman "
                   f"{c['agreement']['spearman']:.3f}."]
-    for role, v in manifest["models"].items():
-        if role.startswith("student_") and "vs_fp32" in v:
-            a = v["vs_fp32"]
-            lines.append(f"- `{v['file']}` ({v['precision']}): {a['metric']} {a['agreement']:.3f} against the fp32 "
+    for role, v in manifest.models.items():
+        if role.startswith("student_") and "vs_fp32" in v.info:
+            a = v.info["vs_fp32"]
+            lines.append(f"- `{v.file}` ({v.precision}): {a['metric']} {a['agreement']:.3f} against the fp32 "
                          f"model on {a['images']} held-out images; {a['ms_per_image']:.1f} ms/image vs "
                          f"{a['ms_per_image_fp32']:.1f} for fp32 on the exporting machine's CPU.")
-    for precision, why in manifest["refused_variants"].items():
+    for precision, why in manifest.info["refused_variants"].items():
         lines.append(f"- {precision}: refused ({why}).")
     lines += _eval_lines(evaluation)
-    size, inp = kit.student.imgsz, m["inputs"][0]["name"]
+    size, inp = kit.student.imgsz, m.inputs[0]["name"]
     lines += [
         "", "## TensorRT (on the device)", "",
         "Engines are specific to the GPU and TensorRT version that build them, so none is trusted across devices. "

@@ -28,7 +28,6 @@ of the two scores over (image, class) pairs, and their Spearman rank correlation
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -36,8 +35,11 @@ from pathlib import Path
 import numpy as np
 
 from dkit.core.errors import DkitError, UsageError, require
+from dkit.core.run import RunDir
+from dkit.core.workers import decode_workers
 from dkit.edge.preprocess import preprocess
 from dkit.edge.tokenizer import VOCAB_NAME, Tokenizer
+from dkit.export.exporters import Exported
 
 log = logging.getLogger(__name__)
 
@@ -51,24 +53,27 @@ EXTRA_PROMPTS = ("a raccoon driving a tractor", "A Photo Of A CAT!!", "un café 
                  "一只猫", " ".join(["very long prompt"] * 40))
 
 
+def export_clip_embed(kit, run: RunDir, bundle_dir: Path, store) -> Exported:
+    """The `clip-embed` exporter (dkit.export.exporters): the judge's files and manifest parts."""
+    parts = export_judge(kit, run.root, bundle_dir, store=store)
+    return Exported(parts["student"] | {"preprocess": parts["preprocess"]}, list(kit.ontology.names), parts)
+
+
 def export_judge(kit, run_dir: Path, bundle_dir: Path, *, store) -> dict:
     """Write the judge's files into bundle_dir; return the manifest parts (models, text, prompts, calibration)."""
     require("onnx", what="exporting to ONNX", extra="export")
     from dkit.distill.students import clip_embed
     from dkit.distill.teachers import build_teacher
 
-    best = run_dir / "student" / "weights" / "best.pt"
-    if not best.is_file():
-        raise UsageError(f"no trained student in {run_dir / 'student'}: run `dkit train` first")
+    best = RunDir(run_dir).trained_weights()
     model, ckpt = clip_embed.load_student(best)
     spec = ckpt["preprocess"]
     teacher = build_teacher(kit, store)
     records = clip_embed.labelled_records(run_dir)
     if not records:
         raise UsageError(f"no labelled images in {run_dir / 'labels'} to check the export against")
-    records = sorted(records, key=lambda r: (r["split"] != "val", r["image"]))[:CALIBRATION_IMAGES]  # val first
-    workers = kit.data.workers or max(1, (os.cpu_count() or 2) - 1)
-    images = list(clip_embed.iter_decoded(records, workers))  # in worker processes when there are many
+    records = sorted(records, key=lambda r: (r.split != "val", r.image))[:CALIBRATION_IMAGES]  # val first
+    images = list(clip_embed.iter_decoded(records, decode_workers(kit.data.workers)))  # in worker processes
 
     student = _export_image_encoder(model, spec, ckpt["dim"], bundle_dir / "student.onnx", kit)
     student["parity"] = image_parity(model, bundle_dir / "student.onnx", images[:PARITY_IMAGES], spec)
@@ -93,7 +98,7 @@ def export_judge(kit, run_dir: Path, bundle_dir: Path, *, store) -> dict:
     teacher_emb = clip_embed.teacher_embeddings(records, teacher, run_dir)  # (N, D) from the teacher cache
     calibration = calibrate(student_emb, teacher.text)
     calibration["teacher"] = calibrate(teacher_emb, teacher.text)
-    held = np.array([r["split"] == "val" for r in records]) if any(r["split"] == "val" for r in records) else None
+    held = np.array([r.split == "val" for r in records]) if any(r.split == "val" for r in records) else None
     calibration["agreement"] = score_agreement(student_emb, teacher_emb, teacher.text, calibration,
                                                calibration["teacher"], held)
     calibration |= {"source": "student", "images": len(images), "classes": "ontology classes"}

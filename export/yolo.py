@@ -24,11 +24,24 @@ from pathlib import Path
 import numpy as np
 
 from dkit.core.errors import DkitError, UsageError, require
+from dkit.core.run import RunDir
 from dkit.edge.preprocess import preprocess
+from dkit.export.exporters import Exported
 
 log = logging.getLogger(__name__)
 
 PARITY_IMAGES = 16  # held-out images first, then training images, as many as there are up to this
+
+
+def export_yolo_detect(kit, run: RunDir, bundle_dir: Path, store=None) -> Exported:
+    """The `yolo-detect` exporter (dkit.export.exporters)."""
+    return Exported(export_detector(kit, run, bundle_dir), list(kit.ontology.names))
+
+
+def export_yolo_cls(kit, run: RunDir, bundle_dir: Path, store=None) -> Exported:
+    """The `yolo-cls` exporter (dkit.export.exporters): its classes are the ones the classifier was trained on."""
+    entry, names = export_classifier(kit, run, bundle_dir)
+    return Exported(entry, names)
 
 
 def export_detector(kit, run_dir: Path, bundle_dir: Path) -> dict:
@@ -57,9 +70,7 @@ def export_classifier(kit, run_dir: Path, bundle_dir: Path) -> tuple[dict, list[
 def _export_onnx(kit, run_dir: Path, bundle_dir: Path):
     ultralytics = require("ultralytics", what="exporting a YOLO student", extra="distill")
     require("onnx", what="exporting to ONNX", extra="export")
-    best = run_dir / "student" / "weights" / "best.pt"
-    if not best.is_file():
-        raise UsageError(f"no trained student in {run_dir / 'student'}: run `dkit train` first")
+    best = RunDir(run_dir).trained_weights()
     s, e = kit.student, kit.export
     model = ultralytics.YOLO(str(best))
     quiet = logging.getLogger("ultralytics")
@@ -188,24 +199,19 @@ def _probs(out) -> np.ndarray:
 
 def kit_images(run_dir: Path, *, split: str | None, limit: int) -> list[np.ndarray]:
     """Up to `limit` of the kit's own labelled images as (H, W, 3) RGB: one split, or all (held-out first)."""
-    import json
-
     import cv2
 
-    jsonl = run_dir / "labels" / "labels.jsonl"
-    if not jsonl.is_file():
-        raise UsageError(f"no labels in {run_dir / 'labels'}: run `dkit label` first")
-    records = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
-    records = sorted((r for r in records if r["split"] and split in (None, r["split"])),
-                     key=lambda r: (r["split"] != "val", r["image"]))
+    run = RunDir(run_dir)
+    records = sorted((r for r in run.records() if r.split and split in (None, r.split)),
+                     key=lambda r: (r.split != "val", r.image))
     images = []
     for rec in records:
-        path = run_dir / "labels" / rec["dataset_image"] if rec.get("dataset_image") else Path(rec["source"])
+        path = run.labels / rec.dataset_image if rec.dataset_image else Path(rec.source)
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)  # the data set's copy: normalised images are plain JPEGs
         if bgr is not None:
             images.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         if len(images) == limit:
             break
     if not images:
-        raise UsageError(f"no readable {split or ''} images in {run_dir / 'labels'} to check the export against")
+        raise UsageError(f"no readable {split or ''} images in {run.labels} to check the export against")
     return images

@@ -68,11 +68,17 @@ from torch import nn
 
 from dkit.core.errors import DkitError, UsageError
 from dkit.core.files import atomic_write, duration
+from dkit.core.records import LabelRecord
+from dkit.core.run import RunDir
+from dkit.core.workers import decode_workers
 from dkit.distill.cache import TeacherCache
 from dkit.distill.evaluate import profile, profile_teacher, timed_median
 from dkit.distill.images import iter_images, load_image
 from dkit.distill.teachers import build_teacher
 from dkit.distill.teachers.base import resolve_device
+from dkit.edge.manifest import JudgeConfig
+from dkit.edge.moderation import agreement as verdict_agreement
+from dkit.edge.moderation import moderate
 from dkit.edge.preprocess import center_crop, normalize, resize, shortest_side
 from dkit.edge.preprocess import preprocess as edge_preprocess
 
@@ -185,49 +191,44 @@ def load_student(weights: Path) -> tuple[EmbedStudent, dict]:
 # ------------------------------------------------------------------------------------------ data
 
 
-def labelled_records(run_dir: Path) -> list[dict]:
+def labelled_records(run_dir: Path) -> list[LabelRecord]:
     """Labelled images with a split (train or val), in file order."""
-    path = run_dir / "labels" / "labels.jsonl"
-    if not path.is_file():
-        raise UsageError(f"no labels in {path.parent}: run dkit label first")
-    with open(path, encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    return [r for r in records if r.get("skipped") is None and r.get("split") in ("train", "val")]
+    return RunDir(run_dir).usable_records()
 
 
-def teacher_embeddings(records: list[dict], teacher, run_dir: Path) -> np.ndarray:
+def teacher_embeddings(records: list[LabelRecord], teacher, run_dir: Path) -> np.ndarray:
     """(N, D) the teacher's normalised embeddings of the records' images, from the teacher cache."""
     out = []
-    with TeacherCache(run_dir / "cache" / "teacher.sqlite") as cache:
+    with TeacherCache(RunDir(run_dir).cache_db) as cache:
         for rec in records:
-            raw = cache.get(teacher.cache_key, rec["sha256"])
+            raw = cache.get(teacher.cache_key, rec.sha256)
             if raw is None or "embedding" not in raw:
-                raise UsageError(f"the teacher cache has no embedding of {rec['image']} for {teacher.id}: "
+                raise UsageError(f"the teacher cache has no embedding of {rec.image} for {teacher.id}: "
                                  "the labels were made by another teacher; run dkit label again")
             out.append(raw["embedding"].astype(np.float32))
     emb = np.stack(out) if out else np.zeros((0, teacher.text.shape[1]), np.float32)
     return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
 
-def decode_record(rec: dict) -> np.ndarray:
+def decode_record(rec: LabelRecord) -> np.ndarray:
     """(H, W, 3) uint8 RGB of a record's source image, as the teacher saw it."""
-    src = Path(rec["source"])
+    src = Path(rec.source)
     return _checked(load_image(src, src.parent), rec)
 
 
-def _checked(li, rec: dict) -> np.ndarray:
+def _checked(li, rec: LabelRecord) -> np.ndarray:
     if not li.ok:
-        raise DkitError(f"{rec['source']}: {li.skipped} (it was readable when labelled: run dkit label again)")
-    if li.sha256 != rec["sha256"]:
-        raise DkitError(f"{rec['source']} changed since it was labelled: run dkit label again")
+        raise DkitError(f"{rec.source}: {li.skipped} (it was readable when labelled: run dkit label again)")
+    if li.sha256 != rec.sha256:
+        raise DkitError(f"{rec.source} changed since it was labelled: run dkit label again")
     return li.rgb
 
 
-def iter_decoded(records: list[dict], workers: int) -> Iterator[np.ndarray]:
+def iter_decoded(records: list[LabelRecord], workers: int) -> Iterator[np.ndarray]:
     """The records' images in order, decoded in `workers` processes (in this one for a few images)."""
     if not records:
         return
-    paths = [Path(r["source"]) for r in records]
+    paths = [Path(r.source) for r in records]
     root = Path(os.path.commonpath([str(p.parent) for p in paths]))
     workers = 0 if len(records) < 64 else workers  # a process pool costs more than it saves on a few images
     for li, rec in zip(iter_images(paths, root, workers=workers), records, strict=True):
@@ -311,31 +312,31 @@ def prompt_embeddings(kit, teacher) -> np.ndarray:
     return np.concatenate([p for p in parts if len(p)], axis=0).astype(np.float32)
 
 
-def moderation_agreement(student: np.ndarray, teacher: np.ndarray, prompts: np.ndarray,
-                         flags: np.ndarray) -> float | None:
-    """Share of (image, prompt) pairs whose moderation verdict is the same for student and teacher.
+def moderation_agreement(student: np.ndarray, teacher: np.ndarray, prompts: np.ndarray, text: np.ndarray,
+                         unsafe: np.ndarray, cfg: JudgeConfig) -> float | None:
+    """Share of (image, prompt) pairs whose moderation verdict (dkit.edge.moderation, the device's rule with the
+    kit's margins: blocked, text or neither) is the same for student and teacher.
 
-    student, teacher: (N, D) normalised image embeddings; prompts: (P, D); flags: (F, D) text and unsafe
-    prompts. An image is flagged for a prompt when its best cosine to a flag prompt beats its cosine to the
-    prompt. None when there is nothing to compare (no images, prompts or flag prompts).
+    student, teacher: (N, D) normalised image embeddings; prompts: (P, D); text: (T, D) and unsafe: (U, D)
+    moderation prompts. None when there is nothing to compare (no images, prompts or moderation prompts).
     """
-    if not len(student) or not len(prompts) or not len(flags):
+    if not len(student) or not len(prompts) or not len(text) + len(unsafe):
         return None
 
-    def flagged(emb: np.ndarray) -> np.ndarray:  # (N, P) bool
-        return (emb @ flags.T).max(axis=1, keepdims=True) > emb @ prompts.T
+    def verdicts(emb: np.ndarray) -> np.ndarray:  # (N, P)
+        return moderate(emb @ prompts.T, (emb @ text.T)[:, None, :], (emb @ unsafe.T)[:, None, :], cfg)
 
-    return float(np.mean(flagged(student) == flagged(teacher)))
+    return verdict_agreement(verdicts(student), verdicts(teacher))
 
 
-def _moderation_sets(kit, teacher) -> tuple[np.ndarray, np.ndarray] | None:
+def _moderation_sets(kit, teacher) -> tuple[np.ndarray, np.ndarray, np.ndarray, JudgeConfig] | None:
     judge = kit.judge
     if judge is None:
         return None
     prompts = teacher.embed_prompts([[p] for p in judge.prompts]) if judge.prompts else teacher.text
-    flag_texts = list(dict.fromkeys(judge.text_prompts + judge.unsafe_prompts))
-    flags = teacher.embed_prompts([[p] for p in flag_texts])
-    return prompts, flags
+    text, unsafe = (teacher.embed_prompts([[p] for p in texts]) if texts else np.zeros((0, prompts.shape[1]))
+                    for texts in (judge.text_prompts, judge.unsafe_prompts))
+    return prompts, text, unsafe, JudgeConfig.from_dict(dataclasses.asdict(judge))
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -413,8 +414,8 @@ def train(kit, run_dir: Path, *, store, restart: bool = False, progress: bool = 
     weights = out / "weights"
     args = _train_args(kit)
     records = labelled_records(run_dir)
-    train_recs = [r for r in records if r["split"] == "train"]
-    val_recs = [r for r in records if r["split"] == "val"]
+    train_recs = [r for r in records if r.split == "train"]
+    val_recs = [r for r in records if r.split == "val"]
     if not train_recs or not val_recs:
         raise UsageError(f"{run_dir / 'labels'} has {len(train_recs)} training and {len(val_recs)} held-out "
                          "images: a student needs both (label at least two images)")
@@ -428,7 +429,7 @@ def train(kit, run_dir: Path, *, store, restart: bool = False, progress: bool = 
         "student": dataclasses.asdict(cfg) | {"train_args": args, "device": None},
         "teacher": teacher.cache_key,
         "prompts": _digest(prompts_np.round(5).tolist()),
-        "images": _digest([(r["sha256"], r["split"]) for r in records]),
+        "images": _digest([(r.sha256, r.split) for r in records]),
     }
 
     state = None
@@ -450,7 +451,7 @@ def train(kit, run_dir: Path, *, store, restart: bool = False, progress: bool = 
 
     device = resolve_device(cfg.device)
     train_t, val_t = teacher_embeddings(train_recs, teacher, run_dir), teacher_embeddings(val_recs, teacher, run_dir)
-    workers = args["workers"] or kit.data.workers or max(1, (os.cpu_count() or 2) - 1)
+    workers = decode_workers(args["workers"] or kit.data.workers)
     train_ds, val_ds, in_memory = _datasets(train_recs, val_recs, train_t, val_t, spec, seed, workers)
     loader_workers = 0 if in_memory else workers
     steps = len(_loader(train_ds, cfg.batch, workers=0))
@@ -606,9 +607,7 @@ def evaluate(kit, run_dir: Path, *, store, ground_truth: Path | None = None) -> 
     from scipy.stats import spearmanr
 
     run_dir = Path(run_dir)
-    best = run_dir / "student" / "weights" / "best.pt"
-    if not best.is_file():
-        raise UsageError(f"no trained student in {run_dir / 'student'}: run dkit train first")
+    best = RunDir(run_dir).trained_weights()
     if ground_truth is not None:
         raise UsageError("--ground-truth scores detection labels; a clip-embed student is measured against its teacher")
     teacher = build_teacher(kit, store)
@@ -616,7 +615,7 @@ def evaluate(kit, run_dir: Path, *, store, ground_truth: Path | None = None) -> 
     if ckpt.get("teacher_cache_key") != teacher.cache_key:
         raise UsageError(f"{best} was trained on {ckpt.get('teacher')}, the kit's teacher is {teacher.id}: "
                          "run dkit train again")
-    val_recs = [r for r in labelled_records(run_dir) if r["split"] == "val"]
+    val_recs = [r for r in labelled_records(run_dir) if r.split == "val"]
     if not val_recs:
         raise UsageError(f"no held-out images in {run_dir / 'labels'}: nothing to evaluate on")
     spec, seed = ckpt["preprocess"], int(ckpt.get("seed", 0))
@@ -626,7 +625,7 @@ def evaluate(kit, run_dir: Path, *, store, ground_truth: Path | None = None) -> 
     teacher_emb = teacher_embeddings(val_recs, teacher, run_dir)  # (N, D)
 
     student_emb, baseline_emb, timed = [], [], []  # timed: the first TIMING_IMAGES decoded images
-    workers = kit.data.workers or max(1, (os.cpu_count() or 2) - 1)
+    workers = decode_workers(kit.data.workers)
     batch = kit.student.batch
     chunk: list[np.ndarray] = []  # preprocessed inputs, (3, S, S) each
     for k, rgb in enumerate(iter_decoded(val_recs, workers)):

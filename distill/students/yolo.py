@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 import shutil
 import time
 from dataclasses import asdict, replace
@@ -24,7 +23,9 @@ import numpy as np
 
 from dkit.core.errors import NotInStoreError, UsageError, require
 from dkit.core.files import atomic_write, read_json, write_json
-from dkit.distill.evaluate import profile, profile_teacher, read_records, timed_median
+from dkit.core.run import RunDir
+from dkit.core.workers import decode_workers
+from dkit.distill.evaluate import profile, profile_teacher, timed_median
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def train(kit, run_dir: Path, *, store, restart: bool = False, progress: bool = 
                 "data": data, "imgsz": s.imgsz, "epochs": s.epochs, "batch": s.batch, "patience": s.patience,
                 "project": str(run_dir.resolve()), "name": "student", "exist_ok": True, "plots": False,
                 "seed": kit.data.seed, "deterministic": True, "verbose": progress,
-                "workers": kit.data.workers or max(1, (os.cpu_count() or 2) - 1),
+                "workers": decode_workers(kit.data.workers),
                 **({} if s.device == "auto" else {"device": s.device}),
                 **s.train_args,
             }
@@ -211,22 +212,21 @@ def _attach_log(path: Path, ultralytics) -> logging.Handler:
 def evaluate(kit, run_dir: Path, *, store, ground_truth: Path | None = None) -> dict:
     """Student vs teacher on the held-out split: the eval.json contract (see dkit.distill.evaluate)."""
     ultralytics = require("ultralytics", what=f"the {kit.student.kind} student", extra="distill")
-    best = run_dir / "student" / "weights" / "best.pt"
-    if not best.is_file():
-        raise UsageError(f"no trained student in {run_dir / 'student'}: run `dkit train` first")
-    records = [r for r in read_records(run_dir) if r["split"] == "val"]
+    run = RunDir(run_dir)
+    best = run.trained_weights()
+    records = [r for r in run.records() if r.split == "val"]
     if not records:
-        raise UsageError(f"no held-out images in {run_dir / 'labels'} (data.val)")
+        raise UsageError(f"no held-out images in {run.labels} (data.val)")
     from dkit.distill.teachers import build_teacher
 
     student = ultralytics.YOLO(str(best))
-    # The teacher as a model, not as a labeler: one forward pass at its size, no TTA, a low floor for mAP
-    # (what `yolo val` does), so its speed and accuracy compare like for like with the student's.
-    t_cfg = replace(kit.teacher, conf=0.001, augment=False, min_box=0.0)
+    # The teacher that labelled the images (its weights, size and test-time augmentation, as in its id), scored as
+    # a model: a low confidence floor and no box-size filter for mAP (what `yolo val` does), like the student.
+    t_cfg = replace(kit.teacher, conf=0.001, min_box=0.0)
     teacher = build_teacher(replace(kit, teacher=t_cfg), store)
     from dkit.distill.images import load_image
 
-    images = [load_image(Path(r["source"]), Path(r["source"]).parent) for r in records]
+    images = [load_image(Path(r.source), Path(r.source).parent) for r in records]
     rgbs = [li.rgb for li in images]
     s = kit.student
 
@@ -251,7 +251,7 @@ def evaluate(kit, run_dir: Path, *, store, ground_truth: Path | None = None) -> 
                     "ms_per_image": t_ms},
     }
     if s.kind == "yolo-detect":
-        _detection_metrics(result, kit, run_dir, records, s_out, t_out, teacher, ground_truth)
+        _detection_metrics(result, kit, run, records, s_out, t_out, teacher, ground_truth)
     else:
         _classification_metrics(result, kit, records, s_out, ground_truth)
     result["ratios"] = {"speed": round(t_ms / s_ms, 3) if s_ms else None}
@@ -260,7 +260,7 @@ def evaluate(kit, run_dir: Path, *, store, ground_truth: Path | None = None) -> 
     return result
 
 
-def _detection_metrics(result, kit, run_dir, records, s_out, t_out, teacher, ground_truth) -> None:
+def _detection_metrics(result, kit, run: RunDir, records, s_out, t_out, teacher, ground_truth) -> None:
     from dkit.distill.quality import detection_quality
 
     names = kit.ontology.names
@@ -268,14 +268,14 @@ def _detection_metrics(result, kit, run_dir, records, s_out, t_out, teacher, gro
     def as_record(rec, boxes, conf, cls, image_key):
         labels = [{"class_id": int(c), "confidence": float(p), "box": [float(v) for v in b]}
                   for b, p, c in zip(boxes, conf, cls, strict=True)]
-        return {"image": rec[image_key], "width": rec["width"], "height": rec["height"], "skipped": None,
+        return {"image": getattr(rec, image_key), "width": rec.width, "height": rec.height, "skipped": None,
                 "labels": labels}
 
     s_boxes = [(r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy(), r.boxes.cls.cpu().numpy()) for r in s_out]
     # against the teacher's labels as written (the data set's label files: the student's training target)
     vs_teacher = detection_quality([as_record(rec, *b, "dataset_image") for rec, b in zip(records, s_boxes,
                                                                                             strict=True)],
-                                   run_dir / "labels" / "labels" / "val", names)
+                                   run.labels / "labels" / "val", names)
     result["student"] |= {"map50_vs_teacher": vs_teacher["map50"], "map50_95_vs_teacher": vs_teacher["map50_95"]}
     result["student"] |= {"map50": None, "map50_95": None}
     result["teacher"] |= {"map50": None, "map50_95": None}
@@ -286,7 +286,7 @@ def _detection_metrics(result, kit, run_dir, records, s_out, t_out, teacher, gro
         result["student"] |= {"map50": q["map50"], "map50_95": q["map50_95"]}
         t_records = []
         for rec, raw in zip(records, t_out, strict=True):
-            d = teacher.decide(raw, (rec["height"], rec["width"]))
+            d = teacher.decide(raw, (rec.height, rec.width))
             t_records.append(as_record(rec, d.boxes, d.confidences, d.class_ids, "image"))
         tq = detection_quality(t_records, gt, names)
         result["teacher"] |= {"map50": tq["map50"], "map50_95": tq["map50_95"]}
@@ -296,13 +296,13 @@ def _classification_metrics(result, kit, records, s_out, ground_truth) -> None:
     names = kit.ontology.names
     predicted = [names[int(r.probs.top1)] if r.names[int(r.probs.top1)] in names else r.names[int(r.probs.top1)]
                  for r in s_out]
-    teacher = [r["labels"][0]["class"] for r in records]
+    teacher = [r.labels[0]["class"] for r in records]
     result["student"]["top1_agreement"] = float(np.mean([p == t for p, t in zip(predicted, teacher, strict=True)]))
     result["student"]["accuracy"] = None
     if ground_truth is not None:
         truth = _read_class_truth(Path(ground_truth))
-        pairs = [(p, truth[Path(r["image"]).name]) for p, r in zip(predicted, records, strict=True)
-                 if Path(r["image"]).name in truth]
+        pairs = [(p, truth[Path(r.image).name]) for p, r in zip(predicted, records, strict=True)
+                 if Path(r.image).name in truth]
         if not pairs:
             raise UsageError(f"--ground-truth {ground_truth}: none of the held-out images is listed")
         result["student"]["accuracy"] = float(np.mean([p == t for p, t in pairs]))

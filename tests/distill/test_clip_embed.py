@@ -8,6 +8,7 @@ the machinery proof. One labelled and trained run (module fixture) is copied by 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import shutil
@@ -25,6 +26,7 @@ from dkit.core.kit import load_kit  # noqa: E402
 from dkit.core.store import ModelStore  # noqa: E402
 from dkit.distill.label import label_images  # noqa: E402
 from dkit.distill.students import clip_embed, student_module  # noqa: E402
+from dkit.edge.manifest import JudgeConfig  # noqa: E402
 from tests.conftest import ASSETS  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -158,7 +160,7 @@ def test_evaluate_trained_student_beats_its_untrained_init(trained, store):
 
 def test_evaluate_without_a_trained_student_says_train_first(trained, store, tmp_path):
     kit, labelled, _, _ = trained
-    with pytest.raises(UsageError, match="no trained student in .*: run dkit train first"):
+    with pytest.raises(UsageError, match="no trained student in .*: run `dkit train` first"):
         clip_embed.evaluate(kit, labelled, store=store)
 
 
@@ -231,7 +233,7 @@ def test_early_stopping_ends_a_run_that_stopped_improving(trained, store, tmp_pa
 
 
 @pytest.mark.parametrize("overrides, match", [
-    ([], "no labels in .*: run dkit label first"),
+    ([], "no labels in .*: run `dkit label` first"),
     (["student.train_args={momentum: 0.9}"], "unknown key.*momentum.*the keys are: lr"),
     (["student.train_args={lr: fast}"], "train_args.lr: expected a number >= 0, got 'fast'"),
 ])
@@ -247,8 +249,8 @@ def test_train_refuses_with_a_usage_error(overrides, match, tmp_path, store, ass
 def test_a_set_over_the_memory_budget_is_decoded_per_epoch_into_the_same_inputs(trained, monkeypatch):
     kit, labelled, _, _ = trained
     records = clip_embed.labelled_records(labelled)
-    train_recs = [r for r in records if r["split"] == "train"][:5]
-    val_recs = [r for r in records if r["split"] == "val"][:4]
+    train_recs = [r for r in records if r.split == "train"][:5]
+    val_recs = [r for r in records if r.split == "val"][:4]
     spec = clip_embed.preprocess_spec(kit)
     targets = np.zeros((9, 384), np.float32)
 
@@ -269,7 +271,7 @@ def test_a_set_over_the_memory_budget_is_decoded_per_epoch_into_the_same_inputs(
     held_out = clip_embed.preprocess(clip_embed.decode_record(val_recs[0]), spec)
     assert np.array_equal(kept_val[0][0].numpy(), held_out)  # validation sees exactly preprocess()
 
-    changed = {**val_recs[0], "sha256": "0" * 64}
+    changed = dataclasses.replace(val_recs[0], sha256="0" * 64)
     with pytest.raises(DkitError, match="changed since it was labelled: run dkit label again"):
         clip_embed.decode_record(changed)
 
@@ -333,21 +335,26 @@ def unit(*weights: float) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-@pytest.mark.parametrize("case, student, teacher, expected", [
-    ("same embeddings", [unit(1, 0, 0.2, 0)], [unit(1, 0, 0.2, 0)], 1.0),
+@pytest.mark.parametrize("case, student, teacher, expected, text_margin", [
+    ("same embeddings", [unit(1, 0, 0.2, 0)], [unit(1, 0, 0.2, 0)], 1.0, 0.0),
     # teacher: e0 beats the flag (ok), e1 loses to it (flag); student: flag beats both prompts (flag, flag)
-    ("half the verdicts differ", [unit(0.2, 0, 1, 0)], [unit(1, 0, 0.5, 0)], 0.5),
-    ("every verdict differs", [unit(0, 0, 1, 0)], [unit(1, 1, 0, 0)], 0.0),
+    ("half the verdicts differ", [unit(0.2, 0, 1, 0)], [unit(1, 0, 0.5, 0)], 0.5, 0.0),
+    ("every verdict differs", [unit(0, 0, 1, 0)], [unit(1, 1, 0, 0)], 0.0, 0.0),
     # two images: the first agrees on both prompts, the second on one of two -> 3 of 4 pairs
-    ("two images", [unit(1, 1, 0, 0), unit(0.1, 0, 1, 0)], [unit(1, 1, 0, 0), unit(1, 0, 0.5, 0)], 0.75),
+    ("two images", [unit(1, 1, 0, 0), unit(0.1, 0, 1, 0)], [unit(1, 1, 0, 0), unit(1, 0, 0.5, 0)], 0.75, 0.0),
+    # the device's margins apply: with text_margin 0.6 the teacher's e1 verdict turns ok, the student's stays text
+    ("a text margin, as on the device", [unit(0.2, 0, 1, 0)], [unit(1, 0, 0.5, 0)], 0.0, 0.6),
+    # e3 is the unsafe prompt: blocked differs from text, though both are "flagged"
+    ("blocked is not text", [unit(0, 0, 0, 1)], [unit(0, 0, 1, 0)], 0.0, 0.0),
 ])
-def test_moderation_agreement(case, student, teacher, expected):
-    prompts, flags = E[[0, 1]], E[[2, 3]]
-    got = clip_embed.moderation_agreement(np.stack(student), np.stack(teacher), prompts, flags)
+def test_moderation_agreement(case, student, teacher, expected, text_margin):
+    prompts, text, unsafe = E[[0, 1]], E[[2]], E[[3]]
+    got = clip_embed.moderation_agreement(np.stack(student), np.stack(teacher), prompts, text, unsafe,
+                                          JudgeConfig(text_margin=text_margin))
     assert got == pytest.approx(expected), case
 
 
 def test_moderation_agreement_needs_something_to_compare():
-    emb = E[[0]]
-    assert clip_embed.moderation_agreement(emb, emb, E[[0]], E[:0]) is None  # no text or unsafe prompts
-    assert clip_embed.moderation_agreement(emb[:0], emb[:0], E[[0]], E[[2]]) is None  # no images
+    emb, cfg = E[[0]], JudgeConfig()
+    assert clip_embed.moderation_agreement(emb, emb, E[[0]], E[:0], E[:0], cfg) is None  # no moderation prompts
+    assert clip_embed.moderation_agreement(emb[:0], emb[:0], E[[0]], E[[2]], E[:0], cfg) is None  # no images

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,23 +19,39 @@ from dkit.distill import evaluate as ev  # noqa: E402
 from dkit.distill.label import label_images  # noqa: E402
 from dkit.distill.students import student_module  # noqa: E402
 from dkit.distill.students import yolo as ys  # noqa: E402
-from tests.conftest import RECIPES, link_images, run_dkit, yolo_store  # noqa: E402
+from tests.conftest import ASSETS, RECIPES, link_images, run_dkit, yolo_store  # noqa: E402
 
 TINY = ["data.val=4", "teacher.augment=false", "student.imgsz=64", "student.batch=8"]
 
 
+@pytest.fixture(scope="module")
+def labelled_once(tmp_path_factory):
+    """16 real COCO-128 images labelled by the real YOLOv8n, once for the module. Never handed to a test as is:
+    tests get a copy (`labelled`), so none sees what another trained or wrote."""
+    if not (ASSETS / "README.md").is_file():
+        pytest.skip(f"real test assets not found at {ASSETS} (they live beside the project, never in it)")
+    tmp = tmp_path_factory.mktemp("labelled")
+    data = link_images(ASSETS / "data/coco128/images/train2017", "*.jpg", 16, tmp / "coco16")
+    run = tmp / "run"
+    kit = load_kit(RECIPES / "coco128" / "kit.yaml", data=data, overrides=TINY)
+    label_images(kit, run, store=yolo_store(ASSETS, tmp / "store"), progress=False, report=False)
+    assert not (run / "student").exists()
+    return SimpleNamespace(run=run, data=data)
+
+
 @pytest.fixture
-def labelled(assets, tmp_path):
-    """16 real COCO-128 images labelled by the real YOLOv8n; a model store holding yolov8n.pt."""
-    data = link_images(assets / "data/coco128/images/train2017", "*.jpg", 16, tmp_path / "coco16")
-    store = yolo_store(assets, tmp_path / "store")
+def labelled(labelled_once, tmp_path):
+    """This test's own copy of the labelled run (paths in it are relative; images stay links to the real ones) and
+    its own model store holding yolov8n.pt."""
     run = tmp_path / "run"
+    shutil.copytree(labelled_once.run, run, symlinks=True)
+    data = labelled_once.data
 
     def kit(*extra):
         return load_kit(RECIPES / "coco128" / "kit.yaml", data=data, overrides=[*TINY, *extra])
 
-    label_images(kit(), run, store=store, progress=False, report=False)
-    return SimpleNamespace(kit=kit, store=store, run=run, data=data, gt=assets / "data/coco128/labels/train2017")
+    return SimpleNamespace(kit=kit, store=yolo_store(ASSETS, tmp_path / "store"), run=run, data=data,
+                           gt=ASSETS / "data/coco128/labels/train2017")
 
 
 def test_detector_trains_from_pretrained_weights_and_evaluates(labelled):

@@ -35,7 +35,8 @@ def detect_bundle(yolo_onnx, tmp_path_factory) -> Path:
     import onnxruntime as ort
     from ultralytics import YOLO
 
-    from dkit.edge.bundle import open_bundle, write_manifest
+    from dkit.edge.bundle import open_bundle
+    from dkit.export.manifest import write_manifest
 
     root = tmp_path_factory.mktemp("bundle") / "bundle"
     root.mkdir()

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from dkit.edge.bundle import MANIFEST, SCHEMA_VERSION, BundleError, open_bundle, write_manifest
+from dkit.edge.bundle import MANIFEST, SCHEMA_VERSION, BundleError, open_bundle
 from dkit.edge.hashing import sha256_file
+from dkit.edge.manifest import Manifest, Preprocess
+from dkit.export.manifest import write_manifest
 
 BASE = {
     "name": "toy", "task": "detect",
@@ -20,6 +22,7 @@ BASE = {
     "models": {"student": {"file": "student.onnx", "precision": "fp32"}},
     "preprocess": {"resize": "letterbox", "size": [320, 320]},
     "classes": ["cat", "dog"],
+    "thresholds": {"conf": 0.25, "iou": 0.45, "max_det": 100},
 }
 
 
@@ -35,9 +38,10 @@ def bundle(tmp_path) -> Path:
 
 def test_a_good_bundle_opens(bundle):
     with open_bundle(bundle) as b:
-        assert b.manifest["schema_version"] == SCHEMA_VERSION
-        assert set(b.manifest["files"]) == {"student.onnx", "README.md"}
-        assert b.manifest["files"]["student.onnx"] == sha256_file(bundle / "student.onnx")
+        assert isinstance(b.manifest, Manifest) and b.manifest.schema_version == SCHEMA_VERSION
+        assert set(b.manifest.files) == {"student.onnx", "README.md"}
+        assert b.manifest.files["student.onnx"] == sha256_file(bundle / "student.onnx")
+        assert b.manifest.thresholds.max_det == 100 and b.manifest.preprocess == Preprocess("letterbox", (320, 320))
         assert b.path("student.onnx") == bundle / "student.onnx"
         with pytest.raises(BundleError, match="not a file of this bundle"):
             b.path("other.onnx")
@@ -80,9 +84,17 @@ TAMPERING = [
     ("newer schema", lambda r: _edit_manifest(r, lambda d: d.update(schema_version=2)), "schema_version 2 is not "
                                                                                        "supported"),
     ("no schema", lambda r: _edit_manifest(r, lambda d: d.pop("schema_version")), "schema_version None"),
-    ("missing key", lambda r: _edit_manifest(r, lambda d: d.pop("classes")), "missing required key 'classes'"),
-    ("wrong type", lambda r: _edit_manifest(r, lambda d: d.update(classes="cat")), "'classes' must be a JSON array"),
-    ("unknown task", lambda r: _edit_manifest(r, lambda d: d.update(task="segment")), "task 'segment' is not one of"),
+    ("missing key", lambda r: _edit_manifest(r, lambda d: d.pop("classes")), "classes: missing required key"),
+    ("wrong type", lambda r: _edit_manifest(r, lambda d: d.update(classes="cat")), "classes: expected a JSON array"),
+    ("unknown task", lambda r: _edit_manifest(r, lambda d: d.update(task="segment")), "task: 'segment' is not one of"),
+    ("detector without thresholds", lambda r: _edit_manifest(r, lambda d: d.pop("thresholds")),
+     "thresholds.conf: missing required key for a detect bundle"),
+    ("bad preprocess", lambda r: _edit_manifest(r, lambda d: d["preprocess"].update(resize="stretch")),
+     "preprocess.resize: expected one of letterbox, shortest"),
+    ("embed bundle without prompts", lambda r: _edit_manifest(r, lambda d: d.update(task="embed")),
+     "prompts: missing required key for an embed bundle"),
+    ("bool for a number", lambda r: _edit_manifest(r, lambda d: d["thresholds"].update(conf=True)),
+     "thresholds.conf: expected an integer or a number, got bool"),
     ("path out of the bundle", lambda r: _edit_manifest(r, lambda d: d["files"].update({"../x": "0" * 64})),
      "'../x' leaves the bundle folder"),
     ("model not listed", lambda r: _edit_manifest(r, lambda d: d["models"]["student"].update(file="other.onnx")),

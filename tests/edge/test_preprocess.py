@@ -45,7 +45,7 @@ def test_preprocess_layout_and_scale():
     assert x[0, 0, 32, 32] == pytest.approx(1.0) and x[0, 1, 32, 32] == 0.0  # R channel first
     assert x[0, 0, 0, 0] == pytest.approx(114 / 255)  # padding rows above and below a wide image
     assert (box.scale, box.pad_left, box.pad_top) == (0.32, 0, 16)
-    with pytest.raises(ValueError, match="not supported"):
+    with pytest.raises(ValueError, match="preprocess.resize: expected one of letterbox, shortest, got 'squash'"):
         preprocess(rgb, {"resize": "squash", "size": [64, 64]})
 
 

@@ -6,6 +6,7 @@ serving), and a kill -9 in the middle of it all: the restarted server has every 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -234,6 +235,7 @@ def test_bad_input_is_refused_clearly_and_nothing_is_stored(server, case, send, 
 def test_moderation_paths(judge_run):
     """Blocked, penalised for writing, no match, ok: the judge's rules on embeddings placed where each applies."""
     from dkit.edge.judge import Judge
+    from dkit.edge.manifest import Calibration
     from dkit.edge.runtime import Runtime
 
     _, run, _, _ = judge_run
@@ -243,7 +245,7 @@ def test_moderation_paths(judge_run):
         e = np.eye(d, dtype=np.float32)
         judge.shipped = {"a cat": e[0]}
         judge.text_emb, judge.unsafe_emb = e[1:2], e[2:3]
-        judge.calibration = {"cosine": [0.0, 1.0], "score": [0.0, 100.0]}
+        judge.calibration = Calibration((0.0, 1.0), (0.0, 100.0))
 
         def mix(*weights: float) -> np.ndarray:  # a unit vector with these weights on e0, e1, ...
             v = sum(w * e[i] for i, w in enumerate(weights))
@@ -259,7 +261,7 @@ def test_moderation_paths(judge_run):
         ok = judge.judge(mix(0.9, 0.3, 0.2), "a cat")
         assert ok.verdict == "ok" and ok.score == pytest.approx(100 * 0.9 / np.linalg.norm([0.9, 0.3, 0.2]), abs=0.1)
         # margins and penalty come from the bundle, not the code
-        judge.cfg = judge.cfg | {"text_margin": 0.5}
+        judge.cfg = dataclasses.replace(judge.cfg, text_margin=0.5)
         assert judge.judge(mix(0.6, 0.8), "a cat").verdict == "ok"
 
 

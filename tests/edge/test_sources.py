@@ -1,20 +1,26 @@
 """Frame sources: live policy (latest frame, reconnects) on a scripted synthetic camera, file policy on real files.
 
 The synthetic camera is a real capture object (read()/release()/isOpened()) handed to open_source() through
-`capture_factory`; everything between it and the consumer is the production code.
+`capture_factory`; everything between it and the consumer is the production code. Nothing here asserts on how
+long something took: the live tests drive the stall watch with a clock that only moves when the script says
+(`clock=`), observe back-off through the `backoff_wait=` hook, and wait for conditions (with generous limits
+that only turn a hang into a failure) rather than for wall-clock time.
 """
 
 from __future__ import annotations
 
 import gc
+import inspect
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import tracemalloc
 import weakref
 from collections import Counter, deque
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -25,6 +31,7 @@ from dkit.edge.sources import MAX_STUCK_READERS, Frame, SourceError, open_source
 
 FRAME_HW = (24, 32)
 FAST = {"stall_timeout": 0.2, "backoff": (0.02, 0.08), "jitter": 0.0}  # short enough for tests
+PATIENCE = 30.0  # seconds: only ever reached when something hangs
 
 
 def make_bgr(counter: int, hw: tuple[int, int] = FRAME_HW) -> np.ndarray:
@@ -39,8 +46,47 @@ def counter_of(frame: Frame) -> int:
     return int.from_bytes(frame.rgb[0, :4, 0].tobytes(), "big")
 
 
+def wait_for(condition: Callable[[], object], what: str, timeout: float = PATIENCE) -> None:
+    """Poll until `condition()` is true; fail (instead of hanging) after a generous `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.0005)
+
+
+def wait_until_waiting_in_read(thread: threading.Thread) -> None:
+    """Return once `thread` waits inside Source.read() for a frame (in the hand-off buffer's Condition.wait), so
+    what the test does next happens to a reader that is already waiting."""
+
+    def waiting() -> bool:
+        frame = sys._current_frames().get(thread.ident)
+        stack = []
+        while frame is not None and len(stack) < 3:
+            stack.append((frame.f_code.co_name, Path(frame.f_code.co_filename).name))
+            frame = frame.f_back
+        return stack == [("wait", "threading.py"), ("get", "sources.py"), ("read", "sources.py")]
+
+    wait_for(waiting, f"{thread.name} to wait in read()")
+
+
+class FakeClock:
+    """The stall watch's clock (`clock=`): it stands still unless a scripted stall moves it, so a busy machine can
+    never make a frame look late and the stall watch fires exactly where the script stalls."""
+
+    def __init__(self) -> None:
+        self.now, self.lock = 1000.0, threading.Lock()
+
+    def __call__(self) -> float:
+        with self.lock:
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self.lock:
+            self.now += seconds
+
+
 class FakeCapture:
-    def __init__(self, camera: SyntheticCamera, opened: bool) -> None:
+    def __init__(self, camera: SyntheticCamera | GatedCamera, opened: bool) -> None:
         self.camera, self.opened, self.released = camera, opened, threading.Event()
 
     def isOpened(self) -> bool:  # noqa: N802 (cv2.VideoCapture's name)
@@ -59,6 +105,7 @@ class SyntheticCamera:
     Steps: ("frames", n) n good frames | ("stall", s) one read blocks s seconds (or until `unstick`) |
     ("fail", k) read returns (False, None), then k opens fail | ("raise", k) read raises, then k opens raise |
     ("corrupt", obj) read returns (True, obj). After the script: good frames forever, one per `period` s.
+    A stall moves `clock` (give the source the same clock) past any stall_timeout; nothing else moves it.
     """
 
     def __init__(self, steps: list[tuple[str, object]] = (), period: float = 0.0,
@@ -72,6 +119,7 @@ class SyntheticCamera:
         self.captures: list[FakeCapture] = []
         self.open_times: list[float] = []
         self.unstick = threading.Event()
+        self.clock = FakeClock()
 
     def __call__(self, spec: str) -> FakeCapture:
         with self.lock:
@@ -106,6 +154,7 @@ class SyntheticCamera:
                 time.sleep(self.period)
             return result
         if kind == "stall":
+            self.clock.advance(3600.0)  # longer than any stall_timeout: the stall watch must fire now
             self.unstick.wait(arg)
             with self.lock:
                 return self._good()
@@ -116,6 +165,44 @@ class SyntheticCamera:
         if kind == "raise":
             raise OSError("synthetic camera: read error")
         return False, None
+
+
+class GatedCamera:
+    """A camera that makes a frame only when the test lets one out, so which frame is the newest is known exactly.
+
+    let_out(n) lets n frames out and returns once the capture thread is back in read() asking for one more: by
+    then each of the n frames has been through the source's latest-frame slot and its counters.
+    """
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.allowed = self.counter = 0
+        self.asking = False  # the capture thread is in read() waiting for a frame not let out yet
+        self.captures: list[FakeCapture] = []
+        self.source = None  # set by the test: a waiting read() gives up once the source is closed
+
+    def __call__(self, spec: str) -> FakeCapture:
+        with self.cond:
+            self.captures.append(FakeCapture(self, True))
+            return self.captures[-1]
+
+    def next_read(self) -> tuple[bool, object]:
+        with self.cond:
+            while self.counter >= self.allowed:
+                if self.source is not None and self.source.closed:
+                    return False, None
+                self.asking = True
+                self.cond.notify_all()
+                self.cond.wait(0.01)
+            self.asking = False
+            self.counter += 1
+            return True, make_bgr(self.counter)
+
+    def let_out(self, n: int) -> None:
+        with self.cond:
+            self.allowed += n
+            self.cond.notify_all()
+            assert self.cond.wait_for(lambda: self.counter == self.allowed and self.asking, PATIENCE)
 
 
 def corrupt_frames() -> list[tuple[str, object]]:
@@ -149,13 +236,15 @@ FAULTS = [
 def test_live_source_recovers_from_faults(case, script, want_stats, want_events, want_opens):
     camera = SyntheticCamera(script, period=0.002)
     events: list[tuple[str, str]] = []
-    source = open_source("0", capture_factory=camera, on_event=lambda k, d: events.append((k, d)), **FAST)
+    source = open_source("0", capture_factory=camera, on_event=lambda k, d: events.append((k, d)),
+                         clock=camera.clock, **FAST)
     assert source.live and source.kind == "camera"
+    # every delivered frame has a newer counter than the last, so at most this many come before the script ends
+    scripted = sum(n for kind, n in script if kind == "frames") + sum(kind == "stall" for kind, _ in script)
     frames, after = [], 0
-    deadline = time.monotonic() + 10
     while after < 5:  # five frames from after the script: the pipeline came back on its own
-        frame = source.read(timeout=3)
-        assert frame is not None and time.monotonic() < deadline
+        frame = source.read(timeout=PATIENCE)
+        assert frame is not None and len(frames) < scripted + 5
         frames.append(frame)
         after += camera.exhausted_at is not None and counter_of(frame) > camera.exhausted_at
     camera.unstick.set()
@@ -174,143 +263,220 @@ def test_live_source_recovers_from_faults(case, script, want_stats, want_events,
     if want_stats["disconnects"]:
         assert stats.last_error
     for cap in camera.captures:  # every capture released, the one that was stuck in read() included
-        assert cap.released.wait(2), f"capture {camera.captures.index(cap)} of {len(camera.captures)} not released"
+        assert cap.released.wait(PATIENCE), f"capture {camera.captures.index(cap)} of {len(camera.captures)} kept"
 
 
 def test_backoff_grows_to_its_max_and_resets_after_recovery():
+    journal: list[object] = []  # "open" for every open, the delay asked for by every back-off wait, in order
+
+    def recording_wait(stop: threading.Event, seconds: float) -> bool:
+        journal.append(seconds)
+        return threading.Event.wait(stop, seconds)  # the default wait: the gaps between opens are real
+
     camera = SyntheticCamera([("frames", 3), ("fail", 4), ("frames", 3), ("fail", 0), ("frames", 3)], period=0.002)
-    source = open_source("0", capture_factory=camera, stall_timeout=2.0, backoff=(0.05, 0.12), jitter=0.0)
+    source = open_source("0", capture_factory=lambda spec: journal.append("open") or camera(spec), stall_timeout=2.0,
+                         backoff=(0.05, 0.12), jitter=0.0, clock=camera.clock, backoff_wait=recording_wait)
     while camera.exhausted_at is None or len(camera.open_times) < 7:
-        assert source.read(timeout=3) is not None
+        assert source.read(timeout=PATIENCE) is not None
     source.close()
-    gaps = np.diff(camera.open_times)  # open, [fail 4 times], ok, [fail once], ok
-    want = [0.05, 0.10, 0.12, 0.12, 0.12, 0.05]
-    assert len(gaps) == len(want)
-    assert all(w * 0.9 <= g < w + 0.5 for g, w in zip(gaps, want, strict=True)), gaps
+    want = [0.05, 0.10, 0.12, 0.12, 0.12, 0.05]  # open, [fail 4 times], ok, [fail once], ok
+    assert journal == ["open", *(x for w in want for x in (w, "open"))]  # exactly one wait before every reopen
+    gaps = np.diff(camera.open_times)
+    assert len(gaps) == len(want) and all(g >= w * 0.9 for g, w in zip(gaps, want, strict=True)), gaps  # waited out
     assert source.stats.reconnects == 2 and source.stats.disconnects == 2
 
 
-@pytest.mark.parametrize("consumer_delay", [0.01, 0.03])
-def test_slow_consumer_gets_the_newest_frame(consumer_delay):
-    camera = SyntheticCamera(period=0.001)  # ~1000 fps
-    with open_source("0", capture_factory=camera, **FAST) as source:
-        assert source.read(timeout=2) is not None
-        previous, latencies = -1, []
-        for _ in range(20):
-            time.sleep(consumer_delay)  # "inference"
-            frame = source.read(timeout=2)
-            latencies.append(time.time() - frame.timestamp)
-            made = camera.counter
-            assert counter_of(frame) >= previous + 1
-            assert counter_of(frame) >= made - 5, "an old frame was delivered while newer ones existed"
-            previous = counter_of(frame)
-    assert all(c.released.is_set() for c in camera.captures)  # close() waited for the release
+def test_close_ends_a_backoff_wait_at_once():
+    """A camera that is down is retried after `backoff`; close() does not sit that wait out (the default wait is
+    on the event close() sets)."""
+    assert inspect.signature(open_source).parameters["backoff_wait"].default is threading.Event.wait
+    waiting, returned = threading.Event(), []
+
+    def default_wait(stop: threading.Event, seconds: float) -> None:
+        waiting.set()
+        returned.append(threading.Event.wait(stop, seconds))
+
+    before = set(threading.enumerate())
+    camera = SyntheticCamera([("frames", 1), ("fail", 5)])
+    source = open_source("0", capture_factory=camera, backoff=(600.0, 600.0), clock=camera.clock,
+                         backoff_wait=default_wait)
+    assert source.read(timeout=PATIENCE) is not None
+    assert waiting.wait(PATIENCE) and returned == []  # the camera dropped: a 600 s wait before the reopen
+    source.close(timeout=PATIENCE)
+    assert returned == [True]  # close() ended the wait; the supervisor is gone, without waiting 600 s
+    assert [t for t in threading.enumerate() if t not in before and t.is_alive()] == []
+    assert len(camera.open_times) == 1 and camera.captures[0].released.is_set()
+
+
+@pytest.mark.parametrize("bursts", [[10] * 20, [1, 30, 2, 7, 1, 1, 50, 3]], ids=["steady", "uneven"])
+def test_slow_consumer_gets_the_newest_frame(bursts):
+    """While the consumer is busy ("inference") the camera makes `burst` frames; the consumer then gets the newest
+    of them and nothing older is queued behind it, so it is never behind, however slow it is (a FIFO would fall
+    further behind with every frame)."""
+    camera = GatedCamera()
+    source = open_source("0", capture_factory=camera, clock=FakeClock(), **FAST)
+    camera.source = source
+    try:
+        for i, burst in enumerate(bursts):
+            camera.let_out(burst)  # made while the consumer was busy
+            frame = source.read(timeout=PATIENCE)
+            assert (frame.id, counter_of(frame)) == (i, camera.counter), "an old frame was delivered"
+            with pytest.raises(TimeoutError):
+                source.read(timeout=0)  # no older frame waits behind it: zero frames of latency
+            stats = source.stats
+            assert stats.dropped_stale == sum(b - 1 for b in bursts[:i + 1])  # each unread frame replaced
+    finally:
+        source.close(timeout=PATIENCE)
+    assert camera.captures and all(c.released.is_set() for c in camera.captures)  # close() waited for the release
     stats = source.stats
-    assert stats.dropped_stale >= stats.delivered  # ~10-30 camera frames per consumer frame
-    assert 0 <= stats.read - stats.delivered - stats.dropped_stale - stats.corrupt <= 2  # the slot, one in flight
-    assert max(latencies) < 0.2, latencies  # a FIFO would have grown to 20 * consumer_delay
+    assert (stats.read, stats.delivered, stats.corrupt) == (sum(bursts), len(bursts), 0)
+    assert stats.dropped_stale == sum(bursts) - len(bursts) >= stats.delivered  # 1-50 camera frames per delivery
+    assert stats.read - stats.delivered - stats.dropped_stale - stats.corrupt == 0  # nothing held back
+    assert (stats.disconnects, stats.reconnects) == (0, 0)
 
 
-@pytest.mark.parametrize("live", [True, False])
-def test_memory_stays_bounded_over_a_long_run(live):
-    n, hw = 20_000, (60, 80)
-    frame_bytes = hw[0] * hw[1] * 3
+PREFETCH, WARMUP, CHECK_EVERY = 4, 50, 100
+
+
+def stream_frames(n: int, live: bool, hw: tuple[int, int]) -> int:
+    """Consume `n` frames of a source, dropping each at once as a consumer does; how far traced memory rose above
+    where it was after the first WARMUP frames. Checks the counters and that no frame outlives its consumer."""
     camera = SyntheticCamera([("frames", n), ("fail", 0)] if not live else [], hw=hw)
     refs: list[weakref.ref] = []
     tracemalloc.start()
     try:
-        source = open_source("0", live=live, capture_factory=camera, prefetch=4, **FAST)
-        baseline = None
-        counters = []
-        while (frame := source.read(timeout=5)) is not None:
-            counters.append(counter_of(frame))
+        source = open_source("0", live=live, capture_factory=camera, prefetch=PREFETCH, clock=camera.clock, **FAST)
+        baseline, delivered, last = 0, 0, 0
+        while (frame := source.read(timeout=PATIENCE)) is not None:
+            delivered += 1
+            counter = counter_of(frame)
+            assert counter == last + 1 if not live else counter > last  # files: every frame, in order
+            last = counter
             refs.append(weakref.ref(frame.rgb))
-            if len(counters) == 200:
+            if delivered == WARMUP:
                 baseline = tracemalloc.get_traced_memory()[0]
                 tracemalloc.reset_peak()
-            if len(counters) % 500 == 0:
+            if delivered % CHECK_EVERY == 0:  # a slow moment of the consumer
                 refs = [r for r in refs if r() is not None]
-                stats = source.stats
-                if not live:
-                    assert stats.read - stats.delivered <= 4 + 2  # the reader waits on the bounded queue
-                time.sleep(0.001)  # slow-ish consumer
-            if live and camera.counter > n + 10:  # (the camera counts a frame before the source does)
+                if live:  # the camera runs two frames ahead: the first is replaced in the slot, unread
+                    wait_for(lambda c=counter: camera.counter >= c + 3, "the camera to run ahead")
+                else:  # the reader fills the bounded queue (one more frame waiting to go in), then waits
+                    fill = min(PREFETCH + 1, n - delivered)
+                    wait_for(lambda f=fill: source.stats.read - source.stats.delivered >= f, "the reader to read ahead")
+                    stats = source.stats
+                    assert stats.read - stats.delivered == fill  # and reads no further
+            if live and delivered == n:
                 break
         del frame
         peak = tracemalloc.get_traced_memory()[1]
-        source.close()
+        source.close(timeout=PATIENCE)
     finally:
         tracemalloc.stop()
     gc.collect()
     stats = source.stats
-    assert stats.read >= n
+    assert stats.read >= n and stats.delivered == delivered == n
     if live:
-        assert stats.dropped_stale > 0 and stats.delivered < stats.read
+        assert stats.dropped_stale >= n // CHECK_EVERY and stats.delivered < stats.read
     else:
-        assert counters == list(range(1, n + 1)) and stats.dropped_stale == 0  # every frame, in order
+        assert last == n and stats.dropped_stale == 0 and stats.read == n  # every frame, in order
     assert sum(r() is not None for r in refs) == 0  # the source keeps no delivered frame alive
-    assert peak - baseline < 64 * frame_bytes, f"peak grew by {(peak - baseline) / frame_bytes:.0f} frames"
     assert threading.active_count() < 10
+    return peak - baseline
+
+
+@pytest.mark.parametrize("live", [True, False])
+def test_memory_stays_bounded_over_a_long_run(live):
+    """Memory does not grow with the frame count: 2,000 frames through the source peak no higher than 200 do."""
+    hw = (60, 80)
+    frame_bytes = hw[0] * hw[1] * 3
+    short, long = stream_frames(200, live, hw), stream_frames(2_000, live, hw)
+    for grew in (short, long):
+        assert grew < 64 * frame_bytes, f"peak grew by {grew / frame_bytes:.0f} frames"
+    # 10x the frames: a source that kept one frame in 200 of them would hold 9 frames more here
+    assert long - short < 8 * frame_bytes, f"{(long - short) / frame_bytes:.1f} frames more for 10x the frames"
 
 
 @pytest.mark.parametrize("live", [True, False])
 def test_close_from_another_thread_unblocks_a_waiting_reader(live):
     camera = SyntheticCamera([("frames", 1), ("stall", 30.0)])
-    source = open_source("0", live=live, capture_factory=camera, stall_timeout=30.0)
-    assert source.read(timeout=2) is not None
-    closer = threading.Timer(0.3, source.close)
+    source = open_source("0", live=live, capture_factory=camera, stall_timeout=30.0, clock=FakeClock())
+    assert source.read(timeout=PATIENCE) is not None
+    got: list[object] = []
+    reader = threading.Thread(target=lambda: got.append(source.read()), daemon=True)  # no frame is coming
+    reader.start()
+    wait_until_waiting_in_read(reader)
+    closer = threading.Thread(target=source.close, daemon=True)
     closer.start()
-    start = time.monotonic()
-    assert source.read() is None  # waits for a frame that never comes, until close()
-    assert time.monotonic() - start < 1.3
+    reader.join(PATIENCE)
+    assert not reader.is_alive() and got == [None]  # close() woke the waiting reader
     assert source.read() is None and list(source) == []
     camera.unstick.set()  # the driver's read() returns at last: the capture thread releases and exits
-    assert camera.captures[0].released.wait(2)
-    closer.join(3)
+    assert camera.captures[0].released.wait(PATIENCE)
+    closer.join(PATIENCE)
+    assert not closer.is_alive()
     source.close()  # idempotent
 
 
 def test_close_from_a_signal_handler_unblocks_the_main_thread():
     camera = SyntheticCamera([("frames", 1), ("stall", 30.0)])
-    source = open_source("0", capture_factory=camera, stall_timeout=30.0)
+    source = open_source("0", capture_factory=camera, stall_timeout=30.0, clock=FakeClock())
     previous = signal.signal(signal.SIGUSR1, lambda *_: source.close(timeout=0))  # as a CLI does for SIGINT
+    main = threading.current_thread()
+
+    def interrupt() -> None:
+        wait_until_waiting_in_read(main)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
     try:
-        assert source.read(timeout=2) is not None
-        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGUSR1)).start()
-        start = time.monotonic()
-        assert source.read() is None
-        assert time.monotonic() - start < 1.3
+        assert source.read(timeout=PATIENCE) is not None
+        sender = threading.Thread(target=interrupt, daemon=True)
+        sender.start()
+        assert source.read(timeout=2 * PATIENCE) is None  # the handler's close() woke it (a timeout would raise)
+        sender.join(PATIENCE)
+        assert not sender.is_alive()
     finally:
         signal.signal(signal.SIGUSR1, previous)
         camera.unstick.set()
-    assert camera.captures[0].released.wait(2)
+    assert camera.captures[0].released.wait(PATIENCE)
 
 
 def test_a_camera_stuck_in_read_is_abandoned_with_a_bounded_number_of_threads():
     camera = SyntheticCamera([("stall", 30.0)] * 50)
     events: list[str] = []
-    source = open_source("0", capture_factory=camera, stall_timeout=0.1, backoff=(0.01, 0.02),
+    source = open_source("0", capture_factory=camera, stall_timeout=0.1, backoff=(0.01, 0.02), clock=camera.clock,
                          on_event=lambda k, d: events.append(k))
+    capped = f"{MAX_STUCK_READERS} capture threads still blocked in read()"
+    wait_for(lambda: source.stats.last_error == capped, "the supervisor to stop starting capture threads")
     with pytest.raises(TimeoutError, match="no frame within"):
-        source.read(timeout=1.2)
+        source.read(timeout=0)
     alive = [t for t in threading.enumerate() if t.name == "dkit-source-camera"]
     assert len(alive) <= MAX_STUCK_READERS + 1  # abandoned readers + the supervisor
-    assert events.count("stalled") >= MAX_STUCK_READERS and events.count("disconnected") == 1
+    assert len(camera.captures) == MAX_STUCK_READERS  # no capture opened beyond the cap
+    assert Counter(events) == {"stalled": MAX_STUCK_READERS, "disconnected": 1}
     camera.unstick.set()
     source.close()
-    assert all(c.released.wait(2) for c in camera.captures)
+    assert all(c.released.wait(PATIENCE) for c in camera.captures)
 
 
-def test_unreachable_stream_with_the_real_opencv_capture_keeps_retrying(caplog):
+def test_unreachable_stream_with_the_real_opencv_capture_keeps_retrying():
     events: list[str] = []
-    source = open_source("rtsp://127.0.0.1:9/none", stall_timeout=1.0, backoff=(0.05, 0.2),
+    delays: list[float] = []
+
+    def recording_wait(stop: threading.Event, seconds: float) -> bool:
+        delays.append(seconds)
+        return threading.Event.wait(stop, seconds)
+
+    before = set(threading.enumerate())
+    source = open_source("rtsp://127.0.0.1:9/none", stall_timeout=1.0, backoff=(0.05, 0.2), backoff_wait=recording_wait,
                          on_event=lambda k, d: events.append(k))  # nothing listens on port 9: refused at once
+    wait_for(lambda: len(delays) >= 5, "five failed opens")
     with pytest.raises(TimeoutError):
-        source.read(timeout=1.0)
-    start = time.monotonic()
-    source.close()
-    assert time.monotonic() - start < 1.0
+        source.read(timeout=0)
+    source.close(timeout=PATIENCE)
+    assert [t for t in threading.enumerate() if t not in before and t.is_alive()] == []  # none left in OpenCV
     assert events == ["disconnected"] and source.stats.last_error.startswith("open failed")
+    want = [0.05, 0.1, 0.2, 0.2] + [0.2] * (len(delays) - 4)
+    assert all(w <= d <= w * 1.1 for d, w in zip(delays, want, strict=True)), delays  # default jitter: up to 10 %
 
 
 # ---- real files --------------------------------------------------------------------------------------------------

@@ -52,13 +52,13 @@ def test_export_writes_a_verified_bundle_with_parity(trained):
     assert parity["images"] == 16 and parity["max_abs_diff"] <= kit().export.parity_atol
     assert parity["agreement"] >= kit().export.accuracy_guard
     with open_bundle(run / "bundle") as bundle:
-        m = bundle.manifest
+        m = bundle.manifest.to_dict()  # the JSON document the device reads
         assert (m["task"], m["classes"][:2], m["teacher"]["random"]) == ("detect", ["person", "bicycle"], False)
         assert m["models"]["student"]["parity"] == parity and m["models"]["student"]["opset"] == 17
         assert m["preprocess"]["size"] == [64, 64] and set(m["files"]) == {"student.onnx", "README.md"}
         assert "trtexec --onnx=student.onnx" in bundle.path("README.md").read_text()
     with open_bundle(run / "bundle.tar.gz") as packed:
-        assert packed.manifest["files"] == m["files"]
+        assert packed.manifest.files == m["files"]
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []  # no temporary folders left
     assert oct((run / "bundle").stat().st_mode & 0o777) == "0o755"
     assert not (run / "student" / "weights" / "best.onnx").exists()
@@ -79,7 +79,7 @@ import cv2, numpy as np, onnxruntime as ort
 from dkit.edge.bundle import open_bundle
 from dkit.edge.preprocess import preprocess
 with open_bundle(sys.argv[1]) as b:
-    m = b.manifest
+    m = b.manifest.to_dict()  # the JSON document the device reads
     rgb = cv2.cvtColor(cv2.imread(sys.argv[2]), cv2.COLOR_BGR2RGB)
     x, box = preprocess(rgb, m["preprocess"])
     s = ort.InferenceSession(str(b.path(m["models"]["student"]["file"])), providers=["CPUExecutionProvider"])
@@ -112,7 +112,7 @@ def test_fp16_and_int8_variants_carry_their_agreement_or_are_refused(trained, gu
     result = export_bundle(kit("export.precisions=[fp32, fp16, int8]", f"export.accuracy_guard={guard}",
                                "export.calibration_images=8"), run)
     with open_bundle(run / "bundle") as bundle:
-        m = bundle.manifest
+        m = bundle.manifest.to_dict()  # the JSON document the device reads
         assert {k.removeprefix("student_") for k in m["models"] if k != "student"} == shipped
         for precision in shipped:
             v = m["models"][f"student_{precision}"]

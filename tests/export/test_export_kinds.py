@@ -64,7 +64,7 @@ def test_judge_bundle_parity_and_contents(judge):
     assert text["token_agreement"] == 1.0 and text["first_mismatch"] is None
     assert text["max_abs_diff"] <= 1e-4 and text["min_cosine"] >= 0.9999
     with open_bundle(run / "bundle") as bundle:
-        m = bundle.manifest
+        m = bundle.manifest.to_dict()  # the JSON document the device reads
         assert m["task"] == "embed" and m["teacher"]["random"] and m["classes"] == ["animal", "food", "vehicle"]
         assert set(m["files"]) == {"student.onnx", "student-int8.onnx", "text.onnx", "bpe_simple_vocab_16e6.txt.gz",
                                    "prompts.npy", "README.md"}
@@ -96,7 +96,7 @@ from dkit.edge.bundle import open_bundle
 from dkit.edge.preprocess import preprocess
 from dkit.edge.tokenizer import Tokenizer
 with open_bundle({str(run / "bundle")!r}) as b:
-    m = b.manifest
+    m = b.manifest.to_dict()  # the JSON document the device reads
     tok = Tokenizer.from_file(b.path(m["tokenizer"]["file"]), m["tokenizer"]["context_length"])
     text = ort.InferenceSession(str(b.path(m["models"]["text"]["file"])), providers=["CPUExecutionProvider"])
     table = np.load(b.path(m["prompts"]["file"]), allow_pickle=False)
@@ -133,7 +133,7 @@ def test_classifier_bundle_parity_and_edge_run(classifier):
     assert parity["images"] == 16 and parity["input_max_abs_diff"] == 0.0  # edge input == torchvision's, bit for bit
     assert parity["max_abs_diff"] <= kit.export.parity_atol and parity["agreement"] == 1.0
     with open_bundle(run / "bundle.tar.gz") as bundle:
-        m = bundle.manifest
+        m = bundle.manifest.to_dict()  # the JSON document the device reads
         assert m["task"] == "classify" and m["preprocess"]["interpolation"] == "pil-bilinear"
         assert m["preprocess"]["size"] == 64 and m["thresholds"]["top_k"] == len(m["classes"])
         assert set(m["classes"]) <= {"animal", "thing"} and len(m["classes"]) >= 1
@@ -147,7 +147,7 @@ from dkit.edge.preprocess import preprocess
 with open_bundle({str(run / "bundle")!r}) as b:
     s = ort.InferenceSession(str(b.path("student.onnx")), providers=["CPUExecutionProvider"])
     rgb = cv2.cvtColor(cv2.imread({str(image)!r}), cv2.COLOR_BGR2RGB)
-    p = s.run(None, {{s.get_inputs()[0].name: preprocess(rgb, b.manifest["preprocess"])[0]}})[0]
+    p = s.run(None, {{s.get_inputs()[0].name: preprocess(rgb, b.manifest.preprocess)[0]}})[0]
     print(json.dumps({{"shape": list(p.shape), "sum": float(p.sum())}}))
 """
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

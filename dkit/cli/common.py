@@ -1,0 +1,136 @@
+"""Pieces every `dkit` command module shares: the epilog, the parent parsers, the command table, kit loading.
+
+A command module describes its subcommands as `Command` rows (name, help, description, handler, whether it
+takes the kit arguments, its own arguments) and registers them with `register_commands`. Nothing here
+imports a stage module: those are imported inside the handlers, so a base (edge-only) install can run
+`dkit run` and `dkit serve`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dkit.core.errors import DkitError
+
+log = logging.getLogger("dkit")
+
+EPILOG = """\
+exit codes: 0 done, 1 a run failed, 2 bad kit YAML or arguments, 3 a model or data file is missing
+(offline), 4 an optional extra is not installed, 130 interrupted.
+environment: DKIT_HOME (model store, default ~/.cache/dkit), DKIT_OFFLINE=1 (never download).
+"""
+
+Handler = Callable[[argparse.Namespace], int]
+Arg = tuple[tuple[str, ...], dict[str, Any]]
+
+
+def arg(*flags: str, **kwargs: Any) -> Arg:
+    """One `add_argument(*flags, **kwargs)` call, as data."""
+    return flags, kwargs
+
+
+@dataclass(frozen=True)
+class FromEnv:
+    """An argument default read from the environment when the parser is built (not when a module is imported)."""
+
+    var: str
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, help line, description, handler, kit arguments or not, and its own arguments."""
+
+    name: str
+    help: str
+    description: str
+    handler: Handler | None
+    kit: bool = False
+    arguments: tuple[Arg, ...] = ()
+
+
+@dataclass(frozen=True)
+class Parents:
+    """The shared parent parsers: verbosity (-v/-q) for every command, the kit arguments for kit commands."""
+
+    verbosity: argparse.ArgumentParser
+    kit: argparse.ArgumentParser
+
+    def of(self, command: Command) -> list[argparse.ArgumentParser]:
+        return [self.verbosity, self.kit] if command.kit else [self.verbosity]
+
+
+def kit_arguments() -> argparse.ArgumentParser:
+    """The parent parser of the commands that work on a kit: KIT, --data, --out, --set."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("kit", metavar="KIT", help="kit YAML file, e.g. datasets/coco128/kit.yaml")
+    p.add_argument("--data", metavar="DIR", help="folder of images (overrides data.images in the kit)")
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<kit name>/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a kit value, validated like the file; repeatable "
+                        "(e.g. --set teacher.imgsz=1280 --set export.precisions=[fp32,int8])")
+    return p
+
+
+def add_command(sub: argparse._SubParsersAction, command: Command, parents: Parents,
+                **parser_kwargs: Any) -> argparse.ArgumentParser:
+    """Add `command` to the subparsers `sub`; `parser_kwargs` go to `add_parser` (epilog, formatter_class)."""
+    p = sub.add_parser(command.name, help=command.help, description=command.description,
+                       parents=parents.of(command), **parser_kwargs)
+    for flags, kwargs in command.arguments:
+        p.add_argument(*flags, **{k: os.environ.get(v.var) if isinstance(v, FromEnv) else v
+                                  for k, v in kwargs.items()})
+    if command.handler is not None:
+        p.set_defaults(handler=command.handler)
+    return p
+
+
+def register_commands(sub: argparse._SubParsersAction, parents: Parents,
+                      commands: Iterable[Command]) -> list[argparse.ArgumentParser]:
+    """Add top-level commands (with the shared epilog, descriptions printed as written), in order."""
+    return [add_command(sub, c, parents, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+            for c in commands]
+
+
+def load(args: argparse.Namespace):
+    """The kit named on the command line, validated, with its overrides applied."""
+    from dkit.core.kit import load_kit
+
+    kit = load_kit(args.kit, data=args.data, overrides=args.overrides)
+    if kit.teacher.is_random:
+        log.warning(
+            "teacher.pretrained is 'random': the teacher is UNTRAINED. Labels, evaluation and bundles "
+            "made from this kit are meaningless and are marked as such. Use it for tests only."
+        )
+    return kit
+
+
+@contextlib.contextmanager
+def edge_errors() -> Iterator[None]:
+    """Re-raise the edge's own exceptions as the CLI's errors, hence its exit codes (the edge has no
+    dkit.core.errors dependency of its own)."""
+    from dkit.core.errors import UsageError
+    from dkit.edge.bundle import BundleError
+    from dkit.edge.runtime import RuntimeConfigError
+    from dkit.edge.sources import SourceError
+
+    errors = {BundleError: DkitError, RuntimeConfigError: UsageError, SourceError: UsageError}
+    try:
+        yield
+    except tuple(errors) as e:
+        raise next(v for k, v in errors.items() if isinstance(e, k))(str(e)) from e
+
+
+def _plain(value: Any) -> Any:
+    """Dataclass dict -> YAML-safe values (paths as strings)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value

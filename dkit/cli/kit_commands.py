@@ -1,0 +1,75 @@
+"""`dkit check` and `dkit fetch`: commands about the kit itself (is it valid, are its files in the model store)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from dkit.cli.common import Command, Parents, _plain, load, register_commands
+from dkit.core.errors import NotInStoreError
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import yaml
+
+    kit = load(args)
+    doc = _plain(dataclasses.asdict(kit))
+    sys.stdout.write(f"# {args.kit}: valid. Runs go to {kit.run_dir(args.out)}\n")
+    sys.stdout.write(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=110, default_flow_style=None))
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from dkit.core.store import ModelStore
+    from dkit.distill.students import student_plugin
+
+    kit = load(args)
+    store = ModelStore()
+    sys.stdout.write(f"model store: {store.root}{' (offline)' if store.offline else ''}\n")
+    missing = 0
+
+    def item(role: str, resolve, optional: str = "") -> None:
+        nonlocal missing
+        try:
+            found = resolve()
+        except NotInStoreError as e:
+            missing += not optional
+            sys.stdout.write(f"  {role:8s} MISSING  {e}{optional}\n")
+        else:
+            sys.stdout.write(f"  {role:8s} ok       {found}\n")
+
+    t = kit.teacher
+    if t.kind == "yolo":
+        item("teacher", lambda: store.yolo_weights(t.model) if not t.is_random else "untrained (random)")
+    else:
+        item("teacher", lambda: store.clip_checkpoint(t.model, t.pretrained) or "untrained (random)")
+    s = kit.student
+    if student_plugin(s.kind).weights_in_store:
+        item("student", lambda: store.yolo_weights(s.model), optional=" (optional: training starts from scratch)")
+    if kit.data.images is not None:
+        item("images", lambda: kit.data.images)
+    elif kit.data.url is not None:
+        item("images", lambda: store.dataset(kit.data.url, sha256=kit.data.sha256, subdir=kit.data.subdir))
+    else:
+        sys.stdout.write("  images   none set (pass --data DIR to label)\n")
+    if missing:
+        sys.stderr.write(f"dkit: error: {missing} file(s) missing from the model store (see above)\n")
+        return NotInStoreError.exit_code
+    return 0
+
+
+COMMANDS = (
+    Command("check", "validate a kit YAML and print it resolved",
+            "Validate a kit YAML (with any --data/--set overrides) and print the resolved kit as YAML, "
+            "with absolute paths and every default filled in.", cmd_check, kit=True),
+    Command("fetch", "put the kit's weights and images into the model store",
+            "Resolve every file the kit needs (teacher weights, student starting weights, images) in the "
+            "model store ($DKIT_HOME), downloading what is missing. Run it on a machine with a network, "
+            "then copy $DKIT_HOME to an offline one.", cmd_fetch, kit=True),
+)
+
+
+def register(sub: argparse._SubParsersAction, parents: Parents) -> None:
+    """Add `check` and `fetch` to the `dkit` subcommands."""
+    register_commands(sub, parents, COMMANDS)

@@ -1,0 +1,125 @@
+"""`dkit label`, `train`, `eval` and `export`: the training-side stages of the pipeline, run on a kit.
+
+Each handler imports its stage (dkit.distill, dkit.export) only when it runs: those need the `distill`
+extra, and a base install without it gets a one-line error (exit 4) instead of a crash at start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dkit.cli.common import Command, Parents, arg, load, register_commands
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from dkit.distill.label import label_images
+
+    kit = load(args)
+    result = label_images(kit, kit.run_dir(args.out), ground_truth=args.ground_truth, progress=args.quiet == 0)
+    c = result.counts
+    labelled = sum(1 for r in result.records if r["labels"])
+    abstained = sum(1 for r in result.records if r["abstained"])
+    boxes = sum(len(r["labels"]) for r in result.records)
+    sys.stdout.write(
+        f"labels: {result.labels_dir}\n"
+        f"  {c['files']} files: {labelled} labelled ({boxes} labels), {abstained} abstained, {c['skipped']} skipped; "
+        f"teacher ran on {c['inferred']}, {c['cached']} from cache; {c['files'] / result.seconds:.1f} images/s\n"
+        f"  report: {result.labels_dir / 'report.html'}\n"
+    )
+    if result.quality is not None:
+        q = result.quality
+        sys.stdout.write(f"  vs ground truth: mAP50 {q['map50']:.3f}  mAP50-95 {q['map50_95']:.3f}  "
+                         f"P {q['precision']:.3f}  R {q['recall']:.3f}  F1 {q['f1']:.3f}\n")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dkit.core.store import ModelStore
+    from dkit.distill.students import student_plugin
+
+    kit = load(args)
+    summary = student_plugin(kit).train(kit, kit.run_dir(args.out), store=ModelStore(), restart=args.restart,
+                                        progress=args.quiet == 0)
+    how = ("already trained" if summary["already_trained"]
+           else "resumed and trained" if summary["resumed"] else "trained")
+    sys.stdout.write(f"student: {summary['weights']}\n  {how}: {summary['epochs']} epochs, started from "
+                     f"{summary['started_from']}, {summary['seconds']:.0f} s\n")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from dkit.core.store import ModelStore
+    from dkit.distill.evaluate import write_eval
+    from dkit.distill.students import student_plugin
+
+    kit = load(args)
+    run_dir = kit.run_dir(args.out)
+    result = student_plugin(kit).evaluate(kit, run_dir, store=ModelStore(), ground_truth=args.ground_truth)
+    json_path, md_path = write_eval(run_dir, result)
+    sys.stdout.write(md_path.read_text() + f"\nwritten: {json_path}, {md_path}\n")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from dkit.core.store import ModelStore
+    from dkit.export.bundle import export_bundle
+
+    kit = load(args)
+    result = export_bundle(kit, kit.run_dir(args.out), store=ModelStore())
+    lines = [f"bundle: {result['bundle']}"] + ([f"archive: {result['archive']}"] if result["archive"] else [])
+    what = {"detect": "boxes agreeing after NMS", "classify": "top-1 agreeing with Ultralytics' predict",
+            "embed": "mean cosine"}[result["task"]]
+    for role, p in result["parity"].items():
+        lines.append(f"  {role} ONNX parity on {p.get('images', p.get('prompts'))} "
+                     f"{'images' if 'images' in p else 'prompts'}: max abs diff {p['max_abs_diff']:.2e}, "
+                     f"{'mean cosine' if role == 'text' else what} {p['agreement']:.4f}")
+    for precision, v in result["variants"].items():
+        a = v["vs_fp32"]
+        verdict = "REFUSED" if "refused" in v else "shipped"
+        lines.append(f"  {precision}: {a['metric']} vs fp32 {a['agreement']:.3f}, {a['ms_per_image']:.1f} ms/image vs "
+                     f"{a['ms_per_image_fp32']:.1f} fp32: {verdict}")
+    if result["calibration"]:
+        c = result["calibration"]
+        lines.append(f"  score calibration from {c['images']} images: student vs teacher scores differ by "
+                     f"{c['agreement']['mean_abs_score_diff']:.1f} points on average (Spearman "
+                     f"{c['agreement']['spearman']:.3f})")
+    lines.append("  verified (schema, sha256)")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+COMMANDS = (
+    Command("label", "auto-label a folder of images with the teacher",
+            "The teacher labels the kit's images into RUN_DIR/labels/: an Ultralytics data set "
+            "(detection or classification layout, per the kit's student), labels.jsonl (one line per file) "
+            "and report.html (counts, histograms, contact sheets, what to review, skipped files). Teacher "
+            "outputs are cached in RUN_DIR/cache/, so a rerun or an interrupted run recomputes nothing.",
+            cmd_label, kit=True, arguments=(
+                arg("--ground-truth", metavar="DIR",
+                    help="folder of YOLO-format labels (STEM.txt): also score the labels against them "
+                         "(mAP50, mAP50-95, precision/recall/F1 at IoU 0.5) into quality.json and the report"),
+            )),
+    Command("train", "train the student on the teacher's labels",
+            "Train the kit's student on RUN_DIR/labels/ into RUN_DIR/student/ (weights, the resolved "
+            "config, curves.png, train.log). YOLO students start from pretrained weights when the model store "
+            "has them, from scratch otherwise. An interrupted run resumes where it stopped.",
+            cmd_train, kit=True, arguments=(
+                arg("--restart", action="store_true", help="discard RUN_DIR/student/ and train from the start"),
+            )),
+    Command("eval", "evaluate the student against the teacher",
+            "Write RUN_DIR/eval.json and eval.md: the student against the teacher (and ground truth).",
+            cmd_eval, kit=True, arguments=(
+                arg("--ground-truth", metavar="PATH",
+                    help="ground truth for the held-out images: a folder of YOLO labels (STEM.txt) for detection, "
+                         "a CSV with columns file,class for classification"),
+            )),
+    Command("export", "write the bundle for the device",
+            "Write RUN_DIR/bundle/ (ONNX, fp16/int8 variants, manifest.json) and RUN_DIR/bundle.tar.gz.",
+            cmd_export, kit=True),
+)
+
+
+def register(sub: argparse._SubParsersAction, parents: Parents) -> None:
+    """Add `label`, `train`, `eval` and `export` to the `dkit` subcommands."""
+    register_commands(sub, parents, COMMANDS)

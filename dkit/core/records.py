@@ -1,0 +1,73 @@
+"""A label record: one line of RUN_DIR/labels/labels.jsonl, as a typed, frozen dataclass.
+
+    rec = LabelRecord.from_dict(json.loads(line), where="labels.jsonl:12")
+    rec.image, rec.split, rec.labels[0]["class"], rec.is_usable
+    rec.to_dict()                                    # the JSON line (what dkit.distill.label writes)
+
+`dkit.distill.label` writes every line through this class, and every reader (the students, evaluation, export)
+gets these objects from dkit.core.run.RunDir.records(); the fields are documented in README.md (Label).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from dkit.core.errors import DkitError
+
+SPLITS = (None, "train", "val")
+
+
+class RecordError(DkitError):
+    """A labels.jsonl line that is not a label record; the message names the line and the key."""
+
+
+@dataclass(frozen=True)
+class LabelRecord:
+    image: str  # path relative to the labelled folder
+    source: str  # absolute path of the original file
+    sha256: str  # of the file's bytes (the teacher cache key)
+    teacher: str  # the teacher's id
+    split: str | None = None  # train | val | None (skipped, or not used)
+    dataset_image: str | None = None  # the data set's copy or link, relative to labels/
+    width: int = 0
+    height: int = 0
+    normalised: str | None = None  # why the pixels were rewritten (cmyk, exif-rotated, ...), None: as is
+    labels: tuple[Mapping[str, Any], ...] = ()  # {class, class_id, confidence[, box xyxy pixels]}
+    topk: tuple[Mapping[str, Any], ...] = ()  # {class, score}
+    similarity: float | None = None
+    abstained: bool = False
+    abstain_reason: str | None = None
+    skipped: str | None = None  # why the file was not labelled
+    extra: Mapping[str, Any] = field(default_factory=dict)  # keys this version does not know (kept on rewrite)
+
+    def __post_init__(self):
+        if self.split not in SPLITS:
+            raise RecordError(f"split: expected train, val or null, got {self.split!r}")
+
+    @property
+    def is_usable(self) -> bool:
+        """Labelled (not skipped) and in the train or val split."""
+        return self.skipped is None and self.split in ("train", "val")
+
+    @classmethod
+    def from_dict(cls, doc: Any, where: str = "label record") -> LabelRecord:
+        if not isinstance(doc, dict):
+            raise RecordError(f"{where}: expected a JSON object")
+        names = {f.name for f in fields(cls)} - {"extra"}
+        missing = [k for k in ("image", "source", "sha256", "teacher") if k not in doc]
+        if missing:
+            raise RecordError(f"{where}: {missing[0]}: missing required key")
+        values = {k: v for k, v in doc.items() if k in names}
+        values["labels"] = tuple(doc.get("labels") or ())
+        values["topk"] = tuple(doc.get("topk") or ())
+        try:
+            return cls(**values, extra={k: v for k, v in doc.items() if k not in names})
+        except RecordError as e:
+            raise RecordError(f"{where}: {e}") from e
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        doc["labels"], doc["topk"] = [dict(x) for x in self.labels], [dict(x) for x in self.topk]
+        return doc | dict(self.extra)

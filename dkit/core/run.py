@@ -1,0 +1,97 @@
+"""The run folder, RUN_DIR (default runs/<kit name>/): where every stage reads and writes, named in one place.
+
+    run = RunDir(kit.run_dir(args.out))
+    run.labels / run.labels_jsonl / run.records()      # dkit label's output; records(): LabelRecord objects
+    run.cache_db                                       # the content-keyed teacher cache (cache/teacher.sqlite)
+    run.student / run.student_weights / run.last_weights
+    run.eval_json, run.bundle, run.archive
+
+    RUN_DIR/
+      labels/          data set (data.yaml, images/, labels/ or class folders), labels.jsonl, report.html
+      cache/           teacher.sqlite: teacher outputs by image content
+      student/         weights/best.pt, weights/last.pt, student.json, curves.png, train.log
+      eval.json, eval.md
+      bundle/, bundle.tar.gz
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from dkit.core.errors import UsageError
+from dkit.core.records import LabelRecord
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.root)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.root / name
+
+    # labels
+    @property
+    def labels(self) -> Path:
+        return self.root / "labels"
+
+    @property
+    def labels_jsonl(self) -> Path:
+        return self.labels / "labels.jsonl"
+
+    @property
+    def cache_db(self) -> Path:
+        return self.root / "cache" / "teacher.sqlite"
+
+    def records(self) -> list[LabelRecord]:
+        """Every line of labels.jsonl; a UsageError saying to run `dkit label` when there are none."""
+        path = self.labels_jsonl
+        if not path.is_file():
+            raise UsageError(f"no labels in {self.labels}: run `dkit label` first")
+        with open(path, encoding="utf-8") as f:
+            return [LabelRecord.from_dict(json.loads(line), f"{path}:{n}") for n, line in enumerate(f, 1)
+                    if line.strip()]
+
+    def usable_records(self) -> list[LabelRecord]:
+        """Labelled images with a split (train or val), in file order."""
+        return [r for r in self.records() if r.is_usable]
+
+    # student
+    @property
+    def student(self) -> Path:
+        return self.root / "student"
+
+    @property
+    def student_weights(self) -> Path:
+        return self.student / "weights" / "best.pt"
+
+    @property
+    def last_weights(self) -> Path:
+        return self.student / "weights" / "last.pt"
+
+    def trained_weights(self) -> Path:
+        """best.pt, or a UsageError saying to run `dkit train` first."""
+        if not self.student_weights.is_file():
+            raise UsageError(f"no trained student in {self.student}: run `dkit train` first")
+        return self.student_weights
+
+    # evaluation and export
+    @property
+    def eval_json(self) -> Path:
+        return self.root / "eval.json"
+
+    @property
+    def bundle(self) -> Path:
+        return self.root / "bundle"
+
+    @property
+    def archive(self) -> Path:
+        return self.root / "bundle.tar.gz"

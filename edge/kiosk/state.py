@@ -1,0 +1,49 @@
+"""The per-app state every kiosk route shares: the runtime, the judge, the store, the page, the admin token and the
+upload limit, held in one small dataclass at `app.state.kiosk` and handed to routes by the `StateDep` dependency."""
+
+from dataclasses import dataclass
+from importlib import resources
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request
+
+from dkit.edge.judge import Judge
+from dkit.edge.runtime import Runtime
+from dkit.edge.store import Store
+
+MAX_UPLOAD = 4 << 20  # bytes of one uploaded image
+
+
+@dataclass(frozen=True)
+class KioskState:
+    """What one kiosk app serves with; built once by `create_app`."""
+
+    runtime: Runtime
+    judge: Judge
+    store: Store
+    page: str  # the kiosk page's HTML
+    admin_token: str | None = None  # None or empty: the admin routes answer 403
+    max_upload: int = MAX_UPLOAD  # bytes of one uploaded image
+
+
+def load_page() -> str:
+    """The kiosk page (edge/static/kiosk.html, package data of dkit.edge)."""
+    return resources.files("dkit.edge").joinpath("static/kiosk.html").read_text(encoding="utf-8")
+
+
+def attach(app: FastAPI, state: KioskState) -> None:
+    """Make `state` the app's kiosk state (runtime, judge and store stay at app.state too, as before)."""
+    app.state.kiosk = state
+    app.state.runtime, app.state.judge, app.state.store = state.runtime, state.judge, state.store
+
+
+def kiosk_state(request: Request) -> KioskState:
+    """The kiosk state of the app serving `request`."""
+    return request.app.state.kiosk
+
+
+async def _kiosk_state(request: Request) -> KioskState:  # async: FastAPI runs it on the loop, not in a thread
+    return kiosk_state(request)
+
+
+StateDep = Annotated[KioskState, Depends(_kiosk_state)]
