@@ -64,7 +64,7 @@ test: setup chromium layers
 # as dkit.edge, dkit.distill and dkit.export, so they are checked in a throwaway install of the package itself.
 LAYERS := build/layers
 layers: setup
-	@rm -rf $(LAYERS)
+	@rm -rf $(LAYERS) build/lib  # build/lib: stale modules of an earlier build would be copied in
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation --no-compile \
 	  --target $(LAYERS) . 2>&1 | grep -v "^WARNING: Location" || true
 	cd $(LAYERS) && PYTHONPATH=. $(abspath $(BIN))/lint-imports $(abspath .importlinter) --no-cache

@@ -42,11 +42,11 @@ def bench_runtime(bundle: str | os.PathLike, source: str | os.PathLike, *, image
     with Runtime.load(bundle, threads=threads, precision=precision) as rt:
         frames = _frames(source, images)
         inputs = [rt.preprocess(rgb)[0] for rgb in frames]
-        size = rt.spec["size"]
+        size = rt.spec.size  # (H, W); a classifier's square side alone, as Ultralytics takes it
         ultra = None
         if reference is not None and rt.task in ("detect", "classify"):
-            ultra = reference(rt.model_file, rt.task, size if isinstance(size, int) else list(size), rt.conf, rt.iou,
-                              rt.max_det)
+            ultra = reference(rt.model_file, rt.task, size[0] if rt.task == "classify" else list(size), rt.conf,
+                              rt.iou, rt.max_det)
         best = {"runtime": 0.0, "bare": 0.0, "ultralytics": 0.0}
         latencies: list[float] = []
         for _ in range(repeat):

@@ -17,7 +17,21 @@ TEACHERS = {
     "yolo": "dkit.distill.teachers.yolo:YoloTeacher",
 }
 
-__all__ = ["TEACHERS", "Decision", "Teacher", "build_teacher"]
+# What each kind loads from the model store (`dkit fetch` resolves it without building the teacher).
+WEIGHTS = {
+    "clip": lambda cfg, store: store.clip_checkpoint(cfg.model, cfg.pretrained) or "untrained (random)",
+    "yolo": lambda cfg, store: "untrained (random)" if cfg.is_random else store.yolo_weights(cfg.model),
+}
+
+__all__ = ["TEACHERS", "WEIGHTS", "Decision", "Teacher", "build_teacher", "teacher_weights"]
+
+
+def teacher_weights(kit, store):
+    """The kit's teacher weights file in the model store (a NotInStoreError naming where to put it when missing)."""
+    try:
+        return WEIGHTS[kit.teacher.kind](kit.teacher, store)
+    except KeyError as e:
+        raise UsageError(f"unknown teacher kind {kit.teacher.kind!r}; known: {', '.join(TEACHERS)}") from e
 
 
 def build_teacher(kit, store) -> Teacher:

@@ -23,6 +23,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_fetch(args: argparse.Namespace) -> int:
     from dkit.core.store import ModelStore
     from dkit.distill.students import student_plugin
+    from dkit.distill.teachers import teacher_weights
 
     kit = load(args)
     store = ModelStore()
@@ -39,11 +40,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(f"  {role:8s} ok       {found}\n")
 
-    t = kit.teacher
-    if t.kind == "yolo":
-        item("teacher", lambda: store.yolo_weights(t.model) if not t.is_random else "untrained (random)")
-    else:
-        item("teacher", lambda: store.clip_checkpoint(t.model, t.pretrained) or "untrained (random)")
+    item("teacher", lambda: teacher_weights(kit, store))
     s = kit.student
     if student_plugin(s.kind).weights_in_store:
         item("student", lambda: store.yolo_weights(s.model), optional=" (optional: training starts from scratch)")

@@ -108,7 +108,8 @@ COMMANDS = (
                 arg("--restart", action="store_true", help="discard RUN_DIR/student/ and train from the start"),
             )),
     Command("eval", "evaluate the student against the teacher",
-            "Write RUN_DIR/eval.json and eval.md: the student against the teacher (and ground truth).",
+            "Write RUN_DIR/eval.json and eval.md: the student against the teacher that labelled the images (the "
+            "same weights, size and test-time augmentation), and against ground truth when given.",
             cmd_eval, kit=True, arguments=(
                 arg("--ground-truth", metavar="PATH",
                     help="ground truth for the held-out images: a folder of YOLO labels (STEM.txt) for detection, "

@@ -178,14 +178,14 @@ def test_interrupted_training_resumes_where_it_stopped(trained, store, tmp_path,
             raise KeyboardInterrupt  # Ctrl-C in the middle of epoch 3
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(clip_embed, "_run_epoch", interrupted)
+    monkeypatch.setattr(clip_embed.training, "_run_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         clip_embed.train(kit, run, store=store, progress=False)
     before = rows(run)
     assert [int(r["epoch"]) for r in before] == [1, 2]
     assert torch.load(run / "student" / "weights" / "last.pt", weights_only=True)["epoch"] == 2
 
-    monkeypatch.setattr(clip_embed, "_run_epoch", real_epoch)
+    monkeypatch.setattr(clip_embed.training, "_run_epoch", real_epoch)
     summary = clip_embed.train(kit, run, store=store, progress=False)
     assert summary["resumed"] is True and summary["already_trained"] is False and summary["epochs"] == EPOCHS
     after = rows(run)
@@ -202,7 +202,8 @@ def test_finished_run_is_not_trained_again_unless_restarted(trained, store, tmp_
     run = copy_run(full_run, tmp_path / "run")
     best = run / "student" / "weights" / "best.pt"
     stamp = best.stat().st_mtime_ns
-    monkeypatch.setattr(clip_embed, "_run_epoch", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    monkeypatch.setattr(clip_embed.training, "_run_epoch",
+                        lambda *a, **k: pytest.fail("a finished run was trained again"))
     summary = clip_embed.train(kit, run, store=store, progress=False)
     assert summary["already_trained"] is True and summary["resumed"] is False
     assert {k: summary[k] for k in ("weights", "epochs", "best_epoch", "val_cosine")} == {
@@ -224,7 +225,7 @@ def test_early_stopping_ends_a_run_that_stopped_improving(trained, store, tmp_pa
     kit, labelled, _, _ = trained
     run = copy_run(labelled, tmp_path / "run", student=False)
     patient = make_kit(tmp_path, kit.data.images, overrides=["student.patience=2"])
-    monkeypatch.setattr(clip_embed, "_run_epoch", lambda *a, **k: 0.5)  # the weights never change after init
+    monkeypatch.setattr(clip_embed.training, "_run_epoch", lambda *a, **k: 0.5)  # the weights never change after init
     summary = clip_embed.train(patient, run, store=store, progress=False)
     assert (summary["epochs"], summary["best_epoch"]) == (3, 1)  # epochs 2 and 3 did not beat epoch 1
     config = json.loads((run / "student" / "student.json").read_text())
@@ -258,7 +259,7 @@ def test_a_set_over_the_memory_budget_is_decoded_per_epoch_into_the_same_inputs(
         return clip_embed._datasets(train_recs, val_recs, targets[:5], targets[5:], spec, 0, 1)
 
     kept_train, kept_val, in_memory = datasets()
-    monkeypatch.setattr(clip_embed, "MEMORY_BUDGET", 0)
+    monkeypatch.setattr(clip_embed.data, "MEMORY_BUDGET", 0)
     streamed_train, streamed_val, streamed = datasets()
     assert in_memory and not streamed and streamed_train.memory is None
     for kept, fresh in ((kept_train, streamed_train), (kept_val, streamed_val)):

@@ -14,6 +14,7 @@ pytest.importorskip("ultralytics")
 
 from dkit.core.errors import UsageError  # noqa: E402
 from dkit.core.kit import load_kit  # noqa: E402
+from dkit.core.records import LabelRecord  # noqa: E402
 from dkit.core.store import ModelStore  # noqa: E402
 from dkit.distill import evaluate as ev  # noqa: E402
 from dkit.distill.label import label_images  # noqa: E402
@@ -157,7 +158,8 @@ def test_timed_median_on_a_known_clock(monkeypatch):
 
 def test_classification_metrics_by_hand(tmp_path):
     kit = SimpleNamespace(ontology=SimpleNamespace(names=["cat", "dog"]))
-    records = [{"image": f"a/{n}.jpg", "labels": [{"class": c}]} for n, c in (("x", "cat"), ("y", "dog"), ("z", "dog"))]
+    records = [LabelRecord(f"a/{n}.jpg", f"/a/{n}.jpg", "0" * 64, "t", "val", labels=({"class": c},))
+               for n, c in (("x", "cat"), ("y", "dog"), ("z", "dog"))]
     predictions = [SimpleNamespace(probs=SimpleNamespace(top1=i), names={0: "cat", 1: "dog"}) for i in (0, 0, 1)]
     truth = tmp_path / "truth.csv"
     with truth.open("w", newline="") as f:

@@ -1,0 +1,194 @@
+"""The clip-embed student's inputs: the preprocessing as data, the training views, the teacher's targets.
+
+Preprocessing is data (`preprocess_spec`) implemented with OpenCV/numpy only (`preprocess`), so the edge
+runtime repeats it exactly without torch. Training adds a random resized crop, a horizontal flip and a
+little brightness/contrast jitter before the same resize and normalisation; evaluation uses `preprocess`.
+
+Targets are the teacher's normalised image embeddings of every labelled image (`labels/labels.jsonl`,
+split train or val), read from the teacher cache `dkit label` filled.
+
+Small sets are decoded once and kept in memory as uint8 images shrunk to the input size; above
+MEMORY_BUDGET bytes they are decoded again every epoch by DataLoader workers, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dkit.core.errors import DkitError, UsageError
+from dkit.core.records import LabelRecord
+from dkit.core.run import RunDir
+from dkit.distill.cache import TeacherCache
+from dkit.distill.images import iter_images, load_image
+from dkit.distill.students.clip_embed.model import _backbone_mean_std
+from dkit.edge.preprocess import center_crop, normalize, resize, shortest_side
+from dkit.edge.preprocess import preprocess as edge_preprocess
+
+log = logging.getLogger(__name__)
+
+MEMORY_BUDGET = 1 << 30  # bytes of decoded training images kept in memory; above it images are decoded per epoch
+
+
+# ------------------------------------------------------------------------------------------ preprocessing
+
+
+def preprocess_spec(kit) -> dict:
+    """The student's input transform as data: what the bundle manifest carries to the device."""
+    mean, std = _backbone_mean_std(kit.student.model)
+    return {
+        "resize": "shortest",  # shorter side to `size`, longer side int(long * size / short) (dkit.edge.preprocess)
+        "size": kit.student.imgsz,
+        "crop": "center",  # size x size at (round((H - size) / 2), round((W - size) / 2))
+        "interpolation": "area",  # cv2.INTER_AREA (shrinking and enlarging alike)
+        "scale": 1 / 255,  # uint8 -> [0, 1], then (x - mean) / std per channel
+        "mean": mean,
+        "std": std,
+        "layout": "NCHW",
+        "channels": "RGB",
+        "dtype": "float32",
+    }
+
+
+def resize_shortest(rgb: np.ndarray, spec: dict) -> np.ndarray:
+    """(H, W, 3) uint8 -> (h, w, 3) uint8 with min(h, w) == spec["size"]: the device's resize (dkit.edge.preprocess)."""
+    return shortest_side(rgb, spec["size"], spec["interpolation"])
+
+
+def preprocess(rgb: np.ndarray, spec: dict) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (3, S, S) float32: the exact transform the device repeats (dkit.edge.preprocess)."""
+    return edge_preprocess(rgb, spec)[0][0]
+
+
+def _augment(small: np.ndarray, spec: dict, rng: np.random.Generator) -> np.ndarray:
+    """Training view of an image already shrunk by resize_shortest: random resized crop, flip, jitter."""
+    size = spec["size"]
+    h, w = small.shape[:2]
+    for _ in range(10):  # torchvision's RandomResizedCrop, mild: the target is the uncropped image's embedding
+        area = h * w * rng.uniform(0.5, 1.0)
+        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        cw, ch = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
+        if 0 < cw <= w and 0 < ch <= h:
+            break
+    else:
+        ch = cw = min(h, w)
+    top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    crop = resize(small[top : top + ch, left : left + cw], (size, size), spec["interpolation"])
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    x = crop.astype(np.float32)
+    x = (x - x.mean()) * rng.uniform(0.9, 1.1) + x.mean() * rng.uniform(0.9, 1.1)  # contrast, brightness
+    return normalize(np.clip(x + 0.5, 0, 255).astype(np.uint8), spec)
+
+
+# ------------------------------------------------------------------------------------------ records
+
+
+def labelled_records(run_dir: Path) -> list[LabelRecord]:
+    """Labelled images with a split (train or val), in file order."""
+    return RunDir(run_dir).usable_records()
+
+
+def teacher_embeddings(records: list[LabelRecord], teacher, run_dir: Path) -> np.ndarray:
+    """(N, D) the teacher's normalised embeddings of the records' images, from the teacher cache."""
+    out = []
+    with TeacherCache(RunDir(run_dir).cache_db) as cache:
+        for rec in records:
+            raw = cache.get(teacher.cache_key, rec.sha256)
+            if raw is None or "embedding" not in raw:
+                raise UsageError(f"the teacher cache has no embedding of {rec.image} for {teacher.id}: "
+                                 "the labels were made by another teacher; run dkit label again")
+            out.append(raw["embedding"].astype(np.float32))
+    emb = np.stack(out) if out else np.zeros((0, teacher.text.shape[1]), np.float32)
+    return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+
+
+def decode_record(rec: LabelRecord) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a record's source image, as the teacher saw it."""
+    src = Path(rec.source)
+    return _checked(load_image(src, src.parent), rec)
+
+
+def _checked(li, rec: LabelRecord) -> np.ndarray:
+    if not li.ok:
+        raise DkitError(f"{rec.source}: {li.skipped} (it was readable when labelled: run dkit label again)")
+    if li.sha256 != rec.sha256:
+        raise DkitError(f"{rec.source} changed since it was labelled: run dkit label again")
+    return li.rgb
+
+
+def iter_decoded(records: list[LabelRecord], workers: int) -> Iterator[np.ndarray]:
+    """The records' images in order, decoded in `workers` processes (in this one for a few images)."""
+    if not records:
+        return
+    paths = [Path(r.source) for r in records]
+    root = Path(os.path.commonpath([str(p.parent) for p in paths]))
+    workers = 0 if len(records) < 64 else workers  # a process pool costs more than it saves on a few images
+    for li, rec in zip(iter_images(paths, root, workers=workers), records, strict=True):
+        yield _checked(li, rec)
+
+
+# ------------------------------------------------------------------------------------------ datasets
+
+
+class _Images(torch.utils.data.Dataset):
+    """(input (3, S, S), target (D,)) pairs: augmented views for training, `preprocess` for validation.
+
+    `memory`: the images, already shrunk (train) or shrunk and cropped (val), as uint8; None: decode per item.
+    """
+
+    def __init__(self, records: list[dict], targets: np.ndarray, spec: dict, *, train: bool, seed: int,
+                 memory: list[np.ndarray] | None):
+        self.records, self.targets, self.spec, self.train, self.seed = records, targets, spec, train, seed
+        self.memory, self.epoch = memory, 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.memory is not None:
+            small = self.memory[i]
+        else:
+            small = _shrink(decode_record(self.records[i]), self.spec, self.train)
+        if self.train:  # the same view for the same (seed, epoch, image), whichever worker makes it
+            x = _augment(small, self.spec, np.random.default_rng((self.seed, self.epoch, i)))
+        else:
+            x = normalize(small, self.spec)
+        return torch.from_numpy(x), torch.from_numpy(self.targets[i])
+
+
+def _shrink(rgb: np.ndarray, spec: dict, train: bool) -> np.ndarray:
+    small = resize_shortest(rgb, spec)
+    return np.ascontiguousarray(small if train else center_crop(small, spec["size"]))
+
+
+def _datasets(train_recs, val_recs, train_t, val_t, spec, seed, workers) -> tuple[_Images, _Images, bool]:
+    size = spec["size"]
+    estimate = (len(train_recs) * 1.5 + len(val_recs)) * size * size * 3  # train keeps the aspect ratio
+    in_memory = estimate <= MEMORY_BUDGET
+    train_mem = val_mem = None
+    if in_memory:
+        train_mem = [_shrink(rgb, spec, True) for rgb in iter_decoded(train_recs, workers)]
+        val_mem = [_shrink(rgb, spec, False) for rgb in iter_decoded(val_recs, workers)]
+    else:
+        log.info("%d images at %d px exceed the %d MiB memory budget: decoding them every epoch",
+                 len(train_recs) + len(val_recs), size, MEMORY_BUDGET >> 20)
+    return (_Images(train_recs, train_t, spec, train=True, seed=seed, memory=train_mem),
+            _Images(val_recs, val_t, spec, train=False, seed=seed, memory=val_mem), in_memory)
+
+
+def _loader(ds: _Images, batch: int, *, workers: int, epoch: int = 0, seed: int = 0) -> torch.utils.data.DataLoader:
+    ds.epoch = epoch
+    sampler = None
+    if ds.train:
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        sampler = torch.utils.data.RandomSampler(ds, generator=generator)
+    drop_last = ds.train and len(ds) > batch  # no batch of one in train mode (BatchNorm)
+    return torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers,
+                                       drop_last=drop_last)

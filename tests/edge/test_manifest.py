@@ -1,0 +1,117 @@
+"""The bundle manifest dataclasses: what export writes parses back to the same document; defaults live in one
+place; every malformed section is refused naming its key; a bundle exported before the dataclasses still reads."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from dkit.edge.manifest import Calibration, JudgeConfig, Manifest, ManifestError, Preprocess, Thresholds
+
+DETECT = {
+    "schema_version": 1, "name": "toy", "task": "detect", "created": "2026-12-01T00:00:00+00:00",
+    "dkit_version": "0.1.0", "teacher": {"id": "yolo:yolov8n.pt@640+tta", "random": False},
+    "student": {"kind": "yolo-detect", "model": "yolov8n.pt", "imgsz": 320, "weights_sha256": "ab" * 32},
+    "models": {"student": {"file": "student.onnx", "precision": "fp32", "opset": 17,
+                           "parity": {"images": 16, "max_abs_diff": 0.002, "agreement": 1.0},
+                           "inputs": [{"name": "images", "shape": ["batch", 3, 320, 320]}],
+                           "outputs": [{"name": "output0", "shape": ["batch", 84, 2100]}]},
+               "student_int8": {"file": "student.int8.onnx", "precision": "int8",
+                                "vs_fp32": {"metric": "mAP50", "agreement": 0.956}}},
+    "refused_variants": {},
+    "preprocess": {"resize": "letterbox", "size": [320, 320], "pad_value": 114, "interpolation": "linear",
+                   "channels": "RGB", "scale": 1 / 255, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
+                   "layout": "NCHW"},
+    "decode": {"type": "yolov8-detect"}, "classes": ["cat", "dog"],
+    "thresholds": {"conf": 0.25, "iou": 0.45, "max_det": 100},
+    "runtime": {"providers": [], "threads": 0, "max_fps": 0.0},
+    "files": {"student.onnx": "00" * 32, "student.int8.onnx": "11" * 32},
+}
+EMBED = copy.deepcopy(DETECT) | {
+    "task": "embed", "classes": ["apple"], "thresholds": {},
+    "preprocess": {"resize": "shortest", "size": 128, "crop": "center", "interpolation": "area", "channels": "RGB",
+                   "scale": 1 / 255, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "layout": "NCHW"},
+    "tokenizer": {"type": "clip-bpe", "file": "vocab.txt.gz", "context_length": 77},
+    "prompts": {"file": "prompts.npy", "dim": 4, "templates": ["a drawing of {}."], "ensemble": "mean",
+                "rows": [{"text": "apple", "role": "class", "prompts": ["an apple"]},
+                         {"text": "text", "role": "text"}, {"text": "a weapon", "role": "unsafe"}]},
+    "logit_scale": 100.0,
+    "calibration": {"method": "piecewise-linear", "cosine": [0.1, 0.2, 0.3], "score": [0.0, 50.0, 100.0],
+                    "anchors": [["rest", 1.0, 0.0]], "images": 64},
+    "judge": {"prompt": "an apple", "prompts": ["an apple"], "text_prompts": ["text"], "unsafe_prompts": ["a weapon"],
+              "text_penalty": 0.5, "text_margin": 0.0, "unsafe_margin": 0.0, "no_match_score": 15.0},
+}
+
+
+@pytest.mark.parametrize("doc", [DETECT, EMBED], ids=["detect", "embed"])
+def test_what_export_writes_parses_back_to_the_same_document(doc):
+    m = Manifest.from_dict(copy.deepcopy(doc))
+    assert m.to_dict() == doc
+    assert Manifest.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+
+
+def test_typed_access_and_defaults():
+    m = Manifest.from_dict(copy.deepcopy(DETECT))
+    assert m.preprocess.size == (320, 320) and m.thresholds == Thresholds(conf=0.25, iou=0.45, max_det=100)
+    assert m.model("int8").file == "student.int8.onnx" and m.model("fp16") is None
+    assert m.precisions() == ["fp32", "int8"]
+    assert m.judge is None and m.judge_config == JudgeConfig()  # one set of judge defaults: the kit's
+    e = Manifest.from_dict(copy.deepcopy(EMBED))
+    assert e.preprocess.size == (128, 128) and e.prompts.texts("text", "unsafe") == ["text", "a weapon"]
+    assert e.calibration.to_score(0.25) == pytest.approx(75.0)
+    assert np.allclose(e.calibration.to_score(np.array([0.0, 0.15, 1.0])), [0.0, 25.0, 100.0])
+    assert Preprocess("shortest", (8, 8)).interpolation == "area"  # the mode's default, filled in once
+
+
+def _broken(doc: dict, path: str, value=KeyError) -> dict:
+    doc = copy.deepcopy(doc)
+    *parents, key = path.split(".")
+    node = doc
+    for p in parents:
+        node = node[p]
+    if value is KeyError:
+        node.pop(key)
+    else:
+        node[key] = value
+    return doc
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    (_broken(DETECT, "models.student.file"), "models.student.file: missing required key"),
+    (_broken(DETECT, "models.student"), "models.student: missing required key"),
+    (_broken(DETECT, "preprocess.size", [320]), "preprocess.size: expected a JSON array of 2 numbers"),
+    (_broken(DETECT, "preprocess.mean", "grey"), "preprocess.mean: expected a JSON array of 3 numbers"),
+    (_broken(DETECT, "preprocess.channels", "YUV"), "preprocess.channels: expected RGB or BGR"),
+    (_broken(DETECT, "thresholds.iou"), "thresholds.iou: missing required key for a detect bundle"),
+    (_broken(DETECT, "runtime.providers", "cuda"), "runtime.providers: expected a JSON array of strings"),
+    (_broken(EMBED, "calibration.cosine", [0.3, 0.2]), "calibration: expected at least two"),
+    (_broken(EMBED, "calibration.cosine", [0.1, 0.1, 0.2]), "calibration.cosine: knots must increase"),
+    (_broken(EMBED, "prompts.rows", [{"text": "x", "role": "villain"}]), "role 'villain' is not one of"),
+    (_broken(EMBED, "calibration"), "calibration: missing required key for an embed bundle"),
+    (_broken(EMBED, "judge.text_penalty", "half"), "judge.text_penalty: expected an integer or a number, got str"),
+    (_broken(DETECT, "schema_version", 2), "schema_version 2 is not supported"),
+])
+def test_malformed_manifests_are_refused_by_key(doc, message):
+    with pytest.raises(ManifestError) as info:
+        Manifest.from_dict(doc)
+    assert message in str(info.value)
+
+
+def test_the_manifest_is_frozen():
+    m = Manifest.from_dict(copy.deepcopy(DETECT))
+    with pytest.raises(AttributeError):
+        m.task = "classify"
+    with pytest.raises(TypeError):
+        m.models["student"] = None  # a read-only mapping
+    with pytest.raises(ValueError):
+        Calibration((0.0,), (0.0,))
+
+
+def test_an_exported_judge_bundle_reads_identically_from_the_json(judge_run):
+    """The manifest a real export wrote parses and re-serialises to exactly the same JSON document."""
+    _, run, _, _ = judge_run
+    doc = json.loads((run / "bundle" / "manifest.json").read_text())
+    assert Manifest.from_dict(copy.deepcopy(doc)).to_dict() == doc
