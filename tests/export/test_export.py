@@ -138,7 +138,7 @@ def test_int8_keeps_linear_convolutions_in_float(trained):
 
 def test_tensorrt_without_a_gpu_documents_the_device_build(trained):
     kit, run = trained
-    export_bundle(kit("dkit.export.tensorrt=true"), run)
+    export_bundle(kit("export.tensorrt=true"), run)
     readme = (run / "bundle" / "README.md").read_text()
     assert "trtexec --onnx=student.onnx --saveEngine=student.engine --fp16" in readme
     assert "--minShapes=images:1x3x64x64" in readme
