@@ -50,7 +50,7 @@ LINKABLE = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 @dataclasses.dataclass
 class LabelResult:
     labels_dir: Path
-    records: list[dict]
+    records: list[LabelRecord]
     counts: dict[str, int]
     seconds: float
     quality: dict | None = None
@@ -89,10 +89,9 @@ def label_images(kit, run_dir: Path, *, store=None, teacher: Teacher | None = No
     try:
         with TeacherCache(RunDir(run_dir).cache_db) as cache:
             records, counts = _label_all(kit, teacher, cache, root, paths, tmp / ".staging", progress)
-        if not any(not r["skipped"] for r in records):
+        if not any(r.skipped is None for r in records):
             raise UsageError(f"none of the {len(paths)} files in {root} is a readable image (see the reasons with -v)")
-        _assign_split(records, kit)
-        _write_dataset(records, kit, tmp)
+        records = _write_dataset(_assign_split(records, kit), kit, tmp, staging=tmp / ".staging")
         quality = None
         if ground_truth is not None:
             if kit.task != "detect":
@@ -101,8 +100,8 @@ def label_images(kit, run_dir: Path, *, store=None, teacher: Teacher | None = No
 
             quality = detection_quality(records, Path(ground_truth), kit.ontology.names)
             atomic_write(tmp / "quality.json", json.dumps(quality, indent=2) + "\n")
-        lines = (json.dumps(LabelRecord.from_dict(r).to_dict(), ensure_ascii=False) + "\n" for r in records)
-        atomic_write(tmp / "labels.jsonl", "".join(lines))  # every line is a valid LabelRecord (dkit.core.records)
+        lines = (json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records)
+        atomic_write(tmp / "labels.jsonl", "".join(lines))  # one LabelRecord (dkit.core.records) a line
         if report:
             from dkit.distill.report import write_report
 
@@ -124,11 +123,11 @@ def label_images(kit, run_dir: Path, *, store=None, teacher: Teacher | None = No
 
 
 def _label_all(kit, teacher: Teacher, cache: TeacherCache, root: Path, paths: list[Path], staging: Path,
-               progress: bool) -> tuple[list[dict], dict[str, int]]:
+               progress: bool) -> tuple[list[LabelRecord], dict[str, int]]:
     from tqdm.auto import tqdm
 
     staging.mkdir(parents=True)
-    records: list[dict | None] = [None] * len(paths)
+    records: list[LabelRecord | None] = [None] * len(paths)
     counts = {"files": len(paths), "cached": 0, "inferred": 0, "skipped": 0}
     pending: list[tuple[int, LoadedImage]] = []
     batch = kit.teacher.batch
@@ -195,7 +194,9 @@ class _LogProgress:
         pass
 
 
-def _record(li: LoadedImage, raw, teacher: Teacher, kit, staging: Path) -> dict:
+def _record(li: LoadedImage, raw, teacher: Teacher, kit, staging: Path) -> LabelRecord:
+    """The image's record; an image the data set cannot link (normalised pixels, an odd format) also gets a
+    JPEG copy of what the teacher saw, staging/<sha256>.jpg, which the data set uses instead."""
     h, w = li.rgb.shape[:2]
     d = teacher.decide(raw, (h, w))
     names = kit.ontology.names
@@ -207,7 +208,6 @@ def _record(li: LoadedImage, raw, teacher: Teacher, kit, staging: Path) -> dict:
             x1, y1, x2, y2 = (float(v) for v in d.boxes[k])
             lab["box"] = [round(max(0.0, x1), 2), round(max(0.0, y1), 2), round(min(w, x2), 2), round(min(h, y2), 2)]
         labels.append(lab)
-    copy = None
     if li.normalised or li.path.suffix.lower() not in LINKABLE:
         copy = staging / f"{li.sha256}.jpg"  # the normalised pixels, what the teacher saw
         if not copy.exists():
@@ -215,35 +215,28 @@ def _record(li: LoadedImage, raw, teacher: Teacher, kit, staging: Path) -> dict:
             if not ok:
                 raise DkitError(f"cannot encode a normalised copy of {li.path}")
             copy.write_bytes(buf.tobytes())
-    return {
-        "image": li.rel, "source": str(li.path), "sha256": li.sha256, "split": None, "dataset_image": None,
-        "width": w, "height": h, "normalised": li.normalised,
-        "labels": labels,
-        "topk": [{"class": names[c], "score": round(s, 5)} for c, s in d.topk],
-        "similarity": None if d.similarity is None else round(d.similarity, 5),
-        "abstained": d.abstain_reason is not None, "abstain_reason": d.abstain_reason,
-        "skipped": None, "teacher": teacher.id,
-        **({"_copy": str(copy)} if copy is not None else {}),
-    }
+    return LabelRecord(
+        image=li.rel, source=str(li.path), sha256=li.sha256, teacher=teacher.id, width=w, height=h,
+        normalised=li.normalised, labels=tuple(labels),
+        topk=tuple({"class": names[c], "score": round(s, 5)} for c, s in d.topk),
+        similarity=None if d.similarity is None else round(d.similarity, 5),
+        abstained=d.abstain_reason is not None, abstain_reason=d.abstain_reason)
 
 
-def _skipped(li: LoadedImage, teacher: Teacher) -> dict:
-    return {
-        "image": li.rel, "source": str(li.path), "sha256": li.sha256, "split": None, "dataset_image": None,
-        "width": 0, "height": 0, "normalised": None, "labels": [], "topk": [], "similarity": None,
-        "abstained": False, "abstain_reason": None, "skipped": li.skipped, "teacher": teacher.id,
-    }
+def _skipped(li: LoadedImage, teacher: Teacher) -> LabelRecord:
+    return LabelRecord(image=li.rel, source=str(li.path), sha256=li.sha256, teacher=teacher.id, skipped=li.skipped)
 
 
 # ------------------------------------------------------------------------------------------ data set
 
 
-def _assign_split(records: list[dict], kit) -> None:
+def _assign_split(records: list[LabelRecord], kit) -> list[LabelRecord]:
     """Seeded, order-independent split: rank images by a hash of (seed, content); identical images stay together."""
     # A classifier trains on labelled images only; a clip-embed student reproduces the teacher's embedding
     # of every image it saw, abstained ones too (they are left out of the class folders, not of the split).
     embed = kit.student.kind == "clip-embed"
-    usable = [r for r in records if not r["skipped"] and (embed or not (kit.task == "classify" and r["abstained"]))]
+    usable = [i for i, r in enumerate(records)
+              if r.skipped is None and (embed or not (kit.task == "classify" and r.abstained))]
     if not usable:
         raise UsageError("the teacher abstained on every image: nothing to train on (see report.html)")
     val = kit.data.val
@@ -251,43 +244,64 @@ def _assign_split(records: list[dict], kit) -> None:
     n_val = min(max(n_val, 1 if len(usable) > 1 else 0), len(usable) - 1)
     if isinstance(val, int) and val > n_val:
         log.warning("data.val asks for %d held-out images but only %d can be held out", val, n_val)
-    ranked = sorted(usable, key=lambda r: (hashlib.sha256(f"{kit.data.seed}:{r['sha256']}".encode()).hexdigest(),
-                                           r["image"]))
-    for k, rec in enumerate(ranked):
-        rec["split"] = "val" if k < n_val else "train"
+    ranked = sorted(usable, key=lambda i: (hashlib.sha256(f"{kit.data.seed}:{records[i].sha256}".encode())
+                                           .hexdigest(), records[i].image))
+    split = {i: "val" if k < n_val else "train" for k, i in enumerate(ranked)}
+    return [dataclasses.replace(r, split=split[i]) if i in split else r for i, r in enumerate(records)]
 
 
-def _write_dataset(records: list[dict], kit, out: Path) -> None:
-    names = kit.ontology.names
+def _write_dataset(records: list[LabelRecord], kit, out: Path, *, staging: Path) -> list[LabelRecord]:
+    """Link (or copy) each image of a split into the Ultralytics layout under `out`; the records, with their
+    `dataset_image` filled in."""
     taken: set[str] = set()
+    placed = []
     for rec in records:
-        copy = rec.pop("_copy", None)
-        if rec["split"] is None or (kit.task == "classify" and rec["abstained"]):
+        if rec.split is None or (kit.task == "classify" and rec.abstained):
+            placed.append(rec)
             continue
-        src = Path(copy) if copy else Path(rec["source"])
-        stem = Path(rec["image"]).stem
-        suffix = ".jpg" if copy else Path(rec["image"]).suffix.lower()
-        name, k = f"{stem}{suffix}", 0
-        while name.lower() in taken:  # a collision across sub-folders: suffix, never overwrite
-            k += 1
-            name = f"{stem}_{k}{suffix}"
-        taken.add(name.lower())
-        if kit.task == "detect":
-            rel = Path("images") / rec["split"] / name
-            _place(src, out / rel, copy=bool(copy) or kit.data.link == "copy")
-            lines = []
-            for lab in rec["labels"]:
-                x1, y1, x2, y2 = lab["box"]
-                w, h = rec["width"], rec["height"]
-                lines.append(f"{lab['class_id']} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} "
-                             f"{(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}\n")
-            label_file = out / "labels" / rec["split"] / f"{Path(name).stem}.txt"
-            label_file.parent.mkdir(parents=True, exist_ok=True)
-            label_file.write_text("".join(lines))
-        else:
-            rel = Path(rec["split"]) / rec["labels"][0]["class"] / name
-            _place(src, out / rel, copy=bool(copy) or kit.data.link == "copy")
-        rec["dataset_image"] = rel.as_posix()
+        copy = staging / f"{rec.sha256}.jpg"  # the normalised pixels (_record), when the image needed them
+        copy = copy if copy.is_file() else None
+        rel = _place_image(rec, kit, out, _free_name(rec, copy, taken), copy)
+        placed.append(dataclasses.replace(rec, dataset_image=rel.as_posix()))
+    _write_layout(placed, kit, out)
+    return placed
+
+
+def _free_name(rec: LabelRecord, copy: Path | None, taken: set[str]) -> str:
+    """The image's file stem in the data set; a collision across sub-folders gets a suffix, never overwrites."""
+    stem = Path(rec.image).stem
+    suffix = ".jpg" if copy else Path(rec.image).suffix.lower()
+    name, k = f"{stem}{suffix}", 0
+    while name.lower() in taken:
+        k += 1
+        name = f"{stem}_{k}{suffix}"
+    taken.add(name.lower())
+    return name
+
+
+def _place_image(rec: LabelRecord, kit, out: Path, name: str, copy: Path | None) -> Path:
+    src = copy or Path(rec.source)
+    if kit.task != "detect":
+        rel = Path(rec.split) / rec.labels[0]["class"] / name
+        _place(src, out / rel, copy=bool(copy) or kit.data.link == "copy")
+        return rel
+    rel = Path("images") / rec.split / name
+    _place(src, out / rel, copy=bool(copy) or kit.data.link == "copy")
+    lines = []
+    for lab in rec.labels:
+        x1, y1, x2, y2 = lab["box"]
+        w, h = rec.width, rec.height
+        lines.append(f"{lab['class_id']} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} "
+                     f"{(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}\n")
+    label_file = out / "labels" / rec.split / f"{Path(name).stem}.txt"
+    label_file.parent.mkdir(parents=True, exist_ok=True)
+    label_file.write_text("".join(lines))
+    return rel
+
+
+def _write_layout(records: list[LabelRecord], kit, out: Path) -> None:
+    """Every split/class folder Ultralytics expects (empty ones too) and data.yaml."""
+    names = kit.ontology.names
     if kit.task == "detect":
         for split in ("train", "val"):
             (out / "images" / split).mkdir(parents=True, exist_ok=True)
@@ -300,7 +314,7 @@ def _write_dataset(records: list[dict], kit, out: Path) -> None:
         doc = {"train": "train", "val": "val"}
     import yaml
 
-    doc |= {"names": dict(enumerate(names)), "task": kit.task, "teacher": records[0]["teacher"]}
+    doc |= {"names": dict(enumerate(names)), "task": kit.task, "teacher": records[0].teacher}
     atomic_write(out / "data.yaml", "# written by dkit label; paths are relative to this file\n"
                 + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from dkit.core.errors import UsageError
+from dkit.core.records import LabelRecord
 
 
 def read_yolo_labels(path: Path, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
@@ -35,21 +36,21 @@ def read_yolo_labels(path: Path, width: int, height: int) -> tuple[np.ndarray, n
     return cls, np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float32)
 
 
-def detection_quality(records: list[dict], gt_dir: Path, names: list[str]) -> dict:
+def detection_quality(records: list[LabelRecord], gt_dir: Path, names: list[str]) -> dict:
     """mAP50, mAP50-95 and P/R/F1 at IoU 0.5 of the records' boxes against the ground truth in `gt_dir`."""
     from dkit.distill.metrics import detection_map
 
     gt_dir = Path(gt_dir)
     if not gt_dir.is_dir():
         raise UsageError(f"--ground-truth: no such folder: {gt_dir}")
-    scored = [r for r in records if not r.get("skipped")]
+    scored = [r for r in records if r.skipped is None]
     if not scored:
         raise UsageError("no labelled images to score against the ground truth")
 
     def pairs():
         for rec in scored:
-            gcls, gboxes = read_yolo_labels(gt_dir / f"{Path(rec['image']).stem}.txt", rec["width"], rec["height"])
-            labels = rec["labels"]
+            gcls, gboxes = read_yolo_labels(gt_dir / f"{Path(rec.image).stem}.txt", rec.width, rec.height)
+            labels = rec.labels
             yield (np.array([lab["box"] for lab in labels], np.float32).reshape(-1, 4),
                    np.array([lab["confidence"] for lab in labels], np.float32),
                    np.array([lab["class_id"] for lab in labels], np.int64), gboxes, gcls)

@@ -33,6 +33,7 @@ import numpy as np
 import yaml
 
 from dkit.core.files import atomic_write
+from dkit.core.records import LabelRecord
 from dkit.distill.images import load_image
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ svg text{font-size:10px;fill:#444}
 """
 
 
-def write_report(path: Path, *, records: list[dict], names: list[str], task: str, teacher: str,
+def write_report(path: Path, *, records: list[LabelRecord], names: list[str], task: str, teacher: str,
                  random_teacher: bool, settings: dict, review_below: float, quality: dict | None = None,
                  title: str = "", max_per_class: int = 24, thumb: int = 160, max_review: int = 60) -> None:
     """Write the report for `records` (labels.jsonl rows) to `path`, atomically (temp file + os.replace)."""
@@ -99,24 +100,24 @@ def write_report(path: Path, *, records: list[dict], names: list[str], task: str
 
 # ---- sections ------------------------------------------------------------------------------------------------------
 
-def _summary(records: list[dict], *, task: str, teacher: str, random_teacher: bool, title: str) -> str:
+def _summary(records: list[LabelRecord], *, task: str, teacher: str, random_teacher: bool, title: str) -> str:
     used = [r for r in records if _usable(r)]
     rows = [("files", len(records)), ("labelled images", sum(1 for r in used if _labels(r)))]
     if task == "detect":
         rows += [("boxes", sum(len(_labels(r)) for r in used)),
-                 ("background images", sum(1 for r in used if not _labels(r) and r.get("split")))]
-    splits = [r.get("split") for r in records]
+                 ("background images", sum(1 for r in used if not _labels(r) and r.split))]
+    splits = [r.split for r in records]
     rows += [("in data set", sum(1 for s in splits if s)), ("train", splits.count("train")),
-             ("val", splits.count("val")), ("abstained", sum(1 for r in records if r.get("abstained"))),
-             ("skipped", sum(1 for r in records if r.get("skipped"))),
-             ("normalised", sum(1 for r in records if r.get("normalised")))]
+             ("val", splits.count("val")), ("abstained", sum(1 for r in records if r.abstained)),
+             ("skipped", sum(1 for r in records if r.skipped)),
+             ("normalised", sum(1 for r in records if r.normalised))]
     table = "".join(f'<tr data-count="{_ESC(k)}"><th>{_ESC(k)}</th><td class="num">{v}</td></tr>' for k, v in rows)
     banner = f'<div class="banner-random" role="alert">{_ESC(RANDOM_BANNER)}</div>' if random_teacher else ""
     return (f'<section id="summary"><h1>{_ESC(title)}</h1>{banner}'
             f"<p>teacher <code>{_ESC(teacher)}</code>, task <b>{_ESC(task)}</b></p><table>{table}</table></section>")
 
 
-def _classes(records: list[dict], classes: list[str], colours: dict, *, task: str) -> str:
+def _classes(records: list[LabelRecord], classes: list[str], colours: dict, *, task: str) -> str:
     images = dict.fromkeys(classes, 0)
     boxes = dict.fromkeys(classes, 0)
     for r in filter(_usable, records):
@@ -138,17 +139,17 @@ def _classes(records: list[dict], classes: list[str], colours: dict, *, task: st
     return f'<section id="classes"><h2>Classes</h2><table>{head}{"".join(rows)}</table></section>'
 
 
-def _confidence(records: list[dict], review_below: float) -> str:
+def _confidence(records: list[LabelRecord], review_below: float) -> str:
     used = list(filter(_usable, records))
     conf = [float(lab["confidence"]) for r in used for lab in _labels(r)]
     parts = ['<section id="confidence"><h2>Confidence</h2>',
              f"<p>{len(conf)} label confidences; the red line is the review threshold {review_below:.2f}.</p>",
              _histogram_svg([("labels", "#0082c8", conf)], 0.0, 1.0, marker=review_below,
                             marker_label=f"review < {review_below:.2f}", name="confidence")]
-    sims = [r for r in records if r.get("similarity") is not None and not r.get("skipped")]
+    sims = [r for r in records if r.similarity is not None and not r.skipped]
     if sims:
-        kept = [float(r["similarity"]) for r in sims if not r.get("abstained")]
-        abstained = [float(r["similarity"]) for r in sims if r.get("abstained")]
+        kept = [float(r.similarity) for r in sims if not r.abstained]
+        abstained = [float(r.similarity) for r in sims if r.abstained]
         values = kept + abstained
         lo = math.floor(min(values) * 20) / 20
         hi = max(lo + 0.05, math.ceil(max(values) * 20) / 20)
@@ -159,7 +160,7 @@ def _confidence(records: list[dict], review_below: float) -> str:
     return "".join(parts) + "</section>"
 
 
-def _contact_sheets(records: list[dict], classes: list[str], colours: dict, thumbs: _Thumbs, *, task: str,
+def _contact_sheets(records: list[LabelRecord], classes: list[str], colours: dict, thumbs: _Thumbs, *, task: str,
                     max_per_class: int) -> str:
     parts = ['<section id="contact-sheets"><h2>Contact sheets</h2>'
              "<p>Per class, least-confident first so doubtful labels are seen.</p>"]
@@ -168,7 +169,7 @@ def _contact_sheets(records: list[dict], classes: list[str], colours: dict, thum
         for r in filter(_usable, records):
             mine = [lab for lab in _labels(r) if lab["class"] == c]
             if mine:
-                carrying.append((min(float(lab["confidence"]) for lab in mine), str(r.get("image", "")), r, mine))
+                carrying.append((min(float(lab["confidence"]) for lab in mine), str(r.image), r, mine))
         carrying.sort(key=lambda t: (t[0], t[1]))
         shown = carrying[:max_per_class]
         figures = []
@@ -183,11 +184,11 @@ def _contact_sheets(records: list[dict], classes: list[str], colours: dict, thum
     return "".join(parts) + "</section>"
 
 
-def _review(records: list[dict], colours: dict, thumbs: _Thumbs, *, task: str, review_below: float,
+def _review(records: list[LabelRecord], colours: dict, thumbs: _Thumbs, *, task: str, review_below: float,
             max_review: int) -> str:
-    abstained = sorted((r for r in records if r.get("abstained") and not r.get("skipped")),
-                       key=lambda r: str(r.get("image", "")))
-    low = sorted(((min(float(lab["confidence"]) for lab in _labels(r)), str(r.get("image", "")), r)
+    abstained = sorted((r for r in records if r.abstained and not r.skipped),
+                       key=lambda r: str(r.image))
+    low = sorted(((min(float(lab["confidence"]) for lab in _labels(r)), str(r.image), r)
                   for r in filter(_usable, records)
                   if any(float(lab["confidence"]) < review_below for lab in _labels(r))), key=lambda t: t[:2])
     # Share the cap: each list gets at least half of it, and whatever the other one leaves.
@@ -203,16 +204,16 @@ def _review(records: list[dict], colours: dict, thumbs: _Thumbs, *, task: str, r
     parts.append("</div>" + _more(len(low) - take_l))
     parts.append(f'<h3>Abstained (not labelled): {len(abstained)}</h3><div class="grid" id="review-abstained">')
     for r in abstained[:take_a]:
-        top = ", ".join(f"{t['class']} {float(t['score']):.2f}" for t in (r.get("topk") or [])[:3])
-        lines = [str(r.get("image", "")), str(r.get("abstain_reason") or "abstained")] + ([top] if top else [])
+        top = ", ".join(f"{t['class']} {float(t['score']):.2f}" for t in (r.topk or [])[:3])
+        lines = [str(r.image), str(r.abstain_reason or "abstained")] + ([top] if top else [])
         parts.append(_figure(thumbs, r, [], lines + _note(r)))
     parts.append("</div>" + _more(len(abstained) - take_a) + "</section>")
     return "".join(parts)
 
 
-def _skipped(records: list[dict]) -> str:
-    rows = "".join(f"<tr><td>{_ESC(str(r.get('image', '')))}</td><td>{_ESC(str(r['skipped']))}</td></tr>"
-                   for r in sorted((r for r in records if r.get("skipped")), key=lambda r: str(r.get("image", ""))))
+def _skipped(records: list[LabelRecord]) -> str:
+    rows = "".join(f"<tr><td>{_ESC(str(r.image))}</td><td>{_ESC(str(r.skipped))}</td></tr>"
+                   for r in sorted((r for r in records if r.skipped), key=lambda r: str(r.image)))
     table = f"<table><tr><th>file</th><th>reason</th></tr>{rows}</table>" if rows else "<p>None.</p>"
     return f'<section id="skipped"><h2>Skipped</h2>{table}</section>'
 
@@ -244,9 +245,10 @@ class _Thumbs:
         self.size = size
         self._cache: dict[str, tuple[np.ndarray | None, float]] = {}  # source -> ((h, w, 3) RGB thumb, scale)
 
-    def render(self, record: dict, boxes: list[tuple[list[float], tuple[int, int, int], float]]) -> tuple[str, bool]:
+    def render(self, record: LabelRecord,
+               boxes: list[tuple[list[float], tuple[int, int, int], float]]) -> tuple[str, bool]:
         """(JPEG data URI, is-placeholder) with `boxes` drawn: (xyxy in decoded-image pixels, RGB colour, conf)."""
-        source = str(record.get("source", ""))
+        source = str(record.source)
         if source not in self._cache:
             self._cache[source] = self._decode(Path(source))
         small, scale = self._cache[source]
@@ -268,8 +270,8 @@ class _Thumbs:
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), scale
 
-    def _placeholder(self, record: dict) -> np.ndarray:
-        w, h = int(record.get("width") or 0), int(record.get("height") or 0)
+    def _placeholder(self, record: LabelRecord) -> np.ndarray:
+        w, h = int(record.width or 0), int(record.height or 0)
         scale = self.size / max(w, h, 1)
         tw, th = (max(1, round(w * scale)), max(1, round(h * scale))) if w and h else (self.size, self.size)
         img = np.full((th, tw, 3), PLACEHOLDER_GREY, np.uint8)  # (th, tw, 3) RGB grey
@@ -297,9 +299,9 @@ def _jpeg_uri(rgb: np.ndarray) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
 
 
-def _figure(thumbs: _Thumbs, record: dict, boxes: list, lines: list[str]) -> str:
+def _figure(thumbs: _Thumbs, record: LabelRecord, boxes: list, lines: list[str]) -> str:
     uri, placeholder = thumbs.render(record, boxes)
-    name = str(record.get("image", ""))
+    name = str(record.image)
     cls = ' class="placeholder"' if placeholder else ""
     caption = "<br>".join(_ESC(s) for s in lines)
     return (f'<figure><img{cls} src="{uri}" alt="{_ESC(name)}" title="{_ESC(name)}">'
@@ -347,17 +349,17 @@ def _histogram_svg(series: list[tuple[str, str, list[float]]], lo: float, hi: fl
     return "".join(out) + "</svg>"
 
 
-def _labels(record: dict) -> list[dict]:
-    return record.get("labels") or []
+def _labels(record: LabelRecord) -> tuple[dict, ...]:
+    return record.labels
 
 
-def _usable(record: dict) -> bool:
+def _usable(record: LabelRecord) -> bool:
     """A record whose labels count: neither skipped nor abstained."""
-    return not record.get("skipped") and not record.get("abstained")
+    return not record.skipped and not record.abstained
 
 
-def _note(record: dict) -> list[str]:
-    return [f"normalised: {record['normalised']}"] if record.get("normalised") else []
+def _note(record: LabelRecord) -> list[str]:
+    return [f"normalised: {record.normalised}"] if record.normalised else []
 
 
 def _more(n: int) -> str:

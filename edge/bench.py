@@ -23,9 +23,18 @@ included, with latency from capture to result.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -102,88 +111,114 @@ def bench_serve(bundle: str | os.PathLike, *, submissions: int = 10_000, concurr
     """Sustained scored submissions/s of `dkit serve` on loopback: `concurrency` clients with keep-alive
     connections post `submissions` drawings in all; p50/p99 latency per submission and the server's resident
     memory before and after. The server runs in its own process, as on a kiosk, with a fresh database."""
-    import http.client
-    import json
-    import socket
-    import subprocess
-    import sys
-    import tempfile
-    import threading
-    import uuid
-
     images = _bench_images(source)
     work = tempfile.mkdtemp(prefix="dkit-bench-serve-")
-    if not port:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "dkit", "serve", str(bundle), "--port", str(port), "--db",
-                               str(Path(work) / "kiosk.sqlite"), "--threads", str(threads), "-q"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    port = port or _free_port()
+    server = _start_server(bundle, port, Path(work) / "kiosk.sqlite", threads)
     try:
         _wait_up(server, port)
         rss_before = _rss_mb(server.pid)
-        latencies: list[float] = []
-        verdicts: dict[str, int] = {}
-        errors: list[str] = []
-        lock = threading.Lock()
-        counter = iter(range(submissions))
-
-        def client(k: int) -> None:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            boundary = uuid.uuid4().hex
-            for i in counter:
-                png = images[i % len(images)]
-                body = (f'--{boundary}\r\nContent-Disposition: form-data; name="name"\r\n\r\nbench {k}\r\n'
-                        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="d.png"\r\n'
-                        "Content-Type: image/png\r\n\r\n").encode() + png + f"\r\n--{boundary}--\r\n".encode()
-                start = time.perf_counter()
-                try:
-                    conn.request("POST", "/api/submissions", body=body,
-                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-                    res = conn.getresponse()
-                    doc = json.loads(res.read())
-                    ms = (time.perf_counter() - start) * 1000
-                    with lock:
-                        if res.status == 200:
-                            latencies.append(ms)
-                            verdicts[doc["verdict"]] = verdicts.get(doc["verdict"], 0) + 1
-                        else:
-                            errors.append(f"{res.status}: {doc}")
-                except (OSError, http.client.HTTPException, ValueError) as e:
-                    with lock:
-                        errors.append(repr(e))
-                    conn.close()
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            conn.close()
-
-        start = time.perf_counter()
-        workers = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        seconds = time.perf_counter() - start
+        tally = _Tally()
+        seconds = _run_clients(port, images, submissions, concurrency, tally)
         rss_after = _rss_mb(server.pid)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        import shutil
-
+        _stop_server(server)
         shutil.rmtree(work, ignore_errors=True)
-    lat = np.asarray(latencies)
+    lat = np.asarray(tally.latencies)
     return {
-        "bundle": str(bundle), "submissions": submissions, "concurrency": concurrency, "ok": len(latencies),
-        "errors": len(errors), "first_error": errors[0] if errors else None, "verdicts": verdicts,
-        "seconds": round(seconds, 2), "rps": round(len(latencies) / seconds, 2) if seconds else 0.0,
+        "bundle": str(bundle), "submissions": submissions, "concurrency": concurrency, "ok": len(tally.latencies),
+        "errors": len(tally.errors), "first_error": tally.errors[0] if tally.errors else None,
+        "verdicts": tally.verdicts,
+        "seconds": round(seconds, 2), "rps": round(len(tally.latencies) / seconds, 2) if seconds else 0.0,
         "p50_ms": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
         "p99_ms": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
         "rss_mb_before": rss_before, "rss_mb_after": rss_after, "images": len(images),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
+
+
+def _free_port() -> int:
+    """A loopback port free at the moment of asking."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(bundle: str | os.PathLike, port: int, db: Path, threads: int) -> subprocess.Popen:
+    """`dkit serve` in its own process, quiet, its stderr kept for _wait_up's error message."""
+    return subprocess.Popen([sys.executable, "-m", "dkit", "serve", str(bundle), "--port", str(port), "--db",
+                             str(db), "--threads", str(threads), "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _stop_server(server: subprocess.Popen) -> None:
+    """Terminate, and kill if it has not exited within 30 s."""
+    server.terminate()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
+class _Tally:
+    """What the clients saw, under one lock: latencies of the scored submissions, verdict counts, errors."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.verdicts: dict[str, int] = {}
+        self.errors: list[str] = []
+        self.lock = threading.Lock()
+
+    def response(self, status: int, doc, ms: float) -> None:
+        with self.lock:
+            if status == 200:
+                self.latencies.append(ms)
+                self.verdicts[doc["verdict"]] = self.verdicts.get(doc["verdict"], 0) + 1
+            else:
+                self.errors.append(f"{status}: {doc}")
+
+    def error(self, message: str) -> None:
+        with self.lock:
+            self.errors.append(message)
+
+
+def _run_clients(port: int, images: list[bytes], submissions: int, concurrency: int, tally: _Tally) -> float:
+    """`concurrency` client threads sharing `submissions` posts; the wall-clock seconds they took."""
+    counter = iter(range(submissions))
+    start = time.perf_counter()
+    workers = [threading.Thread(target=_client, args=(k, port, images, counter, tally)) for k in range(concurrency)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return time.perf_counter() - start
+
+
+def _client(k: int, port: int, images: list[bytes], counter, tally: _Tally) -> None:
+    """One keep-alive client: posts drawings while `counter` lasts, reconnecting after a failed request."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    boundary = uuid.uuid4().hex
+    for i in counter:
+        body = _submission_body(boundary, f"bench {k}", images[i % len(images)])
+        start = time.perf_counter()
+        try:
+            conn.request("POST", "/api/submissions", body=body,
+                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+            res = conn.getresponse()
+            doc = json.loads(res.read())
+            tally.response(res.status, doc, (time.perf_counter() - start) * 1000)
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            tally.error(repr(e))
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.close()
+
+
+def _submission_body(boundary: str, name: str, png: bytes) -> bytes:
+    """The multipart/form-data body the kiosk page posts: a player name and a PNG drawing."""
+    return (f'--{boundary}\r\nContent-Disposition: form-data; name="name"\r\n\r\n{name}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="d.png"\r\n'
+            "Content-Type: image/png\r\n\r\n").encode() + png + f"\r\n--{boundary}--\r\n".encode()
 
 
 def _bench_images(source: str | os.PathLike | None, count: int = 64) -> list[bytes]:
@@ -209,8 +244,6 @@ def _bench_images(source: str | os.PathLike | None, count: int = 64) -> list[byt
 
 
 def _wait_up(server, port: int, timeout: float = 180.0) -> None:
-    import http.client
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:

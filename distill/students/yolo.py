@@ -12,6 +12,7 @@ plots are off (they download a font); `student/curves.png` is drawn from its res
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import shutil
@@ -265,11 +266,10 @@ def _detection_metrics(result, kit, run: RunDir, records, s_out, t_out, teacher,
 
     names = kit.ontology.names
 
-    def as_record(rec, boxes, conf, cls, image_key):
-        labels = [{"class_id": int(c), "confidence": float(p), "box": [float(v) for v in b]}
-                  for b, p, c in zip(boxes, conf, cls, strict=True)]
-        return {"image": getattr(rec, image_key), "width": rec.width, "height": rec.height, "skipped": None,
-                "labels": labels}
+    def as_record(rec, boxes, conf, cls, image_key):  # the record with a model's boxes as its labels
+        labels = tuple({"class_id": int(c), "confidence": float(p), "box": [float(v) for v in b]}
+                       for b, p, c in zip(boxes, conf, cls, strict=True))
+        return dataclasses.replace(rec, image=getattr(rec, image_key), labels=labels)
 
     s_boxes = [(r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy(), r.boxes.cls.cpu().numpy()) for r in s_out]
     # against the teacher's labels as written (the data set's label files: the student's training target)

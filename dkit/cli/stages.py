@@ -18,9 +18,9 @@ def cmd_label(args: argparse.Namespace) -> int:
     kit = load(args)
     result = label_images(kit, kit.run_dir(args.out), ground_truth=args.ground_truth, progress=args.quiet == 0)
     c = result.counts
-    labelled = sum(1 for r in result.records if r["labels"])
-    abstained = sum(1 for r in result.records if r["abstained"])
-    boxes = sum(len(r["labels"]) for r in result.records)
+    labelled = sum(1 for r in result.records if r.labels)
+    abstained = sum(1 for r in result.records if r.abstained)
+    boxes = sum(len(r.labels) for r in result.records)
     sys.stdout.write(
         f"labels: {result.labels_dir}\n"
         f"  {c['files']} files: {labelled} labelled ({boxes} labels), {abstained} abstained, {c['skipped']} skipped; "

@@ -112,7 +112,7 @@ def test_split_is_seeded_and_repeatable(photos, tmp_path, store):
     def splits(seed, run):
         kit = clip_kit(tmp_path, photos, seed=seed)
         records = label_images(kit, tmp_path / run, store=store, progress=False, report=False).records
-        return {r["image"]: r["split"] for r in records}
+        return {r.image: r.split for r in records}
 
     first = splits(0, "a")
     assert splits(0, "b") == first
@@ -124,7 +124,7 @@ def test_workers_decode_in_processes_with_identical_results(photos, tmp_path, st
     for workers in (0, 2):
         kit = clip_kit(tmp_path, photos, workers=workers)
         records = label_images(kit, tmp_path / f"w{workers}", store=store, progress=False, report=False).records
-        runs.append([(r["image"], r["skipped"], r["labels"], r["split"]) for r in records])
+        runs.append([(r.image, r.skipped, r.labels, r.split) for r in records])
     assert runs[0] == runs[1]
 
 
@@ -136,10 +136,10 @@ def test_abstained_images_are_listed_but_not_trained_on(photos, tmp_path, store)
 
     kit = clip_kit(tmp_path, photos, overrides=["teacher.abstain.floor=-1.0", "teacher.abstain.margin=0.0"])
     records = label_images(kit, tmp_path / "run2", store=store, progress=False).records
-    abstained = [r for r in records if r["abstained"]]
-    assert all(r["abstain_reason"].startswith("background prompt") for r in abstained)  # the only rule left on
-    assert all(r["split"] is None and not r["labels"] for r in abstained)
-    assert any(r["split"] for r in records)
+    abstained = [r for r in records if r.abstained]
+    assert all(r.abstain_reason.startswith("background prompt") for r in abstained)  # the only rule left on
+    assert all(r.split is None and not r.labels for r in abstained)
+    assert any(r.split for r in records)
 
 
 def test_empty_folder_is_a_clear_error(tmp_path, store):
@@ -194,15 +194,15 @@ def test_interrupted_run_leaves_nothing_half_written_and_resumes_from_the_cache(
 
     second = _Interrupting(teacher, after=None)
     result = label_images(kit, run, store=store, teacher=second, progress=False)
-    good = [r for r in result.records if not r["skipped"]]
-    new = {r["sha256"] for r in good} - done
+    good = [r for r in result.records if not r.skipped]
+    new = {r.sha256 for r in good} - done
     assert second.inferred == len(new)  # only content not done yet, each once (owl.jpg and its copy: once)
     assert result.counts["cached"] == len(good) - len(new)
 
     third = _Interrupting(teacher, after=None)
     again = label_images(kit, run, store=store, teacher=third, progress=False)
     assert third.calls == 0 and again.counts["cached"] == len(good)  # a rerun recomputes nothing
-    assert [r["labels"] for r in again.records] == [r["labels"] for r in result.records]
+    assert [r.labels for r in again.records] == [r.labels for r in result.records]
 
 
 def test_folders_left_by_a_killed_labeler_are_removed(photos, tmp_path, store):
@@ -239,11 +239,11 @@ def test_clip_detection_verifies_proposals(photos, tmp_path, assets, proposer, m
     ])
     result = label_images(kit, tmp_path / "run", store=make_yolo_store(assets, tmp_path / "store"), progress=False)
     out = result.labels_dir
-    placed = [r for r in result.records if r["split"]]
-    assert any(r["labels"] for r in placed), "a permissive random teacher keeps some boxes"
+    placed = [r for r in result.records if r.split]
+    assert any(r.labels for r in placed), "a permissive random teacher keeps some boxes"
     for r in placed:
-        boxes = np.array([lab["box"] for lab in r["labels"]]).reshape(-1, 4)
-        cls = np.array([lab["class_id"] for lab in r["labels"]])
+        boxes = np.array([lab["box"] for lab in r.labels]).reshape(-1, 4)
+        cls = np.array([lab["class_id"] for lab in r.labels])
         sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
         assert (sides >= 16 - 1e-3).all()
         for c in set(cls.tolist()):  # class-wise NMS left no same-class pair above the IoU threshold
@@ -251,8 +251,8 @@ def test_clip_detection_verifies_proposals(photos, tmp_path, assets, proposer, m
             for i in range(len(b)):
                 for j in range(i + 1, len(b)):
                     assert _iou(b[i], b[j]) <= 0.5 + 1e-4
-        label_file = out / "labels" / r["split"] / f"{Path(r['dataset_image']).stem}.txt"
-        assert len(label_file.read_text().splitlines()) == len(r["labels"])
+        label_file = out / "labels" / r.split / f"{Path(r.dataset_image).stem}.txt"
+        assert len(label_file.read_text().splitlines()) == len(r.labels)
 
 
 def _iou(a, b) -> float:
@@ -286,19 +286,19 @@ def test_yolo_teacher_labels_match_ultralytics_and_load_as_a_data_set(coco16, tm
     out = result.labels_dir
     data = check_det_dataset(str(out / "data.yaml"))
     assert len(data["names"]) == 80 and Path(data["val"]).is_dir()
-    assert sum(1 for r in result.records if r["split"] == "val") == 4
+    assert sum(1 for r in result.records if r.split == "val") == 4
 
     model = YOLO(str(assets / "models" / "yolov8n.pt"))
     assert kit.teacher.augment and kit.teacher.conf == 0.35
     for rec in result.records[:6]:  # the labels are exactly what Ultralytics predicts with the kit's settings
         t = kit.teacher  # the recipe's TTA at conf 0.35; the cache holds conf >= 0.01, re-thresholded
-        pred = model.predict(rec["source"], imgsz=t.imgsz, conf=t.conf, iou=t.iou, augment=t.augment,
+        pred = model.predict(rec.source, imgsz=t.imgsz, conf=t.conf, iou=t.iou, augment=t.augment,
                              verbose=False, device="cpu")[0]
-        ours = sorted((lab["class_id"], round(lab["confidence"], 3)) for lab in rec["labels"])
+        ours = sorted((lab["class_id"], round(lab["confidence"], 3)) for lab in rec.labels)
         theirs = sorted((int(c), round(float(s), 3)) for c, s in zip(pred.boxes.cls, pred.boxes.conf, strict=True))
         assert ours == theirs
-        lines = (out / "labels" / rec["split"] / f"{Path(rec['image']).stem}.txt").read_text().splitlines()
-        assert len(lines) == len(rec["labels"])
+        lines = (out / "labels" / rec.split / f"{Path(rec.image).stem}.txt").read_text().splitlines()
+        assert len(lines) == len(rec.labels)
     q = json.loads((out / "quality.json").read_text())
     assert q == result.quality and q["images"] == 16 and 0.2 < q["map50"] <= 1.0 and 0 < q["f1"] < 1
 
@@ -317,8 +317,8 @@ def test_yolo_subset_ontology_drops_unmapped_classes(coco16, tmp_path, yolo_stor
     path.write_text(head + "ontology:\n  classes:\n    human: [person]\n    vehicle: [car, truck, bus]\n\n" + tail)
     kit = load_kit(path, data=coco16, overrides=["data.val=2"])
     records = label_images(kit, tmp_path / "run", store=yolo_store, progress=False, report=False).records
-    assert {lab["class"] for r in records for lab in r["labels"]} <= {"human", "vehicle"}
-    assert any(lab["class"] == "human" for r in records for lab in r["labels"])
+    assert {lab["class"] for r in records for lab in r.labels} <= {"human", "vehicle"}
+    assert any(lab["class"] == "human" for r in records for lab in r.labels)
     assert "names" in (tmp_path / "run" / "labels" / "data.yaml").read_text()
 
 

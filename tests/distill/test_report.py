@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
+from dkit.core.records import LabelRecord
 from dkit.distill import report
 from dkit.distill.images import load_image
 
@@ -58,7 +59,7 @@ def _size(path: Path) -> tuple[int, int]:
     return w, h
 
 
-def _record(task: str, source: Path, image: str, labels: list, extra: dict, split: str | None) -> dict:
+def _record(task: str, source: Path, image: str, labels: list, extra: dict, split: str | None) -> LabelRecord:
     w, h = (0, 0) if extra.get("skipped") else _size(source) if source.exists() else (512, 384)
     labs = []
     for cls, conf, *frac in labels:
@@ -68,11 +69,12 @@ def _record(task: str, source: Path, image: str, labels: list, extra: dict, spli
             lab["box"] = [fx1 * w, fy1 * h, fx2 * w, fy2 * h]  # xyxy pixels of the decoded photo
         labs.append(lab)
     unused = extra.get("skipped") or extra.get("abstained")
-    return {"image": image, "source": str(source), "sha256": "0" * 64, "split": None if unused else split,
+    return LabelRecord.from_dict({"image": image, "source": str(source), "sha256": "0" * 64,
+                                  "split": None if unused else split,
             "dataset_image": None if unused else f"images/{split}/{Path(image).name}", "width": w, "height": h,
             "normalised": None, "labels": labs, "topk": [{"class": c, "score": s} for c, s, *_ in labels],
             "similarity": None, "abstained": False, "abstain_reason": None, "skipped": None,
-            "teacher": "clip:ViT-B-32/laion2b_s34b_b79k", **extra}
+            "teacher": "clip:ViT-B-32/laion2b_s34b_b79k", **extra})
 
 
 @pytest.fixture
@@ -80,7 +82,7 @@ def photos(assets: Path) -> Path:
     return assets / "data" / "photos"
 
 
-def _records(task: str, photos: Path, tmp_path: Path) -> list[dict]:
+def _records(task: str, photos: Path, tmp_path: Path) -> list[LabelRecord]:
     """Records over real photos: labelled, low-confidence, abstained, skipped, normalised, unreadable, evil name."""
     rows = DETECT_ROWS if task == "detect" else CLASSIFY_ROWS
     records = [_record(task, photos / name, f"sub/{name}", labels, extra, "val" if i % 4 == 3 else "train")
@@ -143,7 +145,7 @@ class _Page(HTMLParser):
                 and (sheet is None or sh == sheet) and all(a.get(k) == v for k, v in want.items())]
 
 
-def _write(tmp_path: Path, records: list[dict], task: str, **kw) -> tuple[Path, str, _Page]:
+def _write(tmp_path: Path, records: list[LabelRecord], task: str, **kw) -> tuple[Path, str, _Page]:
     out = tmp_path / "labels" / "report.html"
     kw = {"teacher": "clip:ViT-B-32/laion2b_s34b_b79k", "random_teacher": False, "settings": SETTINGS,
           "review_below": REVIEW_BELOW, **kw}
@@ -166,8 +168,8 @@ def _thumb_size(w: int, h: int, thumb: int) -> tuple[int, int]:
     return max(1, round(w * s)), max(1, round(h * s))
 
 
-def _usable(r: dict) -> bool:
-    return not r["skipped"] and not r["abstained"]
+def _usable(r: LabelRecord) -> bool:
+    return not r.skipped and not r.abstained
 
 
 @pytest.mark.parametrize(("task", "random_teacher", "quality"), [
@@ -186,14 +188,14 @@ def test_sections_counts_banner_and_safety(photos, tmp_path, task, random_teache
     assert ids == expected + (["quality"] if quality else []) + ["settings"]
 
     used = [r for r in records if _usable(r)]
-    want = {"files": len(records), "labelled images": sum(1 for r in used if r["labels"]),
-            "abstained": sum(1 for r in records if r["abstained"]),
-            "skipped": sum(1 for r in records if r["skipped"]),
-            "normalised": sum(1 for r in records if r["normalised"]),
-            "in data set": sum(1 for r in records if r["split"])}
+    want = {"files": len(records), "labelled images": sum(1 for r in used if r.labels),
+            "abstained": sum(1 for r in records if r.abstained),
+            "skipped": sum(1 for r in records if r.skipped),
+            "normalised": sum(1 for r in records if r.normalised),
+            "in data set": sum(1 for r in records if r.split)}
     if task == "detect":
-        want["boxes"] = sum(len(r["labels"]) for r in used)
-        want["background images"] = sum(1 for r in used if not r["labels"] and r["split"])
+        want["boxes"] = sum(len(r.labels) for r in used)
+        want["background images"] = sum(1 for r in used if not r.labels and r.split)
     assert {k: page.counts[k] for k in want} == want
     assert want["abstained"] == (2 if task == "classify" else 0) and want["skipped"] == 1 and want["normalised"] == 1
     assert ("boxes" in page.counts) == (task == "detect")
@@ -231,16 +233,16 @@ def test_sections_counts_banner_and_safety(photos, tmp_path, task, random_teache
 def test_contact_sheets_least_confident_first_at_thumb_size(photos, tmp_path, task, max_per_class, thumb):
     records = _records(task, photos, tmp_path)
     _, _, page = _write(tmp_path, records, task, max_per_class=max_per_class, thumb=thumb)
-    by_name = {r["image"]: r for r in records}
+    by_name = {r.image: r for r in records}
     for cls in NAMES:
-        carrying = sorted((min(lab["confidence"] for lab in r["labels"] if lab["class"] == cls), r["image"])
-                          for r in records if _usable(r) and any(lab["class"] == cls for lab in r["labels"]))
+        carrying = sorted((min(lab["confidence"] for lab in r.labels if lab["class"] == cls), r.image)
+                          for r in records if _usable(r) and any(lab["class"] == cls for lab in r.labels))
         imgs = page.find("img", "contact-sheets", sheet=cls)
         assert len(imgs) <= max_per_class
         assert [img["alt"] for img in imgs] == [name for _, name in carrying[:max_per_class]]
         for img in imgs:
             rec = by_name[img["alt"]]
-            assert _decode(img["src"]).shape[:2][::-1] == _thumb_size(rec["width"], rec["height"], thumb)
+            assert _decode(img["src"]).shape[:2][::-1] == _thumb_size(rec.width, rec.height, thumb)
     assert page.find("img", "contact-sheets", sheet="zebra") == []
 
 
@@ -251,9 +253,9 @@ def test_detection_box_is_drawn_in_class_colour(photos, tmp_path):
                        for i in (1, 3, 5)])
     img = next(a for a in page.find("img", sheet="cat") if a["alt"] == "sub/cat.bmp")
     thumb = _decode(img["src"]).astype(int)  # (h, w, 3) RGB
-    rec = next(r for r in records if r["image"] == "sub/cat.bmp")
-    s = 160 / max(rec["width"], rec["height"])
-    x1, y1, x2, y2 = (round(v * s) for v in rec["labels"][0]["box"])
+    rec = next(r for r in records if r.image == "sub/cat.bmp")
+    s = 160 / max(rec.width, rec.height)
+    x1, y1, x2, y2 = (round(v * s) for v in rec.labels[0]["box"])
 
     def near(x: int) -> float:
         """Share of rows along column x (+-1 px) between the box's top and bottom that carry the class colour."""
@@ -269,22 +271,22 @@ def test_confidence_and_similarity_histograms(photos, tmp_path):
         records = _records(task, photos, tmp_path)
         _, _, page = _write(tmp_path, records, task)
         conf = page.find("rect", "confidence", data_series="labels")
-        assert sum(int(r["data-count"]) for r in conf) == sum(len(r["labels"]) for r in records if _usable(r))
+        assert sum(int(r["data-count"]) for r in conf) == sum(len(r.labels) for r in records if _usable(r))
         assert {int(r["data-bin"]) for r in conf} <= set(range(20))
         assert len(page.find("line", "confidence", class_="marker")) == 1
         sims = [a for a in page.find("svg", "confidence") if a.get("data-hist") == "similarity"]
         assert len(sims) == (task == "classify")
         if task == "classify":
             rects = [a for a in page.find("rect", "confidence") if a["data-series"] in ("kept", "abstained")]
-            assert sum(int(r["data-count"]) for r in rects) == sum(1 for r in records if r["similarity"] is not None)
+            assert sum(int(r["data-count"]) for r in rects) == sum(1 for r in records if r.similarity is not None)
 
 
 @pytest.mark.parametrize(("task", "max_review"), [("detect", 60), ("detect", 2), ("classify", 60), ("classify", 2)])
 def test_review_lists_abstained_and_low_confidence_with_a_cap(photos, tmp_path, task, max_review):
     records = _records(task, photos, tmp_path)
     _, _, page = _write(tmp_path, records, task, max_review=max_review)
-    low = [r for r in records if _usable(r) and any(lab["confidence"] < REVIEW_BELOW for lab in r["labels"])]
-    abstained = [r for r in records if r["abstained"]]
+    low = [r for r in records if _usable(r) and any(lab["confidence"] < REVIEW_BELOW for lab in r.labels)]
+    abstained = [r for r in records if r.abstained]
     shown_low, shown_abs = [], []
     tags = [(a, t) for t, a, sec, _ in page.tags if sec == "review"]
     grid = None
@@ -294,11 +296,11 @@ def test_review_lists_abstained_and_low_confidence_with_a_cap(photos, tmp_path, 
             (shown_low if grid == "review-low" else shown_abs).append(a["alt"])
     assert len(shown_low) + len(shown_abs) == min(max_review, len(low) + len(abstained))
     assert len(shown_low) >= min(len(low), max_review // 2) and len(shown_abs) >= min(len(abstained), max_review // 2)
-    assert set(shown_low) <= {r["image"] for r in low} and set(shown_abs) <= {r["image"] for r in abstained}
+    assert set(shown_low) <= {r.image for r in low} and set(shown_abs) <= {r.image for r in abstained}
     hidden = len(low) + len(abstained) - len(shown_low) - len(shown_abs)
     assert ("more not shown" in page.text["review"]) == (hidden > 0)
     for name in shown_abs:
-        assert next(r["abstain_reason"] for r in abstained if r["image"] == name) in page.text["review"]
+        assert next(r.abstain_reason for r in abstained if r.image == name) in page.text["review"]
 
 
 def test_skipped_table_and_unreadable_placeholder(photos, tmp_path):
@@ -372,10 +374,10 @@ def test_large_report_decodes_only_what_it_shows(tmp_path, monkeypatch, task):
                    **({"box": [4, 4, 40, 30]} if task == "detect" else {})}
                   for k in rng.choice(len(names), size=int(rng.integers(1, 3)), replace=False)]
         abstained = task == "classify" and i % 10 == 0
-        records.append({"image": f"img_{i:05d}.jpg", "source": f"/nowhere/img_{i:05d}.jpg", "split": "train",
-                        "width": 64, "height": 48, "normalised": None, "labels": [] if abstained else labels,
-                        "topk": [], "similarity": 0.25 if task == "classify" else None, "abstained": abstained,
-                        "abstain_reason": "margin 0.03 below 0.10" if abstained else None, "skipped": None})
+        records.append(LabelRecord(f"img_{i:05d}.jpg", f"/nowhere/img_{i:05d}.jpg", f"{i:064x}", "t", "train",
+                                   width=64, height=48, labels=() if abstained else tuple(labels),
+                                   similarity=0.25 if task == "classify" else None, abstained=abstained,
+                                   abstain_reason="margin 0.03 below 0.10" if abstained else None))
     out = tmp_path / "report.html"
     report.write_report(out, records=records, names=names, task=task, teacher="t", random_teacher=True,
                         settings={}, review_below=0.3, max_per_class=max_per_class, max_review=max_review)

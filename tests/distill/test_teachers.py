@@ -11,6 +11,7 @@ open_clip = pytest.importorskip("open_clip")
 torch = pytest.importorskip("torch")
 
 from dkit.core.kit import load_kit  # noqa: E402
+from dkit.core.records import LabelRecord  # noqa: E402
 from dkit.core.store import ModelStore  # noqa: E402
 from dkit.distill.proposers import crop_boxes, windows  # noqa: E402
 from dkit.distill.quality import detection_quality  # noqa: E402
@@ -166,6 +167,7 @@ def test_quality_numbers_by_hand(tmp_path):
         {"image": "b.jpg", "width": 100, "height": 100, "skipped": None, "labels": []},
         {"image": "bad.jpg", "width": 0, "height": 0, "skipped": "truncated", "labels": []},
     ]
+    records = [LabelRecord.from_dict({"source": "/x", "sha256": "0" * 64, "teacher": "t", **r}) for r in records]
     q = detection_quality(records, gt, ["cat", "dog"])
     assert (q["images"], q["gt_boxes"], q["label_boxes"]) == (2, 2, 3)
     assert q["precision"] == pytest.approx(1 / 3) and q["recall"] == pytest.approx(1 / 2)

@@ -1,0 +1,166 @@
+"""The bundle's README.md, for the person installing it: what the model is, how to run it, what was measured.
+
+    text = render_readme(kit, manifest, evaluation)   # -> str, written as bundle/README.md by dkit.export.bundle
+
+`manifest` is the bundle's dkit.edge.manifest.Manifest (its task, classes, teacher, student, models and score
+calibration); `evaluation` is the run's eval.json as a dict (`dkit eval`; {} when there is none). Sections:
+- a header and one paragraph on what the model is (by task), with a warning for an untrained teacher;
+- "Run it": the edge runtime's install and run commands (and `dkit serve` for the kiosk judge);
+- "Measured": the ONNX parity figures for the task, each precision variant against fp32 (or why it was
+  refused), and `dkit eval`'s held-out figures;
+- "TensorRT (on the device)": the device's engine build command (engines are not portable, so none ships).
+"""
+
+from __future__ import annotations
+
+from dkit.edge.manifest import Manifest
+
+
+def render_readme(kit, manifest: Manifest, evaluation: dict) -> str:
+    """The README.md text; `kit` gives the title (name, student kind) and the TensorRT input size."""
+    m = manifest.models["student"]
+    lines = _header(kit, manifest)
+    lines += _run_it(manifest.task)
+    lines += ["## Measured", ""]
+    lines += _parity_lines(manifest)
+    lines += _variant_lines(manifest)
+    lines += _eval_lines(evaluation)
+    lines += _tensorrt_section(kit.student.imgsz, m.inputs[0]["name"])
+    return "\n".join(lines)
+
+
+def _what(manifest: Manifest) -> str:
+    """One phrase on what the model is, by task."""
+    imgsz, n_classes = manifest.student["imgsz"], len(manifest.classes)
+    return {"detect": f"A {imgsz} px object detector for {n_classes} classes",
+            "classify": f"A {imgsz} px image classifier for {n_classes} classes",
+            "embed": f"A kiosk judge: a {imgsz} px image encoder that reproduces the teacher's "
+                     "image embeddings, scored against text prompts (the teacher's text encoder ships too, so new "
+                     "prompts are embedded on the device), with moderation prompts and a 0-100 score calibration; "
+                     f"its ontology has {n_classes} classes"}[manifest.task]
+
+
+def _header(kit, manifest: Manifest) -> list[str]:
+    """The title, the untrained-teacher warning when it applies, and the paragraph on what the bundle is."""
+    lines = [f"# {kit.name}: {kit.student.kind} bundle", ""]
+    if manifest.teacher["random"]:
+        lines += ["**WARNING: made from an UNTRAINED (random) teacher. Its outputs are meaningless; tests only.**", ""]
+    names = manifest.classes
+    lines += [
+        f"{_what(manifest)} ({', '.join(names[:12])}{', ...' if len(names) > 12 else ''}), distilled from the "
+        f"teacher `{manifest.teacher['id']}`. Everything the device needs is in `manifest.json`; every file's "
+        "sha256 is checked before anything loads.", "",
+    ]
+    return lines
+
+
+def _run_it(task: str) -> list[str]:
+    """The "Run it" section: install the edge runtime, run the bundle (and serve the kiosk judge)."""
+    lines = [
+        "## Run it", "",
+        "```bash",
+        "pip install distill-kit          # the edge runtime only: numpy, onnxruntime, opencv; no torch",
+        "dkit run bundle/ --source 0 --jsonl     # camera 0; or a video file, an rtsp:// URL, a folder",
+    ]
+    if task == "embed":
+        lines.append("dkit serve bundle/ --port 8000          # the kiosk: drawing canvas, camera, leaderboard")
+    return [*lines, "```", ""]
+
+
+def _parity_lines(manifest: Manifest) -> list[str]:
+    """The fp32 ONNX parity figures of the task's models (and the judge's score calibration)."""
+    m = manifest.models["student"]
+    if manifest.task == "detect":
+        return _detect_parity(m)
+    if manifest.task == "classify":
+        return _classify_parity(m)
+    return _embed_parity(manifest, m)
+
+
+def _detect_parity(m) -> list[str]:
+    p = m.info["parity"]
+    return [f"- ONNX (fp32, opset {m.info['opset']}) against the PyTorch student on {p['images']} of the kit's"
+            f" images: largest output difference {p['max_abs_diff']:.2e}, boxes agreeing after NMS "
+            f"{p['agreement']:.3f}."]
+
+
+def _classify_parity(m) -> list[str]:
+    p = m.info["parity"]
+    return [f"- ONNX (fp32, opset {m.info['opset']}) against the PyTorch student on {p['images']} of the kit's"
+            f" images: largest probability difference {p['max_abs_diff']:.2e}; the device's input differs "
+            f"from Ultralytics' by at most {p['input_max_abs_diff']:.2e}; top-1 class agreeing with "
+            f"Ultralytics' predict {p['agreement']:.3f}."]
+
+
+def _embed_parity(manifest: Manifest, m) -> list[str]:
+    p, t = m.info["parity"], manifest.models["text"].info["parity"]
+    return [f"- Image encoder ONNX (fp32, opset {m.info['opset']}) against the PyTorch student on "
+            f"{p['images']} of "
+            f"the kit's images: largest difference {p['max_abs_diff']:.2e}, cosine mean {p['agreement']:.6f} "
+            f"(min {p['min_cosine']:.6f}).",
+            f"- Text encoder ONNX against open_clip on {t['prompts']} prompts: token ids identical "
+            f"{t['token_agreement']:.3f}, largest difference {t['max_abs_diff']:.2e}, cosine mean "
+            f"{t['agreement']:.6f}.",
+            _calibration_line(manifest.calibration.to_dict())]
+
+
+def _calibration_line(c: dict) -> str:
+    return (f"- Score calibration from {c['images']} of the kit's images: cosine knots "
+            f"{', '.join(f'{x:.3f}' for x in c['cosine'])} -> scores {', '.join(f'{y:g}' for y in c['score'])}; "
+            f"student vs teacher scores on {c['agreement']['pairs']} ({c['agreement']['split']}) image-class "
+            f"pairs: mean absolute difference {c['agreement']['mean_abs_score_diff']:.1f} points, Spearman "
+            f"{c['agreement']['spearman']:.3f}.")
+
+
+def _variant_lines(manifest: Manifest) -> list[str]:
+    """Each fp16/int8 variant against the fp32 model, then the variants refused by the accuracy guard."""
+    lines = []
+    for role, v in manifest.models.items():
+        if role.startswith("student_") and "vs_fp32" in v.info:
+            a = v.info["vs_fp32"]
+            lines.append(f"- `{v.file}` ({v.precision}): {a['metric']} {a['agreement']:.3f} against the fp32 "
+                         f"model on {a['images']} held-out images; {a['ms_per_image']:.1f} ms/image vs "
+                         f"{a['ms_per_image_fp32']:.1f} for fp32 on the exporting machine's CPU.")
+    for precision, why in manifest.info["refused_variants"].items():
+        lines.append(f"- {precision}: refused ({why}).")
+    return lines
+
+
+def _eval_lines(evaluation: dict) -> list[str]:
+    """`dkit eval`'s held-out figures (eval.json), by task; none without a student's."""
+    s, t = evaluation.get("student") or {}, evaluation.get("teacher") or {}
+    if not s:
+        return []
+    on = (f"{_f(s.get('ms_per_image'))} ms/image vs the teacher's {_f(t.get('ms_per_image'))} on "
+          f"{(evaluation.get('machine') or {}).get('cpus', '?')} CPU cores")
+    head = f"- On {evaluation.get('images')} held-out images (`dkit eval`): "
+    if evaluation.get("task") == "detect":
+        return [f"{head}student mAP50 {_f(s.get('map50'))} vs the teacher's {_f(t.get('map50'))} (ground truth), "
+                f"{_f(s.get('map50_vs_teacher'))} against the teacher's labels; {on}."]
+    if "cosine_mean" in s:
+        return [f"{head}cosine to the teacher's embedding {_f(s.get('cosine_mean'))}, Spearman of prompt scores "
+                f"{_f(s.get('spearman_mean'))}, top-1 class agreement {_f(s.get('top1_agreement'))}, moderation "
+                f"agreement {_f(s.get('moderation_agreement'))}; {on}."]
+    if "top1_agreement" in s:
+        return [f"{head}top-1 agreement with the teacher {_f(s.get('top1_agreement'))}, accuracy "
+                f"{_f(s.get('accuracy'))} (ground truth); {on}."]
+    return []
+
+
+def _tensorrt_section(size: int, inp: str) -> list[str]:
+    """How to build a TensorRT engine on the device (trtexec, or onnxruntime's TensorRT provider)."""
+    return [
+        "", "## TensorRT (on the device)", "",
+        "Engines are specific to the GPU and TensorRT version that build them, so none is trusted across devices. "
+        "On a Jetson:", "",
+        "```bash",
+        f"trtexec --onnx=student.onnx --saveEngine=student.engine --fp16 "
+        f"--minShapes={inp}:1x3x{size}x{size} --optShapes={inp}:1x3x{size}x{size} --maxShapes={inp}:4x3x{size}x{size}",
+        "```", "",
+        "or let onnxruntime's TensorRT execution provider build and cache it on first run "
+        "(`trt_engine_cache_enable=True`, `trt_engine_cache_path=./trt-cache`).", "",
+    ]
+
+
+def _f(v) -> str:
+    return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
