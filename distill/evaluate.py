@@ -15,6 +15,10 @@ eval.json is a stable contract for CI and dashboards (version 1):
               student.map50, map50_95 and teacher.map50, map50_95 against ground truth (null without it)
   classify:   student.top1_agreement (with the teacher's labels), accuracy (against ground truth, or null)
   embed:      student.cosine_mean, spearman_mean, top1_agreement, moderation_agreement; baseline {...}
+              moderation_agreement: the share of (held-out image, judge prompt) pairs on which student and teacher
+              get the same verdict from the device's rule (dkit.edge.moderation, the kit's margins): blocked, text
+              or neither (no_match needs the score calibration, made at export: see the bundle's calibration)
+The teacher is the one that labelled the images (its id: weights, size, test-time augmentation).
 Times are medians of single-image passes in the same process, one after the other, on this machine.
 """
 
@@ -29,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from dkit.core.files import atomic_write
+from dkit.core.run import RunDir
 
 SCHEMA_VERSION = 1
 
@@ -87,7 +92,8 @@ def write_eval(run_dir: Path, result: dict) -> tuple[Path, Path]:
     """eval.json (the contract above) and eval.md (a table a person reads), each written atomically."""
     doc = {"schema_version": SCHEMA_VERSION, **result,
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
-    paths = run_dir / "eval.json", run_dir / "eval.md"
+    run = RunDir(run_dir)
+    paths = run.eval_json, run.eval_md
     for path, text in zip(paths, (json.dumps(doc, indent=2) + "\n", render_markdown(doc)), strict=True):
         atomic_write(path, text)
     return paths

@@ -111,7 +111,7 @@ def label_images(kit, run_dir: Path, *, store=None, teacher: Teacher | None = No
                 quality=quality, title=f"{kit.name}: teacher labels",
             )
         shutil.rmtree(tmp / ".staging", ignore_errors=True)
-        labels_dir = run_dir / "labels"
+        labels_dir = RunDir(run_dir).labels
         replace_dir(tmp, labels_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

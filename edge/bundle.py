@@ -9,9 +9,8 @@ preprocessing, classes, decoding, thresholds, ...) and the sha256 of every other
 runtime reads, it parses into the typed Manifest (dkit.edge.manifest: required keys, types), every
 listed file exists inside the bundle with the listed sha256, and no file is present that the manifest
 does not list. Nothing is unpickled, ever. An archive is unpacked into a private temporary folder first,
-refusing links and
-paths that leave it. Used by `dkit export` at the end (on what it wrote) and by the edge at load time;
-the writer is dkit.export.manifest.write_manifest.
+refusing links and paths that leave it. Used by `dkit export` at the end (on what it wrote) and by the
+edge at load time; the writer is dkit.export.manifest.write_manifest.
 """
 
 from __future__ import annotations

@@ -34,6 +34,8 @@ PRECISIONS = ("fp32", "fp16", "int8")
 PROMPT_ROLES = ("class", "background", "prompt", "text", "unsafe")
 RESIZE_MODES = ("letterbox", "shortest")
 _DEFAULT_INTERPOLATION = {"letterbox": "linear", "shortest": "area"}
+_PREPROCESS_KEYS = {"resize", "size", "interpolation", "pad_value", "crop", "channels", "scale", "mean", "std",
+                    "layout"}
 
 
 class ManifestError(ValueError):
@@ -75,6 +77,8 @@ def _numbers(values: Any, where: str, length: int | None = None) -> tuple[float,
 
 
 def _type_name(kinds: tuple[type, ...]) -> str:
+    if set(kinds) == {int, float}:
+        return "a number"
     names = {"dict": "a JSON object", "list": "a JSON array", "str": "a string", "int": "an integer",
              "float": "a number", "bool": "true or false"}
     return " or ".join(names.get(k.__name__, k.__name__) for k in kinds)
@@ -102,6 +106,7 @@ class Preprocess:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     layout: str = "NCHW"
     size_is_int: bool = field(default=False, repr=False, compare=False)  # how `size` was written (round trip)
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)  # keys this version does not read
 
     def __post_init__(self):
         if self.resize not in RESIZE_MODES:
@@ -129,7 +134,8 @@ class Preprocess:
                    scale=float(_get(doc, "scale", (int, float), where, 1 / 255)),
                    mean=_numbers(doc.get("mean", [0.0, 0.0, 0.0]), f"{where}mean", 3),
                    std=_numbers(doc.get("std", [1.0, 1.0, 1.0]), f"{where}std", 3),
-                   layout=_get(doc, "layout", str, where, "NCHW"), size_is_int=as_int)
+                   layout=_get(doc, "layout", str, where, "NCHW"), size_is_int=as_int,
+                   extra=_frozen({k: v for k, v in doc.items() if k not in _PREPROCESS_KEYS}))
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"resize": self.resize, "size": self.size[0] if self.size_is_int else list(self.size)}
@@ -138,7 +144,7 @@ class Preprocess:
         else:
             doc["crop"] = self.crop
         return doc | {"interpolation": self.interpolation, "channels": self.channels, "scale": self.scale,
-                      "mean": list(self.mean), "std": list(self.std), "layout": self.layout}
+                      "mean": list(self.mean), "std": list(self.std), "layout": self.layout, **dict(self.extra)}
 
 
 def as_preprocess(spec: Preprocess | Mapping) -> Preprocess:
@@ -175,25 +181,23 @@ class ModelEntry:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The device's starting thresholds (the kit's `edge:` section); each overridable on the device."""
+    """The device's starting thresholds (the kit's `edge:` section, whose defaults are these); each overridable on
+    the device. A bundle lists the ones its task uses (USED); one without them starts from these defaults."""
 
-    conf: float | None = None  # detect, classify
-    iou: float | None = None  # detect
-    max_det: int | None = None  # detect
-    top_k: int | None = None  # classify
+    conf: float = 0.25  # detect, classify
+    iou: float = 0.45  # detect: NMS
+    max_det: int = 100  # detect
+    top_k: int = 5  # classify
 
-    REQUIRED = {"detect": ("conf", "iou", "max_det"), "classify": ("top_k",), "embed": ()}
+    USED = {"detect": ("conf", "iou", "max_det"), "classify": ("conf", "top_k"), "embed": ()}
 
     @classmethod
-    def from_dict(cls, doc: Mapping, task: str) -> Thresholds:
-        values = {f.name: _get(doc, f.name, (int, float), "thresholds.", None) for f in fields(cls)}
-        missing = [k for k in cls.REQUIRED[task] if values[k] is None]
-        if missing:
-            raise ManifestError(f"thresholds.{missing[0]}: missing required key for a {task} bundle")
-        return cls(**values)
+    def from_dict(cls, doc: Mapping) -> Thresholds:
+        given = {f.name: _get(doc, f.name, (int, float), "thresholds.", None) for f in fields(cls)}
+        return cls(**{k: v for k, v in given.items() if v is not None})
 
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+    def to_dict(self, task: str) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.USED.get(task, ())}
 
 
 @dataclass(frozen=True)
@@ -242,9 +246,12 @@ class Prompts:
             if not isinstance(r, dict):
                 raise ManifestError(f"prompts.rows[{i}]: expected a JSON object")
             extra = r.get("prompts")
-            rows.append(PromptRow(_get(r, "text", str, f"prompts.rows[{i}]."), _get(r, "role", str,
-                                                                                   f"prompts.rows[{i}]."),
-                                  None if extra is None else _strings(extra, f"prompts.rows[{i}].prompts")))
+            try:
+                rows.append(PromptRow(_get(r, "text", str, f"prompts.rows[{i}]."),
+                                      _get(r, "role", str, f"prompts.rows[{i}]."),
+                                      None if extra is None else _strings(extra, f"prompts.rows[{i}].prompts")))
+            except ManifestError as e:
+                raise ManifestError(str(e).replace("prompts.rows:", f"prompts.rows[{i}]:", 1)) from e
         return cls(_get(doc, "file", str, "prompts."), int(_get(doc, "dim", int, "prompts.")), tuple(rows),
                    _strings(_get(doc, "templates", list, "prompts."), "prompts.templates"),
                    _get(doc, "ensemble", str, "prompts.", ""))
@@ -261,7 +268,7 @@ class Prompts:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Raw cosine -> 0-100 score: piecewise-linear through (cosine[i], score[i]) knots (dkit.export.calibration)."""
+    """Raw cosine -> 0-100 score: piecewise-linear through (cosine[i], score[i]) knots (dkit.export.judge.calibrate)."""
 
     cosine: tuple[float, ...]
     score: tuple[float, ...]
@@ -306,7 +313,8 @@ class TokenizerSpec:
 @dataclass(frozen=True)
 class JudgeConfig:
     """The kiosk judge's prompts and moderation thresholds (the kit's `judge:`; dkit.edge.moderation applies them).
-    A judge bundle made from a kit without a `judge:` section uses these defaults, the kit's own."""
+    The kit's `judge:` section takes its numeric defaults from here; a judge bundle made from a kit without a
+    `judge:` section uses these (no moderation prompts: none were embedded into it)."""
 
     prompt: str | None = None
     prompts: tuple[str, ...] = ()
@@ -395,8 +403,7 @@ class Manifest:
             student=_frozen(_get(doc, "student", dict, "")), models=_frozen(models),
             preprocess=Preprocess.from_dict(_get(doc, "preprocess", dict, "")),
             classes=_strings(_get(doc, "classes", list, ""), "classes"),
-            thresholds=Thresholds.from_dict(_section(doc, "thresholds", required=False) or {}, task)
-            if task in TASKS else Thresholds(),
+            thresholds=Thresholds.from_dict(_section(doc, "thresholds", required=False) or {}),
             runtime=RuntimeHints.from_dict(_section(doc, "runtime", required=False) or {}),
             decode=_frozen(_section(doc, "decode", required=False) or {}), files=_frozen(files),
             prompts=None if opt["prompts"] is None else Prompts.from_dict(opt["prompts"]),
@@ -411,7 +418,7 @@ class Manifest:
                                **dict(self.info), "teacher": dict(self.teacher), "student": dict(self.student),
                                "models": {r: m.to_dict() for r, m in self.models.items()},
                                "preprocess": self.preprocess.to_dict(), "decode": dict(self.decode),
-                               "classes": list(self.classes), "thresholds": self.thresholds.to_dict(),
+                               "classes": list(self.classes), "thresholds": self.thresholds.to_dict(self.task),
                                "runtime": self.runtime.to_dict()}
         for key in ("tokenizer", "prompts", "logit_scale", "calibration", "judge"):
             value = getattr(self, key)

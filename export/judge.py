@@ -27,6 +27,7 @@ of the two scores over (image, class) pairs, and their Spearman rank correlation
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import warnings
@@ -37,6 +38,9 @@ import numpy as np
 from dkit.core.errors import DkitError, UsageError, require
 from dkit.core.run import RunDir
 from dkit.core.workers import decode_workers
+from dkit.edge.manifest import Calibration, JudgeConfig
+from dkit.edge.moderation import VERDICTS, moderate
+from dkit.edge.moderation import agreement as verdict_agreement
 from dkit.edge.preprocess import preprocess
 from dkit.edge.tokenizer import VOCAB_NAME, Tokenizer
 from dkit.export.exporters import Exported
@@ -101,8 +105,9 @@ def export_judge(kit, run_dir: Path, bundle_dir: Path, *, store) -> dict:
     held = np.array([r.split == "val" for r in records]) if any(r.split == "val" for r in records) else None
     calibration["agreement"] = score_agreement(student_emb, teacher_emb, teacher.text, calibration,
                                                calibration["teacher"], held)
+    calibration["agreement"]["moderation"] = moderation_agreement(
+        student_emb, teacher_emb, rows, embeddings, judge_config(kit.judge), calibration, calibration["teacher"], held)
     calibration |= {"source": "student", "images": len(images), "classes": "ontology classes"}
-    judge = kit.judge
     return {
         "student": student, "text": text, "preprocess": spec,
         "tokenizer": {"type": "clip-bpe", "file": VOCAB_NAME, "context_length": context},
@@ -111,11 +116,6 @@ def export_judge(kit, run_dir: Path, bundle_dir: Path, *, store) -> dict:
                     "ensemble": "each template formatted with the prompt, encoded, normalised, averaged, normalised"},
         "logit_scale": teacher.logit_scale,
         "calibration": calibration,
-        "judge": None if judge is None else {
-            "prompt": judge.prompt, "prompts": judge.prompts, "text_prompts": judge.text_prompts,
-            "unsafe_prompts": judge.unsafe_prompts, "text_penalty": judge.text_penalty,
-            "text_margin": judge.text_margin, "unsafe_margin": judge.unsafe_margin,
-            "no_match_score": judge.no_match_score},
         "teacher_id": teacher.id,
     }
 
@@ -300,8 +300,36 @@ def calibrate(images: np.ndarray, classes: np.ndarray) -> dict:
 
 
 def score(cosines: np.ndarray, calibration: dict) -> np.ndarray:
-    """0-100 scores of raw cosines through a calibration's curve (what the device does)."""
-    return np.interp(cosines, calibration["cosine"], calibration["score"])
+    """0-100 scores of raw cosines through a calibration's curve (the device's Calibration.to_score)."""
+    return Calibration.from_dict(calibration).to_score(cosines)
+
+
+def judge_config(judge) -> JudgeConfig:
+    """The kit's `judge:` section as the device reads it (the device's defaults when the kit has none)."""
+    return JudgeConfig() if judge is None else JudgeConfig.from_dict(dataclasses.asdict(judge))
+
+
+def moderation_agreement(student: np.ndarray, teacher: np.ndarray, rows: list[dict], table: np.ndarray,
+                         cfg: JudgeConfig, s_cal: dict, t_cal: dict, mask: np.ndarray | None) -> dict:
+    """Student vs teacher kiosk verdicts over (image, judge prompt) pairs of the held-out images (all if `mask` is
+    None): the device's moderation rule (dkit.edge.moderation), each with its own score calibration.
+
+    rows, table: the bundle's prompt rows and (P, D) embeddings; the judge prompts are the `prompt` rows (the
+    ontology classes when the kit names none), moderated against the `text` and `unsafe` rows."""
+    roles = np.array([r["role"] for r in rows])
+    prompts = table[roles == "prompt"] if (roles == "prompt").any() else table[roles == "class"]  # (P, D)
+    text, unsafe = table[roles == "text"], table[roles == "unsafe"]  # (T, D), (U, D)
+    if mask is not None:
+        student, teacher = student[mask], teacher[mask]
+
+    def verdicts(emb: np.ndarray, cal: dict) -> np.ndarray:  # (N, P)
+        cos = emb @ prompts.T
+        return moderate(cos, (emb @ text.T)[:, None, :], (emb @ unsafe.T)[:, None, :], cfg, score=score(cos, cal))
+
+    s, t = verdicts(student, s_cal), verdicts(teacher, t_cal)
+    same = verdict_agreement(s, t)
+    return {"pairs": int(s.size), "agreement": None if same is None else round(same, 4),
+            **{who: {v: int((x == v).sum()) for v in VERDICTS} for who, x in (("student", s), ("teacher", t))}}
 
 
 def score_agreement(student: np.ndarray, teacher: np.ndarray, classes: np.ndarray, s_cal: dict, t_cal: dict,

@@ -52,16 +52,8 @@ def thresholds(kit, task: str, classes: list[str]) -> Thresholds:
     if task == "detect":
         return Thresholds(conf=kit.edge.conf, iou=kit.edge.iou, max_det=kit.edge.max_det)
     if task == "classify":
-        return Thresholds(conf=kit.edge.conf, top_k=min(5, len(classes)))
+        return Thresholds(conf=kit.edge.conf, top_k=min(Thresholds.top_k, len(classes)))
     return Thresholds()
-
-
-def judge_config(judge) -> JudgeConfig | None:
-    """The kit's `judge:` section as the manifest carries it (None: the kit has none)."""
-    if judge is None:
-        return None
-    return JudgeConfig(judge.prompt, tuple(judge.prompts), tuple(judge.text_prompts), tuple(judge.unsafe_prompts),
-                       judge.text_penalty, judge.text_margin, judge.unsafe_margin, judge.no_match_score)
 
 
 def build_manifest(kit, run: RunDir, task: str, entry: dict, variants: dict, classes: list[str], parts: dict,
@@ -89,7 +81,7 @@ def build_manifest(kit, run: RunDir, task: str, entry: dict, variants: dict, cla
         prompts=Prompts.from_dict(parts["prompts"]) if "prompts" in parts else None,
         calibration=Calibration.from_dict(parts["calibration"]) if "calibration" in parts else None,
         tokenizer=TokenizerSpec.from_dict(parts["tokenizer"]) if "tokenizer" in parts else None,
-        judge=judge_config(kit.judge) if task == "embed" else None,
+        judge=JudgeConfig.from_dict(dataclasses.asdict(kit.judge)) if task == "embed" and kit.judge else None,
         logit_scale=parts.get("logit_scale"),
         info={"created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "dkit_version": __version__,
               "refused_variants": {p: v["refused"] for p, v in variants.items() if "refused" in v}},

@@ -109,7 +109,15 @@ def _calibration_line(c: dict) -> str:
             f"{', '.join(f'{x:.3f}' for x in c['cosine'])} -> scores {', '.join(f'{y:g}' for y in c['score'])}; "
             f"student vs teacher scores on {c['agreement']['pairs']} ({c['agreement']['split']}) image-class "
             f"pairs: mean absolute difference {c['agreement']['mean_abs_score_diff']:.1f} points, Spearman "
-            f"{c['agreement']['spearman']:.3f}.")
+            f"{c['agreement']['spearman']:.3f}." + _moderation_sentence(c["agreement"].get("moderation")))
+
+
+def _moderation_sentence(m: dict | None) -> str:
+    """The kiosk verdicts (dkit.edge.moderation) of student and teacher compared; '' for an older export."""
+    if not m or m.get("agreement") is None:
+        return ""
+    return (f" Kiosk verdicts (ok / text / no match / blocked, the device's rule) of student and teacher agree on "
+            f"{m['agreement']:.3f} of {m['pairs']} image-prompt pairs.")
 
 
 def _variant_lines(manifest: Manifest) -> list[str]:

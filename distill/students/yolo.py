@@ -36,11 +36,11 @@ log = logging.getLogger(__name__)
 
 def train(kit, run_dir: Path, *, store, restart: bool = False, progress: bool = True) -> dict:
     ultralytics = require("ultralytics", what=f"the {kit.student.kind} student", extra="distill")
-    labels = run_dir / "labels"
+    run = RunDir(run_dir)
+    labels = run.labels
     if not (labels / "data.yaml").is_file():
         raise UsageError(f"no labels in {labels}: run `dkit label` first")
-    out = run_dir / "student"
-    last = out / "weights" / "last.pt"
+    out, last = run.student, run.last_weights
     if restart and out.exists():
         shutil.rmtree(out)
     state = _checkpoint_state(last, kit.student.epochs)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dkit.cli.common import Command, Parents, add_command, arg, edge_errors, load, register_commands
+from dkit.cli.common import Command, Parents, add_command, arg, edge_errors, import_stage, load, register_commands
 from dkit.core.errors import DkitError
 
 
@@ -18,7 +18,7 @@ def cmd_bench_label(args: argparse.Namespace) -> int:
     import json
 
     from dkit.core.store import ModelStore
-    from dkit.distill.bench import bench_label
+    bench_label = import_stage("dkit.distill.bench", what="dkit bench label", extra="distill").bench_label
 
     sys.stdout.write(json.dumps(bench_label(load(args), store=ModelStore(), repeat=args.repeat), indent=2) + "\n")
     return 0

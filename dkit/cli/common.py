@@ -134,3 +134,19 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return str(value) if isinstance(value, Path) else value
+
+
+def import_stage(module: str, *, what: str, extra: str):
+    """Import a stage module (dkit.distill.*, dkit.export.*) for a command; a third-party package it needs that
+    is not installed (a base install has no Pillow, torch, ...) is a MissingExtraError naming the extra: exit 4."""
+    import importlib
+
+    from dkit.core.errors import MissingExtraError
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] == "dkit":
+            raise
+        raise MissingExtraError(what, e.name or module, extra) from e
+

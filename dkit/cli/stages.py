@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dkit.cli.common import Command, Parents, arg, load, register_commands
+from dkit.cli.common import Command, Parents, arg, import_stage, load, register_commands
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    from dkit.distill.label import label_images
+    label_images = import_stage("dkit.distill.label", what="dkit label", extra="distill").label_images
 
     kit = load(args)
     result = label_images(kit, kit.run_dir(args.out), ground_truth=args.ground_truth, progress=args.quiet == 0)
@@ -50,7 +50,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from dkit.core.store import ModelStore
-    from dkit.distill.evaluate import write_eval
+    write_eval = import_stage("dkit.distill.evaluate", what="dkit eval", extra="distill").write_eval
     from dkit.distill.students import student_plugin
 
     kit = load(args)
@@ -63,7 +63,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from dkit.core.store import ModelStore
-    from dkit.export.bundle import export_bundle
+    export_bundle = import_stage("dkit.export.bundle", what="dkit export", extra="export").export_bundle
 
     kit = load(args)
     result = export_bundle(kit, kit.run_dir(args.out), store=ModelStore())
@@ -84,6 +84,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         lines.append(f"  score calibration from {c['images']} images: student vs teacher scores differ by "
                      f"{c['agreement']['mean_abs_score_diff']:.1f} points on average (Spearman "
                      f"{c['agreement']['spearman']:.3f})")
+        m = c["agreement"].get("moderation") or {}
+        if m.get("agreement") is not None:
+            lines.append(f"  kiosk verdicts (moderation, as on the device): student and teacher agree on "
+                         f"{m['agreement']:.3f} of {m['pairs']} image-prompt pairs")
     lines.append("  verified (schema, sha256)")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0

@@ -26,6 +26,9 @@ from pydantic import BeforeValidator, ConfigDict, Field, Strict, StringConstrain
 from pydantic.dataclasses import dataclass
 
 from dkit.core.errors import KitError, UsageError
+from dkit.edge.manifest import JudgeConfig, Thresholds
+
+DEVICE_THRESHOLDS, DEVICE_JUDGE = Thresholds(), JudgeConfig()
 
 RANDOM = "random"  # teacher.pretrained value that builds an untrained teacher: tests only
 CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
@@ -196,9 +199,9 @@ class Export:
 class Edge:
     """Defaults the device runtime starts with (all overridable on the device)."""
 
-    conf: Fraction = 0.25
-    iou: Fraction = 0.45
-    max_det: PosInt = 100
+    conf: Fraction = DEVICE_THRESHOLDS.conf  # the defaults are the device's own (dkit.edge.manifest)
+    iou: Fraction = DEVICE_THRESHOLDS.iou
+    max_det: PosInt = DEVICE_THRESHOLDS.max_det
     providers: list[Text] = dataclasses.field(default_factory=list)  # empty: TensorRT > CUDA > ... > CPU
     threads: Annotated[int, Strict(), Field(ge=0)] = 0  # 0: onnxruntime's default
     max_fps: Annotated[float, Strict(), Field(ge=0.0)] = 0.0  # 0: as fast as frames come
@@ -214,10 +217,11 @@ class Judge:
         default_factory=lambda: ["text", "handwriting", "written words", "letters of the alphabet"]
     )
     unsafe_prompts: OptPrompts = dataclasses.field(default_factory=list)
-    text_penalty: Fraction = 0.5  # score multiplier when a drawing looks more like writing than its prompt
-    text_margin: Annotated[float, Strict(), Field(ge=-1.0, le=1.0)] = 0.0  # cosine lead a text prompt needs
-    unsafe_margin: Annotated[float, Strict(), Field(ge=-1.0, le=1.0)] = 0.0  # cosine lead an unsafe prompt needs
-    no_match_score: Annotated[float, Strict(), Field(ge=0.0, le=100.0)] = 15.0  # below it: "doesn't match"
+    # the thresholds' defaults are the device judge's own (dkit.edge.manifest.JudgeConfig)
+    text_penalty: Fraction = DEVICE_JUDGE.text_penalty  # score multiplier when a drawing looks more like writing
+    text_margin: Annotated[float, Strict(), Field(ge=-1.0, le=1.0)] = DEVICE_JUDGE.text_margin  # cosine lead needed
+    unsafe_margin: Annotated[float, Strict(), Field(ge=-1.0, le=1.0)] = DEVICE_JUDGE.unsafe_margin  # by an unsafe one
+    no_match_score: Annotated[float, Strict(), Field(ge=0.0, le=100.0)] = DEVICE_JUDGE.no_match_score  # "no match"
 
 
 @dataclass(frozen=True, config=_STRICT)

@@ -89,6 +89,10 @@ class RunDir:
         return self.root / "eval.json"
 
     @property
+    def eval_md(self) -> Path:
+        return self.root / "eval.md"
+
+    @property
     def bundle(self) -> Path:
         return self.root / "bundle"
 

@@ -3,7 +3,7 @@ embedded at once), `prompt_of`, which resolves a request's prompt field against 
 new kiosk's prompt from the bundle's judge config."""
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -13,6 +13,7 @@ from dkit.edge.judge import check_prompt
 from dkit.edge.kiosk.admin import require_admin
 from dkit.edge.kiosk.errors import ApiError
 from dkit.edge.kiosk.state import KioskState, StateDep
+from dkit.edge.manifest import JudgeConfig
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +26,9 @@ class PromptIn(BaseModel):
     prompt: str
 
 
-def judge_prompts(cfg) -> tuple[str | None, list[str]]:
-    """The bundle's judge prompt and its suggested prompts, from the judge's config (a JudgeConfig, or a mapping)."""
-    if isinstance(cfg, Mapping):
-        return cfg.get("prompt"), list(cfg.get("prompts") or [])
-    return cfg.prompt, list(cfg.prompts or [])
+def judge_prompts(cfg: JudgeConfig) -> tuple[str | None, list[str]]:
+    """The bundle's judge prompt and its suggested prompts."""
+    return cfg.prompt, list(cfg.prompts)
 
 
 def first_prompt(cfg, classes: Sequence[str]) -> str:

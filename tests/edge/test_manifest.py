@@ -79,19 +79,40 @@ def _broken(doc: dict, path: str, value=KeyError) -> dict:
     return doc
 
 
+def test_one_set_of_defaults_the_kit_and_the_device_share():
+    """A manifest without thresholds starts from the device's defaults, which are the kit's (dkit.core.kit takes
+    them from dkit.edge.manifest): no second copy that could say max_det 300 where the kit says 100."""
+    from dkit.core.kit import Edge, Judge
+
+    m = Manifest.from_dict(_broken(DETECT, "thresholds"))
+    edge = Edge()
+    assert (m.thresholds.conf, m.thresholds.iou, m.thresholds.max_det) == (edge.conf, edge.iou, edge.max_det)
+    assert m.to_dict()["thresholds"] == {"conf": edge.conf, "iou": edge.iou, "max_det": edge.max_det}
+    judge, device = Judge(), JudgeConfig()
+    assert [getattr(judge, k) for k in ("text_penalty", "text_margin", "unsafe_margin", "no_match_score")] == \
+           [getattr(device, k) for k in ("text_penalty", "text_margin", "unsafe_margin", "no_match_score")]
+
+
+def test_unknown_preprocess_keys_survive_a_round_trip():
+    doc = _broken(EMBED, "preprocess.dtype", "float32")  # the clip-embed student's spec carries one
+    assert Manifest.from_dict(doc).to_dict()["preprocess"]["dtype"] == "float32"
+
+
 @pytest.mark.parametrize(("doc", "message"), [
     (_broken(DETECT, "models.student.file"), "models.student.file: missing required key"),
     (_broken(DETECT, "models.student"), "models.student: missing required key"),
     (_broken(DETECT, "preprocess.size", [320]), "preprocess.size: expected a JSON array of 2 numbers"),
     (_broken(DETECT, "preprocess.mean", "grey"), "preprocess.mean: expected a JSON array of 3 numbers"),
     (_broken(DETECT, "preprocess.channels", "YUV"), "preprocess.channels: expected RGB or BGR"),
-    (_broken(DETECT, "thresholds.iou"), "thresholds.iou: missing required key for a detect bundle"),
+    (_broken(DETECT, "thresholds.iou", "0.5"), "thresholds.iou: expected a number, got str"),
+    (_broken(EMBED, "prompts.rows", [{"text": "x", "role": "class"}, {"role": "text"}]),
+     "prompts.rows[1].text: missing required key"),
     (_broken(DETECT, "runtime.providers", "cuda"), "runtime.providers: expected a JSON array of strings"),
     (_broken(EMBED, "calibration.cosine", [0.3, 0.2]), "calibration: expected at least two"),
     (_broken(EMBED, "calibration.cosine", [0.1, 0.1, 0.2]), "calibration.cosine: knots must increase"),
-    (_broken(EMBED, "prompts.rows", [{"text": "x", "role": "villain"}]), "role 'villain' is not one of"),
+    (_broken(EMBED, "prompts.rows", [{"text": "x", "role": "villain"}]), "prompts.rows[0]: role 'villain' is not"),
     (_broken(EMBED, "calibration"), "calibration: missing required key for an embed bundle"),
-    (_broken(EMBED, "judge.text_penalty", "half"), "judge.text_penalty: expected an integer or a number, got str"),
+    (_broken(EMBED, "judge.text_penalty", "half"), "judge.text_penalty: expected a number, got str"),
     (_broken(DETECT, "schema_version", 2), "schema_version 2 is not supported"),
 ])
 def test_malformed_manifests_are_refused_by_key(doc, message):

@@ -80,10 +80,15 @@ def test_judge_bundle_parity_and_contents(judge):
         assert np.all(np.diff(c["cosine"]) > 0) and np.all(np.diff(c["score"]) > 0)
         assert c["agreement"]["split"] == "val" and c["agreement"]["pairs"] == 10 * 3
         assert 0 <= c["agreement"]["mean_abs_score_diff"] <= 100 and -1 <= c["agreement"]["spearman"] <= 1
+        mod = c["agreement"]["moderation"]  # the device's moderation rule on 10 held-out images x 2 judge prompts
+        assert mod["pairs"] == 10 * 2 and 0 <= mod["agreement"] <= 1
+        assert sum(mod["student"].values()) == sum(mod["teacher"].values()) == mod["pairs"]
+        assert set(mod["student"]) == {"ok", "text", "no_match", "blocked"}
         assert m["judge"]["unsafe_prompts"] == ["a weapon"] and m["judge"]["text_penalty"] == 0.5
         assert m["tokenizer"] == {"type": "clip-bpe", "file": "bpe_simple_vocab_16e6.txt.gz", "context_length": 77}
         readme = bundle.path("README.md").read_text()
         assert "UNTRAINED" in readme and "token ids identical 1.000" in readme and "dkit serve" in readme
+        assert f"agree on {mod['agreement']:.3f} of 20 image-prompt pairs" in readme
 
 
 def test_judge_bundle_embeds_prompts_on_the_edge_alone(judge):
@@ -154,6 +159,17 @@ with open_bundle({str(run / "bundle")!r}) as b:
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     assert got["shape"] == [1, len(m["classes"])] and abs(got["sum"] - 1) < 1e-4
+
+
+def test_bench_runtime_compares_a_classifier_with_ultralytics(classifier):
+    """The runtime benchmark with Ultralytics' predict as the reference runs on a classifier bundle too."""
+    from dkit.distill.bench import ultralytics_predictor
+    from dkit.edge.bench import bench_runtime
+
+    _, run, _, _ = classifier
+    result = bench_runtime(run / "bundle", ASSETS / "data/imagenet-sample", images=4, repeat=1,
+                           reference=ultralytics_predictor)
+    assert result["fps_runtime"] > 0 and result["fps_ultralytics"] > 0
 
 
 def test_cli_export_prints_each_parity(classifier):

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from dkit.core.errors import UsageError
 from dkit.core.files import duration
 from dkit.core.records import LabelRecord
+from dkit.core.run import RunDir
 from dkit.core.workers import decode_workers
 from dkit.distill.students.clip_embed.data import (
     _datasets,
@@ -144,7 +145,7 @@ class _Setup:
 
     @property
     def out(self) -> Path:
-        return self.run_dir / "student"
+        return RunDir(self.run_dir).student
 
     @property
     def weights(self) -> Path:
