@@ -8,7 +8,7 @@
 every consumer on the device (runtime, judge, pipeline, kiosk) reads these attributes: nothing else indexes the
 JSON document or carries defaults of its own. The defaults that exist live here, next to the field they fill.
 Sections that are free-form reports (parity figures, calibration percentiles, decode notes) stay mappings under
-`info`; the device never reads them.
+`info`; the device never reads them. A bundle whose decoder this runtime does not have (decode.type) is refused.
 
 Schema (version 1, unchanged since the first bundle: an older bundle of version 1 parses exactly as before):
     schema_version, name, task (detect|classify|embed), teacher {id, random}, student {kind, model, imgsz, ...},
@@ -177,6 +177,29 @@ class ModelEntry:
         return {"file": self.file, "precision": self.precision, **dict(self.info),
                 **({"inputs": [dict(i) for i in self.inputs]} if self.inputs else {}),
                 **({"outputs": [dict(o) for o in self.outputs]} if self.outputs else {})}
+
+
+DECODERS = {"detect": "yolov8-detect", "classify": "classify", "embed": "embedding"}  # what this runtime decodes
+
+
+@dataclass(frozen=True)
+class Decode:
+    """How the model's output is read (`decode.type`); the rest (shapes, notes) is a report under `info`."""
+
+    type: str
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, doc: Mapping, task: str) -> Decode:
+        wanted = DECODERS.get(task)
+        kind = _get(doc, "type", str, "decode.", wanted)
+        if wanted is not None and kind != wanted:
+            raise ManifestError(f"decode.type: this runtime decodes the output of {task} models as {wanted!r}, "
+                                f"the bundle says {kind!r}; update dkit on the device")
+        return cls(kind, _frozen({k: v for k, v in doc.items() if k != "type"}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, **dict(self.info)}
 
 
 @dataclass(frozen=True)
@@ -353,7 +376,7 @@ class Manifest:
     classes: tuple[str, ...]
     thresholds: Thresholds
     runtime: RuntimeHints = RuntimeHints()
-    decode: Mapping[str, Any] = field(default_factory=dict)
+    decode: Decode | None = None  # None: the task's decoder (DECODERS)
     files: Mapping[str, str] = field(default_factory=dict)  # name -> sha256 (filled in when written)
     prompts: Prompts | None = None  # embed
     calibration: Calibration | None = None  # embed
@@ -405,7 +428,7 @@ class Manifest:
             classes=_strings(_get(doc, "classes", list, ""), "classes"),
             thresholds=Thresholds.from_dict(_section(doc, "thresholds", required=False) or {}),
             runtime=RuntimeHints.from_dict(_section(doc, "runtime", required=False) or {}),
-            decode=_frozen(_section(doc, "decode", required=False) or {}), files=_frozen(files),
+            decode=Decode.from_dict(_section(doc, "decode", required=False) or {}, task), files=_frozen(files),
             prompts=None if opt["prompts"] is None else Prompts.from_dict(opt["prompts"]),
             calibration=None if opt["calibration"] is None else Calibration.from_dict(opt["calibration"]),
             tokenizer=None if opt["tokenizer"] is None else TokenizerSpec.from_dict(opt["tokenizer"]),
@@ -417,7 +440,8 @@ class Manifest:
         doc: dict[str, Any] = {"schema_version": self.schema_version, "name": self.name, "task": self.task,
                                **dict(self.info), "teacher": dict(self.teacher), "student": dict(self.student),
                                "models": {r: m.to_dict() for r, m in self.models.items()},
-                               "preprocess": self.preprocess.to_dict(), "decode": dict(self.decode),
+                               "preprocess": self.preprocess.to_dict(),
+                               "decode": (self.decode or Decode(DECODERS[self.task])).to_dict(),
                                "classes": list(self.classes), "thresholds": self.thresholds.to_dict(self.task),
                                "runtime": self.runtime.to_dict()}
         for key in ("tokenizer", "prompts", "logit_scale", "calibration", "judge"):

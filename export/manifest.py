@@ -24,6 +24,7 @@ from dkit.edge.hashing import sha256_file
 from dkit.edge.manifest import (
     SCHEMA_VERSION,
     Calibration,
+    Decode,
     JudgeConfig,
     Manifest,
     ModelEntry,
@@ -77,7 +78,7 @@ def build_manifest(kit, run: RunDir, task: str, entry: dict, variants: dict, cla
         models=models, preprocess=Preprocess.from_dict(entry["preprocess"]), classes=tuple(classes),
         thresholds=thresholds(kit, task, classes),
         runtime=RuntimeHints(tuple(kit.edge.providers), kit.edge.threads, kit.edge.max_fps),
-        decode=decode,
+        decode=Decode.from_dict(decode, task),
         prompts=Prompts.from_dict(parts["prompts"]) if "prompts" in parts else None,
         calibration=Calibration.from_dict(parts["calibration"]) if "calibration" in parts else None,
         tokenizer=TokenizerSpec.from_dict(parts["tokenizer"]) if "tokenizer" in parts else None,

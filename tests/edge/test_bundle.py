@@ -89,7 +89,7 @@ TAMPERING = [
     ("unknown task", lambda r: _edit_manifest(r, lambda d: d.update(task="segment")), "task: 'segment' is not one of"),
     ("bad preprocess", lambda r: _edit_manifest(r, lambda d: d["preprocess"].update(resize="stretch")),
      "preprocess.resize: expected one of letterbox, shortest"),
-    ("embed bundle without prompts", lambda r: _edit_manifest(r, lambda d: d.update(task="embed")),
+    ("embed bundle without prompts", lambda r: _edit_manifest(r, lambda d: d.update(task="embed", decode={})),
      "prompts: missing required key for an embed bundle"),
     ("bool for a number", lambda r: _edit_manifest(r, lambda d: d["thresholds"].update(conf=True)),
      "thresholds.conf: expected a number, got bool"),

@@ -32,6 +32,7 @@ DETECT = {
 }
 EMBED = copy.deepcopy(DETECT) | {
     "task": "embed", "classes": ["apple"], "thresholds": {},
+    "decode": {"type": "embedding", "output": "(batch, dim)", "normalized": True, "dim": 4},
     "preprocess": {"resize": "shortest", "size": 128, "crop": "center", "interpolation": "area", "channels": "RGB",
                    "scale": 1 / 255, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "layout": "NCHW"},
     "tokenizer": {"type": "clip-bpe", "file": "vocab.txt.gz", "context_length": 77},
@@ -93,6 +94,11 @@ def test_one_set_of_defaults_the_kit_and_the_device_share():
            [getattr(device, k) for k in ("text_penalty", "text_margin", "unsafe_margin", "no_match_score")]
 
 
+def test_a_bundle_without_decode_uses_its_tasks_decoder():
+    m = Manifest.from_dict(_broken(DETECT, "decode"))
+    assert m.decode.type == "yolov8-detect" and m.to_dict()["decode"] == {"type": "yolov8-detect"}
+
+
 def test_unknown_preprocess_keys_survive_a_round_trip():
     doc = _broken(EMBED, "preprocess.dtype", "float32")  # the clip-embed student's spec carries one
     assert Manifest.from_dict(doc).to_dict()["preprocess"]["dtype"] == "float32"
@@ -114,6 +120,8 @@ def test_unknown_preprocess_keys_survive_a_round_trip():
     (_broken(EMBED, "calibration"), "calibration: missing required key for an embed bundle"),
     (_broken(EMBED, "judge.text_penalty", "half"), "judge.text_penalty: expected a number, got str"),
     (_broken(DETECT, "schema_version", 2), "schema_version 2 is not supported"),
+    (_broken(DETECT, "decode.type", "yolov10-detect"), "decode.type: this runtime decodes the output of detect "
+                                                        "models as 'yolov8-detect', the bundle says 'yolov10-detect'"),
 ])
 def test_malformed_manifests_are_refused_by_key(doc, message):
     with pytest.raises(ManifestError) as info:
