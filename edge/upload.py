@@ -3,9 +3,11 @@
     rgb = decode_upload(data, max_pixels=MAX_PIXELS)      # raises UploadError(status, message)
 
 The image size is read from the file header first (PNG, JPEG, GIF, BMP, WebP) and a picture larger than
-`max_pixels` is refused before anything is decompressed: a 50 kB PNG can claim 100,000 x 100,000 pixels
-(a decompression bomb). Anything that is not one of those formats, or that OpenCV cannot decode completely
-(truncated, corrupt), is refused with a message saying which.
+`max_pixels`, or thinner than 1:`max_aspect`, is refused before anything is decompressed: a 50 kB PNG can
+claim 100,000 x 100,000 pixels (a decompression bomb), and a 178-byte PNG of 1 x 50,000 pixels decodes small
+but becomes 128 x 6,400,000 once the model's shortest-side resize scales its 1-pixel side up. Anything that
+is not one of those formats, or that OpenCV cannot decode completely (truncated, corrupt), is refused with a
+message saying which.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import cv2
 import numpy as np
 
 MAX_PIXELS = 6000 * 6000
+MAX_ASPECT = 8.0  # longer side / shorter side: a 1 x 50,000 strip would be upscaled to 128 x 6.4 million pixels
 FORMATS = "PNG, JPEG, GIF, BMP or WebP"
 
 
@@ -77,7 +80,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
     raise UploadError(400, "the JPEG has no frame header (truncated?)")
 
 
-def decode_upload(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def decode_upload(data: bytes, *, max_pixels: int = MAX_PIXELS, max_aspect: float = MAX_ASPECT) -> np.ndarray:
     """(H, W, 3) uint8 RGB of an uploaded image, or UploadError(400) saying why not."""
     if not data:
         raise UploadError(400, "the uploaded file is empty")
@@ -87,6 +90,9 @@ def decode_upload(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     if w * h > max_pixels:
         raise UploadError(400, f"the {kind.upper()} is {w}x{h} pixels ({w * h:,}); at most {max_pixels:,} are "
                                "accepted (a decompression bomb?)")
+    if max(w, h) > max_aspect * min(w, h):
+        raise UploadError(400, f"the {kind.upper()} is {w}x{h} pixels; at most {max_aspect:g}:1 (long side to "
+                               "short side) is accepted")
     if kind == "jpeg" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
         raise UploadError(400, "the JPEG is truncated (no end-of-image marker)")
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)

@@ -3,13 +3,14 @@ wrong) and the moderation route DELETE /api/submissions/{id}."""
 
 import hmac
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
 from dkit.edge.kiosk.errors import ApiError
 from dkit.edge.kiosk.state import KioskState, StateDep
 
 router = APIRouter()
+MAX_ID = 2**63 - 1  # SQLite's largest rowid: a bigger id is a 400, not an overflow inside the database driver
 
 
 def require_admin(state: KioskState, request: Request) -> None:
@@ -23,7 +24,7 @@ def require_admin(state: KioskState, request: Request) -> None:
 
 
 @router.delete("/api/submissions/{sid}", status_code=204)
-async def delete(state: StateDep, sid: int, request: Request):
+async def delete(state: StateDep, request: Request, sid: int = Path(ge=1, le=MAX_ID)):
     require_admin(state, request)
     if not state.store.delete(sid):
         raise ApiError(404, f"no submission {sid}")

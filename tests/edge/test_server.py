@@ -193,6 +193,12 @@ def _post_form(server: Server, form: tuple[bytes, str]):
     return server.request("POST", "/api/submissions", body=form[0], headers={"Content-Type": form[1]})
 
 
+def _thin_png(width: int = 50_000, height: int = 1) -> bytes:
+    """A real, decodable PNG strip: a few hundred bytes that the model's shortest-side resize would blow up."""
+    ok, png = cv2.imencode(".png", np.zeros((height, width, 3), np.uint8))
+    return png.tobytes()
+
+
 def _truncated_jpeg() -> bytes:
     ok, jpg = cv2.imencode(".jpg", cv2.imread(str(ASSETS / "data" / "photos" / "pets.jpg")))
     return jpg.tobytes()[: len(jpg) // 2]
@@ -207,6 +213,11 @@ BAD = [
      "truncated"),
     ("corrupt png", lambda s: s.submit(drawing(0)[:60] + os.urandom(200)), 400, "corrupt"),
     ("decompression bomb", lambda s: s.submit(png_header_only(100_000, 100_000)), 400, "decompression bomb"),
+    # issue #12's first attack: unstored, unauthenticated scoring of a 1 x 50,000 strip took the server to 2.9 GB
+    ("thin strip to /api/score", lambda s: s.submit(_thin_png(), path="/api/score"), 400,
+     "50000x1 pixels; at most 8:1"),
+    ("tall strip", lambda s: s.submit(_thin_png(1, 9_000)), 400, "1x9000 pixels; at most 8:1"),
+    ("id past SQLite's range", lambda s: s.request("DELETE", f"/api/submissions/{2**70}", admin=True), 400, "sid"),
     ("json body", lambda s: s.request("POST", "/api/submissions", body=b'{"image": 1}',
                                       headers={"Content-Type": "application/json"}), 415, "multipart/form-data"),
     ("text part", lambda s: s.submit(drawing(0), part_type="text/plain"), 415, "not an image"),
@@ -303,3 +314,19 @@ def test_kill_9_loses_no_acknowledged_submission(judge_run, tmp_path):
         assert status == 403 and "--admin-token" in doc["error"]
     finally:
         second.kill(signal.SIGTERM)
+
+
+@pytest.mark.parametrize(("w", "h", "ok"), [(800, 100, True), (100, 800, True), (801, 100, False), (1, 9, False)])
+def test_the_aspect_bound_is_checked_before_decoding(w, h, ok, monkeypatch):
+    """8:1 passes, anything thinner is refused from the header alone: cv2.imdecode never runs on it."""
+    from dkit.edge import upload
+
+    calls = []
+    real = upload.cv2.imdecode
+    monkeypatch.setattr(upload.cv2, "imdecode", lambda *a: calls.append(1) or real(*a))
+    if ok:
+        assert upload.decode_upload(_thin_png(w, h)).shape == (h, w, 3) and calls == [1]
+    else:
+        with pytest.raises(upload.UploadError, match=f"{w}x{h} pixels; at most 8:1"):
+            upload.decode_upload(_thin_png(w, h))
+        assert calls == []
