@@ -95,7 +95,8 @@ def decode_upload(data: bytes, *, max_pixels: int = MAX_PIXELS, max_aspect: floa
                                "short side) is accepted")
     if kind == "jpeg" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
         raise UploadError(400, "the JPEG is truncated (no end-of-image marker)")
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None or bgr.shape[:2] != (h, w):
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # applies EXIF orientation (phones)
+    upright = {(h, w), (w, h)} if kind in ("jpeg", "webp") else {(h, w)}  # EXIF rotations 5-8 swap the sides
+    if bgr is None or bgr.shape[:2] not in upright:
         raise UploadError(400, f"the {kind.upper()} is corrupt or truncated: it cannot be decoded")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

@@ -1,7 +1,6 @@
 """Scoring uploads: POST /api/score (score only, nothing stored: camera mode) and POST /api/submissions (score,
 moderation verdict, stored with a thumbnail unless blocked, rank)."""
 
-import re
 
 import cv2
 import numpy as np
@@ -12,10 +11,9 @@ from dkit.edge.kiosk.errors import ApiError
 from dkit.edge.kiosk.prompts import prompt_of
 from dkit.edge.kiosk.state import KioskState, StateDep
 from dkit.edge.kiosk.uploads import decode, read_upload
+from dkit.edge.names import public_name
 
 THUMB_SIDE = 256
-MAX_NAME = 40
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 router = APIRouter()
 
@@ -41,8 +39,8 @@ async def submit(state: StateDep, request: Request):
 
 
 def player_name(text: str | None) -> str:
-    """The submitted name without control characters, trimmed to MAX_NAME; "anonymous" if nothing is left."""
-    return _CONTROL.sub("", text or "").strip()[:MAX_NAME] or "anonymous"
+    """The submitted name as the public screen may show it (dkit.edge.names)."""
+    return public_name(text)
 
 
 def score_and_store(state: KioskState, data: bytes, prompt: str, name: str):

@@ -169,8 +169,9 @@ def test_admin_routes_need_the_token(server):
     status, doc = server.request("PUT", "/api/prompt", body=body, headers=headers, admin=True)
     assert status == 200 and doc["prompt"] == "a raccoon driving a tractor"
     assert server.request("GET", "/api/prompt")[1]["prompt"] == "a raccoon driving a tractor"
-    # an on-device prompt (not shipped in the bundle) scores like any other
-    status, doc = server.submit(drawing(1, "bicycle"), name="grace")
+    # an on-device prompt (not shipped in the bundle) scores like any other; a hostile name is shown cleaned
+    status, doc = server.submit(drawing(1, "bicycle"), name="gr\u202eace\u200b\x85" + "\u0336" * 39)
+    assert status == 200 and doc["name"] == "gr" + "ace" + "\u0336" * 2, doc
     assert status == 200 and doc["prompt"] == "a raccoon driving a tractor"
     assert server.request("GET", "/api/leaderboard")[1]["prompt"] == "a raccoon driving a tractor"
     # earlier prompts keep their leaderboards; deleting needs the token too
@@ -330,3 +331,24 @@ def test_the_aspect_bound_is_checked_before_decoding(w, h, ok, monkeypatch):
         with pytest.raises(upload.UploadError, match=f"{w}x{h} pixels; at most 8:1"):
             upload.decode_upload(_thin_png(w, h))
         assert calls == []
+
+
+def test_a_portrait_phone_photo_is_turned_upright_not_refused(server):
+    """A JPEG stored landscape with EXIF orientation 6 (how phones save portrait shots) was refused as corrupt."""
+    import io
+
+    from PIL import Image
+
+    from dkit.edge.upload import decode_upload
+
+    img = Image.new("RGB", (300, 100), (255, 0, 0))
+    img.paste((0, 0, 255), (0, 0, 150, 100))  # stored: blue left half, red right half
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", exif=exif.tobytes(), quality=95)
+    rgb = decode_upload(buf.getvalue())
+    assert rgb.shape == (300, 100, 3)  # upright: portrait
+    assert rgb[10, 50, 2] > 200 and rgb[290, 50, 0] > 200  # blue on top, red at the bottom, as the phone showed it
+    status, doc = server.submit(buf.getvalue(), path="/api/score", filename="IMG_0001.jpg", part_type="image/jpeg")
+    assert status == 200 and doc["verdict"] in ("ok", "text", "no_match", "blocked"), doc
