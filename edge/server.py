@@ -31,7 +31,7 @@ from dkit.edge.judge import Judge
 from dkit.edge.kiosk import admin, leaderboard, pages, prompts, scoring
 from dkit.edge.kiosk.errors import add_handlers
 from dkit.edge.kiosk.state import MAX_UPLOAD, KioskState, attach, load_page
-from dkit.edge.kiosk.uploads import limit_size
+from dkit.edge.kiosk.uploads import BodyLimit, BodyTooLarge, too_large
 from dkit.edge.runtime import Runtime
 from dkit.edge.store import Store
 
@@ -53,7 +53,8 @@ def create_app(bundle: str | Path, *, db: str | Path, thumbs: str | Path | None 
                   description=f"Scores drawings against a prompt, offline, with the bundle {runtime.bundle.source}.")
     attach(app, state)
     add_handlers(app)
-    app.middleware("http")(limit_size)
+    app.add_middleware(BodyLimit, max_upload=max_upload)  # announced sizes, and chunked bodies while read
+    app.add_exception_handler(BodyTooLarge, too_large)
     for router in ROUTERS:
         app.include_router(router)
     return app

@@ -1,5 +1,6 @@
-"""Uploaded images: the request size limit (a middleware), reading the multipart `image` part and its text
-fields with every check (415, 400, 413), and decoding the bytes to RGB."""
+"""Uploaded images: the request size limit (a Content-Length gate, and a byte count while the body is read, so a
+chunked upload without a length is cut off at the limit instead of being spooled whole), reading the multipart
+`image` part and its text fields with every check (415, 400, 413), and decoding the bytes to RGB."""
 
 import numpy as np
 from fastapi import Request
@@ -12,14 +13,68 @@ from dkit.edge.upload import UploadError, decode_upload
 FORM_SLACK = 65536  # bytes of multipart framing and text fields allowed beyond the image itself
 
 
-async def limit_size(request: Request, call_next):
-    """HTTP middleware: a body announced over the upload limit (plus FORM_SLACK) is answered 413 unread."""
-    max_upload = kiosk_state(request).max_upload
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > max_upload + FORM_SLACK:
-        return JSONResponse({"error": f"the upload is {int(length):,} bytes; at most {max_upload:,} are "
-                                      "accepted"}, status_code=413)
-    return await call_next(request)
+class BodyTooLarge(Exception):
+    """Raised by the receive channel of BodyLimit once a request body passes its limit."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"the request body is over {limit:,} bytes")
+        self.limit = limit
+
+
+DRAIN_FACTOR = 2  # a refused body is read and dropped up to this many limits, then the connection is closed
+
+
+async def _drain(receive, most: int) -> None:
+    """Read and drop up to `most` bytes of a refused body, so a client still sending it can read the 413 (closing
+    on a client mid-send resets the connection before it sees the answer); a bigger body is cut off there."""
+    seen = 0
+    while seen <= most:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
+class BodyLimit:
+    """ASGI middleware for the upload limit (`max_upload` bytes of image plus FORM_SLACK of form): a body announced
+    over it is answered 413 unread; any other body's bytes are counted as the app receives them, and past the limit
+    the read raises BodyTooLarge (answered 413 by `too_large`), so no route reads or spools more than that, whatever
+    the client announced (a chunked upload has no Content-Length at all)."""
+
+    def __init__(self, app, max_upload: int, slack: int = FORM_SLACK):
+        self.app, self.max_upload, self.limit = app, max_upload, max_upload + slack
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            refused = JSONResponse({"error": f"the upload is {int(length):,} bytes; at most {self.max_upload:,} are "
+                                             "accepted"}, status_code=413)
+            await _drain(receive, DRAIN_FACTOR * self.limit)
+            return await refused(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    if message.get("more_body", False):
+                        await _drain(receive, DRAIN_FACTOR * self.limit - seen)
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        return await self.app(scope, counted, send)
+
+
+async def too_large(request: Request, exc: BodyTooLarge):
+    """The 413 for a body cut off while it was read (any route)."""
+    return JSONResponse({"error": f"{exc}; at most {kiosk_state(request).max_upload:,} bytes of image are "
+                                  "accepted"}, status_code=413, headers={"Connection": "close"})
 
 
 async def read_upload(request: Request, max_upload: int) -> tuple[bytes, dict[str, str]]:
@@ -29,6 +84,8 @@ async def read_upload(request: Request, max_upload: int) -> tuple[bytes, dict[st
         raise ApiError(415, f"send the image as multipart/form-data (field 'image'), not {ctype or 'nothing'}")
     try:
         form = await request.form(max_files=1, max_fields=8)
+    except BodyTooLarge:
+        raise
     except Exception as e:  # python-multipart's own errors: malformed body, too many parts
         raise ApiError(400, f"malformed multipart body ({e})") from e
     image = form.get("image")

@@ -352,3 +352,40 @@ def test_a_portrait_phone_photo_is_turned_upright_not_refused(server):
     assert rgb[10, 50, 2] > 200 and rgb[290, 50, 0] > 200  # blue on top, red at the bottom, as the phone showed it
     status, doc = server.submit(buf.getvalue(), path="/api/score", filename="IMG_0001.jpg", part_type="image/jpeg")
     assert status == 200 and doc["verdict"] in ("ok", "text", "no_match", "blocked"), doc
+
+
+def test_a_chunked_upload_is_cut_off_at_the_limit_while_it_is_read(server):
+    """No Content-Length, 1.5x the limit sent in chunks: answered 413 once the limit is passed (the rest is read and
+    dropped, up to 2 limits, so the client sees the answer); nothing stored, and the server still serves (issue
+    #12: 300 MB were spooled to /tmp before the 413)."""
+    import http.client
+    from urllib.parse import urlparse
+
+    before = server.request("GET", "/healthz")[1]["submissions"]
+    limit = int(MAX_UPLOAD_MB * 2**20)
+    boundary = "dkitchunked"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"big.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode() + drawing(0)
+    sent = [0]
+
+    def body():
+        yield head
+        chunk = b"\0" * 65536
+        while sent[0] < limit + limit // 2:
+            sent[0] += len(chunk)
+            yield chunk
+
+    url = urlparse(server.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    try:
+        conn.request("POST", "/api/submissions", body=body(), encode_chunked=True,
+                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server stopped reading and closed: the response is already on the wire
+    response = conn.getresponse()
+    doc = json.loads(response.read())
+    conn.close()
+    assert response.status == 413 and "at most" in doc["error"], doc
+    assert "transfer-encoding" not in {k.lower() for k in response.headers}  # a plain JSON answer
+    health = server.request("GET", "/healthz")
+    assert health[0] == 200 and health[1]["submissions"] == before
