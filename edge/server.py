@@ -3,7 +3,7 @@
     app = create_app("runs/quickdraw/bundle", db="kiosk/kiosk.sqlite", admin_token="s3cret")
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
-Routes (the OpenAPI schema is at /openapi.json, the interactive docs at /docs):
+Routes (the OpenAPI schema is at /openapi.json; the interactive docs at /docs only with docs=True, `--docs`):
     GET    /                        the kiosk page (edge/static/kiosk.html)
     GET    /api/prompt              the current prompt and the bundle's suggestions
     PUT    /api/prompt              admin: set the prompt (any text: embedded on the device)
@@ -30,6 +30,7 @@ from fastapi import FastAPI
 from dkit.edge.judge import Judge
 from dkit.edge.kiosk import admin, leaderboard, pages, prompts, scoring
 from dkit.edge.kiosk.errors import add_handlers
+from dkit.edge.kiosk.headers import SecurityHeaders, page_csp
 from dkit.edge.kiosk.state import MAX_UPLOAD, KioskState, attach, load_page
 from dkit.edge.kiosk.uploads import BodyLimit, BodyTooLarge, too_large
 from dkit.edge.runtime import Runtime
@@ -41,7 +42,7 @@ ROUTERS = (pages.router, prompts.router, scoring.router, leaderboard.router, adm
 
 def create_app(bundle: str | Path, *, db: str | Path, thumbs: str | Path | None = None,
                admin_token: str | None = None, max_upload: int = MAX_UPLOAD, threads: int | None = 1,
-               providers: list[str] | None = None) -> FastAPI:
+               providers: list[str] | None = None, docs: bool = False) -> FastAPI:
     runtime = Runtime.load(bundle, threads=threads, providers=providers)
     judge = Judge(runtime)
     db = Path(db)
@@ -50,10 +51,12 @@ def create_app(bundle: str | Path, *, db: str | Path, thumbs: str | Path | None 
         store.set_prompt(prompts.first_prompt(judge.cfg, runtime.classes))
     state = KioskState(runtime, judge, store, load_page(), admin_token, max_upload)
     app = FastAPI(title="Distill Kit kiosk judge", version="1", lifespan=_lifespan,
-                  description=f"Scores drawings against a prompt, offline, with the bundle {runtime.bundle.source}.")
+                  description=f"Scores drawings against a prompt, offline, with the bundle {runtime.bundle.source}.",
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None)
     attach(app, state)
     add_handlers(app)
     app.add_middleware(BodyLimit, max_upload=max_upload)  # announced sizes, and chunked bodies while read
+    app.add_middleware(SecurityHeaders, csp=page_csp(state.page))
     app.add_exception_handler(BodyTooLarge, too_large)
     for router in ROUTERS:
         app.include_router(router)

@@ -58,7 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         bundle = Path(args.bundle)
         db = Path(args.db) if args.db else bundle.resolve().parent / "kiosk" / "kiosk.sqlite"
         app = create_app(bundle, db=db, admin_token=args.admin_token, max_upload=int(args.max_upload_mb * (1 << 20)),
-                         threads=args.threads)
+                         threads=args.threads, docs=args.docs)
     log.info("kiosk on http://%s:%d (database %s; admin routes %s)", args.host, args.port, db,
              "on" if args.admin_token else "off")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -100,7 +100,8 @@ RUN = Command(
 SERVE = Command(
     "serve", "serve the kiosk web app and leaderboard",
     "Serve the kiosk judge from a judge bundle (a clip-embed student): a drawing canvas and camera "
-    "page at /, the scoring API (/docs, /openapi.json) and the leaderboard. Submissions go to SQLite "
+    "page at /, the scoring API (its schema at /openapi.json; the interactive /docs with --docs) and the "
+    "leaderboard. Submissions go to SQLite "
     "(WAL) and thumbnails to disk, durably: a crash loses no acknowledged submission. Admin routes "
     "(set the prompt, delete a submission) need the token given here; without one they are off."
     "\n\nexamples:\n"
@@ -118,6 +119,8 @@ SERVE = Command(
         arg("--max-upload-mb", type=float, default=4.0, help="largest accepted image (default: %(default)s)"),
         arg("--threads", type=int, default=1, help="onnxruntime threads per request (default: %(default)s: "
             "requests run in parallel instead)"),
+        arg("--docs", action="store_true", help="also serve the interactive API docs at /docs and /redoc (off by "
+            "default: a kiosk faces the public)"),
     ))
 
 

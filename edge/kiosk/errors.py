@@ -1,9 +1,13 @@
 """The kiosk's errors: `ApiError` (a status and a message) and the handlers that answer every error as JSON
 `{"error": "..."}`, request validation errors included (as 400)."""
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -22,7 +26,14 @@ async def invalid(request: Request, exc: RequestValidationError):
     return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=400)
 
 
+async def internal(request: Request, exc: Exception):
+    """Anything unexpected: logged with its traceback, answered as JSON (no plain-text 500, no details leaked)."""
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"error": "internal error (logged on the kiosk)"}, status_code=500)
+
+
 def add_handlers(app: FastAPI) -> None:
-    """Answer ApiError and request validation errors as JSON."""
+    """Answer ApiError, request validation errors and anything unexpected as JSON."""
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(Exception, internal)

@@ -46,7 +46,7 @@ def prompt_of(state: KioskState, text: str | None) -> str:
     except ValueError as e:
         raise ApiError(400, str(e)) from e
     if not state.store.has_prompt(text):
-        raise ApiError(404, f"unknown prompt {text!r}: the kiosk's prompts are {state.store.prompts()}")
+        raise ApiError(404, f"unknown prompt {text!r}: the kiosk scores only prompts its operator has set")
     return text
 
 

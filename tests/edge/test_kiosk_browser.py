@@ -32,10 +32,12 @@ def page(kiosk):
         page = context.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
+        # the page runs under the kiosk's Content-Security-Policy: anything it refuses is a console error
+        page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
         page.goto(kiosk.url + "/")
-        page.wait_for_function("document.getElementById('prompt').textContent === 'a cat'", timeout=20_000)
+        page.wait_for_function("() => document.getElementById('prompt').textContent === 'a cat'", timeout=20_000)
         yield page
-        assert errors == [], errors  # no JavaScript error anywhere in the session
+        assert errors == [], errors  # no JavaScript error and no CSP refusal anywhere in the session
         browser.close()
 
 
@@ -74,15 +76,15 @@ def test_draw_undo_submit_and_see_the_leaderboard(page, kiosk):
     page.fill("#name", "playwright")
     before = kiosk.request("GET", "/healthz")[1]["submissions"]
     page.click("#submit")
-    page.wait_for_function("document.getElementById('verdict').textContent !== ''", timeout=20_000)
+    page.wait_for_function("() => document.getElementById('verdict').textContent !== ''", timeout=20_000)
     verdict = page.text_content("#verdict")
     score = page.text_content("#score")
     assert verdict in ("ok", "text", "no_match", "blocked")
     if verdict != "blocked":
         assert 0 <= int(score) <= 100 and page.text_content("#rank").startswith("#")
-        page.wait_for_function("[...document.querySelectorAll('#board li')].some(li => "
+        page.wait_for_function("() => [...document.querySelectorAll('#board li')].some(li => "
                                "li.textContent.includes('playwright'))", timeout=20_000)
-        page.wait_for_function("[...document.querySelectorAll('#board li')].some(li => li.textContent.includes("
+        page.wait_for_function("() => [...document.querySelectorAll('#board li')].some(li => li.textContent.includes("
                                "'playwright') && li.querySelector('img').complete && "
                                "li.querySelector('img').naturalWidth > 0)", timeout=20_000)  # the thumbnail shows
         assert kiosk.request("GET", "/healthz")[1]["submissions"] == before + 1
@@ -93,7 +95,7 @@ def test_draw_undo_submit_and_see_the_leaderboard(page, kiosk):
 def test_camera_mode_shows_a_live_score_and_stores_nothing(page, kiosk):
     before = kiosk.request("GET", "/healthz")[1]["submissions"]
     page.click("#camera")
-    page.wait_for_function("/^(live: \\d+|blocked)$/.test(document.getElementById('live').textContent)",
+    page.wait_for_function("() => /^(live: \\d+|blocked)$/.test(document.getElementById('live').textContent)",
                            timeout=30_000)
     assert page.is_visible("#video") and page.text_content("#camera") == "Drawing mode"
     page.click("#camera")  # back to drawing: the webcam stops

@@ -389,3 +389,49 @@ def test_a_chunked_upload_is_cut_off_at_the_limit_while_it_is_read(server):
     assert "transfer-encoding" not in {k.lower() for k in response.headers}  # a plain JSON answer
     health = server.request("GET", "/healthz")
     assert health[0] == 200 and health[1]["submissions"] == before
+
+
+def test_every_response_carries_the_security_headers_and_docs_are_off(server):
+    """CSP (self only; the page's inline script and style allowed by hash, not 'unsafe-inline'), nosniff, no
+    framing, no referrer, on the page, the API and errors alike; /docs and /redoc need --docs."""
+    import base64
+    import hashlib
+    import re
+    import urllib.request
+
+    for path in ("/", "/api/prompt", "/healthz", "/api/leaderboard?prompt=nope", "/thumbs/nothing.jpg"):
+        req = urllib.request.Request(server.url + path)
+        try:
+            res = urllib.request.urlopen(req, timeout=30)
+        except urllib.error.HTTPError as e:
+            res = e
+        csp = res.headers["Content-Security-Policy"]
+        assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp, path
+        assert res.headers["X-Content-Type-Options"] == "nosniff" and res.headers["X-Frame-Options"] == "DENY"
+        assert res.headers["Referrer-Policy"] == "no-referrer"
+    page = server.request("GET", "/")[1].decode()
+    script = re.search(r"<script>(.*?)</script>", page, re.S).group(1)
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"'sha256-{digest}'" in csp  # the page's own script is the one allowed
+    for path in ("/docs", "/redoc"):
+        assert server.request("GET", path)[0] == 404
+    status, doc = server.request("GET", "/api/leaderboard?prompt=nope")
+    assert status == 404 and "a cat" not in doc["error"]  # a 404 no longer lists every prompt ever set
+
+
+def test_an_unexpected_failure_is_a_json_500_without_details(judge_run, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from dkit.edge.server import create_app
+
+    _, run, _, _ = judge_run
+    app = create_app(run / "bundle", db=tmp_path / "k.sqlite")
+
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("secret internals")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        res = client.get("/boom")
+    assert res.status_code == 500 and res.json() == {"error": "internal error (logged on the kiosk)"}
+    assert "secret" not in res.text and res.headers["content-type"] == "application/json"
