@@ -27,7 +27,6 @@ of the two scores over (image, class) pairs, and their Spearman rank correlation
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 import warnings
@@ -106,7 +105,8 @@ def export_judge(kit, run_dir: Path, bundle_dir: Path, *, store) -> dict:
     calibration["agreement"] = score_agreement(student_emb, teacher_emb, teacher.text, calibration,
                                                calibration["teacher"], held)
     calibration["agreement"]["moderation"] = moderation_agreement(
-        student_emb, teacher_emb, rows, embeddings, judge_config(kit.judge), calibration, calibration["teacher"], held)
+        student_emb, teacher_emb, rows, embeddings, kit.judge.device_config() if kit.judge else JudgeConfig(),
+        calibration, calibration["teacher"], held)
     calibration |= {"source": "student", "images": len(images), "classes": "ontology classes"}
     return {
         "student": student, "text": text, "preprocess": spec,
@@ -302,11 +302,6 @@ def calibrate(images: np.ndarray, classes: np.ndarray) -> dict:
 def score(cosines: np.ndarray, calibration: dict) -> np.ndarray:
     """0-100 scores of raw cosines through a calibration's curve (the device's Calibration.to_score)."""
     return Calibration.from_dict(calibration).to_score(cosines)
-
-
-def judge_config(judge) -> JudgeConfig:
-    """The kit's `judge:` section as the device reads it (the device's defaults when the kit has none)."""
-    return JudgeConfig() if judge is None else JudgeConfig.from_dict(dataclasses.asdict(judge))
 
 
 def moderation_agreement(student: np.ndarray, teacher: np.ndarray, rows: list[dict], table: np.ndarray,

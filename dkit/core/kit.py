@@ -223,6 +223,10 @@ class Judge:
     unsafe_margin: Annotated[float, Strict(), Field(ge=-1.0, le=1.0)] = DEVICE_JUDGE.unsafe_margin  # by an unsafe one
     no_match_score: Annotated[float, Strict(), Field(ge=0.0, le=100.0)] = DEVICE_JUDGE.no_match_score  # "no match"
 
+    def device_config(self) -> JudgeConfig:
+        """This section as the device's judge reads it (what a judge bundle's manifest carries)."""
+        return JudgeConfig.from_dict(dataclasses.asdict(self))
+
 
 @dataclass(frozen=True, config=_STRICT)
 class Kit:

@@ -4,8 +4,6 @@ the judge's prompts) and the moderation verdicts compared between student and te
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from dkit.edge.manifest import JudgeConfig
@@ -54,4 +52,4 @@ def _moderation_sets(kit, teacher) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     prompts = teacher.embed_prompts([[p] for p in judge.prompts]) if judge.prompts else teacher.text
     text, unsafe = (teacher.embed_prompts([[p] for p in texts]) if texts else np.zeros((0, prompts.shape[1]))
                     for texts in (judge.text_prompts, judge.unsafe_prompts))
-    return prompts, text, unsafe, JudgeConfig.from_dict(dataclasses.asdict(judge))
+    return prompts, text, unsafe, judge.device_config()
