@@ -347,19 +347,33 @@ class JudgeConfig:
     text_margin: float = 0.0
     unsafe_margin: float = 0.0
     no_match_score: float = 15.0
+    # the kiosk's limits (dkit.edge.kiosk.config.KioskConfig keys); absent from the JSON when empty
+    kiosk: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
     def from_dict(cls, doc: Mapping | None) -> JudgeConfig:
         if doc is None:
             return cls()
         w = "judge."
+        kiosk = _get(doc, "kiosk", dict, w, {})
+        try:
+            from dkit.edge.kiosk.config import KioskConfig
+
+            KioskConfig.from_dict(kiosk)
+        except (ValueError, TypeError) as e:
+            raise ManifestError(f"judge.{e}") from e
         return cls(_get(doc, "prompt", str, w, None),
                    *(_strings(doc.get(k) or [], f"{w}{k}") for k in ("prompts", "text_prompts", "unsafe_prompts")),
                    *(float(_get(doc, k, (int, float), w, getattr(cls, k)))
-                     for k in ("text_penalty", "text_margin", "unsafe_margin", "no_match_score")))
+                     for k in ("text_penalty", "text_margin", "unsafe_margin", "no_match_score")),
+                   MappingProxyType(dict(kiosk)))
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+        doc = {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+        doc["kiosk"] = dict(self.kiosk)
+        if not doc["kiosk"]:
+            del doc["kiosk"]
+        return doc
 
 
 # ------------------------------------------------------------------------------------------ the manifest

@@ -1,13 +1,15 @@
-"""`dkit bench label|runtime|serve`: throughput figures, as JSON on stdout.
+"""`dkit bench label|runtime|serve|attack`: throughput figures, as JSON on stdout.
 
 Each benchmark compares the kit's pipeline with the bare library call in one run. `bench label` needs the
-`distill` extra; `bench runtime` and `bench serve` run on a base install (the Ultralytics reference in
-`bench runtime` is measured only when ultralytics is installed).
+`distill` extra; `bench runtime`, `bench serve` and `bench attack` run on a base install (the Ultralytics
+reference in `bench runtime` is measured only when ultralytics is installed). `bench attack` measures the kiosk
+server under attack and prints a table (its JSON goes to --json PATH); its goals are reported, not enforced.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from dkit.cli.common import Command, Parents, add_command, arg, edge_errors, import_stage, load, register_commands
@@ -54,6 +56,67 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
+def cmd_bench_attack(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from dkit.core.errors import UsageError
+    from dkit.edge.attack_bench import QUICK, AttackBenchError, AttackSettings, bench_attack, format_table, unmeasured
+
+    base = QUICK if args.quick else AttackSettings()
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(AttackSettings)
+             if getattr(args, f.name) is not None}
+    try:
+        settings = dataclasses.replace(base, **given)
+    except ValueError as e:
+        raise UsageError(f"dkit bench attack: {e}") from e
+
+    def progress(message: str) -> None:
+        sys.stderr.write(f"bench attack: {message}\n")
+        sys.stderr.flush()
+
+    try:
+        result = bench_attack(args.bundle, settings, serve_set=args.serve_set, threads=args.threads,
+                              progress=progress)
+    except AttackBenchError as e:  # not a judge bundle, or the server did not come up: nothing measured
+        raise UsageError(str(e)) from e
+    sys.stdout.write(format_table(result))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+    why = unmeasured(result)
+    if why:
+        raise DkitError(f"dkit bench attack: could not measure everything: {why}")
+    return 0
+
+
+def _attack_arguments() -> tuple:
+    """One option per AttackSettings field, its default and --quick value in the help."""
+    from dkit.edge.attack_bench import QUICK, AttackSettings
+
+    helps = {
+        "warmup": "/api/score requests before idle RSS is read",
+        "legit_seconds": "seconds the legit client runs alone (the unattacked figure)",
+        "legit_interval_ms": "the legit client's pace: a drawing every N ms (0: as fast as it can)",
+        "bomb_seconds": "seconds of the image flood (measurement 1)",
+        "bomb_clients": "parallel clients of the image flood",
+        "idle_sockets": "attacker connections held open (measurement 2)",
+        "slowloris_fraction": "share of them that send headers a byte a second (the rest send nothing)",
+        "hold_seconds": "seconds the idle sockets are held before /healthz is timed",
+        "healthz_requests": "GET /healthz timed (sequential, a new connection each)",
+        "flood_seconds": "seconds of the single-client disk flood (measurement 3)",
+        "combined_seconds": "seconds of attacks 1-3 together, the legit client measured (measurement 4)",
+        "settle_seconds": "seconds between phases, for work still in flight to drain",
+    }
+    out = []
+    for f in dataclasses.fields(AttackSettings):
+        kind = int if isinstance(f.default, int) else float
+        out.append(arg("--" + f.name.replace("_", "-"), type=kind, metavar="N",
+                       help=f"{helps[f.name]} (default: {f.default:g}; --quick: {getattr(QUICK, f.name):g})"))
+    return tuple(out)
+
+
 BENCH = Command("bench", "measure throughput; prints JSON",
                 "Benchmarks that compare the kit's pipeline with the bare library call in one run.", None)
 
@@ -94,6 +157,30 @@ BENCHMARKS = (
                     "doodles)"),
                 arg("--threads", type=int, default=1,
                     help="the server's onnxruntime threads (default: %(default)s)"),
+            )),
+    Command("attack", "the kiosk server under attack: memory, idle sockets, disk, legit throughput",
+            "Starts `dkit serve` on a judge bundle (its own process, a free loopback port, a fresh database) "
+            "and measures, in one run, with stdlib clients bound to their own 127.x source addresses: "
+            "(1) the server's RSS peak / idle while clients flood both POST routes with thin strips, "
+            "lying headers and real decompression bombs (goal < 1.5x); (2) GET /healthz p50/p99 while "
+            "hundreds of idle and slowloris sockets are held, and how many of them the server closes (goal "
+            "p99 < 100 ms); (3) the growth of the database + WAL + thumbnails during a single-client flood "
+            "of distinct valid drawings (goal: within the server's max_disk_mb quota); (4) a paced "
+            "legitimate client's successful /api/score per second alone and while attacks 1-3 run at once "
+            "(goal: ratio >= 0.5). Prints progress on stderr, a table with PASS/FAIL goal lines on stdout, "
+            "the figures as JSON with --json. Exit 0 whatever the goals say; 2 when the bundle is not a "
+            "judge bundle or the server does not come up; 1 when the server dies during the run. The "
+            "defaults take about 2.5 minutes; --quick a few seconds per measurement.",
+            cmd_bench_attack, arguments=(
+                arg("bundle", metavar="BUNDLE", help="judge bundle folder or .tar.gz"),
+                arg("--quick", action="store_true", help="a few seconds per measurement (a smoke run; "
+                    "options given explicitly still apply)"),
+                arg("--json", metavar="PATH", help="write the figures as JSON to PATH"),
+                arg("--serve-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="passed on as `dkit serve --set KEY=VALUE`; repeatable (e.g. max_disk_mb=20)"),
+                arg("--threads", type=int, default=1,
+                    help="the server's onnxruntime threads (default: %(default)s)"),
+                *_attack_arguments(),
             )),
 )
 

@@ -11,7 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from dkit.cli.common import Command, FromEnv, Parents, arg, edge_errors, log, register_commands
+from dkit.cli.common import Command, Parents, arg, edge_errors, log, register_commands
+from dkit.core.errors import UsageError
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -51,18 +52,48 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     with edge_errors():
-        import uvicorn
-
+        from dkit.edge.kiosk.serving import serve
         from dkit.edge.server import create_app
 
         bundle = Path(args.bundle)
         db = Path(args.db) if args.db else bundle.resolve().parent / "kiosk" / "kiosk.sqlite"
-        app = create_app(bundle, db=db, admin_token=args.admin_token, max_upload=int(args.max_upload_mb * (1 << 20)),
-                         threads=args.threads, docs=args.docs)
-    log.info("kiosk on http://%s:%d (database %s; admin routes %s)", args.host, args.port, db,
-             "on" if args.admin_token else "off")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        token = admin_token(args)
+        try:
+            app = create_app(bundle, db=db, admin_token=token, max_upload=int(args.max_upload_mb * (1 << 20)),
+                             threads=args.threads, docs=args.docs, settings=args.set or ())
+        except ValueError as e:  # a bad --set, or the bundle's kiosk settings
+            raise UsageError(str(e)) from e
+    cfg = app.state.kiosk.cfg
+    log.info("kiosk on http://%s:%d (database %s; admin %s; limits: %s)", args.host, args.port, db,
+             f"on at http://{args.host}:{args.port}/admin" if token else "off", _limits(cfg))
+    serve(app, host=args.host, port=args.port, cfg=cfg)
     return 0
+
+
+def admin_token(args: argparse.Namespace) -> str | None:
+    """The operator's token: --admin-token-file, else $DKIT_ADMIN_TOKEN, else --admin-token (which any user of
+    this machine can read in the process list: warned about). None: admin off."""
+    import os
+
+    if args.admin_token_file:
+        try:
+            token = Path(args.admin_token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"--admin-token-file {args.admin_token_file}: cannot read it ({e})") from e
+        if not token:
+            raise UsageError(f"--admin-token-file {args.admin_token_file}: the file is empty")
+        return token
+    if args.admin_token:
+        log.warning("the admin token on the command line is visible to every user of this machine (ps); use "
+                    "DKIT_ADMIN_TOKEN or --admin-token-file instead")
+        return args.admin_token
+    return os.environ.get("DKIT_ADMIN_TOKEN") or None
+
+
+def _limits(cfg) -> str:
+    return (f"score {cfg.score_rate:g}/s burst {cfg.score_burst:g}, submit {cfg.submit_rate:g}/s burst "
+            f"{cfg.submit_burst:g} per client; {cfg.workers} scoring + {cfg.queue} waiting; disk {cfg.max_disk_mb:g} "
+            f"MB; keep top {cfg.keep_top}/prompt + last {cfg.keep_last}")
 
 
 RUN = Command(
@@ -102,10 +133,14 @@ SERVE = Command(
     "Serve the kiosk judge from a judge bundle (a clip-embed student): a drawing canvas and camera "
     "page at /, the scoring API (its schema at /openapi.json; the interactive /docs with --docs) and the "
     "leaderboard. Submissions go to SQLite "
-    "(WAL) and thumbnails to disk, durably: a crash loses no acknowledged submission. Admin routes "
-    "(set the prompt, delete a submission) need the token given here; without one they are off."
+    "(WAL) and thumbnails to disk, durably: a crash loses no acknowledged submission. The operator page "
+    "(/admin: prompt, rounds, moderation, bans, stats, export) needs the token given here; without one it is off. "
+    "Every resource is bounded for a hostile public: per-client rates (429), a work queue (503), "
+    "near-duplicates refused (409), a disk quota with retention, connection caps and timeouts."
     "\n\nexamples:\n"
-    "  dkit serve runs/quickdraw/bundle --admin-token \"$(openssl rand -hex 16)\"\n"
+    "  openssl rand -hex 16 > ~/.dkit-token && chmod 600 ~/.dkit-token\n"
+    "  dkit serve runs/quickdraw/bundle --host 0.0.0.0 --admin-token-file ~/.dkit-token\n"
+    "  dkit serve runs/quickdraw/bundle --set submit_rate=0.5 --set max_disk_mb=200\n"
     "  curl -F image=@drawing.png -F name=ada http://127.0.0.1:8000/api/submissions",
     cmd_serve, arguments=(
         arg("bundle", metavar="BUNDLE", help="judge bundle folder or .tar.gz"),
@@ -114,8 +149,14 @@ SERVE = Command(
         arg("--port", type=int, default=8000, help="port (default: %(default)s)"),
         arg("--db", metavar="PATH", help="SQLite database for submissions and prompts (default: "
             "kiosk/kiosk.sqlite beside the bundle); thumbnails go to a thumbs/ folder beside it"),
-        arg("--admin-token", metavar="TOKEN", default=FromEnv("DKIT_ADMIN_TOKEN"),
-            help="token for the admin routes (default: $DKIT_ADMIN_TOKEN; none: admin routes off)"),
+        arg("--admin-token-file", metavar="FILE", help="file holding the operator's token for /admin and the admin "
+            "routes (or set DKIT_ADMIN_TOKEN; neither: admin off, there is no default token)"),
+        arg("--admin-token", metavar="TOKEN", help="the token itself (visible in `ps` to every user: prefer the "
+            "file or the variable)"),
+        arg("--set", action="append", metavar="KEY=VALUE", help="override one of the bundle's kiosk limits, e.g. "
+            "submit_rate=0.5, submit_burst=5, score_rate=2, workers=2, queue=8, dup_bits=6 (-1: off), keep_top=100, "
+            "keep_last=1000, max_disk_mb=512, header_timeout=10, body_timeout=30, max_connections=512, "
+            "max_connections_per_client=32, blocklist=FILE; repeat it for several"),
         arg("--max-upload-mb", type=float, default=4.0, help="largest accepted image (default: %(default)s)"),
         arg("--threads", type=int, default=1, help="onnxruntime threads per request (default: %(default)s: "
             "requests run in parallel instead)"),

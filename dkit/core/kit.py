@@ -207,6 +207,16 @@ class Edge:
     max_fps: Annotated[float, Strict(), Field(ge=0.0)] = 0.0  # 0: as fast as frames come
 
 
+def _kiosk_settings(value: Any) -> dict[str, Any]:
+    """The kit's `judge.kiosk:` mapping, checked against the kiosk's own settings (KioskConfig)."""
+    from dkit.edge.kiosk.config import KioskConfig
+
+    if not isinstance(value, dict):
+        raise ValueError("expected a mapping of kiosk settings")
+    KioskConfig.from_dict(value)
+    return dict(value)
+
+
 @dataclass(frozen=True, config=_STRICT)
 class Judge:
     """The kiosk judge (clip-embed students): prompts, moderation prompts and thresholds."""
@@ -222,6 +232,9 @@ class Judge:
     text_margin: Annotated[float, Strict(), Field(ge=-1.0, le=1.0)] = DEVICE_JUDGE.text_margin  # cosine lead needed
     unsafe_margin: Annotated[float, Strict(), Field(ge=-1.0, le=1.0)] = DEVICE_JUDGE.unsafe_margin  # by an unsafe one
     no_match_score: Annotated[float, Strict(), Field(ge=0.0, le=100.0)] = DEVICE_JUDGE.no_match_score  # "no match"
+    # the kiosk's limits (dkit.edge.kiosk.config.KioskConfig: rates, queue, retention, quota, timeouts; `blocklist`:
+    # a file of words refused in player names, relative to the kit file, carried into the bundle as its words)
+    kiosk: Annotated[dict[str, Any], BeforeValidator(_kiosk_settings)] = dataclasses.field(default_factory=dict)
 
     def device_config(self) -> JudgeConfig:
         """This section as the device's judge reads it (what a judge bundle's manifest carries)."""
@@ -388,7 +401,24 @@ def _resolve_paths(kit: Kit, base: Path, where: str, sources: dict[str, str]) ->
     student = kit.student
     if student.kind.startswith("yolo") and _looks_like_path(student.model, require_sep=True):
         student = dataclasses.replace(student, model=str((base / student.model).resolve()))
-    return dataclasses.replace(kit, data=data, teacher=teacher, student=student)
+    judge = kit.judge
+    if judge is not None and judge.kiosk.get("blocklist"):
+        judge = dataclasses.replace(judge, kiosk=_read_blocklist(judge.kiosk, base, where, sources))
+    return dataclasses.replace(kit, data=data, teacher=teacher, student=student, judge=judge)
+
+
+def _read_blocklist(kiosk: dict, base: Path, where: str, sources: dict[str, str]) -> dict:
+    """`judge.kiosk.blocklist` (a file, relative to the kit) read into `blocked_names`, which the bundle carries."""
+    from dkit.edge.names import Blocklist
+
+    path = (base / kiosk["blocklist"]).resolve()
+    try:
+        words = Blocklist.load(path).words
+    except ValueError as e:
+        raise KitError(where, "judge.kiosk.blocklist", problem=str(e),
+                       source=sources.get("judge.kiosk.blocklist")) from e
+    rest = {k: v for k, v in kiosk.items() if k != "blocklist"}
+    return rest | {"blocked_names": list(dict.fromkeys([*rest.get("blocked_names", []), *words]))}
 
 
 def _looks_like_path(value: str, require_sep: bool = False) -> bool:

@@ -1,26 +1,87 @@
-"""Admin: `require_admin` (the bearer-token check: 403 when no token was given at start, 401 when it is missing or
-wrong) and the moderation route DELETE /api/submissions/{id}."""
+"""The operator's API (every route needs `Authorization: Bearer TOKEN`, see dkit.edge.kiosk.auth; the page that
+uses it is GET /admin):
 
-import hmac
+    GET    /api/admin/stats               counters (accepted, blocked, rate-limited, duplicates, ...), per minute, disk
+    GET    /api/admin/submissions         the moderation queue, newest first (?limit=&before=ID), hidden ones too
+    PATCH  /api/admin/submissions/{id}    {"hidden": true|false}: take an entry off the public board, or back
+    DELETE /api/submissions/{id}          delete one
+    POST   /api/admin/delete              {"name": ...} or {"client": ...}: delete all of a name or of a client
+    GET    /api/admin/bans                the banned clients; POST {"client", "reason"} bans; DELETE .../{client}
+    POST   /api/admin/round               {"prompt"?, "seconds"}: a round with a countdown; DELETE ends it now
+    GET    /api/admin/export              ?prompt=: the leaderboard as a zip (leaderboard.csv + thumbs/)
+"""
 
-from fastapi import APIRouter, Path, Request
-from fastapi.responses import Response
+import csv
+import io
+import tempfile
+import zipfile
 
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
+
+from dkit.edge.kiosk.auth import require_admin
 from dkit.edge.kiosk.errors import ApiError
+from dkit.edge.kiosk.prompts import checked_prompt, round_doc, set_prompt
 from dkit.edge.kiosk.state import KioskState, StateDep
 
 router = APIRouter()
 MAX_ID = 2**63 - 1  # SQLite's largest rowid: a bigger id is a 400, not an overflow inside the database driver
+MAX_ROUND = 24 * 3600  # seconds
+CLIENT = Field(min_length=1, max_length=64)
 
 
-def require_admin(state: KioskState, request: Request) -> None:
-    """Raise unless `request` carries `Authorization: Bearer TOKEN` with the kiosk's admin token."""
-    if not state.admin_token:
-        raise ApiError(403, "admin routes are disabled: start `dkit serve` with --admin-token (or "
-                            "DKIT_ADMIN_TOKEN) to enable them")
-    given = request.headers.get("authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {state.admin_token}".encode()):
-        raise ApiError(401, "admin token missing or wrong: send 'Authorization: Bearer TOKEN'")
+class HiddenIn(BaseModel):
+    hidden: bool
+
+
+class DeleteIn(BaseModel):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    client: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+class BanIn(BaseModel):
+    client: str = CLIENT
+    reason: str = Field(default="", max_length=200)
+
+
+class RoundIn(BaseModel):
+    prompt: str | None = None
+    seconds: int = Field(ge=1, le=MAX_ROUND)
+
+
+def entry_doc(row: dict) -> dict:
+    """A stored row as the operator page shows it."""
+    doc = {k: row[k] for k in ("id", "prompt", "name", "score", "verdict", "created", "client")}
+    return doc | {"hidden": bool(row["hidden"]), "thumb_url": f"/thumbs/{row['thumb']}"}
+
+
+@router.get("/api/admin/stats")
+async def stats(state: StateDep, request: Request):
+    require_admin(state, request)
+    disk = await run_in_threadpool(state.store.disk_bytes)
+    return {"submissions": state.store.count(), "per_minute": state.stats.per_minute(),
+            "counts": dict(state.stats.counts), "disk": {"bytes": disk, "quota": state.max_disk,
+                                                         "files": state.store.count()},
+            "prompt": state.store.current_prompt(), "round": round_doc(state), "queue": state.queue.admitted}
+
+
+@router.get("/api/admin/submissions")
+async def queue(state: StateDep, request: Request, limit: int = Query(50, ge=1, le=500),
+                before: int | None = Query(None, ge=1, le=MAX_ID)):
+    require_admin(state, request)
+    return {"entries": [entry_doc(r) for r in state.store.recent(limit, before)]}
+
+
+@router.patch("/api/admin/submissions/{sid}")
+async def hide(state: StateDep, request: Request, body: HiddenIn, sid: int = Path(ge=1, le=MAX_ID)):
+    require_admin(state, request)
+    row = state.store.set_hidden(sid, body.hidden)
+    if row is None:
+        raise ApiError(404, f"no submission {sid}")
+    return entry_doc(row)
 
 
 @router.delete("/api/submissions/{sid}", status_code=204)
@@ -29,3 +90,88 @@ async def delete(state: StateDep, request: Request, sid: int = Path(ge=1, le=MAX
     if not state.store.delete(sid):
         raise ApiError(404, f"no submission {sid}")
     return Response(status_code=204)
+
+
+@router.post("/api/admin/delete")
+async def delete_many(state: StateDep, request: Request, body: DeleteIn):
+    require_admin(state, request)
+    if (body.name is None) == (body.client is None):
+        raise ApiError(400, "send exactly one of 'name' or 'client'")
+    return {"deleted": await run_in_threadpool(lambda: state.store.delete_by(name=body.name, client=body.client))}
+
+
+@router.get("/api/admin/bans")
+async def bans(state: StateDep, request: Request):
+    require_admin(state, request)
+    return {"bans": state.store.bans()}
+
+
+@router.post("/api/admin/bans")
+async def ban(state: StateDep, request: Request, body: BanIn):
+    require_admin(state, request)
+    return state.store.ban(body.client, body.reason)
+
+
+@router.delete("/api/admin/bans/{client}", status_code=204)
+async def unban(state: StateDep, request: Request, client: str = Path(min_length=1, max_length=64)):
+    require_admin(state, request)
+    if not state.store.unban(client):
+        raise ApiError(404, f"{client!r} is not banned")
+    return Response(status_code=204)
+
+
+@router.post("/api/admin/round")
+async def start_round(state: StateDep, request: Request, body: RoundIn):
+    require_admin(state, request)
+    text = checked_prompt(body.prompt) if body.prompt else state.store.current_prompt()
+    if text != state.store.current_prompt():
+        await set_prompt(state, text)
+    state.store.start_round(text, body.seconds)
+    return {"round": round_doc(state)}
+
+
+@router.delete("/api/admin/round", status_code=204)
+async def end_round(state: StateDep, request: Request):
+    require_admin(state, request)
+    if not state.store.end_round():
+        raise ApiError(404, "no round is running")
+    return Response(status_code=204)
+
+
+@router.get("/api/admin/export")
+async def export(state: StateDep, request: Request, prompt: str | None = None):
+    require_admin(state, request)
+    path = await run_in_threadpool(write_export, state, prompt)
+    return FileResponse(path, media_type="application/zip", filename="leaderboard.zip",
+                        background=BackgroundTask(path.unlink, missing_ok=True))
+
+
+def write_export(state: KioskState, prompt: str | None):
+    """A zip in a temporary file: leaderboard.csv (rank per prompt, name, score, verdict, hidden, client, time,
+    thumbnail) and the thumbnails under thumbs/. Bounded by the disk quota, as the store is."""
+    import pathlib
+
+    rows = state.store.all_entries(prompt)
+    text = io.StringIO()
+    out = csv.writer(text)
+    out.writerow(["prompt", "rank", "id", "name", "score", "verdict", "hidden", "client", "created", "thumbnail"])
+    rank, last = 0, None
+    for row in rows:
+        rank = 1 if row["prompt"] != last else rank + 1
+        last = row["prompt"]
+        out.writerow([row["prompt"], rank, row["id"], _cell(row["name"]), f"{row['score']:.2f}", row["verdict"],
+                      int(row["hidden"]), row["client"], f"{row['created']:.3f}", f"thumbs/{row['thumb']}"])
+    fd, name = tempfile.mkstemp(prefix="dkit-export-", suffix=".zip")
+    path = pathlib.Path(name)
+    with open(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("leaderboard.csv", text.getvalue())
+        for row in rows:
+            thumb = state.store.thumbs / row["thumb"]
+            if thumb.is_file():
+                z.write(thumb, f"thumbs/{row['thumb']}", compress_type=zipfile.ZIP_STORED)
+    return path
+
+
+def _cell(text: str) -> str:
+    """A name safe to open in a spreadsheet: a leading = + - @ would start a formula (CSV injection)."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text

@@ -1,5 +1,5 @@
-"""The kiosk's errors: `ApiError` (a status and a message) and the handlers that answer every error as JSON
-`{"error": "..."}`, request validation errors included (as 400)."""
+"""The kiosk's errors: `ApiError` (a status, a message, and a Retry-After for 429/503) and the handlers that
+answer every error as JSON `{"error": "..."}`, request validation errors included (as 400)."""
 
 import logging
 
@@ -7,17 +7,25 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from dkit.edge.kiosk.limits import retry_after
+
 log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str):
+    """An answer other than success: `status`, the message, and for 429/503 the seconds to wait (Retry-After)."""
+
+    def __init__(self, status: int, message: str, *, retry_after: float | None = None):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.retry_after = status, message, retry_after
 
 
 async def api_error(request: Request, exc: ApiError):
-    return JSONResponse({"error": exc.message}, status_code=exc.status)
+    if exc.retry_after is None:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+    wait = retry_after(exc.retry_after)
+    return JSONResponse({"error": exc.message, "retry_after": int(wait)}, status_code=exc.status,
+                        headers={"Retry-After": wait})
 
 
 async def invalid(request: Request, exc: RequestValidationError):

@@ -1,8 +1,10 @@
-"""The prompt: GET /api/prompt (the current one and the bundle's suggestions), PUT /api/prompt (admin: set it,
-embedded at once), `prompt_of`, which resolves a request's prompt field against the store, and `first_prompt`, a
-new kiosk's prompt from the bundle's judge config."""
+"""The prompt: GET /api/prompt (the current one, the bundle's suggestions and the round, if one runs),
+PUT /api/prompt (admin: set it, embedded at once; free play, no round), `prompt_of`, which resolves a request's
+prompt field against the store, `first_prompt`, a new kiosk's prompt from the bundle's judge config, and
+`round_doc`, the round as the pages show it."""
 
 import logging
+import time
 from collections.abc import Sequence
 
 from fastapi import APIRouter, Request
@@ -10,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from dkit.edge.judge import check_prompt
-from dkit.edge.kiosk.admin import require_admin
+from dkit.edge.kiosk.auth import require_admin
 from dkit.edge.kiosk.errors import ApiError
 from dkit.edge.kiosk.state import KioskState, StateDep
 from dkit.edge.manifest import JudgeConfig
@@ -50,21 +52,43 @@ def prompt_of(state: KioskState, text: str | None) -> str:
     return text
 
 
+def round_doc(state: KioskState, now: float | None = None) -> dict | None:
+    """The newest round as the pages show it: {prompt, ends_at, remaining (0 when over)}, or None (free play)."""
+    last = state.store.last_round()
+    if last is None:
+        return None
+    now = time.time() if now is None else now
+    return {"prompt": last["prompt"], "started": last["started"], "ends_at": last["ends"],
+            "remaining": max(0.0, round(last["ends"] - now, 1))}
+
+
 @router.get("/api/prompt")
 async def get_prompt(state: StateDep):
     prompt, suggestions = judge_prompts(state.judge.cfg)
     return {"prompt": state.store.current_prompt(),
-            "suggestions": list(dict.fromkeys(([prompt] if prompt else []) + suggestions))}
+            "suggestions": list(dict.fromkeys(([prompt] if prompt else []) + suggestions)),
+            "round": round_doc(state), "now": time.time()}
 
 
 @router.put("/api/prompt")
 async def put_prompt(state: StateDep, body: PromptIn, request: Request):
     require_admin(state, request)
+    text = checked_prompt(body.prompt)
+    await set_prompt(state, text)
+    state.store.clear_rounds()  # a prompt set without a round is free play
+    return {"prompt": text}
+
+
+def checked_prompt(text: str) -> str:
+    """`text` as a prompt (dkit.edge.judge.check_prompt), or ApiError(400) saying what is wrong with it."""
     try:
-        text = check_prompt(body.prompt)
+        return check_prompt(text)
     except ValueError as e:
         raise ApiError(400, str(e)) from e
-    await run_in_threadpool(state.judge.embed_prompt, text)  # embedded now, so the first player does not wait
+
+
+async def set_prompt(state: KioskState, text: str) -> None:
+    """Embed `text` now (so the first player does not wait) and make it the current prompt."""
+    await run_in_threadpool(state.judge.embed_prompt, text)
     state.store.set_prompt(text)
     log.info("prompt set to %r", text)
-    return {"prompt": text}

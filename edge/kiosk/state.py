@@ -1,13 +1,17 @@
-"""The per-app state every kiosk route shares: the runtime, the judge, the store, the page, the admin token and the
-upload limit, held in one small dataclass at `app.state.kiosk` and handed to routes by the `StateDep` dependency."""
+"""The per-app state every kiosk route shares: the runtime, the judge, the store, the page, the admin token, the
+upload limit, the kiosk's limits (config, token buckets, work queue, counters) and the name blocklist, held in one
+small dataclass at `app.state.kiosk` and handed to routes by the `StateDep` dependency."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
 
 from dkit.edge.judge import Judge
+from dkit.edge.kiosk.config import KioskConfig
+from dkit.edge.kiosk.limits import Buckets, Stats, WorkQueue
+from dkit.edge.names import Blocklist
 from dkit.edge.runtime import Runtime
 from dkit.edge.store import Store
 
@@ -24,6 +28,24 @@ class KioskState:
     page: str  # the kiosk page's HTML
     admin_token: str | None = None  # None or empty: the admin routes answer 403
     max_upload: int = MAX_UPLOAD  # bytes of one uploaded image
+    cfg: KioskConfig = field(default_factory=KioskConfig)
+    blocklist: Blocklist = field(default_factory=Blocklist)
+    stats: Stats = field(default_factory=Stats)
+    auth_failures: Buckets = field(default_factory=lambda: Buckets(rate=0.1, burst=10))  # wrong admin tokens
+    score_buckets: Buckets = field(init=False)
+    submit_buckets: Buckets = field(init=False)
+    queue: WorkQueue = field(init=False)
+
+    def __post_init__(self) -> None:
+        cfg = self.cfg
+        object.__setattr__(self, "score_buckets", Buckets(cfg.score_rate, cfg.score_burst))
+        object.__setattr__(self, "submit_buckets", Buckets(cfg.submit_rate, cfg.submit_burst))
+        object.__setattr__(self, "queue", WorkQueue(cfg.workers, cfg.queue))
+
+    @property
+    def max_disk(self) -> int:
+        """The disk quota in bytes."""
+        return int(self.cfg.max_disk_mb * (1 << 20))
 
 
 def load_page() -> str:

@@ -1,6 +1,9 @@
 """Uploaded images: the request size limit (a Content-Length gate, and a byte count while the body is read, so a
-chunked upload without a length is cut off at the limit instead of being spooled whole), reading the multipart
+chunked upload without a length is cut off at the limit instead of being spooled whole) and the body deadline (a
+body still arriving `body_timeout` seconds after the app began to read it is cut off with a 408), reading the multipart
 `image` part and its text fields with every check (415, 400, 413), and decoding the bytes to RGB."""
+
+import asyncio
 
 import numpy as np
 from fastapi import Request
@@ -19,6 +22,14 @@ class BodyTooLarge(Exception):
     def __init__(self, limit: int):
         super().__init__(f"the request body is over {limit:,} bytes")
         self.limit = limit
+
+
+class BodyTimeout(Exception):
+    """Raised by the receive channel of BodyLimit when a body is still incomplete at its deadline."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"the request body did not arrive within {seconds:g} s")
+        self.seconds = seconds
 
 
 DRAIN_FACTOR = 2  # a refused body is read and dropped up to this many limits, then the connection is closed
@@ -43,8 +54,9 @@ class BodyLimit:
     the read raises BodyTooLarge (answered 413 by `too_large`), so no route reads or spools more than that, whatever
     the client announced (a chunked upload has no Content-Length at all)."""
 
-    def __init__(self, app, max_upload: int, slack: int = FORM_SLACK):
+    def __init__(self, app, max_upload: int, slack: int = FORM_SLACK, body_timeout: float | None = None):
         self.app, self.max_upload, self.limit = app, max_upload, max_upload + slack
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -55,11 +67,20 @@ class BodyLimit:
                                              "accepted"}, status_code=413)
             await _drain(receive, DRAIN_FACTOR * self.limit)
             return await refused(scope, receive, send)
-        seen = 0
+        seen, done, deadline = 0, False, None
 
         async def counted():
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, done, deadline
+            if done or self.body_timeout is None:
+                message = await receive()
+            else:  # the body is still arriving: it has until the deadline
+                loop = asyncio.get_running_loop()
+                deadline = deadline or loop.time() + self.body_timeout
+                try:
+                    message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+                except TimeoutError as e:
+                    raise BodyTimeout(self.body_timeout) from e
+            done = done or message["type"] != "http.request" or not message.get("more_body", False)
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
@@ -77,6 +98,11 @@ async def too_large(request: Request, exc: BodyTooLarge):
                                   "accepted"}, status_code=413, headers={"Connection": "close"})
 
 
+async def too_slow(request: Request, exc: BodyTimeout):
+    """The 408 for a body that did not arrive in time (a slow-loris upload)."""
+    return JSONResponse({"error": f"{exc}: send it faster"}, status_code=408, headers={"Connection": "close"})
+
+
 async def read_upload(request: Request, max_upload: int) -> tuple[bytes, dict[str, str]]:
     """The bytes of the multipart part `image` and the form's text fields."""
     ctype = request.headers.get("content-type", "")
@@ -84,7 +110,7 @@ async def read_upload(request: Request, max_upload: int) -> tuple[bytes, dict[st
         raise ApiError(415, f"send the image as multipart/form-data (field 'image'), not {ctype or 'nothing'}")
     try:
         form = await request.form(max_files=1, max_fields=8)
-    except BodyTooLarge:
+    except (BodyTooLarge, BodyTimeout):
         raise
     except Exception as e:  # python-multipart's own errors: malformed body, too many parts
         raise ApiError(400, f"malformed multipart body ({e})") from e
