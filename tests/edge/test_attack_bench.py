@@ -11,6 +11,7 @@ import zlib
 
 import cv2
 import numpy as np
+import pytest
 
 from dkit.edge.attack_bench import (
     QUICK,
@@ -65,6 +66,7 @@ def test_not_a_judge_bundle_exits_2(tmp_path):
     assert "dkit: error:" in r.stderr
 
 
+@pytest.mark.slow  # a benchmark end to end (~15 s): `make test-all`
 def test_bench_attack_quick(judge_run, tmp_path):
     _, run, _, _ = judge_run
     out = tmp_path / "attack.json"
