@@ -27,12 +27,12 @@ KIT_ARGS = $(KIT) $(if $(DATA),--data $(DATA)) $(if $(OUT),--out $(OUT)) $(forea
 STAMP := $(VENV)/.installed
 
 .PHONY: setup distill label train eval export test layers test-all chromium bench bench-label bench-runtime bench-serve \
-        serve lint clean distclean help
+        serve lint clean distclean help compat wheels-check test-arm64
 
 help:
 	@awk '!/^#/{exit} {sub(/^# ?/, ""); print}' Makefile
 	@echo "targets: setup distill (label train eval) export test test-all bench (bench-label bench-runtime)" \
-	      "bench-serve serve lint clean distclean"
+	      "bench-serve serve lint clean distclean compat wheels-check test-arm64"
 
 setup: $(STAMP)
 
@@ -56,7 +56,7 @@ eval: setup
 export: setup
 	$(BIN)/dkit export $(KIT_ARGS)
 
-test: setup chromium layers
+test: setup chromium layers compat
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow" -q
 
@@ -69,6 +69,20 @@ layers: setup
 	  --target $(LAYERS) . 2>&1 | grep -v "^WARNING: Location" || true
 	cd $(LAYERS) && PYTHONPATH=. $(abspath $(BIN))/lint-imports $(abspath .importlinter) --no-cache
 
+# Python versions, statically (vermin): what a base install imports (the edge runtime, dkit.core, the CLI:
+# dkit run/serve/doctor) must run on 3.10; the training side (distill/, export/) on 3.11 (e.g. datetime.UTC).
+COMPAT_BASE := edge dkit
+COMPAT_TRAINING := distill export
+VERMIN = $(BIN)/vermin --no-tips --violations --eval-annotations --no-parse-comments -q
+compat: setup
+	$(VERMIN) -t=3.10- $(COMPAT_BASE)
+	$(VERMIN) -t=3.11- $(COMPAT_TRAINING)
+
+# Every base dependency has a wheel for manylinux aarch64 and x86_64 on CPython 3.10-3.13 (asks the package
+# registry; slow, not part of `make test`). Prints the table: Python x platform -> resolved versions or what is missing.
+wheels-check: setup
+	$(BIN)/dkit device-pack --check
+
 # The kiosk's browser test drives Debian's Chromium (Playwright, executable_path); installed here when it
 # can be (root with apt-get), otherwise that one test skips and says why.
 chromium:
@@ -80,6 +94,13 @@ chromium:
 
 test-all: setup
 	$(BIN)/python -m pytest -q
+
+# The bundles on a Debian bookworm arm64 root under qemu-user against x86, same images (slow, root, not part of
+# `make test`): a cached debootstrap root and base-only venv under $(DKIT_ARM64_HOME) (default ~/.cache/dkit-arm64),
+# the wheel built here; fails when a detector, classifier or judge result differs beyond its bound (tools/arm64/).
+# DKIT_ARM64_PINS=verified|repo|none: the device's constraints; QEMU_CPU=cortex-a76: the emulated CPU.
+test-arm64: setup
+	X86_PY=$(abspath $(BIN))/python tools/arm64/run.sh
 
 # make bench KIT=datasets/coco128/kit.yaml DATA=../shared/assets/data/coco128/images/train2017   (after export)
 bench: bench-label bench-runtime

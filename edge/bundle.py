@@ -68,7 +68,7 @@ def open_bundle(path: str | os.PathLike) -> Bundle:
         tmp = tempfile.mkdtemp(prefix="dkit-bundle-")
         try:
             with tarfile.open(source) as tf:
-                tf.extractall(tmp, filter="data")  # refuses absolute paths, '..' and links out of the folder
+                extract_tar(tf, tmp)  # refuses absolute paths, '..' and links out of the folder
             root = _single_root(Path(tmp))
             return Bundle(root, verify(root), source, tmp)
         except (tarfile.TarError, OSError) as e:
@@ -78,6 +78,23 @@ def open_bundle(path: str | os.PathLike) -> Bundle:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     raise BundleError(f"{source}: no such bundle (expected a folder with {MANIFEST}, or a .tar.gz of one)")
+
+
+def extract_tar(tf: tarfile.TarFile, dest: str | os.PathLike) -> None:
+    """Unpack `tf` into `dest` with tarfile's "data" filter (PEP 706: no absolute paths, no '..', no links out of
+    `dest`, no device files). A Python that predates the filter (3.10 before 3.10.12, 3.11 before 3.11.4: Debian
+    Bookworm's and so Raspberry Pi OS's 3.11.2) gets a stricter check by hand: regular files and folders only,
+    relative, without '..'. Raises tarfile.TarError for a refused member."""
+    if hasattr(tarfile, "data_filter"):
+        tf.extractall(dest, filter="data")
+        return
+    members = tf.getmembers()
+    for m in members:
+        parts = PurePosixPath(m.name).parts
+        if not (m.isfile() or m.isdir()) or m.name.startswith("/") or ".." in parts:
+            raise tarfile.TarError(f"refusing archive member {m.name!r} (only plain files and folders inside it)")
+        m.mode = (m.mode | 0o600) & 0o755 if m.isfile() else 0o755
+    tf.extractall(dest, members=members)
 
 
 def verify(root: Path) -> Manifest:

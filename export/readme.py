@@ -58,12 +58,24 @@ def _run_it(task: str) -> list[str]:
     """The "Run it" section: install the edge runtime, run the bundle (and serve the kiosk judge)."""
     lines = [
         "## Run it", "",
+        "The device needs the base install of distill-kit (the edge runtime only: numpy, onnxruntime, OpenCV; "
+        "no torch; CPython 3.10-3.13). It is not on PyPI (`pip install distill-kit` fails). With no network on the "
+        "device, make a wheelhouse where there is one (a checkout of distill-kit) and copy it over:", "",
         "```bash",
-        "pip install distill-kit          # the edge runtime only: numpy, onnxruntime, opencv; no torch",
-        "dkit run bundle/ --source 0 --jsonl     # camera 0; or a video file, an rtsp:// URL, a folder",
+        "dkit device-pack --target pi --out dkit-pi     # Raspberry Pi OS Bookworm; --target jetson for JetPack 6",
+        "sh dkit-pi/install.sh                          # on the device: ~/dkit, pip install --no-index --find-links",
+        "```", "",
+        "With a network on the device, from the git repository:", "",
+        "```bash",
+        "python3 -m venv ~/dkit && ~/dkit/bin/pip install \"distill-kit @ git+https://github.com/distill-kit/distill-kit\"",
+        "```", "",
+        "Then (docs/DEVICE.md in the repository has the details):", "",
+        "```bash",
+        "~/dkit/bin/dkit run bundle/ --source 0 --jsonl     # camera 0; or a video file, an rtsp:// URL, a folder",
     ]
     if task == "embed":
-        lines.append("dkit serve bundle/ --port 8000          # the kiosk: drawing canvas, camera, leaderboard")
+        lines.append("~/dkit/bin/dkit serve bundle/ --port 8000          # the kiosk: drawing canvas, camera, "
+                     "leaderboard")
     return [*lines, "```", ""]
 
 

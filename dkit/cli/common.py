@@ -136,13 +136,39 @@ def _plain(value: Any) -> Any:
     return str(value) if isinstance(value, Path) else value
 
 
+# The training stages (the `distill` and `export` extras) need Python 3.11+; the base install (dkit run, serve,
+# doctor, device-pack) runs on 3.10 too. `make compat` checks both statically (vermin).
+TRAINING_PYTHON = (3, 11)
+
+
+class UnsupportedPythonError(DkitError):
+    """A training stage run on a Python the training extras do not support (exit 4, like a missing extra)."""
+
+    exit_code = 4
+
+
+def require_training_python(what: str) -> None:
+    """Raise UnsupportedPythonError, one line, when this interpreter is older than TRAINING_PYTHON."""
+    import sys
+
+    if tuple(sys.version_info[:2]) < TRAINING_PYTHON:
+        have = ".".join(str(v) for v in sys.version_info[:3])
+        need = ".".join(str(v) for v in TRAINING_PYTHON)
+        raise UnsupportedPythonError(
+            f"{what} needs Python {need} or newer (this is Python {have}): the training extras ('distill', "
+            f"'export') do not support it; the base install (dkit run, dkit serve) does. Train and export on a "
+            f"machine with Python {need}+, then copy the bundle here")
+
+
 def import_stage(module: str, *, what: str, extra: str):
     """Import a stage module (dkit.distill.*, dkit.export.*) for a command; a third-party package it needs that
-    is not installed (a base install has no Pillow, torch, ...) is a MissingExtraError naming the extra: exit 4."""
+    is not installed (a base install has no Pillow, torch, ...) is a MissingExtraError naming the extra: exit 4.
+    On a Python older than the training side supports (TRAINING_PYTHON) it is an UnsupportedPythonError: exit 4."""
     import importlib
 
     from dkit.core.errors import MissingExtraError
 
+    require_training_python(what)
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as e:

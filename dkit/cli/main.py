@@ -8,7 +8,10 @@
     dkit export KIT                 write the bundle (ONNX + manifest) for the device
     dkit run    BUNDLE --source S   score camera frames on the device
     dkit serve  BUNDLE              the kiosk web app and leaderboard
-    dkit bench  label|runtime|serve throughput figures as JSON
+    dkit doctor [BUNDLE]            check a device: platform, packages, providers, cameras, disk, the bundle's fps
+    dkit service run|serve ...      a systemd unit (and the kiosk's browser autostart) to run at boot
+    dkit device-pack --target T     a wheelhouse to install the base runtime on a device, offline
+    dkit bench  label|runtime|serve|attack  throughput and attack figures as JSON
 
 Each stage module is imported only when its subcommand runs, so `dkit run` and `dkit serve` work on
 a base (edge-only) install. Errors the user can act on print one line and exit with a code from
@@ -16,7 +19,8 @@ dkit.core.errors (2 bad kit or arguments, 3 missing model/data file, 4 missing e
 
 The commands live in modules grouped by concern, each with a `register(sub, parents)`:
 dkit.cli.kit_commands (check, fetch), dkit.cli.stages (label, train, eval, export), dkit.cli.device (run,
-serve) and dkit.cli.bench (bench); dkit.cli.common holds what they share.
+serve), dkit.cli.doctor, dkit.cli.service, dkit.cli.device_pack and dkit.cli.bench (bench); dkit.cli.common
+holds what they share.
 """
 
 from __future__ import annotations
@@ -26,14 +30,15 @@ import logging
 import os
 import sys
 
-from dkit.cli import bench, device, kit_commands, stages
+from dkit.cli import bench, device, device_pack, doctor, kit_commands, service, stages
 from dkit.cli.common import EPILOG, Parents, kit_arguments
 from dkit.core.errors import DkitError
 from dkit.core.version import __version__
 
 log = logging.getLogger("dkit")
 
-COMMAND_MODULES = (kit_commands, stages, device, bench)  # in the order `dkit --help` lists them
+# in the order `dkit --help` lists them
+COMMAND_MODULES = (kit_commands, stages, device, device_pack, bench, doctor, service)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,8 +36,8 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from dkit.core.store import ModelStore
-    from dkit.distill.students import student_plugin
 
+    student_plugin = import_stage("dkit.distill.students", what="dkit train", extra="distill").student_plugin
     kit = load(args)
     summary = student_plugin(kit).train(kit, kit.run_dir(args.out), store=ModelStore(), restart=args.restart,
                                         progress=args.quiet == 0)

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from dkit.core.errors import DownloadError, NotInStoreError, UsageError, require
 from dkit.core.kit import CHECKPOINT_SUFFIXES, RANDOM
+from dkit.edge.bundle import extract_tar
 from dkit.edge.hashing import sha256_file
 from dkit.edge.home import dkit_home
 
@@ -258,7 +259,7 @@ def _extract(archive: Path, folder: Path) -> None:
                 zf.extractall(tmp)  # zipfile strips absolute paths and '..'
         else:
             with tarfile.open(archive) as tf:
-                tf.extractall(tmp, filter="data")  # refuses links and paths that leave the folder
+                extract_tar(tf, tmp)  # refuses links and paths that leave the folder (any Python)
         os.replace(tmp, folder)
     except (tarfile.TarError, zipfile.BadZipFile, OSError) as e:
         raise DownloadError(f"cannot extract {archive}: {e}") from e

@@ -78,7 +78,7 @@ class BodyLimit:
                 deadline = deadline or loop.time() + self.body_timeout
                 try:
                     message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
-                except TimeoutError as e:
+                except (TimeoutError, asyncio.TimeoutError) as e:  # distinct classes before Python 3.11
                     raise BodyTimeout(self.body_timeout) from e
             done = done or message["type"] != "http.request" or not message.get("more_body", False)
             if message["type"] == "http.request":

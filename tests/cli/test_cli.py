@@ -20,6 +20,10 @@ HELP = [
     (["export"], "bundle"),
     (["run"], "--source SRC"),
     (["serve"], "--port"),
+    (["serve"], "--admin-token-file"),
+    (["doctor"], "BUNDLE"),
+    (["service", "serve"], "--kiosk"),
+    (["bench", "attack"], "--serve-set"),
     (["bench"], "runtime"),
     (["bench", "label"], "KIT"),
     (["bench", "runtime"], "--source DIR"),
@@ -66,7 +70,8 @@ def test_argument_errors_exit_2(argv):
 def test_every_subcommand_has_a_handler():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "==SUPPRESS==" or a.__class__.__name__ == "_SubParsersAction")
-    assert set(sub.choices) == {"check", "fetch", "label", "train", "eval", "export", "run", "serve", "bench"}
+    assert set(sub.choices) == {"check", "fetch", "label", "train", "eval", "export", "run", "serve", "bench", "doctor",
+                                "service", "device-pack"}
 
 
 def test_python_dash_m_is_the_console_script():
