@@ -74,9 +74,21 @@ def test_an_unavailable_provider_is_named():
 # ------------------------------------------------------------------------------------------ runtime
 
 
-def test_runtime_matches_ultralytics_predict_on_real_images(detect_bundle, yolo_onnx, caplog):
+def exact_resize(monkeypatch):
+    """Make OpenCV's INTER_LINEAR mean its bit-exact bilinear, as the device's letterbox uses (dkit.edge.preprocess:
+    the SIMD one differs between x86 and aarch64), so Ultralytics' own pipeline can be compared exactly."""
+    import cv2
+
+    real = cv2.resize
+    monkeypatch.setattr(cv2, "resize", lambda img, dsize, *a, interpolation=None, **kw: real(
+        img, dsize, *a, interpolation=cv2.INTER_LINEAR_EXACT if interpolation == cv2.INTER_LINEAR else interpolation,
+        **kw) if interpolation is not None else real(img, dsize, *a, **kw))
+
+
+def test_runtime_matches_ultralytics_predict_on_real_images(detect_bundle, yolo_onnx, caplog, monkeypatch):
     from ultralytics import YOLO
 
+    exact_resize(monkeypatch)
     model = YOLO(str(yolo_onnx), task="detect")
     paths = sorted(COCO.glob("*.jpg"))[:8] + [ASSETS / "data" / "photos" / "pets.jpg"]
     with caplog.at_level("INFO"), Runtime.load(detect_bundle) as rt:
