@@ -117,7 +117,8 @@ def test_login_refuses_admin_off_and_a_wrong_token_then_takes_the_right_one(admi
     admin.wait_for_function(f"() => document.querySelectorAll('#queue li').length === {len(SEED)}", timeout=10_000)
     ids = admin.eval_on_selector_all("#queue li", "els => els.map(e => +e.dataset.id)")
     assert ids == sorted(ids, reverse=True) and queue_names(admin) == [n for n, _ in reversed(SEED)]  # newest first
-    assert admin.locator("#queue li img").evaluate_all("imgs => imgs.every(i => i.complete && i.naturalWidth > 0)")
+    admin.wait_for_function("() => [...document.querySelectorAll('#queue li img')].every(i => i.complete && "
+                            "i.naturalWidth > 0)", timeout=10_000)  # every thumbnail loaded
 
 
 def test_live_stats_refresh_every_few_seconds(admin, kiosk):

@@ -83,10 +83,13 @@ def test_decode_matches_ultralytics_on_real_outputs(coco_raw, conf, iou, max_det
 
 
 @pytest.mark.parametrize(("conf", "iou"), [(0.25, 0.7), (0.4, 0.45)])
-def test_end_to_end_matches_ultralytics_predict(yolo_onnx, conf, iou):
+def test_end_to_end_matches_ultralytics_predict(yolo_onnx, conf, iou, monkeypatch):
     import onnxruntime as ort
     from ultralytics import YOLO
 
+    from tests.edge.test_runtime import exact_resize
+
+    exact_resize(monkeypatch)  # the device's letterbox is OpenCV's bit-exact bilinear (dkit.edge.preprocess)
     model = YOLO(str(yolo_onnx), task="detect")
     session = ort.InferenceSession(str(yolo_onnx), providers=["CPUExecutionProvider"])
     paths = [ASSETS / "data" / "photos" / name for name in PHOTOS]
