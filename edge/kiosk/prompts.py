@@ -43,10 +43,7 @@ def prompt_of(state: KioskState, text: str | None) -> str:
     """The prompt a request names (checked, and one the kiosk has used), or the current one if it names none."""
     if not text:
         return state.store.current_prompt()
-    try:
-        text = check_prompt(text)
-    except ValueError as e:
-        raise ApiError(400, str(e)) from e
+    text = checked_prompt(text)
     if not state.store.has_prompt(text):
         raise ApiError(404, f"unknown prompt {text!r}: the kiosk scores only prompts its operator has set")
     return text

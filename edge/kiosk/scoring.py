@@ -24,12 +24,11 @@ from dkit.edge.kiosk.prompts import prompt_of
 from dkit.edge.kiosk.state import KioskState, StateDep
 from dkit.edge.kiosk.uploads import decode, read_upload
 from dkit.edge.names import public_name
-from dkit.edge.phash import phash
+from dkit.edge.phash import distance, phash, to_signed
 from dkit.edge.store import Entry, QuotaFull
 
 THUMB_SIDE = 256
 BUSY_RETRY = 2.0  # seconds a client is asked to wait when the work queue is full
-MASK64 = (1 << 64) - 1
 
 router = APIRouter()
 
@@ -99,7 +98,7 @@ def score_and_store(state: KioskState, data: bytes, entry: Entry):
     """Decode, refuse near-duplicates, score, and store unless blocked. Returns (verdict, id or None). Blocking:
     run in a thread."""
     rgb = decode(data)
-    digest = signed64(phash(rgb))
+    digest = to_signed(phash(rgb))
     if is_near_duplicate(digest, state.store.hashes(entry.prompt), state.cfg.dup_bits):
         state.stats.count("duplicates")
         raise ApiError(409, "this image is (almost) the same as one already on the board: draw a new one")
@@ -120,15 +119,9 @@ def score_and_store(state: KioskState, data: bytes, entry: Entry):
     return verdict, sid
 
 
-def signed64(value: int) -> int:
-    """A 64-bit hash as SQLite's signed INTEGER holds it."""
-    value &= MASK64
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
 def is_near_duplicate(digest: int, others: list[int], bits: int) -> bool:
-    """Whether `digest` is within `bits` differing bits of any of `others` (64-bit hashes, signed or not)."""
-    return any(((digest ^ h) & MASK64).bit_count() <= bits for h in others)
+    """Whether `digest` is within `bits` differing bits of any of `others` (hashes as the store keeps them)."""
+    return any(distance(digest, h) <= bits for h in others)
 
 
 def thumbnail(rgb: np.ndarray) -> bytes:
