@@ -27,12 +27,12 @@ KIT_ARGS = $(KIT) $(if $(DATA),--data $(DATA)) $(if $(OUT),--out $(OUT)) $(forea
 STAMP := $(VENV)/.installed
 
 .PHONY: setup distill label train eval export test layers test-all chromium bench bench-label bench-runtime bench-serve \
-        serve lint clean distclean help compat wheels-check test-arm64
+        serve lint clean distclean help compat wheels-check test-arm64 test-arm64-backends
 
 help:
 	@awk '!/^#/{exit} {sub(/^# ?/, ""); print}' Makefile
 	@echo "targets: setup distill (label train eval) export test test-all bench (bench-label bench-runtime)" \
-	      "bench-serve serve lint clean distclean compat wheels-check test-arm64"
+	      "bench-serve serve lint clean distclean compat wheels-check test-arm64 test-arm64-backends"
 
 setup: $(STAMP)
 
@@ -101,6 +101,12 @@ test-all: setup
 # DKIT_ARM64_PINS=verified|repo|none: the device's constraints; QEMU_CPU=cortex-a76: the emulated CPU.
 test-arm64: setup
 	X86_PY=$(abspath $(BIN))/python tools/arm64/run.sh
+
+# The device backends in the same arm64 root (after test-arm64): a detector bundle with int8 and NCNN models run as
+# onnxruntime fp32/int8, ncnn fp32/fp16 and openvino on x86 and aarch64, compared (correctness only).
+# BUNDLE= the bundle (default: the coco128 recipe's, runs/coco128/bundle).
+test-arm64-backends: setup
+	X86_PY=$(abspath $(BIN))/python tools/arm64/backends.sh $(or $(BUNDLE),runs/coco128/bundle)
 
 # make bench KIT=datasets/coco128/kit.yaml DATA=../shared/assets/data/coco128/images/train2017   (after export)
 bench: bench-label bench-runtime

@@ -59,8 +59,9 @@ def bench_label(kit, *, store, repeat: int = 3) -> dict:
     }
 
 
-def ultralytics_predictor(model_file, task: str, imgsz, conf: float, iou: float, max_det: int):
-    """predict(rgb) with Ultralytics' YOLO on an exported ONNX file, warmed up: `dkit bench runtime`'s reference."""
+def ultralytics_predictor(model_file, task: str, imgsz, conf: float, iou: float, max_det: int, rect: bool = False):
+    """predict(rgb) with Ultralytics' YOLO on an exported ONNX file, warmed up: `dkit bench runtime`'s reference
+    (rect=False: the square input the bundle runs; True: Ultralytics' default, minimal padding)."""
     import logging
 
     import numpy as np
@@ -71,8 +72,38 @@ def ultralytics_predictor(model_file, task: str, imgsz, conf: float, iou: float,
 
     def predict(rgb):
         return model.predict(np.ascontiguousarray(rgb[..., ::-1]), imgsz=imgsz, conf=conf, iou=iou, max_det=max_det,
-                             rect=False, verbose=False, device="cpu")
+                             rect=rect, verbose=False, device="cpu")
 
     for _ in range(2):
         predict(np.full((480, 640, 3), 114, np.uint8))
     return predict
+
+
+class UltralyticsReference:
+    """`dkit bench runtime --matrix`'s reference row: YOLO(fp32 onnx).predict with its defaults, timed in the same
+    round-robin as the runtime's configurations (dkit.edge.bench_matrix)."""
+
+    def __init__(self, model_file, task: str, imgsz, conf: float, iou: float, max_det: int):
+        self.predict = ultralytics_predictor(model_file, task, imgsz, conf, iou, max_det, rect=True)
+        self.rounds: list[float] = []
+        self.latencies: list[float] = []
+
+    def round(self, frames) -> None:
+        import time
+
+        start = time.perf_counter()
+        for rgb in frames:
+            t = time.perf_counter()
+            self.predict(rgb)
+            self.latencies.append((time.perf_counter() - t) * 1000)
+        self.rounds.append(len(frames) / (time.perf_counter() - start))
+
+    def summary(self) -> dict:
+        import numpy as np
+
+        lat = np.asarray(self.latencies)
+        return {"backend": "ultralytics predict", "precision": "fp32", "letterbox": "default (rect)",
+                "device": "onnxruntime CPU", "fps": round(max(self.rounds), 2), "fps_bare": None,
+                "p50_ms": round(float(np.percentile(lat, 50)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2),
+                "agreement": None, "spread": round(min(self.rounds) / max(self.rounds), 3),
+                "noisy": min(self.rounds) / max(self.rounds) < 0.8}

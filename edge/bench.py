@@ -49,7 +49,7 @@ def bench_runtime(bundle: str | os.PathLike, source: str | os.PathLike, *, image
     """`reference(model_file, task, imgsz, conf, iou, max_det)` -> a predict(rgb) function of the library the
     runtime replaces (Ultralytics: dkit.distill.bench.ultralytics_predictor); None leaves fps_ultralytics out."""
     with Runtime.load(bundle, threads=threads, precision=precision) as rt:
-        frames = _frames(source, images)
+        frames = load_frames(source, images)
         inputs = [rt.preprocess(rgb)[0] for rgb in frames]
         size = rt.spec.size  # (H, W); a classifier's square side alone, as Ultralytics takes it
         ultra = None
@@ -67,7 +67,7 @@ def bench_runtime(bundle: str | os.PathLike, source: str | os.PathLike, *, image
             best["runtime"] = max(best["runtime"], len(frames) / (time.perf_counter() - start))
             start = time.perf_counter()
             for x in inputs:
-                rt.session.run(None, {rt.input_name: x})
+                rt.infer(x)
             best["bare"] = max(best["bare"], len(frames) / (time.perf_counter() - start))
             if ultra is not None:
                 start = time.perf_counter()
@@ -90,7 +90,7 @@ def bench_runtime(bundle: str | os.PathLike, source: str | os.PathLike, *, image
         }
 
 
-def _frames(source: str | os.PathLike, count: int) -> list[np.ndarray]:
+def load_frames(source: str | os.PathLike, count: int) -> list[np.ndarray]:
     with open_source(str(source)) as src:
         if src.live:
             raise ValueError(f"--source {source}: give a folder of images (a benchmark needs the same frames each "

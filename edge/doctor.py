@@ -115,9 +115,9 @@ class Report:
 
 
 def diagnose(bundle: str | os.PathLike | None = None, *, cameras: bool = True, camera_timeout: float = 3.0,
-             precision: str = "fp32", providers: list[str] | None = None, threads: int | None = None,
-             frames: int = 20, warmup: int = 3, max_seconds: float = 15.0, root: str | os.PathLike = "/",
-             cwd: str | os.PathLike | None = None) -> Report:
+             precision: str = "auto", providers: list[str] | None = None, threads: int | None = None,
+             backend: str = "auto", frames: int = 20, warmup: int = 3, max_seconds: float = 15.0,
+             root: str | os.PathLike = "/", cwd: str | os.PathLike | None = None) -> Report:
     """Every check, in order. `root` is where /proc, /sys, /etc and /dev are read (tests point it at a fake tree);
     `cwd` is the folder whose free disk is reported (default: the current one)."""
     started, start = time.time(), time.perf_counter()
@@ -137,7 +137,7 @@ def diagnose(bundle: str | os.PathLike | None = None, *, cameras: bool = True, c
     ]
     if bundle is not None:
         steps.append(("bundle", lambda: check_bundle(bundle, precision=precision, providers=providers,
-                                                     threads=threads, frames=frames, warmup=warmup,
+                                                     threads=threads, backend=backend, frames=frames, warmup=warmup,
                                                      max_seconds=max_seconds, board=board)))
     for name, step in steps:
         try:
@@ -277,8 +277,31 @@ def check_python() -> Check:
 
 def check_packages() -> list[Check]:
     _, reqs = _requirements()
-    checks = [_check_numpy(reqs), _check_onnxruntime(reqs), _check_opencv(reqs), _check_web(reqs)]
+    checks = [_check_numpy(reqs), _check_onnxruntime(reqs), _check_opencv(reqs), _check_web(reqs),
+              _check_backends()]
     return checks
+
+
+def _check_backends() -> Check:
+    """The optional inference backends (dkit.edge.backends) that import here, with their versions."""
+    from dkit.edge.backends import BACKENDS
+
+    found, missing = {}, []
+    for name, p in BACKENDS.items():
+        if p.importable():
+            try:
+                found[name] = metadata.version(p.library)
+            except metadata.PackageNotFoundError:
+                found[name] = "?"
+        else:
+            missing.append(p)
+    result = ", ".join(f"{k} {v}" for k, v in found.items()) or "none"
+    advice = []
+    if platform.machine().lower() in ("aarch64", "arm64") and "ncnn" not in found:
+        advice.append("on an Arm board NCNN is usually the fastest backend: pip install 'distill-kit[ncnn]' (or "
+                      "`dkit device-pack --extra ncnn`), and export the bundle with export.backends: [onnx, ncnn]")
+    return Check("backends", OK, result + (f"; not installed: {', '.join(p.name for p in missing)}" if missing
+                                            else ""), advice, {"installed": found})
 
 
 def _too_old(have: str | None, need: str | None) -> bool:
@@ -663,9 +686,9 @@ def check_memory(root: Path = Path("/")) -> Check:
 # ------------------------------------------------------------------------------------------ a bundle
 
 
-def check_bundle(bundle: str | os.PathLike, *, precision: str = "fp32", providers: list[str] | None = None,
-                 threads: int | None = None, frames: int = 20, warmup: int = 3, max_seconds: float = 15.0,
-                 board: Board | None = None) -> list[Check]:
+def check_bundle(bundle: str | os.PathLike, *, precision: str = "auto", providers: list[str] | None = None,
+                 threads: int | None = None, backend: str = "auto", frames: int = 20, warmup: int = 3,
+                 max_seconds: float = 15.0, board: Board | None = None) -> list[Check]:
     """Three checks: "bundle" (verifies?), "runtime" (loads: provider, precision), "speed" (fps on this device)."""
     from dkit.edge.bundle import BundleError, open_bundle
 
@@ -681,40 +704,45 @@ def check_bundle(bundle: str | os.PathLike, *, precision: str = "fp32", provider
     with opened:
         m = opened.manifest
         size = sum((opened.root / f).stat().st_size for f in m.files)
+        models = "; ".join(f"{fmt} {', '.join(m.precisions(fmt))}" for fmt in m.formats())
         result = (f"{bundle}: verified ({len(m.files)} files, {size / MiB:.1f} MiB); {m.name}, task {m.task}, "
-                  f"precisions {', '.join(m.precisions())}")
+                  f"models {models}")
         checks = [Check("bundle", OK, result, [], {"path": str(bundle), "name": m.name, "task": m.task,
                                                     "precisions": m.precisions(), "bytes": size})]
-        checks += _check_runtime(opened, precision=precision, providers=providers, threads=threads, frames=frames,
+        checks += _check_runtime(opened, precision=precision, providers=providers, threads=threads,
+                                 backend=backend, frames=frames,
                                  warmup=warmup, max_seconds=max_seconds, board=board)
     return checks
 
 
 def _check_runtime(bundle, *, precision: str, providers: list[str] | None, threads: int | None, frames: int,
-                   warmup: int, max_seconds: float, board: Board | None) -> list[Check]:
+                   warmup: int, max_seconds: float, board: Board | None, backend: str = "auto") -> list[Check]:
     import numpy as np
 
     from dkit.edge.runtime import Runtime, RuntimeConfigError
 
     m = bundle.manifest
     try:
-        rt = Runtime(bundle, providers=providers, threads=threads, precision=precision, warmup=0)
+        rt = Runtime(bundle, backend=backend, providers=providers, threads=threads, precision=precision, warmup=0)
     except RuntimeConfigError as e:
-        return [Check("runtime", FAIL, str(e), ["pick a precision or provider the bundle and this onnxruntime have "
-                                                "(--precision, --providers)"])]
+        return [Check("runtime", FAIL, str(e), ["pick a backend, precision or provider the bundle and this install "
+                                                "have (--backend, --precision, --providers)"])]
     except Exception as e:
         return [Check("runtime", FAIL, f"the model does not load: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
                       ["the onnxruntime here may be too old for the bundle's opset (pip install -U onnxruntime), or "
                        "the file is not for this runtime; `dkit run` will fail the same way"])]
     h, w = rt.spec.size
-    threads_used = rt.session_options.intra_op_num_threads or 0
-    runtime = Check("runtime", OK, f"{rt.model_file.name} ({precision}) on {rt.provider}, onnxruntime threads "
-                                   f"{threads_used or 'default'}; input {w}x{h}",
-                    [], {"provider": rt.provider, "precision": precision, "model": rt.model_file.name,
-                         "input": [h, w], "threads": threads_used})
-    if precision == "fp32" and "int8" in m.precisions() and rt.provider == "CPUExecutionProvider":
-        runtime.advice.append("on the CPU the bundle's int8 model is usually faster: measure it with "
-                              f"`dkit doctor {bundle.source} --precision int8` and run it with --precision int8")
+    threads_used = rt.threads or 0
+    choice = rt.choice
+    runtime = Check("runtime", OK, f"{rt.model_file.name} ({rt.precision}) on {rt.provider}, threads "
+                                   f"{threads_used or 'default'}; input {w}x{h}, letterbox {rt.spec.letterbox}; "
+                                   f"chosen {choice.describe()}",
+                    [], {"provider": rt.provider, "backend": choice.backend, "precision": rt.precision,
+                         "model": rt.model_file.name, "input": [h, w], "threads": threads_used,
+                         "choice": {"reason": choice.reason, "figures": choice.figures}})
+    if choice.reason == "as asked" and len(m.precisions()) + len(m.formats()) > 2:
+        runtime.advice.append("the bundle has other models: `dkit doctor BUNDLE` without --precision/--backend "
+                              "(auto) times them all here and shows the fastest")
     if rt.provider == "CPUExecutionProvider" and board is not None and board.jetson:
         runtime.status = WARN
         runtime.advice.append("this Jetson runs the bundle on its CPU: install onnxruntime-gpu (see providers)")
@@ -743,6 +771,7 @@ def _check_runtime(bundle, *, precision: str, providers: list[str] | None, threa
     want = float(m.runtime.max_fps or 0)
     if want and fps < want:
         speed.status = WARN
-        speed.advice.append(f"slower than the bundle's runtime.max_fps ({want:g}): try --precision int8 or fp16, a "
-                            "GPU provider, or a smaller student")
+        speed.advice.append(f"slower than the bundle's runtime.max_fps ({want:g}): a GPU provider, another backend "
+                            "(pip install 'distill-kit[ncnn]' on an Arm board, with an NCNN bundle), or a smaller "
+                            "student")
     return [runtime, speed]

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from dkit.edge.backends.ort_backend import session_options
 from dkit.edge.moderation import moderate, penalise
 from dkit.edge.runtime import Runtime, RuntimeConfigError
 from dkit.edge.tokenizer import Tokenizer
@@ -68,9 +69,10 @@ class Judge:
         self.templates: list[str] = list(m.prompts.templates)
         self.calibration = m.calibration
         self.tokenizer = Tokenizer.from_file(runtime.bundle.path(m.tokenizer.file), m.tokenizer.context_length)
+        providers = getattr(runtime.backend, "providers", None) or ["CPUExecutionProvider"]
         self.text_session = ort.InferenceSession(str(runtime.bundle.path(m.models["text"].file)),
-                                                 sess_options=runtime.session_options,
-                                                 providers=runtime.session.get_providers())
+                                                 sess_options=session_options(runtime.threads),
+                                                 providers=providers)
         self.text_input = self.text_session.get_inputs()[0].name
         self.cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.cache_size = cache_size

@@ -35,7 +35,9 @@ PROMPT_ROLES = ("class", "background", "prompt", "text", "unsafe")
 RESIZE_MODES = ("letterbox", "shortest")
 _DEFAULT_INTERPOLATION = {"letterbox": "linear", "shortest": "area"}
 _PREPROCESS_KEYS = {"resize", "size", "interpolation", "pad_value", "crop", "channels", "scale", "mean", "std",
-                    "layout"}
+                    "layout", "letterbox", "stride"}
+LETTERBOX_MODES = ("square", "minimal")  # minimal: padded only to a multiple of `stride` (Ultralytics' auto=True)
+MODEL_FORMATS = ("onnx", "ncnn")
 
 
 class ManifestError(ValueError):
@@ -105,6 +107,8 @@ class Preprocess:
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     layout: str = "NCHW"
+    letterbox: str = "square"  # letterbox resize: square (always size) | minimal (models with dynamic H, W)
+    stride: int = 32  # minimal letterbox: each side padded to a multiple of this
     size_is_int: bool = field(default=False, repr=False, compare=False)  # how `size` was written (round trip)
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)  # keys this version does not read
 
@@ -119,6 +123,11 @@ class Preprocess:
             raise ManifestError(f"preprocess.size: expected positive sides, got {self.size!r}")
         if not self.interpolation:
             object.__setattr__(self, "interpolation", _DEFAULT_INTERPOLATION[self.resize])
+        if self.letterbox not in LETTERBOX_MODES:
+            raise ManifestError(f"preprocess.letterbox: expected one of {', '.join(LETTERBOX_MODES)}, "
+                                f"got {self.letterbox!r}")
+        if self.stride < 1:
+            raise ManifestError(f"preprocess.stride: expected a positive integer, got {self.stride!r}")
 
     @classmethod
     def from_dict(cls, doc: Mapping, where: str = "preprocess.") -> Preprocess:
@@ -134,13 +143,17 @@ class Preprocess:
                    scale=float(_get(doc, "scale", (int, float), where, 1 / 255)),
                    mean=_numbers(doc.get("mean", [0.0, 0.0, 0.0]), f"{where}mean", 3),
                    std=_numbers(doc.get("std", [1.0, 1.0, 1.0]), f"{where}std", 3),
-                   layout=_get(doc, "layout", str, where, "NCHW"), size_is_int=as_int,
+                   layout=_get(doc, "layout", str, where, "NCHW"),
+                   letterbox=_get(doc, "letterbox", str, where, "square"),
+                   stride=int(_get(doc, "stride", int, where, 32)), size_is_int=as_int,
                    extra=_frozen({k: v for k, v in doc.items() if k not in _PREPROCESS_KEYS}))
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"resize": self.resize, "size": self.size[0] if self.size_is_int else list(self.size)}
         if self.resize == "letterbox":
             doc["pad_value"] = self.pad_value
+            if self.letterbox != "square":  # absent: square (every bundle before the minimal letterbox)
+                doc |= {"letterbox": self.letterbox, "stride": self.stride}
         else:
             doc["crop"] = self.crop
         return doc | {"interpolation": self.interpolation, "channels": self.channels, "scale": self.scale,
@@ -159,6 +172,8 @@ class ModelEntry:
     role: str
     file: str
     precision: str = "fp32"
+    format: str = "onnx"  # onnx | ncnn (file: the .param, weights: the .bin)
+    weights: str = ""  # a second file some formats keep their weights in
     inputs: tuple[Mapping[str, Any], ...] = ()
     outputs: tuple[Mapping[str, Any], ...] = ()
     info: Mapping[str, Any] = field(default_factory=dict)  # opset, parity, vs_fp32, ...: reports
@@ -168,15 +183,27 @@ class ModelEntry:
         where = f"models.{role}."
         if not isinstance(doc, dict):
             raise ManifestError(f"models.{role}: expected a JSON object")
-        known = {"file", "precision", "inputs", "outputs"}
-        return cls(role, _get(doc, "file", str, where), _get(doc, "precision", str, where, "fp32"),
+        known = {"file", "precision", "inputs", "outputs", "format", "weights"}
+        fmt = _get(doc, "format", str, where, "onnx")
+        if fmt not in MODEL_FORMATS:
+            raise ManifestError(f"{where}format: expected one of {', '.join(MODEL_FORMATS)}, got {fmt!r}")
+        return cls(role, _get(doc, "file", str, where), _get(doc, "precision", str, where, "fp32"), fmt,
+                   _get(doc, "weights", str, where, ""),
                    tuple(_get(doc, "inputs", list, where, [])), tuple(_get(doc, "outputs", list, where, [])),
                    _frozen({k: v for k, v in doc.items() if k not in known}))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "precision": self.precision, **dict(self.info),
+        return {"file": self.file, "precision": self.precision,
+                **({"format": self.format} if self.format != "onnx" else {}),
+                **({"weights": self.weights} if self.weights else {}), **dict(self.info),
                 **({"inputs": [dict(i) for i in self.inputs]} if self.inputs else {}),
                 **({"outputs": [dict(o) for o in self.outputs]} if self.outputs else {})}
+
+
+def model_role(precision: str = "fp32", fmt: str = "onnx") -> str:
+    """The `models` key of a student model: student, student_fp16, student_int8, student_ncnn, student_ncnn_fp16."""
+    base = "student" if fmt == "onnx" else f"student_{fmt}"
+    return base if precision == "fp32" else f"{base}_{precision}"
 
 
 DECODERS = {"detect": "yolov8-detect", "classify": "classify", "embed": "embedding"}  # what this runtime decodes
@@ -413,13 +440,16 @@ class Manifest:
     def judge_config(self) -> JudgeConfig:
         return self.judge if self.judge is not None else JudgeConfig()
 
-    def precisions(self) -> list[str]:
-        return sorted({"fp32"} | {r.removeprefix("student_") for r in self.models
-                                  if r.removeprefix("student_") in PRECISIONS})
+    def precisions(self, fmt: str = "onnx") -> list[str]:
+        """The precisions the bundle has a student model of in format `fmt`, in PRECISIONS order."""
+        return [p for p in PRECISIONS if self.model(p, fmt) is not None]
 
-    def model(self, precision: str = "fp32") -> ModelEntry | None:
-        """The student model of one precision, or None when the bundle has none."""
-        return self.models.get("student" if precision == "fp32" else f"student_{precision}")
+    def formats(self) -> list[str]:
+        return [f for f in MODEL_FORMATS if self.precisions(f)]
+
+    def model(self, precision: str = "fp32", fmt: str = "onnx") -> ModelEntry | None:
+        """The student model of one precision and format, or None when the bundle has none."""
+        return self.models.get(model_role(precision, fmt))
 
     @classmethod
     def from_dict(cls, doc: Any) -> Manifest:

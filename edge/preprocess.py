@@ -4,7 +4,9 @@
     x, meta = preprocess(rgb, spec)        # (1, 3, H, W) float32, and how to map boxes back to the image
 
 Two resize modes, each reproducing the training side's transform:
-- `letterbox` (detectors): Ultralytics' LetterBox geometry (center, scale up, no stride rounding), resized with
+- `letterbox` (detectors): Ultralytics' LetterBox geometry (center, scale up; `preprocess.letterbox` square:
+  always the full size, or minimal: padded to a multiple of `stride` only, as `YOLO(onnx).predict` does for a
+  dynamic model), resized with
   OpenCV's bit-exact bilinear (`INTER_LINEAR_EXACT`) for `linear`: the same pixels on x86 and aarch64.
   OpenCV's `INTER_LINEAR`, which Ultralytics uses, is SIMD fixed point and differs by platform (its aarch64
   wheel's HAL gave other values on 22 of 24 photos, up to 2 levels of 255, which moved detector boxes by up to
@@ -59,13 +61,19 @@ class Letterbox:
 
 
 def letterbox(rgb: np.ndarray, size: tuple[int, int], pad_value: int = 114,
-              interpolation: str = "linear") -> tuple[np.ndarray, Letterbox]:
-    """(H, W, 3) uint8 -> (size[0], size[1], 3) uint8: scaled to fit, centred, padded with `pad_value`."""
+              interpolation: str = "linear", stride: int = 0) -> tuple[np.ndarray, Letterbox]:
+    """(H, W, 3) uint8 -> (size[0], size[1], 3) uint8: scaled to fit, centred, padded with `pad_value`.
+
+    With `stride` (the minimal letterbox, Ultralytics' `LetterBox(auto=True)`), each side is padded only up to
+    the next multiple of `stride`: a 16:9 frame at 320 becomes 320 x 192 instead of 320 x 320."""
     h, w = rgb.shape[:2]
     new_h, new_w = size
     r = min(new_h / h, new_w / w)
     unpad_w, unpad_h = max(round(w * r), 1), max(round(h * r), 1)
-    dw, dh = (new_w - unpad_w) / 2, (new_h - unpad_h) / 2
+    dw, dh = new_w - unpad_w, new_h - unpad_h
+    if stride:
+        dw, dh = dw % stride, dh % stride
+    dw, dh = dw / 2, dh / 2
     if (w, h) != (unpad_w, unpad_h):
         rgb = resize(rgb, (unpad_h, unpad_w), interpolation)
     top, bottom = round(dh - 0.1), round(dh + 0.1)
@@ -163,7 +171,8 @@ def preprocess(rgb: np.ndarray, spec: Preprocess | Mapping) -> tuple[np.ndarray,
     records the resize scale and the crop offset as negative padding)."""
     spec = as_preprocess(spec)
     if spec.resize == "letterbox":
-        image, box = letterbox(rgb, spec.size, spec.pad_value, spec.interpolation)
+        stride = spec.stride if spec.letterbox == "minimal" else 0
+        image, box = letterbox(rgb, spec.size, spec.pad_value, spec.interpolation, stride)
     else:  # shortest (the only other mode Preprocess accepts), centre crop
         size = spec.size[0]
         h, w = rgb.shape[:2]

@@ -1,15 +1,18 @@
-"""A bundle, loaded and ready to score frames: onnxruntime plus the manifest's pre- and post-processing.
+"""A bundle, loaded and ready to score frames: an inference backend plus the manifest's pre- and post-processing.
 
     with Runtime.load("runs/coco128/bundle") as rt:      # verified first (dkit.edge.bundle); or a bundle.tar.gz
         result = rt(rgb)                                 # (H, W, 3) uint8 RGB -> Result
-        results = rt.batch([rgb1, rgb2])                 # several cameras in one session.run when the model allows
-        rt.provider                                      # e.g. "CUDAExecutionProvider": the one really used
+        results = rt.batch([rgb1, rgb2])                 # several cameras in one run when the model allows
+        rt.provider                                      # e.g. "CUDAExecutionProvider": what really runs it
+    Runtime.load(path, backend="auto", precision="auto") # the fastest of the bundle's models here (dkit.edge.select)
 
-Execution providers: the first available of TensorRT > CUDA > OpenVINO > CoreML > CPU, unless `providers` names
-them (full names or short ones: tensorrt, cuda, openvino, coreml, cpu); the choice is logged. TensorRT engines
-are cached under $DKIT_HOME/trt-cache (built on first use, specific to this device). `threads` sets
-onnxruntime's intra-op threads (0: its default). `precision` picks the bundle's fp32, fp16 or int8 model.
-The session is warmed up when built, so the first frame is not slow.
+Backends (dkit.edge.backends): `onnxruntime` (the default here; `dkit run` defaults to auto), `openvino`, `ncnn`.
+onnxruntime's execution providers: the first available of TensorRT > CUDA > OpenVINO > CoreML > CPU, unless
+`providers` names them (full names or short ones: tensorrt, cuda, openvino, coreml, cpu); TensorRT engines are
+cached under $DKIT_HOME/trt-cache. `threads` sets the backend's threads (0: its default). `precision` picks the
+bundle's fp32, fp16 or int8 model. `letterbox` (detectors) overrides the manifest's mode: square or minimal
+(stride-aligned padding; used only where the backend takes any input size). The backend is warmed up when
+built, so the first frame is not slow.
 
 Per task (manifest `task`):
 - detect: letterbox, YOLOv8 decode + class-wise NMS in numpy (dkit.edge.postprocess), boxes in image pixels.
@@ -24,28 +27,23 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from dkit.edge.backends import BACKENDS, Backend, load_backend
+from dkit.edge.backends.base import RuntimeConfigError
+from dkit.edge.backends.ort_backend import PROVIDER_ORDER, SHORT_NAMES, choose_providers
 from dkit.edge.bundle import Bundle, open_bundle
-from dkit.edge.home import dkit_home
+from dkit.edge.manifest import LETTERBOX_MODES
 from dkit.edge.postprocess import Detections, cosine_scores, decode_yolo, topk
 from dkit.edge.preprocess import Letterbox, preprocess
 
 log = logging.getLogger(__name__)
 
-PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "OpenVINOExecutionProvider",
-                  "CoreMLExecutionProvider", "CPUExecutionProvider")
-SHORT_NAMES = {"tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
-               "cuda": "CUDAExecutionProvider", "openvino": "OpenVINOExecutionProvider",
-               "coreml": "CoreMLExecutionProvider", "cpu": "CPUExecutionProvider"}
 WARMUP_RUNS = 2
-
-
-class RuntimeConfigError(Exception):
-    """The bundle cannot run here (no such provider, precision or task); the message says what to change."""
+__all__ = ["PROVIDER_ORDER", "SHORT_NAMES", "Result", "Runtime", "RuntimeConfigError", "choose_providers"]
 
 
 @dataclass
@@ -80,53 +78,37 @@ class Result:
         return doc
 
 
-def choose_providers(requested: list[str] | None, available: list[str]) -> list[str]:
-    """The providers to ask onnxruntime for, best first (CPU always last as the fallback)."""
-    if requested:
-        names = [SHORT_NAMES.get(p.lower(), p) for p in requested]
-        missing = [p for p in names if p not in available]
-        if missing:
-            raise RuntimeConfigError(f"execution provider(s) {', '.join(missing)} not available in this onnxruntime "
-                                f"(available: {', '.join(available)}); install onnxruntime-gpu / onnxruntime-openvino "
-                                "for those, or leave --providers out to pick automatically")
-        return names + (["CPUExecutionProvider"] if "CPUExecutionProvider" not in names else [])
-    return [p for p in PROVIDER_ORDER if p in available] or ["CPUExecutionProvider"]
-
-
 class Runtime:
-    def __init__(self, bundle: Bundle, *, providers: list[str] | None = None, threads: int | None = None,
-                 precision: str = "fp32", conf: float | None = None, iou: float | None = None,
-                 max_det: int | None = None, top_k: int | None = None, warmup: int = WARMUP_RUNS):
-        import onnxruntime as ort
-
+    def __init__(self, bundle: Bundle, *, backend: str = "onnxruntime", providers: list[str] | None = None,
+                 threads: int | None = None, precision: str = "fp32", letterbox: str | None = None,
+                 conf: float | None = None, iou: float | None = None, max_det: int | None = None,
+                 top_k: int | None = None, warmup: int = WARMUP_RUNS):
         self.bundle = bundle
         m = self.manifest = bundle.manifest  # a dkit.edge.manifest.Manifest: typed, validated when opened
         self.task = m.task
         self.classes: list[str] = list(m.classes)
-        self.spec = m.preprocess
-        model = m.model(precision)
+        self.threads = m.runtime.threads if threads is None else threads
+        self.providers = providers or list(m.runtime.providers) or None
+        self.choice = self._choose(backend, precision)
+        self.precision = self.choice.precision
+        fmt = BACKENDS[self.choice.backend].format
+        model = m.model(self.precision, fmt)
         if model is None:
-            raise RuntimeConfigError(f"{bundle.source}: no {precision} model in this bundle "
-                                     f"(it has: {', '.join(m.precisions())})")
+            has = "; ".join(f"{f} {', '.join(m.precisions(f))}" for f in m.formats())
+            hint = " (export it with export.backends: [onnx, ncnn] for NCNN)" if fmt == "ncnn" else ""
+            raise RuntimeConfigError(f"{bundle.source}: no {self.precision} {fmt} model in this bundle "
+                                     f"(it has: {has}){hint}")
         self.model_file = bundle.path(model.file)
         self.conf = m.thresholds.conf if conf is None else conf
         self.iou = m.thresholds.iou if iou is None else iou
         self.max_det = m.thresholds.max_det if max_det is None else max_det
         self.top_k = m.thresholds.top_k if top_k is None else top_k
 
-        options = ort.SessionOptions()
-        threads = m.runtime.threads if threads is None else threads
-        if threads:
-            options.intra_op_num_threads = threads
-        wanted = choose_providers(providers or list(m.runtime.providers) or None, ort.get_available_providers())
-        self.session_options = options
-        self.session = ort.InferenceSession(str(self.model_file), sess_options=options,
-                                            providers=[_with_options(p, bundle) for p in wanted])
-        self.provider = self.session.get_providers()[0]
-        log.info("%s: %s on %s (asked for %s)", bundle.source, self.model_file.name, self.provider, ", ".join(wanted))
-        inp = self.session.get_inputs()[0]
-        self.input_name = inp.name
-        self.dynamic_batch = not isinstance(inp.shape[0], int)
+        self.backend: Backend = load_backend(self.choice.backend, bundle, model, providers=self.providers,
+                                             threads=self.threads)
+        self.provider = self.backend.device
+        self.dynamic_batch = self.backend.dynamic_batch
+        self.spec = self._letterbox(m.preprocess, letterbox)
 
         self.prompts: list[str] | None = None
         if self.task == "embed":
@@ -136,6 +118,31 @@ class Runtime:
             self.calibration = m.calibration
         for _ in range(warmup):
             self.infer(preprocess(np.zeros((64, 64, 3), np.uint8) + 114, self.spec)[0])
+
+    def _choose(self, backend: str, precision: str):
+        from dkit.edge.select import Choice, choose
+
+        if "auto" not in (backend, precision):
+            if backend not in BACKENDS:
+                raise RuntimeConfigError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}, auto")
+            return Choice(backend, precision, reason="as asked")
+        picked = choose(self.bundle, backend=backend, precision=precision, providers=self.providers,
+                        threads=self.threads)
+        log.info("%s: backend/precision %s", self.bundle.source, picked.describe())
+        return picked
+
+    def _letterbox(self, spec, letterbox: str | None):
+        """The manifest's preprocessing, with the letterbox mode asked for (a model of fixed input size, or a
+        backend that keeps one shape, stays square)."""
+        if spec.resize != "letterbox":
+            return spec
+        mode = letterbox or spec.letterbox
+        if mode not in LETTERBOX_MODES:
+            raise RuntimeConfigError(f"--letterbox {mode!r} is not one of {', '.join(LETTERBOX_MODES)}")
+        if mode == "minimal" and not self.backend.dynamic_shape:
+            log.info("%s: square letterbox (%s takes one input shape)", self.bundle.source, self.backend.device)
+            mode = "square"
+        return spec if mode == spec.letterbox else replace(spec, letterbox=mode)
 
     @classmethod
     def load(cls, path: str | os.PathLike, **kwargs) -> Runtime:
@@ -147,6 +154,7 @@ class Runtime:
             raise
 
     def close(self) -> None:
+        self.backend.close()
         self.bundle.close()
 
     def __enter__(self) -> Runtime:
@@ -161,7 +169,7 @@ class Runtime:
         return preprocess(rgb, self.spec)  # (1, 3, H, W)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: x})[0]
+        return self.backend.run(x)  # (N, 3, H, W) -> the model's first output
 
     def postprocess(self, raw: np.ndarray, boxes: list[Letterbox], frame_ids: list[int], timestamps: list[float],
                     started: float) -> list[Result]:
@@ -197,14 +205,3 @@ class Runtime:
         else:
             raw = np.concatenate([self.infer(x) for x, _ in pre])
         return self.postprocess(raw, [b for _, b in pre], ids, stamps, started)
-
-
-def _with_options(provider: str, bundle: Bundle) -> str | tuple[str, dict]:
-    if provider != "TensorrtExecutionProvider":
-        return provider
-    m = bundle.manifest
-    cache = dkit_home() / "trt-cache" / m.files[m.models["student"].file][:16]
-    cache.mkdir(parents=True, exist_ok=True)
-    return provider, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache), "trt_fp16_enable": True}
-
-

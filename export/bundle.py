@@ -14,8 +14,10 @@ By student kind (task in the manifest):
 - `clip-embed` (embed, the kiosk judge): the image encoder, the teacher's text encoder, the tokenizer vocab,
   the prompt embeddings and the score calibration (dkit.export.judge).
 Each gets the fp16/int8 variants the kit asks for (dkit.export.variants), each measured against fp32 and refused
-below the accuracy guard. TensorRT engines are device-specific: the README carries the device's build command,
-and with the `tensorrt` package and a GPU here an engine is built too (dkit.export.tensorrt).
+below the accuracy guard; `export.backends: [onnx, ncnn]` adds NCNN models of YOLO students (dkit.export.ncnn),
+checked against the ONNX model the same way. TensorRT engines are device-specific: the README carries the
+device's build command, and with the `tensorrt` package and a GPU here an engine is built too
+(dkit.export.tensorrt).
 """
 
 from __future__ import annotations
@@ -52,15 +54,22 @@ def export_bundle(kit, run_dir: Path, *, store=None) -> dict:
         entry = exported.entry
         variants = {}
         later = [p for p in dict.fromkeys(kit.export.precisions) if p != "fp32"]
+        ncnn = "ncnn" in kit.export.backends
+        held_out = _split_images(run.root, "val", 256) if later or ncnn else []
         if later:
-            held_out = _split_images(run.root, "val", 256)
             # int8 scales from the training images: the held-out ones judge the result
             calibration = _split_images(run.root, "train", kit.export.calibration_images)
             for precision in later:
                 variants[precision] = make_variant(precision, tmp / entry["file"], tmp, kit, held_out, calibration,
                                                    entry["preprocess"], task)
+        formats = {}
+        if ncnn:
+            from dkit.export.ncnn import export_ncnn
+
+            formats = export_ncnn(kit, run, tmp, entry, held_out, task)
         engines = _engines(kit, tmp, entry, variants)
-        manifest = build_manifest(kit, run, task, entry, variants, exported.classes, exported.parts, engines)
+        manifest = build_manifest(kit, run, task, entry, variants, exported.classes, exported.parts,
+                                  engines | formats)
         atomic_write(tmp / "README.md", render_readme(kit, manifest, read_json(run.eval_json)))
         write_manifest(tmp, manifest)
         with open_bundle(tmp):  # the device's own check, on exactly what will be shipped

@@ -58,7 +58,8 @@ def thresholds(kit, task: str, classes: list[str]) -> Thresholds:
 
 def build_manifest(kit, run: RunDir, task: str, entry: dict, variants: dict, classes: list[str], parts: dict,
                    engines: dict) -> Manifest:
-    """The bundle's manifest from the exporter's pieces (`entry`: the fp32 student's model entry and preprocess)."""
+    """The bundle's manifest from the exporter's pieces (`entry`: the fp32 student's model entry and preprocess;
+    `engines`: further model entries by role, TensorRT engines and NCNN models, a refused one with `refused`)."""
     first = next(iter(run.records()), None)
     models = {"student": ModelEntry.from_dict("student", {k: v for k, v in entry.items()
                                                          if k not in ("preprocess", "decode")})}
@@ -66,7 +67,7 @@ def build_manifest(kit, run: RunDir, task: str, entry: dict, variants: dict, cla
                if "refused" not in v}
     if "text" in parts:
         models["text"] = ModelEntry.from_dict("text", parts["text"])
-    models |= {role: ModelEntry.from_dict(role, v) for role, v in engines.items()}
+    models |= {role: ModelEntry.from_dict(role, v) for role, v in engines.items() if "refused" not in v}
     decode = entry.get("decode") or {"type": "embedding", "output": "(batch, dim)", "normalized": True,
                                      "dim": parts["prompts"]["dim"]}
     return Manifest(
@@ -84,5 +85,6 @@ def build_manifest(kit, run: RunDir, task: str, entry: dict, variants: dict, cla
         judge=kit.judge.device_config() if task == "embed" and kit.judge else None,
         logit_scale=parts.get("logit_scale"),
         info={"created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "dkit_version": __version__,
-              "refused_variants": {p: v["refused"] for p, v in variants.items() if "refused" in v}},
+              "refused_variants": {p: v["refused"] for p, v in variants.items() if "refused" in v}
+              | {r.removeprefix("student_"): v["refused"] for r, v in engines.items() if "refused" in v}},
     )

@@ -72,6 +72,7 @@ def _run_it(task: str) -> list[str]:
         "Then (docs/DEVICE.md in the repository has the details):", "",
         "```bash",
         "~/dkit/bin/dkit run bundle/ --source 0 --jsonl     # camera 0; or a video file, an rtsp:// URL, a folder",
+        "~/dkit/bin/dkit doctor bundle/                     # what this device runs it with: backend, precision, fps",
     ]
     if task == "embed":
         lines.append("~/dkit/bin/dkit serve bundle/ --port 8000          # the kiosk: drawing canvas, camera, "
@@ -138,9 +139,16 @@ def _variant_lines(manifest: Manifest) -> list[str]:
     for role, v in manifest.models.items():
         if role.startswith("student_") and "vs_fp32" in v.info:
             a = v.info["vs_fp32"]
-            lines.append(f"- `{v.file}` ({v.precision}): {a['metric']} {a['agreement']:.3f} against the fp32 "
+            fmt = f", {v.info['int8_format']}" if "int8_format" in v.info else ""
+            lines.append(f"- `{v.file}` ({v.precision}{fmt}): {a['metric']} {a['agreement']:.3f} against the fp32 "
                          f"model on {a['images']} held-out images; {a['ms_per_image']:.1f} ms/image vs "
                          f"{a['ms_per_image_fp32']:.1f} for fp32 on the exporting machine's CPU.")
+        elif role.startswith("student_") and "vs_onnx" in v.info:
+            a = v.info["vs_onnx"]
+            lines.append(f"- `{v.file}` + `{v.weights}` (NCNN, {v.precision}): {a['metric']} {a['agreement']:.3f} "
+                         f"against the fp32 ONNX model on {a['images']} held-out images (largest output difference "
+                         f"{a['max_abs_diff']:.2g}); run it with `dkit run --backend ncnn` (`pip install "
+                         "'distill-kit[ncnn]'`).")
     for precision, why in manifest.info["refused_variants"].items():
         lines.append(f"- {precision}: refused ({why}).")
     return lines

@@ -5,7 +5,9 @@
 - `fp16`: onnxruntime's float16 converter (inputs and outputs stay float32, so the device code is the
   same); for GPUs and NPUs, CPUs mostly run it slower.
 - `int8`: onnxruntime's static quantization (QDQ, per-channel weights), calibrated on the kit's own
-  training images through the device's preprocessing.
+  training images through the device's preprocessing; `export.int8_format` s8s8 (default: onnxruntime's first
+  choice, what its Arm dot-product kernels and TensorRT run) or u8s8 (faster on x86 AVX2 CPUs without VNNI,
+  where s8s8 is slower than fp32). `dkit run --precision auto` never picks a variant slower than fp32 there.
 
 Each variant carries its agreement with fp32 on held-out images (`vs_fp32.agreement`, and which metric it
 is), by task: a detector's mAP50 against the fp32 model's detections (Ultralytics' matching,
@@ -38,11 +40,12 @@ def make_variant(precision: str, fp32: Path, bundle_dir: Path, kit, held_out: li
 
         onnx.save(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True), str(out))
     elif precision == "int8":
-        _quantize_int8(fp32, out, calibration, spec)
+        _quantize_int8(fp32, out, calibration, spec, kit.export.int8_format)
     else:
         raise ValueError(f"unknown precision {precision!r}")
     agreement = compare(fp32, out, held_out, spec, kit, task)
-    entry = {"file": out.name, "precision": precision, "vs_fp32": agreement}
+    entry = {"file": out.name, "precision": precision, "vs_fp32": agreement,
+             **({"int8_format": kit.export.int8_format} if precision == "int8" else {})}
     if agreement["agreement"] < kit.export.accuracy_guard:
         out.unlink()
         entry["refused"] = (f"{agreement['metric']} against fp32 {agreement['agreement']:.3f} is below "
@@ -51,7 +54,7 @@ def make_variant(precision: str, fp32: Path, bundle_dir: Path, kit, held_out: li
     return entry
 
 
-def _quantize_int8(fp32: Path, out: Path, images: list[np.ndarray], spec: dict) -> None:
+def _quantize_int8(fp32: Path, out: Path, images: list[np.ndarray], spec: dict, fmt: str = "s8s8") -> None:
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -74,7 +77,8 @@ def _quantize_int8(fp32: Path, out: Path, images: list[np.ndarray], spec: dict) 
         # (3 channels of raw pixels: little compute, much error) in float, 0.956, and faster (17.4 vs 24.1 ms).
         # MinMax, Entropy and Percentile calibration measured 0.94, 0.94 and 0.92 there: MinMax is kept.
         quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"],
+                        activation_type=QuantType.QInt8 if fmt == "s8s8" else QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"],
                         nodes_to_exclude=sorted(set(linear_convs(prepared)) | set(input_convs(prepared))))
     finally:
         prepared.unlink(missing_ok=True)
@@ -125,7 +129,13 @@ def compare(fp32: Path, variant: Path, images: list[np.ndarray], spec: dict, kit
             outs[k].append(session.run(None, {name: x})[0])
             times[k].append((time.perf_counter() - start) * 1000)
     (ref, got), (ms_ref, ms_got) = outs, (float(np.median(t)) for t in times)
-    result = {"images": len(images), "metric": METRICS[task]}
+    return agreement(ref, got, kit, task) | {"ms_per_image_fp32": round(ms_ref, 2), "ms_per_image": round(ms_got, 2),
+                                             "speedup_vs_fp32": round(ms_ref / ms_got, 3) if ms_got else None}
+
+
+def agreement(ref: list[np.ndarray], got: list[np.ndarray], kit, task: str) -> dict:
+    """How far outputs `got` agree with `ref` (the same inputs, in order), by METRICS[task]."""
+    result = {"images": len(ref), "metric": METRICS[task]}
     if task == "detect":
         result |= _detection_agreement(ref, got, kit)
         result["agreement"] = result["map50_vs_fp32"]
@@ -137,8 +147,7 @@ def compare(fp32: Path, variant: Path, images: list[np.ndarray], spec: dict, kit
         cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
         result |= {"agreement": float(cos.mean()), "min_cosine": float(cos.min())}
     result["max_abs_diff"] = float(max(np.abs(r - g).max() for r, g in zip(ref, got, strict=True)))
-    return result | {"ms_per_image_fp32": round(ms_ref, 2), "ms_per_image": round(ms_got, 2),
-                     "speedup_vs_fp32": round(ms_ref / ms_got, 3) if ms_got else None}
+    return result
 
 
 def _detection_agreement(ref: list[np.ndarray], got: list[np.ndarray], kit) -> dict:

@@ -46,7 +46,7 @@ def export_yolo_cls(kit, run: RunDir, bundle_dir: Path, store=None) -> Exported:
 
 def export_detector(kit, run_dir: Path, bundle_dir: Path) -> dict:
     model, onnx_path, best = _export_onnx(kit, run_dir, bundle_dir)
-    spec = preprocess_spec(kit)
+    spec = preprocess_spec(kit, int(max(model.model.stride)))
     parity = detector_parity(model, onnx_path, kit_images(run_dir, split=None, limit=PARITY_IMAGES), spec, kit)
     _check(parity, kit, best, "box/class agreement after NMS")
     return _entry(onnx_path, kit, parity, spec, {
@@ -112,11 +112,13 @@ def _entry(onnx_path: Path, kit, parity: dict, spec: dict, decode: dict) -> dict
     }
 
 
-def preprocess_spec(kit) -> dict:
-    """What the device does to a frame before the detector: Ultralytics' letterbox at the student's size."""
+def preprocess_spec(kit, stride: int = 32) -> dict:
+    """What the device does to a frame before the detector: Ultralytics' letterbox at the student's size, minimal
+    (stride-aligned padding; the ONNX graph has dynamic spatial axes) or square, as the kit's `edge.letterbox`."""
     size = kit.student.imgsz
     return {"resize": "letterbox", "size": [size, size], "pad_value": 114, "interpolation": "linear",
-            "channels": "RGB", "scale": 1 / 255, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "layout": "NCHW"}
+            "channels": "RGB", "scale": 1 / 255, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "layout": "NCHW",
+            **({"letterbox": "minimal", "stride": stride} if kit.edge.letterbox == "minimal" else {})}
 
 
 def detector_parity(model, onnx_path: Path, images: list[np.ndarray], spec: dict, kit) -> dict:

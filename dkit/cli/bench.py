@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 import sys
 
-from dkit.cli.common import Command, Parents, add_command, arg, edge_errors, import_stage, load, register_commands
+from dkit.cli.common import Command, Parents, add_command, arg, edge_errors, import_stage, load, log, register_commands
 from dkit.core.errors import DkitError
 
 
@@ -36,10 +36,47 @@ def cmd_bench_runtime(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("ultralytics") is not None:
         from dkit.distill.bench import ultralytics_predictor as reference
     with edge_errors():
-        result = bench_runtime(args.bundle, args.source, images=args.images, repeat=args.repeat,
-                               threads=args.threads, precision=args.precision, reference=reference)
+        if args.matrix:
+            result = _matrix(args, reference is not None)
+        else:
+            result = bench_runtime(args.bundle, args.source, images=args.images, repeat=args.repeat,
+                                   threads=args.threads, precision=args.precision, reference=reference)
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _matrix(args: argparse.Namespace, with_ultralytics: bool) -> dict:
+    """--matrix: every backend x precision x letterbox, on the photos and on 16:9 crops of them."""
+    import os
+    import platform
+
+    from dkit.edge.bench import load_frames
+    from dkit.edge.bench_matrix import bench_matrix, format_table, wide_frames
+    from dkit.edge.bundle import open_bundle
+
+    backends = [b.strip() for b in args.backends.split(",")] if args.backends else None
+    photos = load_frames(args.source, args.images)
+    out = {"bundle": args.bundle, "images": len(photos), "repeat": args.repeat,
+           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "threads": args.threads or 0}}
+    for name, frames in (("photos", photos), ("wide_16x9", wide_frames(photos))):
+        reference = None
+        if with_ultralytics:
+            from dkit.distill.bench import UltralyticsReference
+
+            with open_bundle(args.bundle) as b:
+                m = b.manifest
+                if m.task in ("detect", "classify"):
+                    size = m.preprocess.size
+                    reference = UltralyticsReference(b.path(m.model("fp32").file), m.task,
+                                                     size[0] if m.task == "classify" else list(size),
+                                                     m.thresholds.conf, m.thresholds.iou, m.thresholds.max_det)
+                    for _ in range(2):
+                        reference.predict(frames[0])
+        rows = bench_matrix(args.bundle, frames, repeat=args.repeat, threads=args.threads, backends=backends,
+                            reference=reference)
+        out[name] = rows
+        log.info("%s", format_table(rows, f"{name}: {len(frames)} frames, best of {args.repeat} rounds"))
+    return out
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
@@ -142,7 +179,15 @@ BENCHMARKS = (
                 arg("--images", type=int, default=64, help="images used from the folder (default: %(default)s)"),
                 arg("--repeat", type=int, default=5, help="alternating rounds of each (default: %(default)s)"),
                 arg("--threads", type=int, help="onnxruntime intra-op threads (0: its default)"),
-                arg("--precision", choices=["fp32", "fp16", "int8"], default="fp32"),
+                arg("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
+                    help="the bundle model the single-configuration benchmark runs (default: %(default)s)"),
+                arg("--matrix", action="store_true",
+                    help="instead: every backend x precision x letterbox this install and bundle allow, on the "
+                         "photos and on 16:9 crops of them, round-robin in one run, each with fps, bare fps, "
+                         "p50/p99 and agreement with fp32 onnxruntime; plus Ultralytics' default predict; a "
+                         "table on stderr, JSON on stdout"),
+                arg("--backends", metavar="LIST", help="--matrix: only these backends, comma-separated "
+                    "(default: every one installed)"),
             )),
     Command("serve", "kiosk submissions/s and latency on loopback",
             "Starts `dkit serve` on the bundle (its own process, a fresh database) and "

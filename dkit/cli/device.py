@@ -24,8 +24,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from dkit.edge.sources import open_source
 
         providers = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
-        runtime = Runtime.load(args.bundle, providers=providers, threads=args.threads, precision=args.precision,
-                               conf=args.conf, iou=args.iou)
+        runtime = Runtime.load(args.bundle, backend=args.backend, providers=providers, threads=args.threads,
+                               precision=args.precision, letterbox=args.letterbox, conf=args.conf, iou=args.iou)
+        log.info("running %s with %s on %s", runtime.model_file.name, runtime.choice.describe(), runtime.provider)
         with runtime:
             max_fps = args.max_fps if args.max_fps is not None else float(
                 runtime.manifest.runtime.max_fps)
@@ -119,9 +120,19 @@ RUN = Command(
         arg("--max-frames", type=int, default=0, metavar="N", help="stop after N frames (0: no limit)"),
         arg("--providers", metavar="LIST", help="execution providers in order, comma-separated, e.g. "
             "cuda,cpu (default: the best available: tensorrt > cuda > openvino > coreml > cpu)"),
-        arg("--threads", type=int, metavar="N", help="onnxruntime intra-op threads (0: its default)"),
-        arg("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
-            help="which of the bundle's models to run (default: %(default)s)"),
+        arg("--backend", choices=["auto", "onnxruntime", "openvino", "ncnn"], default="auto",
+            help="inference library: auto (default) times the bundle's models on every backend installed here "
+                 "once, keeps the fastest (cached per device in $DKIT_HOME/choices.json) and logs the figures; "
+                 "openvino and ncnn need `pip install 'distill-kit[openvino]'` / `[ncnn]`, and ncnn a bundle "
+                 "exported with export.backends: [onnx, ncnn]"),
+        arg("--threads", type=int, metavar="N", help="the backend's threads (0: its default)"),
+        arg("--precision", choices=["auto", "fp32", "fp16", "int8"], default="auto",
+            help="which of the bundle's models to run: auto (default) the fastest here of those that passed the "
+                 "export's accuracy guard (int8 is not always faster: it needs int8 dot products in the CPU)"),
+        arg("--letterbox", choices=["minimal", "square"],
+            help="detectors: minimal pads each frame only to a multiple of the stride (a 16:9 frame at 320 is "
+                 "fed as 320x192), square to the full input size (default: the bundle's; square on a backend "
+                 "that takes one input shape)"),
         arg("--conf", type=float, help="detection/classification confidence threshold (default: the bundle's)"),
         arg("--iou", type=float, help="NMS IoU threshold (default: the bundle's)"),
         arg("--stall-timeout", type=float, default=5.0, metavar="S",

@@ -1,6 +1,7 @@
 """`dkit device-pack`: the offline installer for a device, made on a machine with a network.
 
     dkit device-pack --target pi --out dkit-pi          # Raspberry Pi OS Bookworm: CPython 3.11, aarch64
+    dkit device-pack --target pi --extra ncnn --out dkit-pi   # with the NCNN backend
     dkit device-pack --target jetson --out dkit-jetson  # JetPack 6: CPython 3.10, aarch64 (CPU onnxruntime)
     dkit device-pack --target linux_aarch64 --python 3.12 --out DIR
     dkit device-pack --check                            # every base dependency has wheels for 3.10-3.13?
@@ -43,7 +44,8 @@ def cmd_device_pack(args: argparse.Namespace) -> int:
     progress(f"target {target.name}: {target.about}; wheels for CPython {target.python} {target.platform}")
     if target.note:
         progress(f"note: {target.note}")
-    wh.build_wheelhouse(target, Path(args.out), source=source, strict=args.strict, progress=progress)
+    extras = [e.strip() for e in (args.extra or "").split(",") if e.strip()]
+    wh.build_wheelhouse(target, Path(args.out), source=source, strict=args.strict, progress=progress, extras=extras)
     return 0
 
 
@@ -69,6 +71,8 @@ DEVICE_PACK = Command(
             help="fail when a pin of constraints.txt has no wheel for the target, instead of packing the newest "
                  "version that has one"),
         arg("--check", action="store_true", help="only check that every base dependency has wheels (see above)"),
+        arg("--extra", metavar="LIST", help="also pack these extras' wheels, comma-separated: the device backends "
+            "ncnn (fastest on a Raspberry Pi) and openvino, e.g. --extra ncnn"),
     ),
 )
 

@@ -20,8 +20,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     providers = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
     report = diagnose(args.bundle, cameras=not args.no_cameras, camera_timeout=args.camera_timeout,
-                      precision=args.precision, providers=providers, threads=args.threads, frames=args.frames,
-                      warmup=args.warmup)
+                      precision=args.precision, providers=providers, threads=args.threads, backend=args.backend,
+                      frames=args.frames, warmup=args.warmup)
     if args.json:
         sys.stdout.write(json.dumps(report.to_json(), indent=2, default=str) + "\n")
     else:
@@ -42,7 +42,7 @@ DOCTOR = Command(
     "(a bundle that does not verify, a package that does not import, no working provider)."
     "\n\nexamples:\n"
     "  dkit doctor\n"
-    "  dkit doctor runs/coco128/bundle --precision int8\n"
+    "  dkit doctor runs/coco128/bundle --backend ncnn --precision fp16\n"
     "  dkit doctor bundle.tar.gz --json --no-cameras > doctor.json",
     cmd_doctor, arguments=(
         arg("bundle", metavar="BUNDLE", nargs="?", help="a bundle folder or .tar.gz to verify, load and time here"),
@@ -51,7 +51,10 @@ DOCTOR = Command(
         arg("--no-cameras", action="store_true", help="do not open the cameras (one a running service holds, ...)"),
         arg("--camera-timeout", type=float, default=3.0, metavar="S",
             help="seconds the cameras get, together, to open and deliver a frame (default: %(default)s)"),
-        arg("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
+        arg("--backend", choices=["auto", "onnxruntime", "openvino", "ncnn"], default="auto",
+            help="the backend to load the bundle with, as `dkit run --backend` (default: auto, which times every "
+                 "backend x precision here and shows the figures)"),
+        arg("--precision", choices=["auto", "fp32", "fp16", "int8"], default="auto",
             help="the bundle model to time, as `dkit run --precision` (default: %(default)s)"),
         arg("--providers", metavar="LIST", help="execution providers for the bundle, as `dkit run --providers` "
             "(default: the best available)"),

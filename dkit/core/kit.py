@@ -190,9 +190,22 @@ class Export:
     tensorrt: Bool = False  # build an engine when TensorRT and a GPU are present, else document the command
     opset: Annotated[int, Strict(), Field(ge=17)] = 17
     calibration_images: PosInt = 64  # int8 calibration: the kit's own images
+    # int8 signedness (activations, weights), QDQ: s8s8 is onnxruntime's first choice, what its Arm kernels (dot
+    # product instructions: Raspberry Pi 5, Jetson) and TensorRT run; u8s8 is faster on x86 AVX2 without VNNI
+    int8_format: Literal["s8s8", "u8s8"] = "s8s8"
     accuracy_guard: Fraction = 0.95  # a reduced-precision variant agreeing less than this with fp32 is refused
     parity_atol: Annotated[float, Strict(), Field(gt=0.0)] = 0.05  # ONNX vs PyTorch: largest raw output difference
     archive: Bool = True  # also write bundle.tar.gz
+    # model formats in the bundle: onnx (always; onnxruntime and OpenVINO read it) and ncnn (.param/.bin by pnnx,
+    # for Arm boards), each non-ONNX one checked against the ONNX model before it is shipped
+    backends: Annotated[list[Literal["onnx", "ncnn"]], Field(min_length=1)] = dataclasses.field(
+        default_factory=lambda: ["onnx"]
+    )
+
+    def __post_init__(self) -> None:
+        if "onnx" not in self.backends:
+            raise _Invalid("backends", "a list that includes onnx (every other format is checked against it)",
+                           self.backends)
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -205,6 +218,9 @@ class Edge:
     providers: list[Text] = dataclasses.field(default_factory=list)  # empty: TensorRT > CUDA > ... > CPU
     threads: Annotated[int, Strict(), Field(ge=0)] = 0  # 0: onnxruntime's default
     max_fps: Annotated[float, Strict(), Field(ge=0.0)] = 0.0  # 0: as fast as frames come
+    # detectors: minimal pads each frame only to a multiple of the model's stride (16:9 at 320 -> 320x192, as
+    # Ultralytics' predict does), square always to imgsz x imgsz (fixed-shape engines)
+    letterbox: Literal["minimal", "square"] = "minimal"
 
 
 def _kiosk_settings(value: Any) -> dict[str, Any]:

@@ -112,15 +112,23 @@ def requirement_name(text: str) -> str:
     return norm(m.group(1)) if m else ""
 
 
-def base_requirements(metadata_text: str) -> list[str]:
-    """The `Requires-Dist` lines of a wheel's METADATA that belong to no extra: what a base install needs."""
+def base_requirements(metadata_text: str, extras: Sequence[str] = ()) -> list[str]:
+    """The `Requires-Dist` lines of a wheel's METADATA that belong to no extra (what a base install needs), plus
+    those of `extras` (e.g. the device backends `ncnn`, `openvino`) with their extra marker taken off."""
     reqs = []
+    wanted = {norm(e) for e in extras}
     for line in metadata_text.splitlines():
         if line.startswith("Requires-Dist:"):
-            req = line.split(":", 1)[1].strip()
-            if "extra" not in req.partition(";")[2]:
-                reqs.append(req)
+            req, _, marker = line.split(":", 1)[1].strip().partition(";")
+            if "extra" not in marker:
+                reqs.append(line.split(":", 1)[1].strip())
+            elif (m := re.fullmatch(r"\s*extra\s*==\s*['\"]([^'\"]+)['\"]\s*", marker)) and norm(m.group(1)) in wanted:
+                reqs.append(req.strip())
     return reqs
+
+
+def extras_of(metadata_text: str) -> list[str]:
+    return [line.split(":", 1)[1].strip() for line in metadata_text.splitlines() if line.startswith("Provides-Extra:")]
 
 
 def base_constraints(constraints_text: str, requirements: Iterable[str]) -> list[str]:
@@ -380,7 +388,8 @@ def read_constraints(root: Path) -> str:
 
 
 def build_wheelhouse(target: Target, out: Path, *, source: Path | None = None, strict: bool = False,
-                     progress: Progress = lambda s: None, download=pip_download) -> PackResult:
+                     progress: Progress = lambda s: None, download=pip_download,
+                     extras: Sequence[str] = ()) -> PackResult:
     """Write the wheelhouse for `target` at `out` (replacing an earlier wheelhouse there, never another folder)."""
     out = Path(out).absolute()
     if out.exists() and not (out / MARKER).is_file() and (not out.is_dir() or any(out.iterdir())):
@@ -392,7 +401,12 @@ def build_wheelhouse(target: Target, out: Path, *, source: Path | None = None, s
         with tempfile.TemporaryDirectory(prefix="dkit-own-") as own_dir:
             progress(f"building the {PROJECT} wheel from {root}")
             own = build_project_wheel(root, Path(own_dir))
-            requirements = base_requirements(wheel_metadata(own))
+            metadata = wheel_metadata(own)
+            unknown = sorted(set(map(norm, extras)) - set(map(norm, extras_of(metadata))))
+            if unknown:
+                raise UsageError(f"--extra {', '.join(unknown)}: not an extra of {PROJECT} (it has: "
+                                 f"{', '.join(extras_of(metadata))})")
+            requirements = base_requirements(metadata, extras)
             constraints = base_constraints(read_constraints(root), requirements)
             progress(f"downloading {len(requirements)} base dependencies and theirs for CPython {target.python} "
                      f"{target.platform} (glibc {target.glibc[0]}.{target.glibc[1]})"

@@ -150,6 +150,24 @@ def _fake_project_wheel(monkeypatch, requires=("anyio>=4", "numpy>=1.24")):
     monkeypatch.setattr(wh, "build_project_wheel", build)
 
 
+def test_a_device_backend_extra_adds_its_requirements():
+    meta = ("Name: distill-kit\nRequires-Dist: numpy>=1.24\nProvides-Extra: ncnn\nProvides-Extra: openvino\n"
+            'Requires-Dist: ncnn>=1.0; extra == "ncnn"\nRequires-Dist: openvino>=2024.0; extra == \'openvino\'\n'
+            'Requires-Dist: torch>=2.4; extra == "distill"\n')
+    assert wh.base_requirements(meta, ["ncnn"]) == ["numpy>=1.24", "ncnn>=1.0"]
+    assert wh.base_requirements(meta, ["NCNN", "openvino"]) == ["numpy>=1.24", "ncnn>=1.0", "openvino>=2024.0"]
+    assert wh.extras_of(meta) == ["ncnn", "openvino"]
+    # the project's own metadata has both device extras
+    text = (ROOT / "pyproject.toml").read_text()
+    assert 'ncnn = ["ncnn' in text and 'openvino = ["openvino' in text
+
+
+def test_an_unknown_extra_is_named(tmp_path, monkeypatch):
+    _fake_project_wheel(monkeypatch)
+    with pytest.raises(UsageError, match="--extra tflite: not an extra of distill-kit"):
+        wh.build_wheelhouse(wh.TARGETS["pi"], tmp_path / "p", download=FakeIndex(INDEX), extras=["tflite"])
+
+
 def test_build_wheelhouse_writes_wheels_hashes_and_an_install_script(tmp_path, monkeypatch):
     _fake_project_wheel(monkeypatch)
     lines = []

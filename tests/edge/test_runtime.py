@@ -124,7 +124,7 @@ def test_runtime_thresholds_and_json(detect_bundle):
 
 
 def test_runtime_refuses_a_precision_the_bundle_lacks(detect_bundle):
-    with pytest.raises(RuntimeConfigError, match="no int8 model in this bundle.*it has: fp32"):
+    with pytest.raises(RuntimeConfigError, match="no int8 onnx model in this bundle.*it has: onnx fp32"):
         Runtime.load(detect_bundle, precision="int8")
 
 

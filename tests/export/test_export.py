@@ -22,7 +22,7 @@ from dkit.export.bundle import export_bundle  # noqa: E402
 from tests.conftest import RECIPES, ROOT  # noqa: E402
 
 TINY = ["data.val=4", "teacher.augment=false", "student.imgsz=64", "student.batch=8", "student.epochs=1",
-        "export.precisions=[fp32]"]
+        "export.precisions=[fp32]", "export.backends=[onnx]"]
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +126,23 @@ def test_fp16_and_int8_variants_carry_their_agreement_or_are_refused(trained, gu
     assert set(result["variants"]) == {"fp16", "int8"}
 
 
+@pytest.mark.parametrize(("fmt", "activation"), [("s8s8", "INT8"), ("u8s8", "UINT8")])
+def test_the_int8_format_sets_the_activations_signedness(trained, fmt, activation):
+    import onnx
+    from onnx import numpy_helper
+
+    kit, run = trained
+    result = export_bundle(kit("export.precisions=[fp32, int8]", "export.accuracy_guard=0",
+                               "export.calibration_images=4", f"export.int8_format={fmt}"), run)
+    assert result["variants"]["int8"]["int8_format"] == fmt
+    graph = onnx.load(str(run / "bundle" / "student-int8.onnx")).graph
+    zero_points = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    kinds = {zero_points[n.input[2]].dtype.name for n in graph.node if n.op_type == "QuantizeLinear"}
+    weights = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in zero_points}
+    assert kinds == {activation.lower()}  # every activation quantized with that signedness
+    assert {zero_points[w].dtype.name for w in weights} == {"int8", "int32"}  # weights s8 either way, biases s32
+
+
 def test_int8_keeps_linear_convolutions_in_float(trained):
     from dkit.export.variants import linear_convs
 
@@ -169,3 +186,54 @@ def test_parity_numbers_are_real(trained):
     Path("yolov8n.onnx").replace(other)
     different = detector_parity(model, other, photos, preprocess_spec(kit()), kit())
     assert different["max_abs_diff"] > 1.0  # an untrained network: the check notices
+
+
+def test_ncnn_models_are_exported_checked_against_onnx_and_run_on_the_edge(trained, assets):
+    """`export.backends: [onnx, ncnn]`: fp32 and fp16 NCNN models with their agreement, run by the ncnn backend."""
+    import cv2
+
+    from dkit.edge.runtime import Runtime
+
+    kit, run = trained
+    result = export_bundle(kit("export.backends=[onnx, ncnn]"), run)
+    assert {"student_ncnn", "student_ncnn_fp16"} <= set(result["models"])
+    with open_bundle(run / "bundle") as bundle:
+        m = bundle.manifest
+        assert m.formats() == ["onnx", "ncnn"] and m.precisions("ncnn") == ["fp32", "fp16"]
+        entry = m.model("fp32", "ncnn")
+        assert (entry.file, entry.weights, entry.format) == ("student.ncnn.param", "student.ncnn.bin", "ncnn")
+        parity = entry.info["vs_onnx"]
+        assert parity["images"] == 4 and parity["agreement"] >= kit().export.accuracy_guard
+        assert parity["max_abs_diff"] < 1e-2
+        assert {"student.ncnn.param", "student.ncnn.bin", "student-fp16.ncnn.bin"} <= set(m.files)
+    frames = [cv2.imread(str(p))[..., ::-1] for p in sorted((assets / "data/imagenet-sample").glob("*.JPEG"))[:6]]
+    with Runtime.load(run / "bundle", letterbox="square") as ort_rt, \
+            Runtime.load(run / "bundle", backend="ncnn") as ncnn_rt:
+        assert ncnn_rt.provider.startswith("ncnn") and ncnn_rt.spec.letterbox == "square"
+        for rgb in frames:
+            a, b = ort_rt.preprocess(rgb)[0], ncnn_rt.preprocess(rgb)[0]
+            assert np.array_equal(a, b)
+            assert np.abs(ort_rt.infer(a) - ncnn_rt.infer(b)).max() < 1e-2
+
+
+def test_an_ncnn_model_below_the_guard_is_refused_not_shipped(trained, monkeypatch):
+    import dkit.export.variants as variants
+
+    kit, run = trained
+    real = variants.agreement
+    monkeypatch.setattr(variants, "agreement", lambda *a, **k: real(*a, **k) | {"agreement": 0.5})
+    result = export_bundle(kit("export.backends=[onnx, ncnn]"), run)
+    assert "student_ncnn" not in result["models"]
+    with open_bundle(run / "bundle") as bundle:
+        refused = bundle.manifest.info["refused_variants"]
+        assert "below export.accuracy_guard 0.95" in refused["ncnn"] and "ncnn_fp16" in refused
+        assert not any(f.endswith((".param", ".bin")) for f in bundle.manifest.files)
+
+
+def test_ncnn_export_of_a_clip_embed_kit_says_it_is_for_yolo_students(tmp_path):
+    from dkit.core.errors import UsageError
+    from dkit.export.ncnn import export_ncnn
+
+    kit = load_kit(RECIPES / "quickdraw" / "kit.yaml", overrides=["export.backends=[onnx, ncnn]"])
+    with pytest.raises(UsageError, match="ncnn is exported for yolo-detect, yolo-cls students"):
+        export_ncnn(kit, None, tmp_path, {}, [], "embed")

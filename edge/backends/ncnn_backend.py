@@ -1,0 +1,67 @@
+"""The NCNN backend: Tencent's NCNN runs the bundle's NCNN model (`.param` + `.bin`, converted by pnnx at export).
+
+    backend = load(bundle, bundle.manifest.model("fp32", "ncnn"), threads=4)   # pip install 'distill-kit[ncnn]'
+
+NCNN is the fastest CPU runtime on Arm boards (Ultralytics' Raspberry Pi 5 figures: about 2x onnxruntime; on
+x86 it is the slowest of the three, which `--backend auto` measures). The graph pnnx writes has the anchor count
+of the export size baked in, so NCNN takes the square input only (the runtime letterboxes square for it); it
+runs one image per extract (a batch is a loop).
+Precision: the fp32 model runs with NCNN's fp16/bf16 storage and arithmetic switched off, so it computes what
+the ONNX model computes; the fp16 model (fp16 weights) switches fp16 storage and arithmetic on, which NCNN uses
+where the CPU has it (Armv8.2+, as on a Raspberry Pi 5) and emulates by storage alone elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from dkit.edge.backends.base import Backend, RuntimeConfigError
+
+log = logging.getLogger(__name__)
+
+
+class NcnnBackend(Backend):
+    name = "ncnn"
+    dynamic_batch = False
+    dynamic_shape = False  # pnnx bakes the anchor count of the export size into the graph
+
+    def __init__(self, param_file, bin_file, precision: str, *, threads: int = 0):
+        import ncnn
+
+        self.ncnn = ncnn
+        self.net = ncnn.Net()
+        opt = self.net.opt
+        opt.use_vulkan_compute = False
+        half = precision == "fp16"
+        for flag in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic"):
+            setattr(opt, flag, half)
+        opt.use_bf16_storage = False
+        if threads:
+            opt.num_threads = threads
+        if self.net.load_param(str(param_file)) != 0 or self.net.load_model(str(bin_file)) != 0:
+            raise RuntimeConfigError(f"ncnn could not load {param_file} / {bin_file}")
+        self.input_name = self.net.input_names()[0]
+        self.output_name = sorted(self.net.output_names())[0]  # pnnx names them out0, out1, ...
+        self.device = f"ncnn CPU, {opt.num_threads} threads{', fp16' if half else ''}"
+        self.file = str(param_file)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        outs = []
+        for sample in x:  # (3, H, W)
+            with self.net.create_extractor() as ex:
+                ex.input(self.input_name, self.ncnn.Mat(np.ascontiguousarray(sample)))
+                ret, out = ex.extract(self.output_name)
+                if ret != 0:
+                    raise RuntimeError(f"ncnn extract of {self.output_name} failed ({ret})")
+                outs.append(np.array(out, np.float32))
+        return np.stack(outs)  # (N, ...) as the ONNX model's first output
+
+
+def load(bundle, entry, *, providers: list[str] | None = None, threads: int = 0) -> NcnnBackend:
+    if entry.format != "ncnn" or not entry.weights:
+        raise RuntimeConfigError(f"{bundle.source}: model {entry.file} is not an NCNN model")
+    backend = NcnnBackend(bundle.path(entry.file), bundle.path(entry.weights), entry.precision, threads=threads)
+    log.info("%s: %s on %s", bundle.source, entry.file, backend.device)
+    return backend

@@ -1,0 +1,188 @@
+"""`--backend auto` and `--precision auto`: the fastest backend x precision of a bundle on this device.
+
+    choice = choose(bundle, backend="auto", precision="auto")    # measured once, then cached per device
+    choice.backend, choice.precision, choice.figures             # e.g. "openvino", "fp32", {"onnxruntime/fp32": 25.1}
+
+Candidates are the bundle's models that passed the export's accuracy guard (an export ships no other) crossed with
+the backends that import here and read their format (onnxruntime and OpenVINO the ONNX models, NCNN the NCNN
+ones); `backend` or `precision` set to a name keeps only that one. Each candidate is loaded and timed on a
+synthetic frame of the model's input size (WARMUP runs, then TIMED runs; the median counts), the fastest wins,
+and the choice with its figures is logged and kept in $DKIT_HOME/choices.json under a key made of the bundle's
+model hashes, the request (backend, precision, threads, providers) and this device (CPU model, core count,
+machine, library versions): another device, library version or bundle measures again; `remeasure=True` forces it.
+
+A GPU execution provider (TensorRT or CUDA) in onnxruntime is chosen without measuring: the CPU backends are not
+in its league, and TensorRT's first engine build takes minutes, which a start-up benchmark must not spend.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dkit.edge.backends import BACKENDS, available, load_backend
+from dkit.edge.backends.base import RuntimeConfigError
+from dkit.edge.home import dkit_home
+from dkit.edge.manifest import PRECISIONS
+
+log = logging.getLogger(__name__)
+WARMUP = 2
+TIMED = 5
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+@dataclass(frozen=True)
+class Choice:
+    backend: str
+    precision: str
+    figures: dict[str, float] = field(default_factory=dict)  # "backend/precision" -> median ms per frame
+    reason: str = "measured"  # measured | cached | only candidate | gpu provider | as asked
+
+    def describe(self) -> str:
+        table = ", ".join(f"{k} {v:.1f} ms" for k, v in sorted(self.figures.items(), key=lambda kv: kv[1]))
+        return f"{self.backend}/{self.precision} ({self.reason}{': ' + table if table else ''})"
+
+
+def candidates(manifest, backend: str = "auto", precision: str = "auto",
+               installed: list[str] | None = None) -> list[tuple[str, str]]:
+    """(backend, precision) pairs this bundle and this install can run, backend registry order."""
+    installed = available() if installed is None else installed
+    names = [backend] if backend != "auto" else [b for b in BACKENDS if b in installed]
+    precisions = [precision] if precision != "auto" else list(PRECISIONS)
+    pairs = [(b, p) for b in names for p in precisions if manifest.model(p, BACKENDS[b].format) is not None]
+    if not pairs:
+        has = {fmt: manifest.precisions(fmt) for fmt in manifest.formats()}
+        raise RuntimeConfigError(
+            f"no {precision + ' ' if precision != 'auto' else ''}model for backend {backend} in this bundle (it has: "
+            + "; ".join(f"{fmt} {', '.join(p)}" for fmt, p in has.items())
+            + f"; backends installed here: {', '.join(installed) or 'none'})")
+    return pairs
+
+
+def choose(bundle, *, backend: str = "auto", precision: str = "auto", providers: list[str] | None = None,
+           threads: int = 0, remeasure: bool = False) -> Choice:
+    """The backend and precision to run `bundle` with here (see the module docstring)."""
+    m = bundle.manifest
+    if backend != "auto" and backend not in BACKENDS:
+        raise RuntimeConfigError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}, auto")
+    if precision != "auto" and precision not in PRECISIONS:
+        raise RuntimeConfigError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}, auto")
+    pairs = candidates(m, backend, precision)
+    if len(pairs) == 1:
+        return Choice(*pairs[0], reason="only candidate" if "auto" in (backend, precision) else "as asked")
+    if backend in ("auto", "onnxruntime") and _gpu_provider(providers):
+        fp32 = [p for p in pairs if p[0] == "onnxruntime"]
+        best = ("onnxruntime", "fp32") if ("onnxruntime", "fp32") in fp32 else fp32[0]
+        return Choice(*best, reason="gpu provider")
+    key = _cache_key(m, backend, precision, threads, providers)
+    cached = None if remeasure else _cache_read().get(key)
+    if cached and tuple(cached.get("pick", ())) in pairs:
+        return Choice(*cached["pick"], figures=cached.get("figures", {}), reason="cached")
+    figures = {f"{b}/{p}": ms for b, p in pairs if (ms := measure(bundle, b, p, providers, threads)) is not None}
+    if not figures:
+        raise RuntimeConfigError(f"{bundle.source}: none of {', '.join(f'{b}/{p}' for b, p in pairs)} ran here")
+    pick = min(figures, key=figures.get).split("/")
+    _cache_write(key, {"pick": pick, "figures": figures, "measured": time.time()})
+    return Choice(pick[0], pick[1], figures)
+
+
+def measure(bundle, backend: str, precision: str, providers: list[str] | None, threads: int) -> float | None:
+    """Median ms of one frame through `backend` running the `precision` model; None when it does not load."""
+    entry = bundle.manifest.model(precision, BACKENDS[backend].format)
+    try:
+        be = load_backend(backend, bundle, entry, providers=providers, threads=threads)
+    except Exception as e:  # noqa: BLE001 - a candidate that does not load here is simply not a candidate
+        log.warning("%s/%s does not load here (%s: %s); left out", backend, precision, type(e).__name__, e)
+        return None
+    h, w = bundle.manifest.preprocess.size
+    x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)  # speed does not depend on content
+    try:
+        for _ in range(WARMUP):
+            be.run(x)
+        times = []
+        for _ in range(TIMED):
+            t = time.perf_counter()
+            be.run(x)
+            times.append((time.perf_counter() - t) * 1000)
+    finally:
+        be.close()
+    return round(statistics.median(times), 3)
+
+
+def device_fingerprint() -> dict[str, str]:
+    """What makes a measurement valid for this device only: CPU, cores, machine, library versions."""
+    from importlib import metadata
+
+    libs = {}
+    for dist in ("onnxruntime", "onnxruntime-gpu", "openvino", "ncnn", "numpy"):
+        try:
+            libs[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return {"machine": platform.machine(), "cpu": _cpu_model(), "cpus": str(os.cpu_count()),
+            **{k: v for k, v in libs.items()}}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _gpu_provider(providers: list[str] | None) -> bool:
+    if providers:
+        from dkit.edge.backends.ort_backend import SHORT_NAMES
+
+        return any(SHORT_NAMES.get(p.lower(), p) in GPU_PROVIDERS for p in providers)
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    return any(p in GPU_PROVIDERS for p in ort.get_available_providers())
+
+
+def _cache_key(m, backend: str, precision: str, threads: int, providers: list[str] | None) -> str:
+    models = sorted(m.files.get(e.file, e.file)[:16] for r, e in m.models.items() if r.startswith("student"))
+    request = {"backend": backend, "precision": precision, "threads": threads, "providers": providers or []}
+    return json.dumps({"models": models, "request": request, "device": device_fingerprint()}, sort_keys=True)
+
+
+def cache_path():
+    return dkit_home() / "choices.json"
+
+
+def _cache_read() -> dict:
+    try:
+        doc = json.loads(cache_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _cache_write(key: str, value: dict) -> None:
+    """Add one entry (temp file, then rename; a device that cannot write there just measures again next time)."""
+    path = cache_path()
+    doc = _cache_read()
+    doc[key] = value
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("could not keep the backend choice in %s (%s); it is measured again next start", path, e)
+
+
+__all__ = ["Choice", "candidates", "choose", "device_fingerprint", "measure"]

@@ -1,0 +1,112 @@
+"""`--backend auto` / `--precision auto` (dkit.edge.select): candidates, the fastest wins, cached per device."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from dkit.edge import select
+from dkit.edge.bundle import open_bundle
+from dkit.edge.runtime import Runtime, RuntimeConfigError
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("DKIT_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def two_precisions(detect_bundle, tmp_path):
+    """The test detector bundle with a second model entry, student_int8 (the same file: only timing matters)."""
+    from dkit.export.manifest import write_manifest
+
+    root = tmp_path / "bundle"
+    shutil.copytree(detect_bundle, root)
+    doc = json.loads((root / "manifest.json").read_text())
+    shutil.copy(root / "student.onnx", root / "student-int8.onnx")
+    doc["models"]["student_int8"] = {"file": "student-int8.onnx", "precision": "int8"}
+    write_manifest(root, {k: v for k, v in doc.items() if k not in ("files", "schema_version")})
+    return root
+
+
+def fake_timings(monkeypatch, figures: dict[str, float]) -> list[str]:
+    calls: list[str] = []
+
+    def measure(bundle, backend, precision, providers, threads):
+        calls.append(f"{backend}/{precision}")
+        return figures.get(f"{backend}/{precision}")
+
+    monkeypatch.setattr(select, "measure", measure)
+    return calls
+
+
+def test_candidates_cross_models_with_installed_backends(two_precisions):
+    with open_bundle(two_precisions) as b:
+        m = b.manifest
+        both = ["onnxruntime", "openvino", "ncnn"]
+        assert select.candidates(m, installed=both) == [("onnxruntime", "fp32"), ("onnxruntime", "int8"),
+                                                        ("openvino", "fp32"), ("openvino", "int8")]
+        assert select.candidates(m, precision="int8", installed=both) == [("onnxruntime", "int8"),
+                                                                          ("openvino", "int8")]
+        assert select.candidates(m, backend="openvino", precision="fp32", installed=both) == [("openvino", "fp32")]
+        with pytest.raises(RuntimeConfigError, match="no fp16 model for backend auto.*it has: onnx fp32, int8"):
+            select.candidates(m, precision="fp16", installed=both)
+        with pytest.raises(RuntimeConfigError, match="no model for backend ncnn"):
+            select.candidates(m, backend="ncnn", installed=both)
+
+
+def test_the_fastest_is_chosen_then_cached_for_this_device(two_precisions, home, monkeypatch):
+    calls = fake_timings(monkeypatch, {"onnxruntime/fp32": 20.0, "onnxruntime/int8": 31.0,
+                                       "openvino/fp32": 18.5, "openvino/int8": 40.0})
+    monkeypatch.setattr(select, "available", lambda: ["onnxruntime", "openvino"])
+    with open_bundle(two_precisions) as b:
+        first = select.choose(b)
+        assert (first.backend, first.precision, first.reason) == ("openvino", "fp32", "measured")
+        assert len(calls) == 4 and first.figures["onnxruntime/int8"] == 31.0
+        assert "openvino/fp32 (measured: openvino/fp32 18.5 ms, onnxruntime/fp32 20.0 ms" in first.describe()
+        again = select.choose(b)
+        assert (again.backend, again.precision, again.reason, len(calls)) == ("openvino", "fp32", "cached", 4)
+        assert select.choose(b, remeasure=True).reason == "measured" and len(calls) == 8
+        # another device (or library version) measures again
+        real = select.device_fingerprint
+        monkeypatch.setattr(select, "device_fingerprint", lambda: real() | {"cpu": "Cortex-A76"})
+        assert select.choose(b).reason == "measured" and len(calls) == 12
+        # a request for one precision has its own entry
+        assert select.choose(b, precision="int8").precision == "int8"
+    doc = json.loads((home / "choices.json").read_text())
+    assert len(doc) == 3 and all(set(v) == {"pick", "figures", "measured"} for v in doc.values())
+    assert not list(home.glob(".*.tmp"))
+
+
+def test_a_broken_cache_or_an_unloadable_candidate_is_not_fatal(two_precisions, home, monkeypatch):
+    home.mkdir(parents=True)
+    (home / "choices.json").write_text("{not json")
+    fake_timings(monkeypatch, {"onnxruntime/fp32": 9.0})  # int8 "does not load": None
+    monkeypatch.setattr(select, "available", lambda: ["onnxruntime"])
+    with open_bundle(two_precisions) as b:
+        assert (select.choose(b).backend, select.choose(b).precision) == ("onnxruntime", "fp32")
+    fake_timings(monkeypatch, {})
+    with open_bundle(two_precisions) as b, pytest.raises(RuntimeConfigError, match="none of .* ran here"):
+        select.choose(b, remeasure=True)
+
+
+def test_a_gpu_provider_is_chosen_without_measuring(two_precisions, home, monkeypatch):
+    calls = fake_timings(monkeypatch, {})
+    with open_bundle(two_precisions) as b:
+        pick = select.choose(b, providers=["cuda", "cpu"])
+    assert (pick.backend, pick.precision, pick.reason, calls) == ("onnxruntime", "fp32", "gpu provider", [])
+
+
+def test_the_runtime_measures_for_real_and_logs_the_choice(two_precisions, home, caplog):
+    with caplog.at_level("INFO"), Runtime.load(two_precisions, backend="onnxruntime", precision="auto") as rt:
+        assert rt.choice.reason == "measured" and set(rt.choice.figures) == {"onnxruntime/fp32", "onnxruntime/int8"}
+        assert all(v > 0 for v in rt.choice.figures.values())
+        assert rt.precision == rt.choice.precision and rt.model_file.name.startswith("student")
+    assert "backend/precision onnxruntime/" in caplog.text and "ms" in caplog.text
+    with Runtime.load(two_precisions, backend="onnxruntime", precision="auto") as rt:
+        assert rt.choice.reason == "cached"
+    with Runtime.load(two_precisions, backend="onnxruntime", precision="fp32") as rt:
+        assert rt.choice.reason == "as asked"

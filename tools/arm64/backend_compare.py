@@ -1,0 +1,103 @@
+"""Compare `dkit run --jsonl` outputs of backends x precisions on x86 and arm64 (tools/arm64/backends.sh).
+
+    python tools/arm64/backend_compare.py OUT_DIR [--report report.json]
+
+OUT_DIR holds x86/ and arm64/ with one CONFIG.jsonl per configuration (e.g. ncnn-fp16.jsonl). For each
+configuration: frames, boxes, and its agreement (boxes of the same class at IoU >= 0.9 over the larger count; the
+largest box and confidence difference of matched boxes) with (a) the same configuration on x86 and (b) the
+reference onnxruntime-fp32 on the same platform. Exit 1 when an arm64 configuration that ran on x86 too agrees
+with it less than 0.9, or when the reference itself differs between the platforms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REFERENCE = "onnxruntime-fp32"
+BOUND = 0.9
+
+
+def load(path: Path) -> dict[str, list[dict]] | None:
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    frames = {}
+    for line in path.read_text().splitlines():
+        doc = json.loads(line)
+        frames[doc.get("name") or str(doc["frame"])] = doc.get("detections", [])
+    return frames
+
+
+def iou(a, b) -> float:
+    lt, rb = np.maximum(a[:2], b[:2]), np.minimum(a[2:], b[2:])
+    inter = float(np.prod(np.clip(rb - lt, 0, None)))
+    union = float(np.prod(a[2:] - a[:2]) + np.prod(b[2:] - b[:2]) - inter)
+    return inter / union if union > 0 else 0.0
+
+
+def agree(ref: dict[str, list[dict]], got: dict[str, list[dict]]) -> dict:
+    matched = total = 0
+    box_diff = conf_diff = 0.0
+    for key, want in ref.items():
+        have = got.get(key, [])
+        total += max(len(want), len(have))
+        used = set()
+        for w in want:
+            best, j = 0.0, -1
+            for k, h in enumerate(have):
+                if k not in used and h["class"] == w["class"]:
+                    v = iou(np.array(w["box"]), np.array(h["box"]))
+                    if v > best:
+                        best, j = v, k
+            if j >= 0 and best >= 0.9:
+                used.add(j)
+                matched += 1
+                box_diff = max(box_diff, float(np.abs(np.array(w["box"]) - np.array(have[j]["box"])).max()))
+                conf_diff = max(conf_diff, abs(w["conf"] - have[j]["conf"]))
+    return {"frames": len(ref), "boxes": total, "agreement": 1.0 if total == 0 else round(matched / total, 4),
+            "max_box_px": round(box_diff, 2), "max_conf": round(conf_diff, 4)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--report", type=Path)
+    args = ap.parse_args()
+    x86 = {p.stem: load(p) for p in sorted((args.out / "x86").glob("*.jsonl"))}
+    arm = {p.stem: load(p) for p in sorted((args.out / "arm64").glob("*.jsonl"))}
+    rows, failed = [], False
+    out = ["| config | platform | frames | boxes | vs same config on x86 | vs onnxruntime-fp32 here |",
+           "|---|---|---|---|---|---|"]
+    for name in sorted(set(x86) | set(arm)):
+        for platform, runs in (("x86", x86), ("arm64", arm)):
+            got = runs.get(name)
+            if got is None:
+                out.append(f"| {name} | {platform} | did not run | | | |")
+                rows.append({"config": name, "platform": platform, "ran": False})
+                continue
+            same = agree(x86[name], got) if platform == "arm64" and x86.get(name) else None
+            ref = agree(runs[REFERENCE], got) if runs.get(REFERENCE) else None
+            boxes = sum(len(v) for v in got.values())
+            out.append(f"| {name} | {platform} | {len(got)} | {boxes} | "
+                       f"{_fmt(same) if same else '-'} | {_fmt(ref) if ref else '-'} |")
+            rows.append({"config": name, "platform": platform, "ran": True, "boxes": boxes, "vs_x86": same,
+                         "vs_reference": ref})
+            if same is not None and same["agreement"] < BOUND:
+                failed = True
+    if args.report:
+        args.report.write_text(json.dumps(rows, indent=1))
+    out.append(f"overall: {'FAIL' if failed else 'OK'}")
+    print("\n".join(out), flush=True)  # noqa: T201 - a command-line tool's output
+    return 1 if failed else 0
+
+
+def _fmt(a: dict) -> str:
+    return f"{a['agreement']:.3f} ({a['boxes']} boxes, max {a['max_box_px']} px, conf {a['max_conf']})"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

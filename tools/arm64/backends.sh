@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# `make test-arm64-backends BUNDLE=...`: the backends of issue #14 inside the arm64 root, correctness only
+# (emulated timings mean nothing): a detector bundle with int8 and NCNN models (the coco128 recipe's), run with
+# dkit run --jsonl as each configuration below, on x86 and in the root, then compared (backend_compare.py):
+#   onnxruntime/fp32 (the reference), onnxruntime/int8, ncnn/fp32, ncnn/fp16, openvino/fp32 (where it installs)
+# Needs the cached root and venv of `make test-arm64` (tools/arm64/run.sh builds them); pip-installs ncnn and
+# openvino (aarch64 wheels from the registry) into that venv once. Report: $DKIT_ARM64_HOME/backends-report.json.
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+export QEMU_CPU="${QEMU_CPU:-cortex-a76}"
+BUNDLE="${1:?usage: backends.sh BUNDLE [IMAGES]}"
+N="${2:-${DKIT_ARM64_IMAGES:-8}}"
+PINS="${DKIT_ARM64_PINS:-verified}"
+V="/opt/dkit-$PINS/bin"
+[ -x "$ROOT$V/dkit" ] || die "no arm64 venv at $ROOT$V: run \`make test-arm64\` first"
+B="$DKIT_ARM64_HOME/bundles/backends"; D="$DKIT_ARM64_HOME/data/backend-images"; O="$DKIT_ARM64_HOME/out/backends"
+rm -rf "$B" "$D" "$O"; mkdir -p "$D" "$O/x86" "$O/arm64"
+cp -r "$BUNDLE" "$B"
+ls "$DKIT_ARM64_HOME/data/images" | head -n "$N" | while read -r f; do cp "$DKIT_ARM64_HOME/data/images/$f" "$D/"; done
+say "bundle $BUNDLE, $(ls "$D" | wc -l) images"
+"$REPO/tools/arm64/build_wheel.sh"
+"$REPO/tools/arm64/setup_venv.sh"
+CONFIGS=(onnxruntime/fp32 onnxruntime/int8 ncnn/fp32 ncnn/fp16 openvino/fp32)
+X86_RUN=(env "PYTHONPATH=$DKIT_ARM64_HOME/x86-site" "DKIT_HOME=$O/x86-home" "$X86_PY" -P)
+for c in "${CONFIGS[@]}"; do
+  "${X86_RUN[@]}" -m dkit run "$B" --source "$D" --jsonl --backend "${c%/*}" --precision "${c#*/}" \
+    --letterbox square > "$O/x86/${c/\//-}.jsonl" 2> "$O/x86/${c/\//-}.log" || say "x86 $c: failed (see its log)"
+done
+ensure_binfmt
+trap umount_root EXIT
+mount_root
+say "arm64: pip install ncnn openvino into $V (aarch64 wheels)"
+in_root "$V/pip install --quiet --only-binary=:all: ncnn openvino" || say "arm64: a backend did not install"
+in_root "$V/pip list --format=freeze" | grep -iE '^(ncnn|openvino|onnxruntime)==' | sed 's/^/  arm64 /'
+for c in "${CONFIGS[@]}"; do
+  say "arm64: $c"
+  in_root "QEMU_CPU=$QEMU_CPU DKIT_HOME=/tmp/dkit-home $V/dkit run /dkit/bundles/backends --source /dkit/data/backend-images \
+    --jsonl --backend ${c%/*} --precision ${c#*/} --letterbox square > /dkit/out/backends/arm64/${c/\//-}.jsonl \
+    2> /dkit/out/backends/arm64/${c/\//-}.log" || say "arm64 $c: failed (see its log)"
+done
+umount_root; trap - EXIT
+"$X86_PY" "$REPO/tools/arm64/backend_compare.py" "$O" --report "$DKIT_ARM64_HOME/backends-report.json"
