@@ -10,7 +10,7 @@ each keeps its best round. Per configuration:
 - fps (the whole runtime per frame), p50/p99 ms over every round, and fps_bare (the backend's bare run loop on
   the same pre-processed inputs: the limit);
 - agreement with the fp32 onnxruntime result of the same letterbox on the same frames: detectors the share of
-  boxes matched (same class, IoU >= 0.9, over the larger count), classifiers top-1 agreement, embedding models
+  boxes matched (same class, IoU >= 0.5, over the larger count), classifiers top-1 agreement, embedding models
   mean cosine;
 - `spread`: the worst round's fps over the best; a row below 0.8 says the machine was noisy in that run.
 An optional `reference` row is Ultralytics' `YOLO(onnx).predict` with its defaults on the fp32 ONNX model.
@@ -30,6 +30,7 @@ from dkit.edge.select import candidates
 
 log = logging.getLogger(__name__)
 NOISY = 0.8
+MATCH_IOU = 0.5  # a box agrees: same class, IoU at least this (the mAP50 threshold the export guard uses)
 
 
 @dataclass
@@ -122,7 +123,7 @@ def agreement(ref: list[Result], got: list[Result]) -> float:
             if n and len(a.detections) and len(b.detections):
                 iou = box_iou(a.detections.xyxy, b.detections.xyxy)  # (Na, Nb)
                 iou *= a.detections.class_id[:, None] == b.detections.class_id[None]
-                matched += int((iou.max(1) >= 0.9).sum())
+                matched += int((iou.max(1) >= MATCH_IOU).sum())
         return 1.0 if total == 0 else matched / total
     if ref and ref[0].task == "classify":
         return float(np.mean([a.top[0][0] == b.top[0][0] for a, b in zip(ref, got, strict=True)]))
@@ -160,7 +161,11 @@ def format_table(rows: list[dict], title: str = "") -> str:
     lines = ([f"{title}"] if title else []) + [head, "|" + "---|" * 9]
     for r in rows:
         lines.append(f"| {r['backend']} | {r['precision']} | {r['letterbox']} | {r['fps']:.1f} | "
-                     f"{r.get('fps_bare') or 0:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                     f"{_num(r.get('fps_bare'))} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
                      f"{r['agreement'] if r.get('agreement') is not None else '-'} | "
                      f"{r['spread']}{' (noisy)' if r.get('noisy') else ''} |")
     return "\n".join(lines)
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.1f}"

@@ -39,6 +39,7 @@ from dkit.edge.bundle import Bundle, open_bundle
 from dkit.edge.manifest import LETTERBOX_MODES
 from dkit.edge.postprocess import Detections, cosine_scores, decode_yolo, topk
 from dkit.edge.preprocess import Letterbox, preprocess
+from dkit.edge.select import verified
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,10 @@ class Runtime:
             hint = " (export it with export.backends: [onnx, ncnn] for NCNN)" if fmt == "ncnn" else ""
             raise RuntimeConfigError(f"{bundle.source}: no {self.precision} {fmt} model in this bundle "
                                      f"(it has: {has}){hint}")
+        if self.choice.reason == "as asked" and not verified(model, self.choice.backend):
+            log.warning("%s: %s was not checked against fp32 on %s when exported (or failed the check there: %s); "
+                        "its results may be wrong", bundle.source, model.file, self.choice.backend,
+                        dict(model.info.get("backends") or {}).get(self.choice.backend, {}).get("refused", "no record"))
         self.model_file = bundle.path(model.file)
         self.conf = m.thresholds.conf if conf is None else conf
         self.iou = m.thresholds.iou if iou is None else iou

@@ -5,7 +5,9 @@
 
 Candidates are the bundle's models that passed the export's accuracy guard (an export ships no other) crossed with
 the backends that import here and read their format (onnxruntime and OpenVINO the ONNX models, NCNN the NCNN
-ones); `backend` or `precision` set to a name keeps only that one. Each candidate is loaded and timed on a
+ones), keeping a reduced-precision model only on the backends the export checked it on (`verified`: OpenVINO runs
+this project's int8 detector wrongly, so the export refuses it there); `backend` or `precision` set to a name
+keeps only that one. Each candidate is loaded and timed on a
 synthetic frame of the model's input size (WARMUP runs, then TIMED runs; the median counts), the fastest wins,
 and the choice with its figures is logged and kept in $DKIT_HOME/choices.json under a key made of the bundle's
 model hashes, the request (backend, precision, threads, providers) and this device (CPU model, core count,
@@ -56,7 +58,8 @@ def candidates(manifest, backend: str = "auto", precision: str = "auto",
     installed = available() if installed is None else installed
     names = [backend] if backend != "auto" else [b for b in BACKENDS if b in installed]
     precisions = [precision] if precision != "auto" else list(PRECISIONS)
-    pairs = [(b, p) for b in names for p in precisions if manifest.model(p, BACKENDS[b].format) is not None]
+    pairs = [(b, p) for b in names for p in precisions
+             if (e := manifest.model(p, BACKENDS[b].format)) is not None and verified(e, b)]
     if not pairs:
         has = {fmt: manifest.precisions(fmt) for fmt in manifest.formats()}
         raise RuntimeConfigError(
@@ -64,6 +67,18 @@ def candidates(manifest, backend: str = "auto", precision: str = "auto",
             + "; ".join(f"{fmt} {', '.join(p)}" for fmt, p in has.items())
             + f"; backends installed here: {', '.join(installed) or 'none'})")
     return pairs
+
+
+def verified(entry, backend: str) -> bool:
+    """Whether the export checked this model on this backend and it passed the accuracy guard there.
+
+    fp32 models always count (every backend computes the same fp32 model; the tests bound it); NCNN models were
+    checked against the ONNX model when exported; a reduced-precision ONNX model counts on the backends its
+    `backends` record lists without `refused` (onnxruntime only, for bundles exported before that record)."""
+    if entry.precision == "fp32" or entry.format == "ncnn":
+        return True
+    checks = entry.info.get("backends") or {"onnxruntime": {}}
+    return backend in checks and "refused" not in checks[backend]
 
 
 def choose(bundle, *, backend: str = "auto", precision: str = "auto", providers: list[str] | None = None,

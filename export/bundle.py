@@ -82,7 +82,7 @@ def export_bundle(kit, run_dir: Path, *, store=None) -> dict:
     return {"bundle": str(run.bundle), "archive": None if archive is None else str(archive), "task": task,
             "models": {k: v.file for k, v in manifest.models.items()},
             "parity": {k: dict(v.info["parity"]) for k, v in manifest.models.items() if "parity" in v.info},
-            "variants": variants, "calibration": None if manifest.calibration is None
+            "variants": variants, "formats": formats, "calibration": None if manifest.calibration is None
             else manifest.calibration.to_dict()}
 
 

@@ -16,13 +16,16 @@ There is no NCNN int8 here: NCNN quantizes with its ncnn2table/ncnn2int8 tools, 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import sys
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from dkit.core.errors import UsageError, require
+from dkit.core.errors import DkitError, UsageError, require
 from dkit.core.run import RunDir
 from dkit.edge.manifest import Preprocess
 from dkit.edge.preprocess import preprocess
@@ -66,11 +69,18 @@ def _convert(kit, run: RunDir, bundle_dir: Path, stem: str, *, half: bool) -> tu
     quiet = logging.getLogger("ultralytics")
     level = quiet.level
     quiet.setLevel(logging.WARNING)
+    log_file = bundle_dir.parent / f".pnnx-{stem}.log"
     try:
-        folder = Path(ultralytics.YOLO(str(best)).export(format="ncnn", imgsz=kit.student.imgsz, half=half,
-                                                         verbose=False))
+        with _stdout_to(log_file):  # pnnx (a subprocess) prints its passes on stdout, where `dkit export` reports
+            folder = Path(ultralytics.YOLO(str(best)).export(format="ncnn", imgsz=kit.student.imgsz,
+                                                             quantize=16 if half else None, verbose=False))
+    except Exception as e:
+        tail = log_file.read_text(errors="replace").splitlines()[-15:] if log_file.is_file() else []
+        raise DkitError(f"NCNN export of {best} failed: {type(e).__name__}: {e}"
+                        + ("\npnnx said:\n  " + "\n  ".join(tail) if tail else "")) from e
     finally:
         quiet.setLevel(level)
+        log_file.unlink(missing_ok=True)
     try:
         param, weights = bundle_dir / f"{stem}.ncnn.param", bundle_dir / f"{stem}.ncnn.bin"
         shutil.move(str(folder / "model.ncnn.param"), param)
@@ -78,6 +88,27 @@ def _convert(kit, run: RunDir, bundle_dir: Path, stem: str, *, half: bool) -> tu
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return param, weights
+
+
+@contextmanager
+def _stdout_to(path: Path):
+    """File descriptors 1 and 2 (this process's and its children's stdout and stderr) into `path` for the
+    duration: pnnx prints every pass of its conversion; the tail is shown when it fails."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(path, "wb") as f:
+            os.dup2(f.fileno(), 1)
+            os.dup2(f.fileno(), 2)
+            yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
 
 
 def _parity(onnx_file: Path, param: Path, weights: Path, precision: str, inputs: list[np.ndarray], kit,

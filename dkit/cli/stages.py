@@ -79,6 +79,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         verdict = "REFUSED" if "refused" in v else "shipped"
         lines.append(f"  {precision}: {a['metric']} vs fp32 {a['agreement']:.3f}, {a['ms_per_image']:.1f} ms/image vs "
                      f"{a['ms_per_image_fp32']:.1f} fp32: {verdict}")
+        for backend, check in (v.get("backends") or {}).items():
+            if backend != "onnxruntime":
+                lines.append(f"    on {backend}: {a['metric']} vs fp32 {check['agreement']:.3f}: "
+                             + ("REFUSED there (auto never runs it on " + backend + ")" if "refused" in check
+                                else "checked"))
+    for role, v in result.get("formats", {}).items():
+        a = v["vs_onnx"]
+        lines.append(f"  {role} (NCNN {v['precision']}): {a['metric']} vs the ONNX model {a['agreement']:.3f}, max "
+                     f"abs diff {a['max_abs_diff']:.2g}: {'REFUSED' if 'refused' in v else 'shipped'}")
     if result["calibration"]:
         c = result["calibration"]
         lines.append(f"  score calibration from {c['images']} images: student vs teacher scores differ by "

@@ -53,6 +53,7 @@ def test_every_configuration_is_measured_and_agrees(detect_bundle):
     assert table.count("\n| ") == 5 and "| openvino | fp32 | minimal |" in table
 
 
+@pytest.mark.slow
 def test_dkit_bench_runtime_matrix_cli(detect_bundle, tmp_path):
     pytest.importorskip("ultralytics")
     out = subprocess.run([sys.executable, "-m", "dkit", "bench", "runtime", str(detect_bundle), "--source",

@@ -52,7 +52,8 @@ def test_a_provider_that_does_not_exist_is_reported_not_raised():
 def test_whole_report_on_this_machine(tmp_path):
     report = diagnose(cameras=False, cwd=tmp_path)
     names = [c.name for c in report.checks]
-    assert names == ["platform", "python", "numpy", "onnxruntime", "opencv", "web stack", "providers", "cameras",
+    assert names == ["platform", "python", "numpy", "onnxruntime", "opencv", "web stack", "backends", "providers",
+                     "cameras",
                      "disk", "memory"]
     providers = report.get("providers")
     assert "CPUExecutionProvider" in providers.data["working"] and providers.status in (OK, WARN)
@@ -144,12 +145,26 @@ def test_cameras_open_within_a_bound(tmp_path):
 
 
 def test_bundle_verifies_and_is_timed(detect_bundle):
-    checks = doctor.check_bundle(detect_bundle, frames=3, warmup=1)
+    checks = doctor.check_bundle(detect_bundle, frames=3, warmup=1, backend="onnxruntime")
     bundle, runtime, speed = checks
     assert bundle.status == OK and bundle.data["task"] == "detect"
     assert runtime.status == OK and runtime.data["provider"] == "CPUExecutionProvider"
     assert runtime.data["precision"] == "fp32" and runtime.data["input"] == [320, 320]
     assert speed.status == OK and speed.data["frames"] == 3 and speed.data["synthetic"] and speed.data["fps"] > 0
+    assert "models onnx fp32" in bundle.result and "chosen onnxruntime/fp32 (only candidate)" in runtime.result
+
+
+def test_the_backend_choice_is_shown_with_its_figures(detect_bundle):
+    from dkit.edge.backends import available
+
+    runtime = doctor.check_bundle(detect_bundle, frames=1, warmup=0)[1]  # backend auto
+    assert runtime.data["backend"] in available() and runtime.data["precision"] == "fp32"
+    figures = runtime.data["choice"]["figures"]
+    if len(available()) > 1:  # the dev install has openvino and ncnn: both ONNX readers were timed
+        assert runtime.data["choice"]["reason"] in ("measured", "cached") and "onnxruntime/fp32" in figures
+        assert f"{runtime.data['backend']}/fp32" in runtime.result and " ms" in runtime.result
+    backends = doctor._check_backends()
+    assert backends.status == OK and backends.data["installed"]["onnxruntime"]
 
 
 def test_cli_json_and_exit_codes(detect_bundle, tmp_path, capsys):

@@ -237,7 +237,12 @@ def test_dkit_run_jsonl_on_a_folder(detect_bundle):
     assert [d["frame"] for d in lines] == [0, 1, 2, 3] and lines[0]["name"] == "000000000009.jpg"
     assert any(d["class"] == "bowl" for d in lines[0]["detections"])
     stats = json.loads(out.stderr.split("dkit: stats ", 1)[1])
-    assert stats["frames"] == 4 and stats["provider"] == "CPUExecutionProvider"
+    assert stats["frames"] == 4  # on the backend auto chose, which the log names with its figures:
+    assert "running student.onnx with " in out.stderr and "backend/precision " in out.stderr
+    forced = run_dkit("run", str(detect_bundle), "--source", str(COCO), "--jsonl", "--max-frames", "1",
+                      "--backend", "onnxruntime", "--precision", "fp32")
+    assert json.loads(forced.stderr.split("dkit: stats ", 1)[1])["provider"] == "CPUExecutionProvider"
+    assert "with onnxruntime/fp32 (as asked)" in forced.stderr
 
 
 @pytest.mark.parametrize(("args", "code", "message"), [

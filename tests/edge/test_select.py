@@ -27,7 +27,8 @@ def two_precisions(detect_bundle, tmp_path):
     shutil.copytree(detect_bundle, root)
     doc = json.loads((root / "manifest.json").read_text())
     shutil.copy(root / "student.onnx", root / "student-int8.onnx")
-    doc["models"]["student_int8"] = {"file": "student-int8.onnx", "precision": "int8"}
+    doc["models"]["student_int8"] = {"file": "student-int8.onnx", "precision": "int8", "backends": {
+        "onnxruntime": {"agreement": 0.96}, "openvino": {"agreement": 0.0, "refused": "openvino: mAP50 0.000"}}}
     write_manifest(root, {k: v for k, v in doc.items() if k not in ("files", "schema_version")})
     return root
 
@@ -47,10 +48,10 @@ def test_candidates_cross_models_with_installed_backends(two_precisions):
     with open_bundle(two_precisions) as b:
         m = b.manifest
         both = ["onnxruntime", "openvino", "ncnn"]
+        # int8 failed the export's check on OpenVINO: never a candidate there
         assert select.candidates(m, installed=both) == [("onnxruntime", "fp32"), ("onnxruntime", "int8"),
-                                                        ("openvino", "fp32"), ("openvino", "int8")]
-        assert select.candidates(m, precision="int8", installed=both) == [("onnxruntime", "int8"),
-                                                                          ("openvino", "int8")]
+                                                        ("openvino", "fp32")]
+        assert select.candidates(m, precision="int8", installed=both) == [("onnxruntime", "int8")]
         assert select.candidates(m, backend="openvino", precision="fp32", installed=both) == [("openvino", "fp32")]
         with pytest.raises(RuntimeConfigError, match="no fp16 model for backend auto.*it has: onnx fp32, int8"):
             select.candidates(m, precision="fp16", installed=both)
@@ -60,24 +61,25 @@ def test_candidates_cross_models_with_installed_backends(two_precisions):
 
 def test_the_fastest_is_chosen_then_cached_for_this_device(two_precisions, home, monkeypatch):
     calls = fake_timings(monkeypatch, {"onnxruntime/fp32": 20.0, "onnxruntime/int8": 31.0,
-                                       "openvino/fp32": 18.5, "openvino/int8": 40.0})
+                                       "openvino/fp32": 18.5, "openvino/int8": 1.0})  # refused: never timed
     monkeypatch.setattr(select, "available", lambda: ["onnxruntime", "openvino"])
     with open_bundle(two_precisions) as b:
         first = select.choose(b)
         assert (first.backend, first.precision, first.reason) == ("openvino", "fp32", "measured")
-        assert len(calls) == 4 and first.figures["onnxruntime/int8"] == 31.0
+        assert len(calls) == 3 and first.figures["onnxruntime/int8"] == 31.0 and "openvino/int8" not in calls
         assert "openvino/fp32 (measured: openvino/fp32 18.5 ms, onnxruntime/fp32 20.0 ms" in first.describe()
         again = select.choose(b)
-        assert (again.backend, again.precision, again.reason, len(calls)) == ("openvino", "fp32", "cached", 4)
-        assert select.choose(b, remeasure=True).reason == "measured" and len(calls) == 8
+        assert (again.backend, again.precision, again.reason, len(calls)) == ("openvino", "fp32", "cached", 3)
+        assert select.choose(b, remeasure=True).reason == "measured" and len(calls) == 6
         # another device (or library version) measures again
         real = select.device_fingerprint
         monkeypatch.setattr(select, "device_fingerprint", lambda: real() | {"cpu": "Cortex-A76"})
-        assert select.choose(b).reason == "measured" and len(calls) == 12
-        # a request for one precision has its own entry
-        assert select.choose(b, precision="int8").precision == "int8"
+        assert select.choose(b).reason == "measured" and len(calls) == 9
+        # a request that leaves one candidate needs no timing (int8 is refused on OpenVINO)
+        int8 = select.choose(b, precision="int8")
+        assert (int8.backend, int8.precision, int8.reason, len(calls)) == ("onnxruntime", "int8", "only candidate", 9)
     doc = json.loads((home / "choices.json").read_text())
-    assert len(doc) == 3 and all(set(v) == {"pick", "figures", "measured"} for v in doc.values())
+    assert len(doc) == 2 and all(set(v) == {"pick", "figures", "measured"} for v in doc.values())
     assert not list(home.glob(".*.tmp"))
 
 
@@ -110,3 +112,21 @@ def test_the_runtime_measures_for_real_and_logs_the_choice(two_precisions, home,
         assert rt.choice.reason == "cached"
     with Runtime.load(two_precisions, backend="onnxruntime", precision="fp32") as rt:
         assert rt.choice.reason == "as asked"
+
+
+def test_only_backends_the_export_checked_run_a_reduced_precision_model():
+    from dkit.edge.manifest import ModelEntry
+
+    old = ModelEntry("student_int8", "s.onnx", "int8")  # exported before the per-backend record
+    assert select.verified(old, "onnxruntime") and not select.verified(old, "openvino")
+    checked = ModelEntry("student_fp16", "s.onnx", "fp16", info={"backends": {"onnxruntime": {}, "openvino": {}}})
+    assert select.verified(checked, "openvino")
+    assert select.verified(ModelEntry("student", "s.onnx"), "openvino")  # fp32 everywhere
+    assert select.verified(ModelEntry("student_ncnn_fp16", "s.param", "fp16", "ncnn", "s.bin"), "ncnn")
+
+
+def test_a_forced_unchecked_model_runs_with_a_warning(two_precisions, home, caplog):
+    pytest.importorskip("openvino")
+    with caplog.at_level("WARNING"), Runtime.load(two_precisions, backend="openvino", precision="int8") as rt:
+        assert rt.precision == "int8"
+    assert "was not checked against fp32 on openvino" in caplog.text and "mAP50 0.000" in caplog.text

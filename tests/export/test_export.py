@@ -119,28 +119,40 @@ def test_fp16_and_int8_variants_carry_their_agreement_or_are_refused(trained, gu
             assert bundle.path(v["file"]).is_file() and v["precision"] == precision
             assert 0.0 <= v["vs_fp32"]["map50_vs_fp32"] <= 1.0 and v["vs_fp32"]["images"] == 4
             assert v["vs_fp32"]["ms_per_image"] > 0 and v["vs_fp32"]["ms_per_image_fp32"] > 0
+            assert v["backends"]["onnxruntime"]["agreement"] == round(v["vs_fp32"]["agreement"], 4)
+            assert "openvino" in v["backends"] and 0.0 <= v["backends"]["openvino"]["agreement"] <= 1.0
         for precision in {"fp16", "int8"} - shipped:  # below the guard: refused by name, its file not shipped
             assert "below export.accuracy_guard 1" in m["refused_variants"][precision]
             assert not (run / "bundle" / f"student-{precision}.onnx").exists()
             assert f"{precision}: refused" in bundle.path("README.md").read_text()
     assert set(result["variants"]) == {"fp16", "int8"}
+    assert result["variants"]["int8"]["int8_format"] == "s8s8"  # the default: signed activations and weights
+    if "int8" in shipped:
+        assert int8_kinds(run / "bundle" / "student-int8.onnx") == ({"int8"}, {"int8", "int32"})  # biases s32
 
 
-@pytest.mark.parametrize(("fmt", "activation"), [("s8s8", "INT8"), ("u8s8", "UINT8")])
-def test_the_int8_format_sets_the_activations_signedness(trained, fmt, activation):
+def int8_kinds(path) -> tuple[set[str], set[str]]:
+    """The dtypes of an int8 QDQ model's activation and weight/bias zero points."""
     import onnx
     from onnx import numpy_helper
 
-    kit, run = trained
-    result = export_bundle(kit("export.precisions=[fp32, int8]", "export.accuracy_guard=0",
-                               "export.calibration_images=4", f"export.int8_format={fmt}"), run)
-    assert result["variants"]["int8"]["int8_format"] == fmt
-    graph = onnx.load(str(run / "bundle" / "student-int8.onnx")).graph
+    graph = onnx.load(str(path)).graph
     zero_points = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    kinds = {zero_points[n.input[2]].dtype.name for n in graph.node if n.op_type == "QuantizeLinear"}
-    weights = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in zero_points}
-    assert kinds == {activation.lower()}  # every activation quantized with that signedness
-    assert {zero_points[w].dtype.name for w in weights} == {"int8", "int32"}  # weights s8 either way, biases s32
+    acts = {zero_points[n.input[2]].dtype.name for n in graph.node if n.op_type == "QuantizeLinear"}
+    weights = {zero_points[n.input[0]].dtype.name for n in graph.node
+               if n.op_type == "DequantizeLinear" and n.input[0] in zero_points}
+    return acts, weights
+
+
+def test_the_u8s8_int8_format_quantizes_activations_unsigned(trained, tmp_path):
+    from dkit.export.variants import _quantize_int8
+    from dkit.export.yolo import kit_images, preprocess_spec
+
+    kit, run = trained
+    export_bundle(kit(), run)
+    images = kit_images(run, split=None, limit=2)
+    _quantize_int8(run / "bundle" / "student.onnx", tmp_path / "u8s8.onnx", images, preprocess_spec(kit()), "u8s8")
+    assert int8_kinds(tmp_path / "u8s8.onnx") == ({"uint8"}, {"int8", "int32"})
 
 
 def test_int8_keeps_linear_convolutions_in_float(trained):
@@ -216,18 +228,32 @@ def test_ncnn_models_are_exported_checked_against_onnx_and_run_on_the_edge(train
             assert np.abs(ort_rt.infer(a) - ncnn_rt.infer(b)).max() < 1e-2
 
 
-def test_an_ncnn_model_below_the_guard_is_refused_not_shipped(trained, monkeypatch):
-    import dkit.export.variants as variants
+def test_an_ncnn_model_below_the_guard_is_refused_not_shipped(trained, monkeypatch, tmp_path):
+    import dkit.export.ncnn as ncnn_export
+    from dkit.core.run import RunDir
 
     kit, run = trained
-    real = variants.agreement
-    monkeypatch.setattr(variants, "agreement", lambda *a, **k: real(*a, **k) | {"agreement": 0.5})
+
+    def convert(kit, run, bundle_dir, stem, *, half):  # stand-in files: the guard, not pnnx, is under test here
+        files = bundle_dir / f"{stem}.ncnn.param", bundle_dir / f"{stem}.ncnn.bin"
+        for f in files:
+            f.write_text("x")
+        return files
+
+    monkeypatch.setattr(ncnn_export, "_convert", convert)
+    monkeypatch.setattr(ncnn_export, "_parity", lambda *a: {"metric": "mAP50", "agreement": 0.5, "images": 4,
+                                                             "max_abs_diff": 1.0})
+    entry = {"file": "student.onnx", "preprocess": {"resize": "letterbox", "size": [64, 64]}}
+    docs = ncnn_export.export_ncnn(kit(), RunDir(run), tmp_path, entry, [], "detect")
+    assert set(docs) == {"student_ncnn", "student_ncnn_fp16"}
+    assert all("below export.accuracy_guard 0.95: not shipped" in d["refused"] for d in docs.values())
+    assert list(tmp_path.iterdir()) == []  # the refused files are gone
+    monkeypatch.setattr(ncnn_export, "export_ncnn", lambda *a: docs)
     result = export_bundle(kit("export.backends=[onnx, ncnn]"), run)
-    assert "student_ncnn" not in result["models"]
+    assert set(result["models"]) == {"student"}
     with open_bundle(run / "bundle") as bundle:
         refused = bundle.manifest.info["refused_variants"]
-        assert "below export.accuracy_guard 0.95" in refused["ncnn"] and "ncnn_fp16" in refused
-        assert not any(f.endswith((".param", ".bin")) for f in bundle.manifest.files)
+        assert set(refused) == {"ncnn", "ncnn_fp16"} and "NCNN fp32: mAP50" in refused["ncnn"]
 
 
 def test_ncnn_export_of_a_clip_embed_kit_says_it_is_for_yolo_students(tmp_path):

@@ -31,6 +31,10 @@ mount_root
 say "arm64: pip install ncnn openvino into $V (aarch64 wheels)"
 in_root "$V/pip install --quiet --only-binary=:all: ncnn openvino" || say "arm64: a backend did not install"
 in_root "$V/pip list --format=freeze" | grep -iE '^(ncnn|openvino|onnxruntime)==' | sed 's/^/  arm64 /'
+say "arm64: dkit doctor on the bundle (backend auto; emulated timings mean nothing)"
+in_root "QEMU_CPU=$QEMU_CPU DKIT_HOME=/tmp/dkit-home $V/dkit doctor /dkit/bundles/backends --no-cameras --frames 1 \
+  --warmup 0" > "$O/arm64/doctor.txt" 2>&1 || true
+sed 's/^/  arm64 /' "$O/arm64/doctor.txt"
 for c in "${CONFIGS[@]}"; do
   say "arm64: $c"
   in_root "QEMU_CPU=$QEMU_CPU DKIT_HOME=/tmp/dkit-home $V/dkit run /dkit/bundles/backends --source /dkit/data/backend-images \
