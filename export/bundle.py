@@ -14,7 +14,7 @@ By student kind (task in the manifest):
 - `clip-embed` (embed, the kiosk judge): the image encoder, the teacher's text encoder, the tokenizer vocab,
   the prompt embeddings and the score calibration (dkit.export.judge).
 Each gets the fp16/int8 variants the kit asks for (dkit.export.variants), each measured against fp32 and refused
-below the accuracy guard; `export.backends: [onnx, ncnn]` adds NCNN models of YOLO students (dkit.export.ncnn),
+below the accuracy guard; `export.backends: [onnx, ncnn]` adds NCNN models (dkit.export.ncnn),
 checked against the ONNX model the same way. TensorRT engines are device-specific: the README carries the
 device's build command, and with the `tensorrt` package and a GPU here an engine is built too
 (dkit.export.tensorrt).

@@ -1,5 +1,6 @@
-"""NCNN models for the bundle (`export.backends: [onnx, ncnn]`): the YOLO student through pnnx, as Ultralytics
-exports it, checked against the bundle's ONNX model on the kit's held-out images before it is shipped.
+"""NCNN models for the bundle (`export.backends: [onnx, ncnn]`): the student through pnnx (a YOLO student as
+Ultralytics exports it, a clip-embed image encoder with `pnnx.export` of its torch module), checked against the
+bundle's ONNX model on the kit's held-out images before it is shipped.
 
     entries = export_ncnn(kit, run, bundle_dir, onnx_entry, held_out, task)   # {"student_ncnn": {...}, ...}
 
@@ -7,7 +8,8 @@ Two models: `student_ncnn` (fp32 weights; the device runs it in fp32) and `stude
 the size; the device switches on NCNN's fp16 storage and arithmetic, which Arm v8.2+ CPUs such as the Raspberry
 Pi 5's run natively). Each is run through dkit.edge's own NCNN backend with the same square-letterboxed inputs as
 the ONNX model (the graph pnnx writes has the anchor count of the export size baked in) and compared with the
-variants' metric (dkit.export.variants.agreement: mAP50 against the ONNX detections, or top-1 agreement); below
+variants' metric (dkit.export.variants.agreement: mAP50 against the ONNX detections, top-1 agreement, or the
+mean cosine of the embeddings); below
 `export.accuracy_guard` it is refused, listed under `refused_variants`, and not shipped.
 There is no NCNN int8 here: NCNN quantizes with its ncnn2table/ncnn2int8 tools, which neither the PyPI wheels
 (ncnn, pnnx) nor Debian ship.
@@ -31,7 +33,7 @@ from dkit.edge.manifest import Preprocess
 from dkit.edge.preprocess import preprocess
 
 log = logging.getLogger(__name__)
-KINDS = ("yolo-detect", "yolo-cls")
+KINDS = ("yolo-detect", "yolo-cls", "clip-embed")
 
 
 def export_ncnn(kit, run: RunDir, bundle_dir: Path, entry: dict, held_out: list[np.ndarray], task: str) -> dict:
@@ -63,7 +65,9 @@ def export_ncnn(kit, run: RunDir, bundle_dir: Path, entry: dict, held_out: list[
 
 
 def _convert(kit, run: RunDir, bundle_dir: Path, stem: str, *, half: bool) -> tuple[Path, Path]:
-    """The trained student through Ultralytics' NCNN export (pnnx) -> bundle_dir/<stem>.ncnn.param, .bin."""
+    """The trained student through pnnx -> bundle_dir/<stem>.ncnn.param, .bin."""
+    if kit.student.kind == "clip-embed":
+        return _convert_module(kit, run, bundle_dir, stem, half=half)
     ultralytics = require("ultralytics", what="exporting a YOLO student", extra="distill")
     best = run.trained_weights()
     quiet = logging.getLogger("ultralytics")
@@ -87,6 +91,37 @@ def _convert(kit, run: RunDir, bundle_dir: Path, stem: str, *, half: bool) -> tu
         shutil.move(str(folder / "model.ncnn.bin"), weights)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    return param, weights
+
+
+def _convert_module(kit, run: RunDir, bundle_dir: Path, stem: str, *, half: bool) -> tuple[Path, Path]:
+    """A clip-embed student's image encoder (a torch module) through `pnnx.export`, traced at its input size."""
+    import tempfile
+
+    import pnnx
+    import torch
+
+    from dkit.distill.students import clip_embed
+
+    best = run.trained_weights()
+    model, ckpt = clip_embed.load_student(best)
+    size = ckpt["preprocess"]["size"]
+    param, weights = bundle_dir / f"{stem}.ncnn.param", bundle_dir / f"{stem}.ncnn.bin"
+    with tempfile.TemporaryDirectory(prefix="dkit-pnnx-") as tmp:
+        log_file = Path(tmp) / "pnnx.log"
+        side = {k: str(Path(tmp) / name) for k, name in (  # pnnx's by-products, left in the temporary folder
+            ("pnnxparam", "model.pnnx.param"), ("pnnxbin", "model.pnnx.bin"), ("pnnxpy", "model_pnnx.py"),
+            ("pnnxonnx", "model.pnnx.onnx"), ("ncnnpy", "model_ncnn.py"))}
+        try:
+            with _stdout_to(log_file), torch.inference_mode(False):
+                pnnx.export(model.float().eval(), str(Path(tmp) / "model.pt"), torch.zeros(1, 3, size, size),
+                            ncnnparam=str(param), ncnnbin=str(weights), fp16=half, **side)
+        except Exception as e:
+            tail = log_file.read_text(errors="replace").splitlines()[-15:] if log_file.is_file() else []
+            raise DkitError(f"NCNN export of {best} failed: {type(e).__name__}: {e}"
+                            + ("\npnnx said:\n  " + "\n  ".join(tail) if tail else "")) from e
+    if not (param.is_file() and weights.is_file()):
+        raise DkitError(f"NCNN export of {best}: pnnx wrote no {param.name} / {weights.name}")
     return param, weights
 
 

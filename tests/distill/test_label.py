@@ -234,7 +234,7 @@ def test_new_thresholds_reuse_the_cache(photos, tmp_path, store):
 @pytest.mark.parametrize("proposer", ["sliding", "yolo"])
 def test_clip_detection_verifies_proposals(photos, tmp_path, assets, proposer, monkeypatch):
     kit = clip_kit(tmp_path, photos, student="yolo-detect", model="yolov8n.yaml", overrides=[
-        f"teacher.proposer.kind={proposer}", "teacher.proposer.max_proposals=20", "teacher.min_box=16",
+        f"teacher.proposer.kind={proposer}", "teacher.proposer.max_proposals=8", "teacher.min_box=16",
         "teacher.iou=0.5",
     ])
     result = label_images(kit, tmp_path / "run", store=make_yolo_store(assets, tmp_path / "store"), progress=False)

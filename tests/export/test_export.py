@@ -256,10 +256,27 @@ def test_an_ncnn_model_below_the_guard_is_refused_not_shipped(trained, monkeypat
         assert set(refused) == {"ncnn", "ncnn_fp16"} and "NCNN fp32: mAP50" in refused["ncnn"]
 
 
-def test_ncnn_export_of_a_clip_embed_kit_says_it_is_for_yolo_students(tmp_path):
-    from dkit.core.errors import UsageError
+def test_a_judge_image_encoder_goes_to_ncnn_with_its_cosine(judge_run, tmp_path):
+    """A clip-embed student through pnnx.export: checked by mean cosine against the ONNX encoder, run by NCNN."""
+    import shutil
+
+    from dkit.core.run import RunDir
+    from dkit.edge.backends.ncnn_backend import NcnnBackend
+    from dkit.edge.preprocess import preprocess
+    from dkit.export.bundle import _split_images
     from dkit.export.ncnn import export_ncnn
 
-    kit = load_kit(RECIPES / "quickdraw" / "kit.yaml", overrides=["export.backends=[onnx, ncnn]"])
-    with pytest.raises(UsageError, match="ncnn is exported for yolo-detect, yolo-cls students"):
-        export_ncnn(kit, None, tmp_path, {}, [], "embed")
+    kit, run, _, _ = judge_run
+    with open_bundle(run / "bundle") as b:
+        entry = b.manifest.models["student"].to_dict() | {"preprocess": b.manifest.preprocess.to_dict()}
+        shutil.copy(b.path("student.onnx"), tmp_path / "student.onnx")
+    held_out = _split_images(run, "val", 6)
+    docs = export_ncnn(kit, RunDir(run), tmp_path, entry, held_out, "embed")
+    for role in ("student_ncnn", "student_ncnn_fp16"):
+        doc = docs[role]
+        assert "refused" not in doc and doc["vs_onnx"]["metric"] == "mean cosine"
+        assert doc["vs_onnx"]["agreement"] >= kit.export.accuracy_guard and doc["vs_onnx"]["images"] == len(held_out)
+    ncnn = NcnnBackend(tmp_path / "student.ncnn.param", tmp_path / "student.ncnn.bin", "fp32")
+    x = preprocess(held_out[0], entry["preprocess"])[0]
+    emb = ncnn.run(x)  # (1, D), normalised inside the model
+    assert emb.shape == (1, b.manifest.prompts.dim) and abs(float(np.linalg.norm(emb)) - 1) < 1e-3
