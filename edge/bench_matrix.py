@@ -50,6 +50,12 @@ class Row:
 
 
 def configurations(bundle_path, *, backends: list[str] | None = None) -> list[Row]:
+    from dkit.edge.backends import BACKENDS
+    from dkit.edge.backends.base import RuntimeConfigError
+
+    unknown = [b for b in backends or () if b not in BACKENDS]
+    if unknown:
+        raise RuntimeConfigError(f"--backends {', '.join(unknown)}: not a backend (known: {', '.join(BACKENDS)})")
     with open_bundle(bundle_path) as b:
         m = b.manifest
         pairs = [p for p in candidates(m) if backends is None or p[0] in backends]
@@ -60,10 +66,16 @@ def configurations(bundle_path, *, backends: list[str] | None = None) -> list[Ro
 def bench_matrix(bundle_path, frames: list[np.ndarray], *, repeat: int = 3, threads: int | None = None,
                  backends: list[str] | None = None, reference=None) -> list[dict]:
     rows: list[Row] = []
+    if not configurations(bundle_path, backends=backends):
+        raise ValueError(f"{bundle_path}: no configuration to measure with --backends {','.join(backends or [])}")
     try:
         for row in configurations(bundle_path, backends=backends):
-            row.runtime = Runtime.load(bundle_path, backend=row.backend, precision=row.precision,
-                                       letterbox=row.letterbox, threads=threads)
+            try:
+                row.runtime = Runtime.load(bundle_path, backend=row.backend, precision=row.precision,
+                                           letterbox=row.letterbox, threads=threads)
+            except Exception as e:  # noqa: BLE001 - one configuration that does not load is left out, said so
+                log.warning("bench: %s does not load here (%s: %s); left out", row.name, type(e).__name__, e)
+                continue
             if row.runtime.spec.resize == "letterbox" and row.runtime.spec.letterbox != row.letterbox:
                 row.runtime.close()  # a backend of one input shape has no minimal row
                 continue

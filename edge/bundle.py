@@ -129,6 +129,8 @@ def verify(root: Path) -> Manifest:
     for role, model in manifest.models.items():
         if model.file not in listed:
             raise BundleError(f"{manifest_path}: models.{role}.file must name a file listed in 'files'")
+        if model.weights and model.weights not in listed:
+            raise BundleError(f"{manifest_path}: models.{role}.weights must name a file listed in 'files'")
     return manifest
 
 

@@ -83,20 +83,35 @@ class Runtime:
     def __init__(self, bundle: Bundle, *, backend: str = "onnxruntime", providers: list[str] | None = None,
                  threads: int | None = None, precision: str = "fp32", letterbox: str | None = None,
                  conf: float | None = None, iou: float | None = None, max_det: int | None = None,
-                 top_k: int | None = None, warmup: int = WARMUP_RUNS):
+                 top_k: int | None = None, warmup: int = WARMUP_RUNS, remeasure: bool = False):
+        if letterbox is not None and letterbox not in LETTERBOX_MODES:
+            raise RuntimeConfigError(f"--letterbox {letterbox!r} is not one of {', '.join(LETTERBOX_MODES)}")
+        if letterbox is not None and bundle.manifest.preprocess.resize != "letterbox":
+            log.warning("%s: --letterbox applies to detectors; this %s bundle resizes by its shortest side",
+                        bundle.source, bundle.manifest.task)
+            letterbox = None
         self.bundle = bundle
+        self.remeasure = remeasure
         m = self.manifest = bundle.manifest  # a dkit.edge.manifest.Manifest: typed, validated when opened
         self.task = m.task
         self.classes: list[str] = list(m.classes)
         self.threads = m.runtime.threads if threads is None else threads
         self.providers = providers or list(m.runtime.providers) or None
-        self.choice = self._choose(backend, precision)
+        if providers and backend in ("auto", "onnxruntime"):  # onnxruntime's providers: auto keeps onnxruntime
+            import onnxruntime as ort
+
+            choose_providers(providers, ort.get_available_providers())  # an unavailable one: the error, now
+            backend = "onnxruntime"
+        self.choice = self._choose(backend, precision, letterbox)
         self.precision = self.choice.precision
         fmt = BACKENDS[self.choice.backend].format
         model = m.model(self.precision, fmt)
         if model is None:
             has = "; ".join(f"{f} {', '.join(m.precisions(f))}" for f in m.formats())
-            hint = " (export it with export.backends: [onnx, ncnn] for NCNN)" if fmt == "ncnn" else ""
+            hint = ""
+            if fmt == "ncnn":
+                hint = (" (export it with export.backends: [onnx, ncnn] for NCNN)" if "ncnn" not in m.formats()
+                        else " (NCNN models are exported in fp32 and fp16 only)")
             raise RuntimeConfigError(f"{bundle.source}: no {self.precision} {fmt} model in this bundle "
                                      f"(it has: {has}){hint}")
         if self.choice.reason == "as asked" and not verified(model, self.choice.backend):
@@ -111,20 +126,27 @@ class Runtime:
 
         self.backend: Backend = load_backend(self.choice.backend, bundle, model, providers=self.providers,
                                              threads=self.threads)
+        try:
+            self._ready(letterbox, warmup)
+        except BaseException:
+            self.backend.close()
+            raise
+
+    def _ready(self, letterbox: str | None, warmup: int) -> None:
+        m = self.manifest
         self.provider = self.backend.device
         self.dynamic_batch = self.backend.dynamic_batch
         self.spec = self._letterbox(m.preprocess, letterbox)
-
         self.prompts: list[str] | None = None
         if self.task == "embed":
-            table = np.load(bundle.path(m.prompts.file), allow_pickle=False)  # (P, D)
+            table = np.load(self.bundle.path(m.prompts.file), allow_pickle=False)  # (P, D)
             self.prompt_embeddings = table.astype(np.float32)
             self.prompts = m.prompts.texts()
             self.calibration = m.calibration
         for _ in range(warmup):
             self.infer(preprocess(np.zeros((64, 64, 3), np.uint8) + 114, self.spec)[0])
 
-    def _choose(self, backend: str, precision: str):
+    def _choose(self, backend: str, precision: str, letterbox: str | None):
         from dkit.edge.select import Choice, choose
 
         if "auto" not in (backend, precision):
@@ -132,7 +154,7 @@ class Runtime:
                 raise RuntimeConfigError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}, auto")
             return Choice(backend, precision, reason="as asked")
         picked = choose(self.bundle, backend=backend, precision=precision, providers=self.providers,
-                        threads=self.threads)
+                        threads=self.threads, remeasure=self.remeasure, letterbox=letterbox)
         log.info("%s: backend/precision %s", self.bundle.source, picked.describe())
         return picked
 
@@ -142,8 +164,6 @@ class Runtime:
         if spec.resize != "letterbox":
             return spec
         mode = letterbox or spec.letterbox
-        if mode not in LETTERBOX_MODES:
-            raise RuntimeConfigError(f"--letterbox {mode!r} is not one of {', '.join(LETTERBOX_MODES)}")
         if mode == "minimal" and not self.backend.dynamic_shape:
             log.info("%s: square letterbox (%s takes one input shape)", self.bundle.source, self.backend.device)
             mode = "square"

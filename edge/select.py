@@ -7,13 +7,16 @@ Candidates are the bundle's models that passed the export's accuracy guard (an e
 the backends that import here and read their format (onnxruntime and OpenVINO the ONNX models, NCNN the NCNN
 ones), keeping a reduced-precision model only on the backends the export checked it on (`verified`: OpenVINO runs
 this project's int8 detector wrongly, so the export refuses it there); `backend` or `precision` set to a name
-keeps only that one. Each candidate is loaded and timed on a
-synthetic frame of the model's input size (WARMUP runs, then TIMED runs; the median counts), the fastest wins,
-and the choice with its figures is logged and kept in $DKIT_HOME/choices.json under a key made of the bundle's
-model hashes, the request (backend, precision, threads, providers) and this device (CPU model, core count,
+keeps only that one. Each candidate is loaded and timed on what
+the runtime would feed it from a synthetic 16:9 camera frame (the minimal letterbox where the backend and the
+request allow it; WARMUP runs, then TIMED runs; the median counts), the fastest wins,
+and the choice with its figures is logged and kept in $DKIT_HOME/choices.json (read, measured and written under a
+lock) under a key made of the bundle's model hashes, the request (backend, precision, threads, providers,
+letterbox) and this device (CPU model, core count,
 machine, library versions): another device, library version or bundle measures again; `remeasure=True` forces it.
 
-A GPU execution provider (TensorRT or CUDA) in onnxruntime is chosen without measuring: the CPU backends are not
+A GPU execution provider (TensorRT or CUDA) that really runs the fp32 model in onnxruntime is chosen without
+measuring: the CPU backends are not
 in its league, and TensorRT's first engine build takes minutes, which a start-up benchmark must not spend.
 """
 
@@ -24,8 +27,11 @@ import logging
 import os
 import platform
 import statistics
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -82,8 +88,9 @@ def verified(entry, backend: str) -> bool:
 
 
 def choose(bundle, *, backend: str = "auto", precision: str = "auto", providers: list[str] | None = None,
-           threads: int = 0, remeasure: bool = False) -> Choice:
-    """The backend and precision to run `bundle` with here (see the module docstring)."""
+           threads: int = 0, remeasure: bool = False, letterbox: str | None = None) -> Choice:
+    """The backend and precision to run `bundle` with here (see the module docstring). `letterbox`: the mode the
+    runtime will feed (default: the bundle's); each candidate is timed at the input shape it will really get."""
     m = bundle.manifest
     if backend != "auto" and backend not in BACKENDS:
         raise RuntimeConfigError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}, auto")
@@ -92,32 +99,43 @@ def choose(bundle, *, backend: str = "auto", precision: str = "auto", providers:
     pairs = candidates(m, backend, precision)
     if len(pairs) == 1:
         return Choice(*pairs[0], reason="only candidate" if "auto" in (backend, precision) else "as asked")
-    if backend in ("auto", "onnxruntime") and _gpu_provider(providers):
-        fp32 = [p for p in pairs if p[0] == "onnxruntime"]
-        best = ("onnxruntime", "fp32") if ("onnxruntime", "fp32") in fp32 else fp32[0]
-        return Choice(*best, reason="gpu provider")
-    key = _cache_key(m, backend, precision, threads, providers)
-    cached = None if remeasure else _cache_read().get(key)
-    if cached and tuple(cached.get("pick", ())) in pairs:
-        return Choice(*cached["pick"], figures=cached.get("figures", {}), reason="cached")
-    figures = {f"{b}/{p}": ms for b, p in pairs if (ms := measure(bundle, b, p, providers, threads)) is not None}
-    if not figures:
-        raise RuntimeConfigError(f"{bundle.source}: none of {', '.join(f'{b}/{p}' for b, p in pairs)} ran here")
-    pick = min(figures, key=figures.get).split("/")
-    _cache_write(key, {"pick": pick, "figures": figures, "measured": time.time()})
+    ort_fp32 = ("onnxruntime", "fp32") if ("onnxruntime", "fp32") in pairs else None
+    if ort_fp32 and backend in ("auto", "onnxruntime") and _gpu_runs(bundle, providers, threads):
+        return Choice(*ort_fp32, reason="gpu provider")
+    mode = letterbox or m.preprocess.letterbox
+    key = _cache_key(m, backend, precision, threads, providers, mode)
+    with _cache_lock():
+        cached = None if remeasure else _cache_read().get(key)
+        if isinstance(cached, dict) and tuple(cached.get("pick", ())) in pairs:
+            return Choice(*cached["pick"], figures=dict(cached.get("figures") or {}), reason="cached")
+        figures = {f"{b}/{p}": ms for b, p in pairs
+                   if (ms := measure(bundle, b, p, providers, threads, mode)) is not None}
+        if not figures:
+            raise RuntimeConfigError(f"{bundle.source}: none of {', '.join(f'{b}/{p}' for b, p in pairs)} ran here")
+        pick = min(figures, key=figures.get).split("/")
+        _cache_write(key, {"pick": pick, "figures": figures, "measured": time.time()})
     return Choice(pick[0], pick[1], figures)
 
 
-def measure(bundle, backend: str, precision: str, providers: list[str] | None, threads: int) -> float | None:
-    """Median ms of one frame through `backend` running the `precision` model; None when it does not load."""
+def measure(bundle, backend: str, precision: str, providers: list[str] | None, threads: int,
+            letterbox: str = "square") -> float | None:
+    """Median ms of one frame through `backend` running the `precision` model, fed what the runtime would feed it
+    from a 16:9 camera frame (the minimal letterbox where the backend takes any shape); None when it fails."""
+    from dataclasses import replace
+
+    from dkit.edge.preprocess import preprocess
+
     entry = bundle.manifest.model(precision, BACKENDS[backend].format)
     try:
         be = load_backend(backend, bundle, entry, providers=providers, threads=threads)
     except Exception as e:  # noqa: BLE001 - a candidate that does not load here is simply not a candidate
         log.warning("%s/%s does not load here (%s: %s); left out", backend, precision, type(e).__name__, e)
         return None
-    h, w = bundle.manifest.preprocess.size
-    x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)  # speed does not depend on content
+    spec = bundle.manifest.preprocess
+    if spec.resize == "letterbox":
+        spec = replace(spec, letterbox=letterbox if be.dynamic_shape else "square")
+    frame = np.random.default_rng(0).integers(0, 256, (720, 1280, 3), dtype=np.uint8)  # content: irrelevant
+    x = preprocess(frame, spec)[0]
     try:
         for _ in range(WARMUP):
             be.run(x)
@@ -126,6 +144,9 @@ def measure(bundle, backend: str, precision: str, providers: list[str] | None, t
             t = time.perf_counter()
             be.run(x)
             times.append((time.perf_counter() - t) * 1000)
+    except Exception as e:  # noqa: BLE001 - one that fails to run is left out like one that does not load
+        log.warning("%s/%s failed on a frame here (%s: %s); left out", backend, precision, type(e).__name__, e)
+        return None
     finally:
         be.close()
     return round(statistics.median(times), 3)
@@ -156,21 +177,37 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _gpu_provider(providers: list[str] | None) -> bool:
+def _gpu_runs(bundle, providers: list[str] | None, threads: int) -> bool:
+    """Whether onnxruntime really runs the fp32 model on a GPU provider here (a CUDA build on a host without a
+    working GPU falls back to the CPU, and then the CPU backends are measured as usual)."""
     if providers:
         from dkit.edge.backends.ort_backend import SHORT_NAMES
 
-        return any(SHORT_NAMES.get(p.lower(), p) in GPU_PROVIDERS for p in providers)
+        if not any(SHORT_NAMES.get(p.lower(), p) in GPU_PROVIDERS for p in providers):
+            return False
+    else:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return False
+        if not any(p in GPU_PROVIDERS for p in ort.get_available_providers()):
+            return False
     try:
-        import onnxruntime as ort
-    except ImportError:
+        be = load_backend("onnxruntime", bundle, bundle.manifest.model("fp32"), providers=providers, threads=threads)
+    except Exception as e:  # noqa: BLE001 - then it is not a GPU candidate
+        log.warning("onnxruntime with a GPU provider does not load here (%s: %s)", type(e).__name__, e)
         return False
-    return any(p in GPU_PROVIDERS for p in ort.get_available_providers())
+    try:
+        return be.device in GPU_PROVIDERS
+    finally:
+        be.close()
 
 
-def _cache_key(m, backend: str, precision: str, threads: int, providers: list[str] | None) -> str:
+def _cache_key(m, backend: str, precision: str, threads: int, providers: list[str] | None,
+               letterbox: str = "square") -> str:
     models = sorted(m.files.get(e.file, e.file)[:16] for r, e in m.models.items() if r.startswith("student"))
-    request = {"backend": backend, "precision": precision, "threads": threads, "providers": providers or []}
+    request = {"backend": backend, "precision": precision, "threads": threads, "providers": providers or [],
+               "letterbox": letterbox}
     return json.dumps({"models": models, "request": request, "device": device_fingerprint()}, sort_keys=True)
 
 
@@ -186,18 +223,48 @@ def _cache_read() -> dict:
     return doc if isinstance(doc, dict) else {}
 
 
+@contextmanager
+def _cache_lock():
+    """An exclusive lock on $DKIT_HOME/choices.json.lock while one process reads, measures and writes: two
+    services starting together neither drop each other's entries nor time each other's load."""
+    path = cache_path().with_name("choices.json.lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a+")  # noqa: SIM115 - held for the duration of the with block
+    except OSError:
+        yield  # a read-only home: measure without the lock (nothing is kept either)
+        return
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except (ImportError, OSError):
+            pass
+        yield
+    finally:
+        f.close()  # releases the lock
+
+
 def _cache_write(key: str, value: dict) -> None:
-    """Add one entry (temp file, then rename; a device that cannot write there just measures again next time)."""
+    """Add one entry (a temp file of its own, then rename; a device that cannot write there measures again next
+    time)."""
     path = cache_path()
     doc = _cache_read()
     doc[key] = value
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1)
         os.replace(tmp, path)
+        tmp = None
     except OSError as e:
         log.warning("could not keep the backend choice in %s (%s); it is measured again next start", path, e)
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 __all__ = ["Choice", "candidates", "choose", "device_fingerprint", "measure"]

@@ -152,7 +152,7 @@ def _parity(onnx_file: Path, param: Path, weights: Path, precision: str, inputs:
     from dkit.edge.backends.ort_backend import OrtBackend
     from dkit.export.variants import agreement
 
-    ref_be, got_be = OrtBackend(onnx_file, ""), NcnnBackend(param, weights, precision)
+    ref_be, got_be = OrtBackend(onnx_file, "", providers=["cpu"]), NcnnBackend(param, weights, precision)
     ref = [ref_be.run(x) for x in inputs]
     got = [got_be.run(x) for x in inputs]
     result = agreement(ref, got, kit, task)

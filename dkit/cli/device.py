@@ -25,7 +25,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         providers = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
         runtime = Runtime.load(args.bundle, backend=args.backend, providers=providers, threads=args.threads,
-                               precision=args.precision, letterbox=args.letterbox, conf=args.conf, iou=args.iou)
+                               precision=args.precision, letterbox=args.letterbox, conf=args.conf, iou=args.iou,
+                               remeasure=args.remeasure)
         log.info("running %s with %s on %s", runtime.model_file.name, runtime.choice.describe(), runtime.provider)
         with runtime:
             max_fps = args.max_fps if args.max_fps is not None else float(
@@ -118,8 +119,9 @@ RUN = Command(
         arg("--max-fps", type=float, metavar="N", help="at most N rounds per second (default: the bundle's "
             "runtime.max_fps; 0 = as fast as frames come)"),
         arg("--max-frames", type=int, default=0, metavar="N", help="stop after N frames (0: no limit)"),
-        arg("--providers", metavar="LIST", help="execution providers in order, comma-separated, e.g. "
-            "cuda,cpu (default: the best available: tensorrt > cuda > openvino > coreml > cpu)"),
+        arg("--providers", metavar="LIST", help="onnxruntime's execution providers in order, comma-separated, "
+            "e.g. cuda,cpu (default: the best available: tensorrt > cuda > openvino > coreml > cpu); giving them "
+            "means the onnxruntime backend"),
         arg("--backend", choices=["auto", "onnxruntime", "openvino", "ncnn"], default="auto",
             help="inference library: auto (default) times the bundle's models on every backend installed here "
                  "once, keeps the fastest (cached per device in $DKIT_HOME/choices.json) and logs the figures; "
@@ -129,6 +131,9 @@ RUN = Command(
         arg("--precision", choices=["auto", "fp32", "fp16", "int8"], default="auto",
             help="which of the bundle's models to run: auto (default) the fastest here of those that passed the "
                  "export's accuracy guard (int8 is not always faster: it needs int8 dot products in the CPU)"),
+        arg("--remeasure", action="store_true",
+            help="--backend/--precision auto: time the candidates again instead of using the choice cached for "
+                 "this device (after a firmware or cooling change, or a choice made while the device was busy)"),
         arg("--letterbox", choices=["minimal", "square"],
             help="detectors: minimal pads each frame only to a multiple of the stride (a 16:9 frame at 320 is "
                  "fed as 320x192), square to the full input size (default: the bundle's; square on a backend "

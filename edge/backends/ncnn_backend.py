@@ -48,10 +48,13 @@ class NcnnBackend(Backend):
         self.file = str(param_file)
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        if x.shape[2] * x.shape[3] % 4:
+            # ncnn.Mat wraps the array with each channel aligned to 16 bytes: H x W must be a multiple of 4 floats
+            raise RuntimeConfigError(f"ncnn: input {x.shape[2]}x{x.shape[3]} is not a multiple of 4 pixels")
         outs = []
-        for sample in x:  # (3, H, W)
+        for sample in np.ascontiguousarray(x, np.float32):  # (3, H, W)
             with self.net.create_extractor() as ex:
-                ex.input(self.input_name, self.ncnn.Mat(np.ascontiguousarray(sample)))
+                ex.input(self.input_name, self.ncnn.Mat(sample))
                 ret, out = ex.extract(self.output_name)
                 if ret != 0:
                     raise RuntimeError(f"ncnn extract of {self.output_name} failed ({ret})")

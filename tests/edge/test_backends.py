@@ -118,3 +118,23 @@ def test_a_fixed_shape_backend_keeps_the_square_letterbox(detect_bundle, monkeyp
         assert rt.spec.letterbox == "square"
         assert rt.preprocess(np.zeros((720, 1280, 3), np.uint8))[0].shape == (1, 3, 320, 320)
     assert "square letterbox" in caplog.text
+
+
+def test_letterbox_values_are_checked_first_and_ignored_for_other_resizes(detect_bundle, caplog):
+    with pytest.raises(RuntimeConfigError, match="--letterbox 'wide' is not one of square, minimal"):
+        Runtime.load(detect_bundle, letterbox="wide")
+
+
+def test_an_ncnn_model_entry_must_list_its_weights(detect_bundle, tmp_path):
+    import json
+    import shutil
+
+    from dkit.edge.bundle import BundleError, open_bundle
+
+    root = tmp_path / "b"
+    shutil.copytree(detect_bundle, root)
+    doc = json.loads((root / "manifest.json").read_text())
+    doc["models"]["student_ncnn"] = {"file": "student.onnx", "format": "ncnn", "weights": "missing.bin"}
+    (root / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match="models.student_ncnn.weights must name a file listed in 'files'"):
+        open_bundle(root)

@@ -36,7 +36,7 @@ def two_precisions(detect_bundle, tmp_path):
 def fake_timings(monkeypatch, figures: dict[str, float]) -> list[str]:
     calls: list[str] = []
 
-    def measure(bundle, backend, precision, providers, threads):
+    def measure(bundle, backend, precision, providers, threads, letterbox="square"):
         calls.append(f"{backend}/{precision}")
         return figures.get(f"{backend}/{precision}")
 
@@ -96,10 +96,45 @@ def test_a_broken_cache_or_an_unloadable_candidate_is_not_fatal(two_precisions, 
 
 
 def test_a_gpu_provider_is_chosen_without_measuring(two_precisions, home, monkeypatch):
-    calls = fake_timings(monkeypatch, {})
+    calls = fake_timings(monkeypatch, {"onnxruntime/fp32": 5.0})
     with open_bundle(two_precisions) as b:
+        # asked for CUDA on this CPU machine: it does not run there, so the candidates are measured as usual
+        assert select.choose(b, providers=["cuda", "cpu"]).reason == "measured" and calls
+        calls.clear()
+        monkeypatch.setattr(select, "_gpu_runs", lambda *a: True)  # as on a machine where CUDA really runs it
         pick = select.choose(b, providers=["cuda", "cpu"])
     assert (pick.backend, pick.precision, pick.reason, calls) == ("onnxruntime", "fp32", "gpu provider", [])
+
+
+def test_each_letterbox_is_measured_at_its_own_input_and_cached_apart(two_precisions, home, monkeypatch):
+    seen = []
+    real = select.measure
+    monkeypatch.setattr(select, "measure", lambda *a: seen.append(a[-1]) or real(*a))
+    monkeypatch.setattr(select, "available", lambda: ["onnxruntime"])
+    with open_bundle(two_precisions) as b:
+        square, minimal = select.choose(b, letterbox="square"), select.choose(b, letterbox="minimal")
+        assert square.reason == minimal.reason == "measured" and seen == ["square"] * 2 + ["minimal"] * 2
+        assert select.choose(b, letterbox="minimal").reason == "cached"
+    assert len(json.loads((home / "choices.json").read_text())) == 2
+    assert (home / "choices.json.lock").exists() and not list(home.glob(".choices.json.*"))
+
+
+def test_a_candidate_that_fails_on_a_frame_is_left_out(two_precisions, home, monkeypatch, caplog):
+    from dkit.edge.backends.ort_backend import OrtBackend
+
+    real = OrtBackend.run
+
+    def run(self, x):
+        if "int8" in self.file:
+            raise RuntimeError("kernel fault")
+        return real(self, x)
+
+    monkeypatch.setattr(OrtBackend, "run", run)
+    monkeypatch.setattr(select, "available", lambda: ["onnxruntime"])
+    with caplog.at_level("WARNING"), open_bundle(two_precisions) as b:
+        pick = select.choose(b)
+    assert (pick.backend, pick.precision, set(pick.figures)) == ("onnxruntime", "fp32", {"onnxruntime/fp32"})
+    assert "onnxruntime/int8 failed on a frame here (RuntimeError: kernel fault); left out" in caplog.text
 
 
 def test_the_runtime_measures_for_real_and_logs_the_choice(two_precisions, home, caplog):

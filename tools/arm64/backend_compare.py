@@ -6,7 +6,7 @@ OUT_DIR holds x86/ and arm64/ with one CONFIG.jsonl per configuration (e.g. ncnn
 configuration: frames, boxes, and its agreement (boxes of the same class at IoU >= 0.9 over the larger count; the
 largest box and confidence difference of matched boxes) with (a) the same configuration on x86 and (b) the
 reference onnxruntime-fp32 on the same platform. Exit 1 when an arm64 configuration that ran on x86 too agrees
-with it less than 0.9, or when the reference itself differs between the platforms.
+with it less than 0.9 or did not run at all, or when the reference did not run on either platform.
 """
 
 from __future__ import annotations
@@ -78,6 +78,8 @@ def main() -> int:
             if got is None:
                 out.append(f"| {name} | {platform} | did not run | | | |")
                 rows.append({"config": name, "platform": platform, "ran": False})
+                # the reference must run on both; a configuration that ran on x86 must run on arm64 too
+                failed |= name == REFERENCE or (platform == "arm64" and x86.get(name) is not None)
                 continue
             same = agree(x86[name], got) if platform == "arm64" and x86.get(name) else None
             ref = agree(runs[REFERENCE], got) if runs.get(REFERENCE) else None

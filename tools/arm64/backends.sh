@@ -29,7 +29,9 @@ ensure_binfmt
 trap umount_root EXIT
 mount_root
 say "arm64: pip install ncnn openvino into $V (aarch64 wheels)"
-in_root "$V/pip install --quiet --only-binary=:all: ncnn openvino" || say "arm64: a backend did not install"
+for pkg in ncnn openvino; do  # one at a time: a package without an aarch64 wheel leaves the other installed
+  in_root "$V/pip install --quiet --only-binary=:all: $pkg" || say "arm64: $pkg did not install"
+done
 in_root "$V/pip list --format=freeze" | grep -iE '^(ncnn|openvino|onnxruntime)==' | sed 's/^/  arm64 /'
 say "arm64: dkit doctor on the bundle (backend auto; emulated timings mean nothing)"
 in_root "QEMU_CPU=$QEMU_CPU DKIT_HOME=/tmp/dkit-home $V/dkit doctor /dkit/bundles/backends --no-cameras --frames 1 \
