@@ -1,16 +1,21 @@
-"""NCNN models for the bundle (`export.backends: [onnx, ncnn]`): the student through pnnx (a YOLO student as
-Ultralytics exports it, a clip-embed image encoder with `pnnx.export` of its torch module), checked against the
-bundle's ONNX model on the kit's held-out images before it is shipped.
+"""NCNN models for the bundle (`export.backends: [onnx, ncnn]`), through pnnx, checked against the bundle's ONNX
+model on the kit's held-out images before they are shipped.
 
     entries = export_ncnn(kit, run, bundle_dir, onnx_entry, held_out, task)   # {"student_ncnn": {...}, ...}
 
+- A YOLO detector is exported up to its head's raw convolutions (`pnnx.export` of the torch model, traced at the
+  square size and at a 16:9 frame's minimal letterbox), with no anchor grid in the graph: the entry's `head`
+  (strides, reg_max) tells the device to decode in numpy (dkit.edge.yolo_head), and NCNN then takes any
+  stride-aligned input, the minimal letterbox included. (Ultralytics' own NCNN export bakes the export size's
+  anchor count in, and a dynamic head's grid becomes pnnx.Expression layers NCNN cannot load.)
+- A YOLO classifier goes through Ultralytics' own NCNN export; a clip-embed image encoder through `pnnx.export`.
+
 Two models: `student_ncnn` (fp32 weights; the device runs it in fp32) and `student_ncnn_fp16` (fp16 weights, half
 the size; the device switches on NCNN's fp16 storage and arithmetic, which Arm v8.2+ CPUs such as the Raspberry
-Pi 5's run natively). Each is run through dkit.edge's own NCNN backend with the same square-letterboxed inputs as
-the ONNX model (the graph pnnx writes has the anchor count of the export size baked in) and compared with the
-variants' metric (dkit.export.variants.agreement: mAP50 against the ONNX detections, top-1 agreement, or the
-mean cosine of the embeddings); below
-`export.accuracy_guard` it is refused, listed under `refused_variants`, and not shipped.
+Pi 5's run natively). Each is run through dkit.edge's own NCNN backend on the inputs the ONNX model gets and
+compared with the variants' metric (dkit.export.variants.agreement: mAP50 against the ONNX detections, top-1
+agreement, or the mean cosine of the embeddings); below `export.accuracy_guard` it is refused, listed under
+`refused_variants`, and not shipped.
 There is no NCNN int8 here: NCNN quantizes with its ncnn2table/ncnn2int8 tools, which neither the PyPI wheels
 (ncnn, pnnx) nor Debian ship.
 """
@@ -43,16 +48,23 @@ def export_ncnn(kit, run: RunDir, bundle_dir: Path, entry: dict, held_out: list[
                          f"this kit's student.kind is {kit.student.kind}")
     require("pnnx", what="the NCNN export (export.backends: ncnn)", extra="export")
     require("ncnn", what="checking the NCNN model", extra="export")
-    spec = replace(Preprocess.from_dict(entry["preprocess"]), letterbox="square")
-    inputs = [preprocess(rgb, spec)[0] for rgb in held_out]  # (1, 3, S, S) each
+    detector = kit.student.kind == "yolo-detect"
+    spec = Preprocess.from_dict(entry["preprocess"])  # a detector keeps the bundle's letterbox (any input size)
+    spec = spec if detector else replace(spec, letterbox="square")
+    inputs = [preprocess(rgb, spec)[0] for rgb in held_out]  # (1, 3, H, W) each
     out = {}
     for precision in ("fp32", "fp16"):
         role = "student_ncnn" if precision == "fp32" else "student_ncnn_fp16"
         stem = "student" if precision == "fp32" else "student-fp16"
-        param, weights = _convert(kit, run, bundle_dir, stem, half=precision == "fp16")
+        if detector:
+            param, weights, head = _convert_detector(kit, run, bundle_dir, stem, half=precision == "fp16")
+        else:
+            (param, weights), head = _convert(kit, run, bundle_dir, stem, half=precision == "fp16"), None
+        size = ["height", "width"] if head else list(spec.size)
         doc = {"file": param.name, "weights": weights.name, "format": "ncnn", "precision": precision,
-               "inputs": [{"name": "in0", "shape": [1, 3, *spec.size], "dtype": "float32", "layout": "NCHW"}]}
-        doc["vs_onnx"] = _parity(bundle_dir / entry["file"], param, weights, precision, inputs, kit, task)
+               "inputs": [{"name": "in0", "shape": [1, 3, *size], "dtype": "float32", "layout": "NCHW"}],
+               **({"head": head} if head else {})}
+        doc["vs_onnx"] = _parity(bundle_dir / entry["file"], param, weights, precision, inputs, kit, task, head)
         if doc["vs_onnx"]["agreement"] < kit.export.accuracy_guard:
             param.unlink()
             weights.unlink()
@@ -62,6 +74,35 @@ def export_ncnn(kit, run: RunDir, bundle_dir: Path, entry: dict, held_out: list[
             log.warning("%s", doc["refused"])
         out[role] = doc
     return out
+
+
+def _convert_detector(kit, run: RunDir, bundle_dir: Path, stem: str, *, half: bool) -> tuple[Path, Path, dict]:
+    """A YOLO detector up to its head's raw convolutions (no anchor grid in the graph, so NCNN takes any input
+    size), through `pnnx.export` traced at two shapes; returns the files and the head the device decodes."""
+    import types
+
+    import torch
+
+    ultralytics = require("ultralytics", what="exporting a YOLO student", extra="distill")
+    from ultralytics.nn.modules import Detect
+
+    best = run.trained_weights()
+    model = ultralytics.YOLO(str(best)).model.float().eval()
+    heads = [m for m in model.modules() if isinstance(m, Detect)]
+    if len(heads) != 1 or type(heads[0]) is not Detect or getattr(heads[0], "end2end", False):
+        raise UsageError(f"{best}: the NCNN detector export knows YOLOv8-style Detect heads; this model has "
+                         f"{', '.join(type(h).__name__ for h in heads) or 'none'}")
+    det = heads[0]
+
+    def raw(self, x):  # each level: (1, 4 * reg_max + C, h, w), what Detect computes before decoding
+        return tuple(torch.cat((self.cv2[i](x[i]), self.cv3[i](x[i])), 1) for i in range(self.nl))
+
+    det.forward = types.MethodType(raw, det)
+    s = kit.student.imgsz
+    wide = max(32, int(round(s * 9 / 16 / 32)) * 32)  # a 16:9 frame's minimal letterbox: the second traced shape
+    head = {"type": "yolov8-raw", "strides": [float(v) for v in det.stride], "reg_max": int(det.reg_max)}
+    _pnnx_export(model, best, bundle_dir, stem, half, torch.zeros(1, 3, s, s), torch.zeros(1, 3, wide, s))
+    return bundle_dir / f"{stem}.ncnn.param", bundle_dir / f"{stem}.ncnn.bin", head
 
 
 def _convert(kit, run: RunDir, bundle_dir: Path, stem: str, *, half: bool) -> tuple[Path, Path]:
@@ -96,9 +137,6 @@ def _convert(kit, run: RunDir, bundle_dir: Path, stem: str, *, half: bool) -> tu
 
 def _convert_module(kit, run: RunDir, bundle_dir: Path, stem: str, *, half: bool) -> tuple[Path, Path]:
     """A clip-embed student's image encoder (a torch module) through `pnnx.export`, traced at its input size."""
-    import tempfile
-
-    import pnnx
     import torch
 
     from dkit.distill.students import clip_embed
@@ -106,23 +144,38 @@ def _convert_module(kit, run: RunDir, bundle_dir: Path, stem: str, *, half: bool
     best = run.trained_weights()
     model, ckpt = clip_embed.load_student(best)
     size = ckpt["preprocess"]["size"]
+    _pnnx_export(model.float().eval(), best, bundle_dir, stem, half, torch.zeros(1, 3, size, size))
+    return bundle_dir / f"{stem}.ncnn.param", bundle_dir / f"{stem}.ncnn.bin"
+
+
+def _pnnx_export(module, best: Path, bundle_dir: Path, stem: str, half: bool, x, x2=None) -> None:
+    """`pnnx.export(module)` -> bundle_dir/<stem>.ncnn.param, .bin (x2: a second input shape, for dynamic axes);
+    pnnx's by-products stay in a temporary folder, its log is shown only when it fails."""
+    import tempfile
+
+    import pnnx
+    import torch
+
     param, weights = bundle_dir / f"{stem}.ncnn.param", bundle_dir / f"{stem}.ncnn.bin"
     with tempfile.TemporaryDirectory(prefix="dkit-pnnx-") as tmp:
         log_file = Path(tmp) / "pnnx.log"
-        side = {k: str(Path(tmp) / name) for k, name in (  # pnnx's by-products, left in the temporary folder
+        side = {k: str(Path(tmp) / name) for k, name in (
             ("pnnxparam", "model.pnnx.param"), ("pnnxbin", "model.pnnx.bin"), ("pnnxpy", "model_pnnx.py"),
             ("pnnxonnx", "model.pnnx.onnx"), ("ncnnpy", "model_ncnn.py"))}
         try:
             with _stdout_to(log_file), torch.inference_mode(False):
-                pnnx.export(model.float().eval(), str(Path(tmp) / "model.pt"), torch.zeros(1, 3, size, size),
-                            ncnnparam=str(param), ncnnbin=str(weights), fp16=half, **side)
+                pnnx.export(module, str(Path(tmp) / "model.pt"), x, inputs2=x2, ncnnparam=str(param),
+                            ncnnbin=str(weights), fp16=half, **side)
         except Exception as e:
             tail = log_file.read_text(errors="replace").splitlines()[-15:] if log_file.is_file() else []
+            if param.is_file() and weights.is_file() and isinstance(e, (SyntaxError, ImportError)):
+                # pnnx wrote the NCNN model, then failed importing its own Python by-product: not ours to use
+                log.debug("pnnx's Python module failed to import (%s); the NCNN files are written", e)
+                return
             raise DkitError(f"NCNN export of {best} failed: {type(e).__name__}: {e}"
                             + ("\npnnx said:\n  " + "\n  ".join(tail) if tail else "")) from e
     if not (param.is_file() and weights.is_file()):
         raise DkitError(f"NCNN export of {best}: pnnx wrote no {param.name} / {weights.name}")
-    return param, weights
 
 
 @contextmanager
@@ -147,12 +200,13 @@ def _stdout_to(path: Path):
 
 
 def _parity(onnx_file: Path, param: Path, weights: Path, precision: str, inputs: list[np.ndarray], kit,
-            task: str) -> dict:
+            task: str, head: dict | None = None) -> dict:
     from dkit.edge.backends.ncnn_backend import NcnnBackend
     from dkit.edge.backends.ort_backend import OrtBackend
     from dkit.export.variants import agreement
 
-    ref_be, got_be = OrtBackend(onnx_file, "", providers=["cpu"]), NcnnBackend(param, weights, precision)
+    ref_be = OrtBackend(onnx_file, "", providers=["cpu"])
+    got_be = NcnnBackend(param, weights, precision, head=head)
     ref = [ref_be.run(x) for x in inputs]
     got = [got_be.run(x) for x in inputs]
     result = agreement(ref, got, kit, task)

@@ -3,9 +3,10 @@
     backend = load(bundle, bundle.manifest.model("fp32", "ncnn"), threads=4)   # pip install 'distill-kit[ncnn]'
 
 NCNN is the fastest CPU runtime on Arm boards (Ultralytics' Raspberry Pi 5 figures: about 2x onnxruntime; on
-x86 it is the slowest of the three, which `--backend auto` measures). The graph pnnx writes has the anchor count
-of the export size baked in, so NCNN takes the square input only (the runtime letterboxes square for it); it
-runs one image per extract (a batch is a loop).
+x86 it is the slowest of the three, which `--backend auto` measures). A detector's NCNN model ends at the head's
+raw convolutions (entry `head`: its strides and reg_max) and its decoding runs here in numpy, so it takes any
+stride-aligned input (the minimal letterbox); other models take their one input size. One image per extract (a
+batch is a loop).
 Precision: the fp32 model runs with NCNN's fp16/bf16 storage and arithmetic switched off, so it computes what
 the ONNX model computes; the fp16 model (fp16 weights) switches fp16 storage and arithmetic on, which NCNN uses
 where the CPU has it (Armv8.2+, as on a Raspberry Pi 5) and emulates by storage alone elsewhere.
@@ -25,10 +26,14 @@ log = logging.getLogger(__name__)
 class NcnnBackend(Backend):
     name = "ncnn"
     dynamic_batch = False
-    dynamic_shape = False  # pnnx bakes the anchor count of the export size into the graph
 
-    def __init__(self, param_file, bin_file, precision: str, *, threads: int = 0):
+    def __init__(self, param_file, bin_file, precision: str, *, threads: int = 0, head: dict | None = None):
         import ncnn
+
+        # head: a detector exported without its decoding ({"type": "yolov8-raw", "strides": [...], "reg_max": 16}):
+        # every level's raw map is extracted and decoded here (dkit.edge.yolo_head), and any input size works
+        self.head = dict(head) if head else None
+        self.dynamic_shape = self.head is not None
 
         self.ncnn = ncnn
         self.net = ncnn.Net()
@@ -43,7 +48,8 @@ class NcnnBackend(Backend):
         if self.net.load_param(str(param_file)) != 0 or self.net.load_model(str(bin_file)) != 0:
             raise RuntimeConfigError(f"ncnn could not load {param_file} / {bin_file}")
         self.input_name = self.net.input_names()[0]
-        self.output_name = sorted(self.net.output_names())[0]  # pnnx names them out0, out1, ...
+        self.output_names = sorted(self.net.output_names(), key=lambda n: (len(n), n))  # pnnx: out0, out1, ...
+        self.output_name = self.output_names[0]
         self.device = f"ncnn CPU, {opt.num_threads} threads{', fp16' if half else ''}"
         self.file = str(param_file)
 
@@ -55,16 +61,25 @@ class NcnnBackend(Backend):
         for sample in np.ascontiguousarray(x, np.float32):  # (3, H, W)
             with self.net.create_extractor() as ex:
                 ex.input(self.input_name, self.ncnn.Mat(sample))
-                ret, out = ex.extract(self.output_name)
-                if ret != 0:
-                    raise RuntimeError(f"ncnn extract of {self.output_name} failed ({ret})")
-                outs.append(np.array(out, np.float32))
+                maps = []
+                for name in self.output_names if self.head else [self.output_name]:
+                    ret, out = ex.extract(name)
+                    if ret != 0:
+                        raise RuntimeError(f"ncnn extract of {name} failed ({ret})")
+                    maps.append(np.array(out, np.float32))
+            if self.head:
+                from dkit.edge.yolo_head import decode_head
+
+                outs.append(decode_head(maps, self.head["strides"], int(self.head.get("reg_max", 16))))
+            else:
+                outs.append(maps[0])
         return np.stack(outs)  # (N, ...) as the ONNX model's first output
 
 
 def load(bundle, entry, *, providers: list[str] | None = None, threads: int = 0) -> NcnnBackend:
     if entry.format != "ncnn" or not entry.weights:
         raise RuntimeConfigError(f"{bundle.source}: model {entry.file} is not an NCNN model")
-    backend = NcnnBackend(bundle.path(entry.file), bundle.path(entry.weights), entry.precision, threads=threads)
+    backend = NcnnBackend(bundle.path(entry.file), bundle.path(entry.weights), entry.precision, threads=threads,
+                          head=entry.info.get("head"))
     log.info("%s: %s on %s", bundle.source, entry.file, backend.device)
     return backend

@@ -2,7 +2,7 @@
 
     python tools/arm64/backend_compare.py OUT_DIR [--report report.json]
 
-OUT_DIR holds x86/ and arm64/ with one CONFIG.jsonl per configuration (e.g. ncnn-fp16.jsonl). For each
+OUT_DIR holds x86/ and arm64/ with one CONFIG.jsonl per configuration (e.g. ncnn-fp16-square.jsonl). For each
 configuration: frames, boxes, and its agreement (boxes of the same class at IoU >= 0.9 over the larger count; the
 largest box and confidence difference of matched boxes) with (a) the same configuration on x86 and (b) the
 reference onnxruntime-fp32 on the same platform. Exit 1 when an arm64 configuration that ran on x86 too agrees
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-REFERENCE = "onnxruntime-fp32"
+REFERENCE = "onnxruntime-fp32-square"
 BOUND = 0.9
 
 
@@ -70,7 +70,7 @@ def main() -> int:
     x86 = {p.stem: load(p) for p in sorted((args.out / "x86").glob("*.jsonl"))}
     arm = {p.stem: load(p) for p in sorted((args.out / "arm64").glob("*.jsonl"))}
     rows, failed = [], False
-    out = ["| config | platform | frames | boxes | vs same config on x86 | vs onnxruntime-fp32 here |",
+    out = ["| config | platform | frames | boxes | vs same config on x86 | vs onnxruntime fp32 (same letterbox) here |",
            "|---|---|---|---|---|---|"]
     for name in sorted(set(x86) | set(arm)):
         for platform, runs in (("x86", x86), ("arm64", arm)):
@@ -82,7 +82,9 @@ def main() -> int:
                 failed |= name == REFERENCE or (platform == "arm64" and x86.get(name) is not None)
                 continue
             same = agree(x86[name], got) if platform == "arm64" and x86.get(name) else None
-            ref = agree(runs[REFERENCE], got) if runs.get(REFERENCE) else None
+            base = name.rsplit("-", 1)[-1]  # the reference of the same letterbox
+            ref_name = f"onnxruntime-fp32-{base}" if runs.get(f"onnxruntime-fp32-{base}") else REFERENCE
+            ref = agree(runs[ref_name], got) if runs.get(ref_name) else None
             boxes = sum(len(v) for v in got.values())
             out.append(f"| {name} | {platform} | {len(got)} | {boxes} | "
                        f"{_fmt(same) if same else '-'} | {_fmt(ref) if ref else '-'} |")

@@ -2,9 +2,11 @@
 # `make test-arm64-backends BUNDLE=...`: the backends of issue #14 inside the arm64 root, correctness only
 # (emulated timings mean nothing): a detector bundle with int8 and NCNN models (the coco128 recipe's), run with
 # dkit run --jsonl as each configuration below, on x86 and in the root, then compared (backend_compare.py):
-#   onnxruntime/fp32 (the reference), onnxruntime/int8, ncnn/fp32, ncnn/fp16, openvino/fp32 (where it installs)
+#   onnxruntime/fp32 (the reference), onnxruntime/int8, ncnn/fp32, ncnn/fp16, openvino/fp32 (where it installs),
+#   square letterbox; and onnxruntime/fp32 and ncnn/fp32 with the minimal letterbox (BACKEND/PRECISION/LETTERBOX)
 # Needs the cached root and venv of `make test-arm64` (tools/arm64/run.sh builds them); pip-installs ncnn and
 # openvino (aarch64 wheels from the registry) into that venv once. Report: $DKIT_ARM64_HOME/backends-report.json.
+# DKIT_ARM64_DOCTOR=0 leaves out `dkit doctor` in the root (about 8 minutes under qemu).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 export QEMU_CPU="${QEMU_CPU:-cortex-a76}"
 BUNDLE="${1:?usage: backends.sh BUNDLE [IMAGES]}"
@@ -19,11 +21,14 @@ ls "$DKIT_ARM64_HOME/data/images" | head -n "$N" | while read -r f; do cp "$DKIT
 say "bundle $BUNDLE, $(ls "$D" | wc -l) images"
 "$REPO/tools/arm64/build_wheel.sh"
 "$REPO/tools/arm64/setup_venv.sh"
-CONFIGS=(onnxruntime/fp32 onnxruntime/int8 ncnn/fp32 ncnn/fp16 openvino/fp32)
+CONFIGS=(onnxruntime/fp32/square onnxruntime/int8/square ncnn/fp32/square ncnn/fp16/square openvino/fp32/square
+         onnxruntime/fp32/minimal ncnn/fp32/minimal)
+b() { echo "${1%%/*}"; }; p() { local r="${1#*/}"; echo "${r%%/*}"; }; l() { echo "${1##*/}"; }
+n() { echo "${1//\//-}"; }
 X86_RUN=(env "PYTHONPATH=$DKIT_ARM64_HOME/x86-site" "DKIT_HOME=$O/x86-home" "$X86_PY" -P)
 for c in "${CONFIGS[@]}"; do
-  "${X86_RUN[@]}" -m dkit run "$B" --source "$D" --jsonl --backend "${c%/*}" --precision "${c#*/}" \
-    --letterbox square > "$O/x86/${c/\//-}.jsonl" 2> "$O/x86/${c/\//-}.log" || say "x86 $c: failed (see its log)"
+  "${X86_RUN[@]}" -m dkit run "$B" --source "$D" --jsonl --backend "$(b "$c")" --precision "$(p "$c")" \
+    --letterbox "$(l "$c")" > "$O/x86/$(n "$c").jsonl" 2> "$O/x86/$(n "$c").log" || say "x86 $c: failed (see its log)"
 done
 ensure_binfmt
 trap umount_root EXIT
@@ -33,15 +38,17 @@ for pkg in ncnn openvino; do  # one at a time: a package without an aarch64 whee
   in_root "$V/pip install --quiet --only-binary=:all: $pkg" || say "arm64: $pkg did not install"
 done
 in_root "$V/pip list --format=freeze" | grep -iE '^(ncnn|openvino|onnxruntime)==' | sed 's/^/  arm64 /'
-say "arm64: dkit doctor on the bundle (backend auto; emulated timings mean nothing)"
-in_root "QEMU_CPU=$QEMU_CPU DKIT_HOME=/tmp/dkit-home $V/dkit doctor /dkit/bundles/backends --no-cameras --frames 1 \
-  --warmup 0" > "$O/arm64/doctor.txt" 2>&1 || true
-sed 's/^/  arm64 /' "$O/arm64/doctor.txt"
+if [ "${DKIT_ARM64_DOCTOR:-1}" = 1 ]; then  # about 8 minutes under qemu: auto times every candidate
+  say "arm64: dkit doctor on the bundle (backend auto; emulated timings mean nothing)"
+  in_root "QEMU_CPU=$QEMU_CPU DKIT_HOME=/tmp/dkit-home $V/dkit doctor /dkit/bundles/backends --no-cameras --frames 1 \
+    --warmup 0" > "$O/arm64/doctor.txt" 2>&1 || true
+  sed 's/^/  arm64 /' "$O/arm64/doctor.txt"
+fi
 for c in "${CONFIGS[@]}"; do
   say "arm64: $c"
   in_root "QEMU_CPU=$QEMU_CPU DKIT_HOME=/tmp/dkit-home $V/dkit run /dkit/bundles/backends --source /dkit/data/backend-images \
-    --jsonl --backend ${c%/*} --precision ${c#*/} --letterbox square > /dkit/out/backends/arm64/${c/\//-}.jsonl \
-    2> /dkit/out/backends/arm64/${c/\//-}.log" || say "arm64 $c: failed (see its log)"
+    --jsonl --backend $(b "$c") --precision $(p "$c") --letterbox $(l "$c") > /dkit/out/backends/arm64/$(n "$c").jsonl \
+    2> /dkit/out/backends/arm64/$(n "$c").log" || say "arm64 $c: failed (see its log)"
 done
 umount_root; trap - EXIT
 "$X86_PY" "$REPO/tools/arm64/backend_compare.py" "$O" --report "$DKIT_ARM64_HOME/backends-report.json"
