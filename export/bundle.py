@@ -56,6 +56,7 @@ def export_bundle(kit, run_dir: Path, *, store=None) -> dict:
         later = [p for p in dict.fromkeys(kit.export.precisions) if p != "fp32"]
         ncnn = "ncnn" in kit.export.backends
         held_out = _split_images(run.root, "val", 256) if later or ncnn else []
+        calibration = []
         if later:
             # int8 scales from the training images: the held-out ones judge the result
             calibration = _split_images(run.root, "train", kit.export.calibration_images)
@@ -66,7 +67,8 @@ def export_bundle(kit, run_dir: Path, *, store=None) -> dict:
         if ncnn:
             from dkit.export.ncnn import export_ncnn
 
-            formats = export_ncnn(kit, run, tmp, entry, held_out, task)
+            formats = export_ncnn(kit, run, tmp, entry, held_out, task,
+                                  calibration if "int8" in kit.export.precisions else None)
         engines = _engines(kit, tmp, entry, variants)
         manifest = build_manifest(kit, run, task, entry, variants, exported.classes, exported.parts,
                                   engines | formats)

@@ -16,8 +16,9 @@ Pi 5's run natively). Each is run through dkit.edge's own NCNN backend on the in
 compared with the variants' metric (dkit.export.variants.agreement: mAP50 against the ONNX detections, top-1
 agreement, or the mean cosine of the embeddings); below `export.accuracy_guard` it is refused, listed under
 `refused_variants`, and not shipped.
-There is no NCNN int8 here: NCNN quantizes with its ncnn2table/ncnn2int8 tools, which neither the PyPI wheels
-(ncnn, pnnx) nor Debian ship.
+With int8 in `export.precisions`, a detector also gets `student_ncnn_int8` (dkit.export.ncnn_int8: the format
+of NCNN's ncnn2table/ncnn2int8 tools, which no wheel ships, written in Python; calibrated on the kit's training
+images), under the same guard.
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ log = logging.getLogger(__name__)
 KINDS = ("yolo-detect", "yolo-cls", "clip-embed")
 
 
-def export_ncnn(kit, run: RunDir, bundle_dir: Path, entry: dict, held_out: list[np.ndarray], task: str) -> dict:
-    """{role: manifest entry} of the NCNN models written into bundle_dir (a refused one has `refused`)."""
+def export_ncnn(kit, run: RunDir, bundle_dir: Path, entry: dict, held_out: list[np.ndarray], task: str,
+                calibration: list[np.ndarray] | None = None) -> dict:
+    """{role: manifest entry} of the NCNN models written into bundle_dir (a refused one has `refused`); with
+    `calibration` images and int8 in export.precisions, a detector's int8 NCNN model too (dkit.export.ncnn_int8)."""
     if kit.student.kind not in KINDS:
         raise UsageError(f"export.backends: ncnn is exported for {', '.join(KINDS)} students; "
                          f"this kit's student.kind is {kit.student.kind}")
@@ -73,7 +76,31 @@ def export_ncnn(kit, run: RunDir, bundle_dir: Path, entry: dict, held_out: list[
                               f"{kit.export.accuracy_guard:g}: not shipped")
             log.warning("%s", doc["refused"])
         out[role] = doc
+    if detector and calibration and "int8" in kit.export.precisions and "refused" not in out["student_ncnn"]:
+        out["student_ncnn_int8"] = _int8(kit, bundle_dir, entry, out["student_ncnn"], spec, calibration, inputs,
+                                         task)
     return out
+
+
+def _int8(kit, bundle_dir: Path, entry: dict, fp32: dict, spec, calibration: list[np.ndarray],
+          inputs: list[np.ndarray], task: str) -> dict:
+    """The int8 NCNN detector from the fp32 one, checked against the ONNX model like the others."""
+    from dkit.export.ncnn_int8 import quantize_ncnn
+
+    param, weights = bundle_dir / "student-int8.ncnn.param", bundle_dir / "student-int8.ncnn.bin"
+    calib = [preprocess(rgb, spec)[0] for rgb in calibration]
+    how = quantize_ncnn(bundle_dir / fp32["file"], bundle_dir / fp32["weights"], param, weights, calib)
+    doc = {"file": param.name, "weights": weights.name, "format": "ncnn", "precision": "int8",
+           "inputs": fp32["inputs"], "head": fp32["head"], "int8": how}
+    doc["vs_onnx"] = _parity(bundle_dir / entry["file"], param, weights, "int8", inputs, kit, task, fp32["head"])
+    if doc["vs_onnx"]["agreement"] < kit.export.accuracy_guard:
+        param.unlink()
+        weights.unlink()
+        doc["refused"] = (f"NCNN int8: {doc['vs_onnx']['metric']} against the ONNX model "
+                          f"{doc['vs_onnx']['agreement']:.3f} is below export.accuracy_guard "
+                          f"{kit.export.accuracy_guard:g}: not shipped")
+        log.warning("%s", doc["refused"])
+    return doc
 
 
 def _convert_detector(kit, run: RunDir, bundle_dir: Path, stem: str, *, half: bool) -> tuple[Path, Path, dict]:

@@ -43,6 +43,7 @@ class NcnnBackend(Backend):
         for flag in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic"):
             setattr(opt, flag, half)
         opt.use_bf16_storage = False
+        opt.use_int8_inference = precision == "int8"  # the int8 model's convolutions on NCNN's int8 kernels
         if threads:
             opt.num_threads = threads
         if self.net.load_param(str(param_file)) != 0 or self.net.load_model(str(bin_file)) != 0:
@@ -58,7 +59,8 @@ class NcnnBackend(Backend):
             # ncnn.Mat wraps the array with each channel aligned to 16 bytes: H x W must be a multiple of 4 floats
             raise RuntimeConfigError(f"ncnn: input {x.shape[2]}x{x.shape[3]} is not a multiple of 4 pixels")
         outs = []
-        for sample in np.ascontiguousarray(x, np.float32):  # (3, H, W)
+        batch = np.ascontiguousarray(x, np.float32)  # held for the loop: ncnn.Mat wraps this memory, it does not copy
+        for sample in batch:  # (3, H, W)
             with self.net.create_extractor() as ex:
                 ex.input(self.input_name, self.ncnn.Mat(sample))
                 maps = []

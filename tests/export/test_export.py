@@ -207,11 +207,16 @@ def test_ncnn_models_are_exported_checked_against_onnx_and_run_on_the_edge(train
     from dkit.edge.runtime import Runtime
 
     kit, run = trained
-    result = export_bundle(kit("export.backends=[onnx, ncnn]"), run)
+    result = export_bundle(kit("export.backends=[onnx, ncnn]", "export.precisions=[fp32, int8]",
+                               "export.calibration_images=4"), run)
     assert {"student_ncnn", "student_ncnn_fp16"} <= set(result["models"])
+    int8 = result["formats"]["student_ncnn_int8"]  # the int8 NCNN detector: written here, checked like the others
+    assert int8["vs_onnx"]["metric"] == "mAP50" and 0.0 <= int8["vs_onnx"]["agreement"] <= 1.0
+    assert int8["int8"]["quantized"] > 0 and int8["int8"]["calibration_images"] == 4
+    assert len(int8["int8"]["float"]) == 7  # the first convolution and the head's 6 logit convolutions
     with open_bundle(run / "bundle") as bundle:
         m = bundle.manifest
-        assert m.formats() == ["onnx", "ncnn"] and m.precisions("ncnn") == ["fp32", "fp16"]
+        assert m.formats() == ["onnx", "ncnn"] and m.precisions("ncnn") == ["fp32", "fp16", "int8"]
         entry = m.model("fp32", "ncnn")
         assert (entry.file, entry.weights, entry.format) == ("student.ncnn.param", "student.ncnn.bin", "ncnn")
         parity = entry.info["vs_onnx"]

@@ -3,10 +3,12 @@
 # (emulated timings mean nothing): a detector bundle with int8 and NCNN models (the coco128 recipe's), run with
 # dkit run --jsonl as each configuration below, on x86 and in the root, then compared (backend_compare.py):
 #   onnxruntime/fp32 (the reference), onnxruntime/int8, ncnn/fp32, ncnn/fp16, openvino/fp32 (where it installs),
-#   square letterbox; and onnxruntime/fp32 and ncnn/fp32 with the minimal letterbox (BACKEND/PRECISION/LETTERBOX)
+#   square letterbox; and onnxruntime/fp32, ncnn/fp32 and ncnn/int8 with the minimal letterbox
+#   (BACKEND/PRECISION/LETTERBOX)
 # Needs the cached root and venv of `make test-arm64` (tools/arm64/run.sh builds them); pip-installs ncnn and
 # openvino (aarch64 wheels from the registry) into that venv once. Report: $DKIT_ARM64_HOME/backends-report.json.
-# DKIT_ARM64_DOCTOR=0 leaves out `dkit doctor` in the root (about 8 minutes under qemu).
+# DKIT_ARM64_DOCTOR=0 leaves out `dkit doctor` in the root (about 8 minutes under qemu); DKIT_ARM64_CONFIGS="B/P/L ..."
+# runs only those configurations (the reference onnxruntime/fp32/square, or /minimal, among them).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 export QEMU_CPU="${QEMU_CPU:-cortex-a76}"
 BUNDLE="${1:?usage: backends.sh BUNDLE [IMAGES]}"
@@ -22,7 +24,8 @@ say "bundle $BUNDLE, $(ls "$D" | wc -l) images"
 "$REPO/tools/arm64/build_wheel.sh"
 "$REPO/tools/arm64/setup_venv.sh"
 CONFIGS=(onnxruntime/fp32/square onnxruntime/int8/square ncnn/fp32/square ncnn/fp16/square openvino/fp32/square
-         onnxruntime/fp32/minimal ncnn/fp32/minimal)
+         onnxruntime/fp32/minimal ncnn/fp32/minimal ncnn/int8/minimal)
+[ -n "${DKIT_ARM64_CONFIGS:-}" ] && read -r -a CONFIGS <<< "$DKIT_ARM64_CONFIGS"  # e.g. "ncnn/int8/minimal ..."
 b() { echo "${1%%/*}"; }; p() { local r="${1#*/}"; echo "${r%%/*}"; }; l() { echo "${1##*/}"; }
 n() { echo "${1//\//-}"; }
 X86_RUN=(env "PYTHONPATH=$DKIT_ARM64_HOME/x86-site" "DKIT_HOME=$O/x86-home" "$X86_PY" -P)
