@@ -68,14 +68,7 @@ def export_ncnn(kit, run: RunDir, bundle_dir: Path, entry: dict, held_out: list[
                "inputs": [{"name": "in0", "shape": [1, 3, *size], "dtype": "float32", "layout": "NCHW"}],
                **({"head": head} if head else {})}
         doc["vs_onnx"] = _parity(bundle_dir / entry["file"], param, weights, precision, inputs, kit, task, head)
-        if doc["vs_onnx"]["agreement"] < kit.export.accuracy_guard:
-            param.unlink()
-            weights.unlink()
-            doc["refused"] = (f"NCNN {precision}: {doc['vs_onnx']['metric']} against the ONNX model "
-                              f"{doc['vs_onnx']['agreement']:.3f} is below export.accuracy_guard "
-                              f"{kit.export.accuracy_guard:g}: not shipped")
-            log.warning("%s", doc["refused"])
-        out[role] = doc
+        out[role] = _guard(doc, kit, param, weights)
     if detector and calibration and "int8" in kit.export.precisions and "refused" not in out["student_ncnn"]:
         out["student_ncnn_int8"] = _int8(kit, bundle_dir, entry, out["student_ncnn"], spec, calibration, inputs,
                                          task)
@@ -93,10 +86,15 @@ def _int8(kit, bundle_dir: Path, entry: dict, fp32: dict, spec, calibration: lis
     doc = {"file": param.name, "weights": weights.name, "format": "ncnn", "precision": "int8",
            "inputs": fp32["inputs"], "head": fp32["head"], "int8": how}
     doc["vs_onnx"] = _parity(bundle_dir / entry["file"], param, weights, "int8", inputs, kit, task, fp32["head"])
+    return _guard(doc, kit, param, weights)
+
+
+def _guard(doc: dict, kit, param: Path, weights: Path) -> dict:
+    """Below export.accuracy_guard against the ONNX model: the files go, the entry says why (not shipped)."""
     if doc["vs_onnx"]["agreement"] < kit.export.accuracy_guard:
         param.unlink()
         weights.unlink()
-        doc["refused"] = (f"NCNN int8: {doc['vs_onnx']['metric']} against the ONNX model "
+        doc["refused"] = (f"NCNN {doc['precision']}: {doc['vs_onnx']['metric']} against the ONNX model "
                           f"{doc['vs_onnx']['agreement']:.3f} is below export.accuracy_guard "
                           f"{kit.export.accuracy_guard:g}: not shipped")
         log.warning("%s", doc["refused"])
