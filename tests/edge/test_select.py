@@ -165,3 +165,13 @@ def test_a_forced_unchecked_model_runs_with_a_warning(two_precisions, home, capl
     with caplog.at_level("WARNING"), Runtime.load(two_precisions, backend="openvino", precision="int8") as rt:
         assert rt.precision == "int8"
     assert "was not checked against fp32 on openvino" in caplog.text and "mAP50 0.000" in caplog.text
+
+
+def test_an_ncnn_int8_model_counts_only_on_the_architecture_it_was_checked_on(monkeypatch):
+    from dkit.edge.manifest import ModelEntry
+
+    entry = ModelEntry("student_ncnn_int8", "q.param", "int8", "ncnn", "q.bin", info={"checked_on": "x86_64"})
+    monkeypatch.setattr(select.platform, "machine", lambda: "x86_64")
+    assert select.verified(entry, "ncnn")
+    monkeypatch.setattr(select.platform, "machine", lambda: "aarch64")
+    assert not select.verified(entry, "ncnn")
