@@ -111,7 +111,7 @@ class Runtime:
             hint = ""
             if fmt == "ncnn":
                 hint = (" (export it with export.backends: [onnx, ncnn] for NCNN)" if "ncnn" not in m.formats()
-                        else " (NCNN models are exported in fp32 and fp16 only)")
+                        else " (NCNN int8 is exported for detectors with int8 in export.precisions)")
             raise RuntimeConfigError(f"{bundle.source}: no {self.precision} {fmt} model in this bundle "
                                      f"(it has: {has}){hint}")
         if self.choice.reason == "as asked" and not verified(model, self.choice.backend):
