@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dkit.edge.bundle import open_bundle
+from dkit.edge.postprocess import box_iou
 from dkit.edge.runtime import Result, Runtime
 from dkit.edge.select import candidates
 
@@ -66,10 +67,11 @@ def configurations(bundle_path, *, backends: list[str] | None = None) -> list[Ro
 def bench_matrix(bundle_path, frames: list[np.ndarray], *, repeat: int = 3, threads: int | None = None,
                  backends: list[str] | None = None, reference=None) -> list[dict]:
     rows: list[Row] = []
-    if not configurations(bundle_path, backends=backends):
+    wanted = configurations(bundle_path, backends=backends)
+    if not wanted:
         raise ValueError(f"{bundle_path}: no configuration to measure with --backends {','.join(backends or [])}")
     try:
-        for row in configurations(bundle_path, backends=backends):
+        for row in wanted:
             try:
                 row.runtime = Runtime.load(bundle_path, backend=row.backend, precision=row.precision,
                                            letterbox=row.letterbox, threads=threads)
@@ -142,16 +144,6 @@ def agreement(ref: list[Result], got: list[Result]) -> float:
     cos = [float(a.embedding @ b.embedding / max(np.linalg.norm(a.embedding) * np.linalg.norm(b.embedding), 1e-12))
            for a, b in zip(ref, got, strict=True)]
     return float(np.mean(cos))
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N, 4), (M, 4) xyxy -> (N, M) IoU."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None] - inter, 1e-9)
 
 
 def wide_frames(frames: list[np.ndarray], aspect: float = 16 / 9) -> list[np.ndarray]:

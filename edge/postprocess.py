@@ -80,6 +80,15 @@ def _pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return inter / ((a[4][:, None] + b[4][None, :]) - inter)
 
 
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, 4), (M, 4) xyxy -> (N, M) IoU float32 (the NMS's own kernel)."""
+    def rows(x):
+        x = np.asarray(x, np.float32).reshape(-1, 4)
+        return np.vstack([x.T, (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])])  # (5, K)
+
+    return np.nan_to_num(_pairwise_iou(rows(a), rows(b)))
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: int | None = None) -> np.ndarray:
     """Greedy NMS with `torchvision.ops.nms` semantics: indices of kept boxes, by score descending.
 

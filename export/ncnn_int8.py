@@ -79,12 +79,13 @@ def activation_ranges(param: Path, weights: Path, blobs: list[str], inputs: list
     the ncnn 1.0.20261020 wheel)."""
     import ncnn
 
-    net = ncnn.Net()
-    for flag in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage"):
-        setattr(net.opt, flag, False)
-    net.opt.lightmode = False  # keep every intermediate blob: several are read from one forward pass
-    if net.load_param(str(param)) != 0 or net.load_model(str(weights)) != 0:
-        raise UsageError(f"ncnn could not load {param} / {weights}")
+    from dkit.edge.backends.base import RuntimeConfigError
+    from dkit.edge.backends.ncnn_backend import new_net
+
+    try:
+        net = new_net(param, weights, "fp32", lightmode=False)  # several blobs are read from one forward pass
+    except RuntimeConfigError as e:
+        raise UsageError(str(e)) from e
     name = net.input_names()[0]
     amax = dict.fromkeys(blobs, 0.0)
     for x in inputs:

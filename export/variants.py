@@ -47,7 +47,7 @@ def make_variant(precision: str, fp32: Path, bundle_dir: Path, kit, held_out: li
     entry = {"file": out.name, "precision": precision, "vs_fp32": agreement,
              **({"int8_format": kit.export.int8_format} if precision == "int8" else {})}
     if agreement["agreement"] >= kit.export.accuracy_guard:
-        entry["backends"] = backend_checks(fp32, out, held_out, spec, kit, task, agreement)
+        entry["backends"] = backend_checks(fp32, out, precision, held_out, spec, kit, task, agreement)
     if agreement["agreement"] < kit.export.accuracy_guard:
         out.unlink()
         entry["refused"] = (f"{agreement['metric']} against fp32 {agreement['agreement']:.3f} is below "
@@ -56,7 +56,7 @@ def make_variant(precision: str, fp32: Path, bundle_dir: Path, kit, held_out: li
     return entry
 
 
-def backend_checks(fp32: Path, variant: Path, images: list[np.ndarray], spec: dict, kit, task: str,
+def backend_checks(fp32: Path, variant: Path, precision: str, images: list[np.ndarray], spec: dict, kit, task: str,
                    ort_agreement: dict) -> dict:
     """The variant through every other ONNX-reading backend installed here (OpenVINO), against onnxruntime's fp32
     outputs: {backend: {"agreement": ..., "refused": why?}}. A backend below the guard is refused for this model:
@@ -73,7 +73,6 @@ def backend_checks(fp32: Path, variant: Path, images: list[np.ndarray], spec: di
     inputs = [preprocess(rgb, spec)[0] for rgb in images]
     ref_be = OrtBackend(fp32, "", providers=["cpu"])  # the reference is fp32 on the CPU, as compare()'s
     ref = [ref_be.run(x) for x in inputs]
-    precision = "int8" if "int8" in variant.name else "fp16"
     for name in others:
         try:
             be = _onnx_backend(name, variant, precision)

@@ -23,6 +23,28 @@ from dkit.edge.backends.base import Backend, RuntimeConfigError
 log = logging.getLogger(__name__)
 
 
+def new_net(param_file, bin_file, precision: str, *, threads: int = 0, lightmode: bool = True):
+    """An ncnn.Net loaded with the options for `precision`: fp32 with fp16/bf16 off (what the ONNX model
+    computes), fp16 with NCNN's fp16 storage and arithmetic, int8 with its int8 kernels; CPU only. `lightmode`
+    False keeps every intermediate blob (reading several from one forward pass, as int8 calibration does)."""
+    import ncnn
+
+    net = ncnn.Net()
+    opt = net.opt
+    opt.use_vulkan_compute = False
+    half = precision == "fp16"
+    for flag in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic"):
+        setattr(opt, flag, half)
+    opt.use_bf16_storage = False
+    opt.use_int8_inference = precision == "int8"
+    opt.lightmode = lightmode
+    if threads:
+        opt.num_threads = threads
+    if net.load_param(str(param_file)) != 0 or net.load_model(str(bin_file)) != 0:
+        raise RuntimeConfigError(f"ncnn could not load {param_file} / {bin_file}")
+    return net
+
+
 class NcnnBackend(Backend):
     name = "ncnn"
     dynamic_batch = False
@@ -36,18 +58,8 @@ class NcnnBackend(Backend):
         self.dynamic_shape = self.head is not None
 
         self.ncnn = ncnn
-        self.net = ncnn.Net()
-        opt = self.net.opt
-        opt.use_vulkan_compute = False
-        half = precision == "fp16"
-        for flag in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic"):
-            setattr(opt, flag, half)
-        opt.use_bf16_storage = False
-        opt.use_int8_inference = precision == "int8"  # the int8 model's convolutions on NCNN's int8 kernels
-        if threads:
-            opt.num_threads = threads
-        if self.net.load_param(str(param_file)) != 0 or self.net.load_model(str(bin_file)) != 0:
-            raise RuntimeConfigError(f"ncnn could not load {param_file} / {bin_file}")
+        self.net = new_net(param_file, bin_file, precision, threads=threads)
+        opt, half = self.net.opt, precision == "fp16"
         self.input_name = self.net.input_names()[0]
         self.output_names = sorted(self.net.output_names(), key=lambda n: (len(n), n))  # pnnx: out0, out1, ...
         self.output_name = self.output_names[0]

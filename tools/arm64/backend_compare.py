@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dkit.edge.postprocess import box_iou  # the x86 venv runs this script, with dkit installed
+
 BOUND = 0.9
 
 
@@ -31,13 +33,6 @@ def load(path: Path) -> dict[str, list[dict]] | None:
     return frames
 
 
-def iou(a, b) -> float:
-    lt, rb = np.maximum(a[:2], b[:2]), np.minimum(a[2:], b[2:])
-    inter = float(np.prod(np.clip(rb - lt, 0, None)))
-    union = float(np.prod(a[2:] - a[:2]) + np.prod(b[2:] - b[:2]) - inter)
-    return inter / union if union > 0 else 0.0
-
-
 def agree(ref: dict[str, list[dict]], got: dict[str, list[dict]]) -> dict:
     matched = total = 0
     box_diff = conf_diff = 0.0
@@ -49,7 +44,7 @@ def agree(ref: dict[str, list[dict]], got: dict[str, list[dict]]) -> dict:
             best, j = 0.0, -1
             for k, h in enumerate(have):
                 if k not in used and h["class"] == w["class"]:
-                    v = iou(np.array(w["box"]), np.array(h["box"]))
+                    v = float(box_iou(np.array([w["box"]]), np.array([h["box"]]))[0, 0])
                     if v > best:
                         best, j = v, k
             if j >= 0 and best >= 0.9:
