@@ -103,7 +103,8 @@ test-arm64: setup
 	X86_PY=$(abspath $(BIN))/python tools/arm64/run.sh
 
 # The device backends in the same arm64 root (after test-arm64): a detector bundle with int8 and NCNN models run as
-# onnxruntime fp32/int8, ncnn fp32/fp16 and openvino on x86 and aarch64, compared (correctness only).
+# onnxruntime fp32/int8, ncnn fp32/fp16/int8 and openvino on x86 and aarch64, compared (correctness only), and
+# the on-device accuracy check of each reduced-precision model in the root (tools/arm64/device_checks.py).
 # BUNDLE= the bundle (default: the coco128 recipe's, runs/coco128/bundle).
 test-arm64-backends: setup
 	X86_PY=$(abspath $(BIN))/python tools/arm64/backends.sh $(or $(BUNDLE),runs/coco128/bundle)

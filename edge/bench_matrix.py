@@ -9,9 +9,9 @@ go round-robin over the configurations, `repeat` times, so neighbours on a share
 each keeps its best round. Per configuration:
 - fps (the whole runtime per frame), p50/p99 ms over every round, and fps_bare (the backend's bare run loop on
   the same pre-processed inputs: the limit);
-- agreement with the fp32 onnxruntime result of the same letterbox on the same frames: detectors the share of
-  boxes matched (same class, IoU >= 0.5, over the larger count), classifiers top-1 agreement, embedding models
-  mean cosine;
+- agreement with the fp32 onnxruntime result of the same letterbox on the same frames (dkit.edge.agreement):
+  detectors the share of boxes matched (same class, IoU >= 0.5, over the larger count), classifiers top-1
+  agreement, embedding models mean cosine;
 - `spread`: the worst round's fps over the best; a row below 0.8 says the machine was noisy in that run.
 An optional `reference` row is Ultralytics' `YOLO(onnx).predict` with its defaults on the fp32 ONNX model.
 """
@@ -24,14 +24,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dkit.edge.agreement import agreement
 from dkit.edge.bundle import open_bundle
-from dkit.edge.postprocess import box_iou
 from dkit.edge.runtime import Result, Runtime
 from dkit.edge.select import candidates
 
 log = logging.getLogger(__name__)
 NOISY = 0.8
-MATCH_IOU = 0.5  # a box agrees: same class, IoU at least this (the mAP50 threshold the export guard uses)
 
 
 @dataclass
@@ -125,25 +124,6 @@ def _summary(row: Row, base: Row) -> dict:
             "agreement": round(agreement(base.results, row.results), 4),
             "spread": round(min(row.rounds) / max(row.rounds), 3),
             "noisy": min(row.rounds) / max(row.rounds) < NOISY}
-
-
-def agreement(ref: list[Result], got: list[Result]) -> float:
-    """How far `got` agrees with `ref`, frame by frame (see the module docstring)."""
-    if ref and ref[0].task == "detect":
-        matched = total = 0
-        for a, b in zip(ref, got, strict=True):
-            n = max(len(a.detections), len(b.detections))
-            total += n
-            if n and len(a.detections) and len(b.detections):
-                iou = box_iou(a.detections.xyxy, b.detections.xyxy)  # (Na, Nb)
-                iou *= a.detections.class_id[:, None] == b.detections.class_id[None]
-                matched += int((iou.max(1) >= MATCH_IOU).sum())
-        return 1.0 if total == 0 else matched / total
-    if ref and ref[0].task == "classify":
-        return float(np.mean([a.top[0][0] == b.top[0][0] for a, b in zip(ref, got, strict=True)]))
-    cos = [float(a.embedding @ b.embedding / max(np.linalg.norm(a.embedding) * np.linalg.norm(b.embedding), 1e-12))
-           for a, b in zip(ref, got, strict=True)]
-    return float(np.mean(cos))
 
 
 def wide_frames(frames: list[np.ndarray], aspect: float = 16 / 9) -> list[np.ndarray]:

@@ -131,6 +131,8 @@ def verify(root: Path) -> Manifest:
             raise BundleError(f"{manifest_path}: models.{role}.file must name a file listed in 'files'")
         if model.weights and model.weights not in listed:
             raise BundleError(f"{manifest_path}: models.{role}.weights must name a file listed in 'files'")
+    if manifest.checks is not None and manifest.checks.reference not in listed:
+        raise BundleError(f"{manifest_path}: checks.reference must name a file listed in 'files'")
     return manifest
 
 

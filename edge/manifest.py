@@ -16,7 +16,9 @@ Schema (version 1, unchanged since the first bundle: an older bundle of version 
     preprocess {resize, size, pad_value, interpolation, crop, channels, scale, mean, std, layout},
     decode {...}, classes [...], thresholds {conf, iou, max_det, top_k}, runtime {providers, threads, max_fps},
     files {name: sha256}; embed bundles add prompts {file, dim, rows, templates}, calibration {cosine, score, ...},
-    tokenizer {type, file, context_length}, logit_scale, judge {prompt, prompts, text_prompts, ...}.
+    tokenizer {type, file, context_length}, logit_scale, judge {prompt, prompts, text_prompts, ...};
+    checks {reference, min_agreement, machine} (held-out images and the fp32 results on them, for the on-device
+    accuracy check of reduced-precision models: dkit.edge.device_check).
 """
 
 from __future__ import annotations
@@ -361,6 +363,28 @@ class TokenizerSpec:
 
 
 @dataclass(frozen=True)
+class DeviceChecks:
+    """`checks`: the export's held-out images and fp32 results (`reference`, a JSON file of the bundle), which a
+    device of another CPU architecture runs a reduced-precision model against (dkit.edge.device_check)."""
+
+    reference: str  # e.g. checks/reference.json
+    min_agreement: float  # the export's accuracy guard
+    machine: str  # the CPU architecture the reference and the export's checks ran on (platform.machine())
+
+    def __post_init__(self):
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise ManifestError(f"checks.min_agreement: expected a number in [0, 1], got {self.min_agreement!r}")
+
+    @classmethod
+    def from_dict(cls, doc: Mapping) -> DeviceChecks:
+        return cls(_get(doc, "reference", str, "checks."), float(_get(doc, "min_agreement", (int, float), "checks.")),
+                   _get(doc, "machine", str, "checks."))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reference": self.reference, "min_agreement": self.min_agreement, "machine": self.machine}
+
+
+@dataclass(frozen=True)
 class JudgeConfig:
     """The kiosk judge's prompts and moderation thresholds (the kit's `judge:`; dkit.edge.moderation applies them).
     The kit's `judge:` section takes its numeric defaults from here; a judge bundle made from a kit without a
@@ -424,6 +448,7 @@ class Manifest:
     tokenizer: TokenizerSpec | None = None  # embed (judge)
     judge: JudgeConfig | None = None  # embed; None: the bundle's kit had no `judge:` section
     logit_scale: float | None = None
+    checks: DeviceChecks | None = None  # None: no on-device accuracy check shipped (older bundles)
     info: Mapping[str, Any] = field(default_factory=dict)  # created, dkit_version, refused_variants, ...
     schema_version: int = SCHEMA_VERSION
 
@@ -478,6 +503,7 @@ class Manifest:
             tokenizer=None if opt["tokenizer"] is None else TokenizerSpec.from_dict(opt["tokenizer"]),
             judge=None if doc.get("judge") is None else JudgeConfig.from_dict(_section(doc, "judge")),
             logit_scale=_get(doc, "logit_scale", (int, float), "", None),
+            checks=None if doc.get("checks") is None else DeviceChecks.from_dict(_section(doc, "checks")),
             info=_frozen({k: v for k, v in doc.items() if k not in known}), schema_version=version)
 
     def to_dict(self) -> dict[str, Any]:
@@ -488,7 +514,7 @@ class Manifest:
                                "decode": (self.decode or Decode(DECODERS[self.task])).to_dict(),
                                "classes": list(self.classes), "thresholds": self.thresholds.to_dict(self.task),
                                "runtime": self.runtime.to_dict()}
-        for key in ("tokenizer", "prompts", "logit_scale", "calibration", "judge"):
+        for key in ("tokenizer", "prompts", "logit_scale", "calibration", "judge", "checks"):
             value = getattr(self, key)
             if value is not None:
                 doc[key] = value if isinstance(value, (int, float)) else value.to_dict()

@@ -12,7 +12,9 @@ onnxruntime's execution providers: the first available of TensorRT > CUDA > Open
 cached under $DKIT_HOME/trt-cache. `threads` sets the backend's threads (0: its default). `precision` picks the
 bundle's fp32, fp16 or int8 model. `letterbox` (detectors) overrides the manifest's mode: square or minimal
 (stride-aligned padding; used only where the backend takes any input size). The backend is warmed up when
-built, so the first frame is not slow.
+built, so the first frame is not slow. A reduced-precision model forced with backend and precision that the
+export checked on another CPU architecture is checked here first (dkit.edge.device_check; `verify=False` skips
+it); a failing check is a warning, and auto leaves such a model out.
 
 Per task (manifest `task`):
 - detect: letterbox, YOLOv8 decode + class-wise NMS in numpy (dkit.edge.postprocess), boxes in image pixels.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -83,7 +86,7 @@ class Runtime:
     def __init__(self, bundle: Bundle, *, backend: str = "onnxruntime", providers: list[str] | None = None,
                  threads: int | None = None, precision: str = "fp32", letterbox: str | None = None,
                  conf: float | None = None, iou: float | None = None, max_det: int | None = None,
-                 top_k: int | None = None, warmup: int = WARMUP_RUNS, remeasure: bool = False):
+                 top_k: int | None = None, warmup: int = WARMUP_RUNS, remeasure: bool = False, verify: bool = True):
         if letterbox is not None and letterbox not in LETTERBOX_MODES:
             raise RuntimeConfigError(f"--letterbox {letterbox!r} is not one of {', '.join(LETTERBOX_MODES)}")
         if letterbox is not None and bundle.manifest.preprocess.resize != "letterbox":
@@ -114,10 +117,9 @@ class Runtime:
                         else " (NCNN int8 is exported for detectors with int8 in export.precisions)")
             raise RuntimeConfigError(f"{bundle.source}: no {self.precision} {fmt} model in this bundle "
                                      f"(it has: {has}){hint}")
-        if self.choice.reason == "as asked" and not verified(model, self.choice.backend):
-            log.warning("%s: %s was not checked against fp32 on %s when exported (or failed the check there: %s); "
-                        "its results may be wrong", bundle.source, model.file, self.choice.backend,
-                        dict(model.info.get("backends") or {}).get(self.choice.backend, {}).get("refused", "no record"))
+        self.check = None  # dkit.edge.device_check.Outcome of a forced model checked on this device
+        if self.choice.reason == "as asked" and verify:
+            self._warn_unchecked(model)
         self.model_file = bundle.path(model.file)
         self.conf = m.thresholds.conf if conf is None else conf
         self.iou = m.thresholds.iou if iou is None else iou
@@ -145,6 +147,28 @@ class Runtime:
             self.calibration = m.calibration
         for _ in range(warmup):
             self.infer(preprocess(np.zeros((64, 64, 3), np.uint8) + 114, self.spec)[0])
+
+    def _warn_unchecked(self, model) -> None:
+        """A model forced with backend and precision: warn when the export refused it or never checked it on that
+        backend, and run the on-device check when it was checked on another CPU architecture."""
+        from dkit.edge.device_check import check, needs_check
+
+        b, src = self.choice.backend, self.bundle.source
+        if not verified(model, b):
+            refused = dict(model.info.get("backends") or {}).get(b, {}).get("refused", "no record")
+            log.warning("%s: %s was not checked against fp32 on %s when exported (or failed the check there: %s); "
+                        "its results may be wrong", src, model.file, b, refused)
+        elif needs_check(model):
+            try:
+                self.check = check(self.bundle, b, model.precision, providers=self.providers, threads=self.threads)
+            except RuntimeConfigError as e:
+                log.warning("%s: %s was checked on %s, not on this %s, and cannot be checked here (%s); its results "
+                            "may be wrong", src, model.file, model.info.get("checked_on", "another CPU"),
+                            platform.machine(), e)
+                return
+            (log.info if self.check.passed else log.warning)(
+                "%s: %s on %s, checked on this %s: %s%s", src, model.file, b, platform.machine(),
+                self.check.describe(), "" if self.check.passed else "; its results may be wrong")
 
     def _choose(self, backend: str, precision: str, letterbox: str | None):
         from dkit.edge.select import Choice, choose

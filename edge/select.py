@@ -6,14 +6,15 @@
 Candidates are the bundle's models that passed the export's accuracy guard (an export ships no other) crossed with
 the backends that import here and read their format (onnxruntime and OpenVINO the ONNX models, NCNN the NCNN
 ones), keeping a reduced-precision model only on the backends the export checked it on (`verified`: OpenVINO runs
-this project's int8 detector wrongly, so the export refuses it there); `backend` or `precision` set to a name
-keeps only that one. Each candidate is loaded and timed on what
-the runtime would feed it from a synthetic 16:9 camera frame (the minimal letterbox where the backend and the
-request allow it; WARMUP runs, then TIMED runs; the median counts), the fastest wins,
-and the choice with its figures is logged and kept in $DKIT_HOME/choices.json (read, measured and written under a
-lock) under a key made of the bundle's model hashes, the request (backend, precision, threads, providers,
-letterbox) and this device (CPU model, core count,
-machine, library versions): another device, library version or bundle measures again; `remeasure=True` forces it.
+this project's int8 detector wrongly, so the export refuses it there) and, where the export ran on another CPU
+architecture, only if it passes the on-device check against the export's fp32 results (dkit.edge.device_check;
+the agreements are kept with the choice); `backend` or `precision` set to a name keeps only that one. Each
+candidate is loaded and timed on what the runtime would feed it from a synthetic 16:9 camera frame (the minimal
+letterbox where the backend and the request allow it; WARMUP runs, then TIMED runs; the median counts), the
+fastest wins, and the choice with its figures is logged and kept in $DKIT_HOME/choices.json (read, measured and
+written under a lock) under a key made of the bundle's model hashes, the request (backend, precision, threads,
+providers, letterbox) and this device (CPU model, core count, machine, library versions): another device,
+library version or bundle measures again; `remeasure=True` forces it.
 
 A GPU execution provider (TensorRT or CUDA) that really runs the fp32 model in onnxruntime is chosen without
 measuring: the CPU backends are not
@@ -37,6 +38,7 @@ import numpy as np
 
 from dkit.edge.backends import BACKENDS, available, load_backend
 from dkit.edge.backends.base import RuntimeConfigError
+from dkit.edge.device_check import needs_check
 from dkit.edge.home import dkit_home
 from dkit.edge.manifest import PRECISIONS
 
@@ -52,10 +54,13 @@ class Choice:
     precision: str
     figures: dict[str, float] = field(default_factory=dict)  # "backend/precision" -> median ms per frame
     reason: str = "measured"  # measured | cached | only candidate | gpu provider | as asked
+    checks: dict[str, float | None] = field(default_factory=dict)  # on-device check agreement (None: cannot run)
 
     def describe(self) -> str:
         table = ", ".join(f"{k} {v:.1f} ms" for k, v in sorted(self.figures.items(), key=lambda kv: kv[1]))
-        return f"{self.backend}/{self.precision} ({self.reason}{': ' + table if table else ''})"
+        checked = ", ".join(f"{k} {'not checkable' if v is None else f'{v:.3f}'}" for k, v in self.checks.items())
+        return (f"{self.backend}/{self.precision} ({self.reason}{': ' + table if table else ''}"
+                f"{'; checked here against the export: ' + checked if checked else ''})")
 
 
 def candidates(manifest, backend: str = "auto", precision: str = "auto",
@@ -79,12 +84,9 @@ def verified(entry, backend: str) -> bool:
     """Whether the export checked this model on this backend and it passed the accuracy guard there.
 
     fp32 models always count (every backend computes the same fp32 model; the tests bound it); NCNN models were
-    checked against the ONNX model when exported (an NCNN int8 model on that machine's CPU architecture only:
-    `make test-arm64-backends` measured aarch64's int8 kernels agreeing with x86's on 0.88 of the boxes); a
-    reduced-precision ONNX model counts on the backends its `backends` record lists without `refused`
-    (onnxruntime only, for bundles exported before that record)."""
-    if entry.format == "ncnn" and entry.precision == "int8":  # checked on the exporting machine's int8 kernels
-        return entry.info.get("checked_on") == platform.machine()
+    checked against the ONNX model when exported; a reduced-precision ONNX model counts on the backends its
+    `backends` record lists without `refused` (onnxruntime only, for bundles exported before that record). On
+    another CPU architecture than the export's, `choose` also runs the on-device check (dkit.edge.device_check)."""
     if entry.precision == "fp32" or entry.format == "ncnn":
         return True
     checks = entry.info.get("backends") or {"onnxruntime": {}}
@@ -101,7 +103,8 @@ def choose(bundle, *, backend: str = "auto", precision: str = "auto", providers:
     if precision != "auto" and precision not in PRECISIONS:
         raise RuntimeConfigError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}, auto")
     pairs = candidates(m, backend, precision)
-    if len(pairs) == 1:
+    unchecked = [(b, p) for b, p in pairs if needs_check(m.model(p, BACKENDS[b].format))]
+    if len(pairs) == 1 and not unchecked:
         return Choice(*pairs[0], reason="only candidate" if "auto" in (backend, precision) else "as asked")
     ort_fp32 = ("onnxruntime", "fp32") if ("onnxruntime", "fp32") in pairs else None
     if ort_fp32 and backend in ("auto", "onnxruntime") and _gpu_runs(bundle, providers, threads):
@@ -111,14 +114,37 @@ def choose(bundle, *, backend: str = "auto", precision: str = "auto", providers:
     with _cache_lock():
         cached = None if remeasure else _cache_read().get(key)
         if isinstance(cached, dict) and tuple(cached.get("pick", ())) in pairs:
-            return Choice(*cached["pick"], figures=dict(cached.get("figures") or {}), reason="cached")
+            return Choice(*cached["pick"], figures=dict(cached.get("figures") or {}), reason="cached",
+                          checks=dict(cached.get("checks") or {}))
+        checks = {f"{b}/{p}": _check_here(bundle, b, p, providers, threads) for b, p in unchecked}
+        minimum = m.checks.min_agreement if m.checks else 1.0
+        pairs = [(b, p) for b, p in pairs if f"{b}/{p}" not in checks
+                 or checks[f"{b}/{p}"] is not None and checks[f"{b}/{p}"] >= minimum]
+        if not pairs:
+            raise RuntimeConfigError(f"{bundle.source}: every candidate failed the on-device accuracy check "
+                                     f"({', '.join(f'{k} {v}' for k, v in checks.items())})")
         figures = {f"{b}/{p}": ms for b, p in pairs
-                   if (ms := measure(bundle, b, p, providers, threads, mode)) is not None}
-        if not figures:
+                   if len(pairs) > 1 and (ms := measure(bundle, b, p, providers, threads, mode)) is not None}
+        if len(pairs) > 1 and not figures:
             raise RuntimeConfigError(f"{bundle.source}: none of {', '.join(f'{b}/{p}' for b, p in pairs)} ran here")
-        pick = min(figures, key=figures.get).split("/")
-        _cache_write(key, {"pick": pick, "figures": figures, "measured": time.time()})
-    return Choice(pick[0], pick[1], figures)
+        pick = min(figures, key=figures.get).split("/") if figures else list(pairs[0])
+        _cache_write(key, {"pick": pick, "figures": figures, "checks": checks, "measured": time.time()})
+    return Choice(pick[0], pick[1], figures, "measured" if figures else "only candidate", checks)
+
+
+def _check_here(bundle, backend: str, precision: str, providers, threads: int) -> float | None:
+    """The on-device check's agreement (dkit.edge.device_check), logged; None when it cannot run here."""
+    from dkit.edge.device_check import check
+
+    try:
+        outcome = check(bundle, backend, precision, providers=providers, threads=threads)
+    except Exception as e:  # noqa: BLE001 - a model that cannot be checked here is not a candidate
+        log.warning("%s/%s was checked on another CPU architecture and cannot be checked here (%s: %s); left out",
+                    backend, precision, type(e).__name__, e)
+        return None
+    (log.info if outcome.passed else log.warning)("%s/%s on this %s: %s%s", backend, precision, platform.machine(),
+                                                  outcome.describe(), "" if outcome.passed else "; left out")
+    return outcome.agreement
 
 
 def measure(bundle, backend: str, precision: str, providers: list[str] | None, threads: int,

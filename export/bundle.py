@@ -15,7 +15,9 @@ By student kind (task in the manifest):
   the prompt embeddings and the score calibration (dkit.export.judge).
 Each gets the fp16/int8 variants the kit asks for (dkit.export.variants), each measured against fp32 and refused
 below the accuracy guard; `export.backends: [onnx, ncnn]` adds NCNN models (dkit.export.ncnn),
-checked against the ONNX model the same way. TensorRT engines are device-specific: the README carries the
+checked against the ONNX model the same way; `checks/` carries held-out images and the fp32 results on them, so a
+device of another CPU architecture checks a reduced-precision model before using it (dkit.export.device_checks).
+TensorRT engines are device-specific: the README carries the
 device's build command, and with the `tensorrt` package and a GPU here an engine is built too
 (dkit.export.tensorrt).
 """
@@ -72,8 +74,13 @@ def export_bundle(kit, run_dir: Path, *, store=None) -> dict:
         engines = _engines(kit, tmp, entry, variants)
         manifest = build_manifest(kit, run, task, entry, variants, exported.classes, exported.parts,
                                   engines | formats)
+        manifest = write_manifest(tmp, manifest)
+        if kit.export.device_checks and any(m.precision != "fp32" for m in manifest.models.values()):
+            from dkit.export.device_checks import write_checks
+
+            manifest = write_checks(tmp, kit, manifest, held_out)
         atomic_write(tmp / "README.md", render_readme(kit, manifest, read_json(run.eval_json)))
-        write_manifest(tmp, manifest)
+        manifest = write_manifest(tmp, manifest)
         with open_bundle(tmp):  # the device's own check, on exactly what will be shipped
             pass
         replace_dir(tmp, run.bundle)

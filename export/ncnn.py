@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import shutil
 import sys
 from contextlib import contextmanager
@@ -65,6 +66,7 @@ def export_ncnn(kit, run: RunDir, bundle_dir: Path, entry: dict, held_out: list[
             (param, weights), head = _convert(kit, run, bundle_dir, stem, half=precision == "fp16"), None
         size = ["height", "width"] if head else list(spec.size)
         doc = {"file": param.name, "weights": weights.name, "format": "ncnn", "precision": precision,
+               **({"checked_on": platform.machine()} if precision != "fp32" else {}),
                "inputs": [{"name": "in0", "shape": [1, 3, *size], "dtype": "float32", "layout": "NCHW"}],
                **({"head": head} if head else {})}
         doc["vs_onnx"] = _parity(bundle_dir / entry["file"], param, weights, precision, inputs, kit, task, head)
@@ -83,10 +85,8 @@ def _int8(kit, bundle_dir: Path, entry: dict, fp32: dict, spec, calibration: lis
     param, weights = bundle_dir / "student-int8.ncnn.param", bundle_dir / "student-int8.ncnn.bin"
     calib = [preprocess(rgb, spec)[0] for rgb in calibration]
     how = quantize_ncnn(bundle_dir / fp32["file"], bundle_dir / fp32["weights"], param, weights, calib)
-    import platform
-
     # int8 kernels round differently per CPU family (measured: NCNN int8 on aarch64 agrees with x86's on 0.88 of
-    # the boxes): the guard holds for the architecture it ran on, and auto uses the model only there
+    # the boxes): the guard holds for the architecture it ran on; elsewhere the device checks it (checks/)
     doc = {"file": param.name, "weights": weights.name, "format": "ncnn", "precision": "int8",
            "inputs": fp32["inputs"], "head": fp32["head"], "int8": how, "checked_on": platform.machine()}
     doc["vs_onnx"] = _parity(bundle_dir / entry["file"], param, weights, "int8", inputs, kit, task, fp32["head"])

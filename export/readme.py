@@ -151,6 +151,14 @@ def _variant_lines(manifest: Manifest) -> list[str]:
                          "'distill-kit[ncnn]'`).")
     for precision, why in manifest.info["refused_variants"].items():
         lines.append(f"- {precision}: refused ({why}).")
+    if manifest.checks is not None:
+        here = manifest.info.get("device_checks", {}).get(manifest.checks.machine, {})
+        figures = ", ".join(f"{k} {v:.3f}" for k, v in here.items())
+        lines.append(f"- On-device check: `checks/` holds held-out images and the fp32 results on them. int8 kernels "
+                     f"round differently per CPU family, so on another CPU architecture than this export's "
+                     f"({manifest.checks.machine}) `dkit run` checks each reduced-precision model against them "
+                     f"(at least {manifest.checks.min_agreement:g} agreement) before `--precision auto` uses it"
+                     + (f"; here: {figures}." if figures else "."))
     return lines
 
 

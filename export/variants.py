@@ -19,6 +19,7 @@ And the median ms/image of both on this machine, in the same run. A variant whos
 from __future__ import annotations
 
 import logging
+import platform
 import time
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def make_variant(precision: str, fp32: Path, bundle_dir: Path, kit, held_out: li
     else:
         raise ValueError(f"unknown precision {precision!r}")
     agreement = compare(fp32, out, held_out, spec, kit, task)
-    entry = {"file": out.name, "precision": precision, "vs_fp32": agreement,
+    entry = {"file": out.name, "precision": precision, "vs_fp32": agreement, "checked_on": platform.machine(),
              **({"int8_format": kit.export.int8_format} if precision == "int8" else {})}
     if agreement["agreement"] >= kit.export.accuracy_guard:
         entry["backends"] = backend_checks(fp32, out, precision, held_out, spec, kit, task, agreement)
@@ -63,19 +64,18 @@ def backend_checks(fp32: Path, variant: Path, precision: str, images: list[np.nd
     `dkit run --backend auto` never runs it there (measured: OpenVINO 2026.4 on this project's QDQ int8 detector
     gives boxes hundreds of pixels off, mAP50 0.0, where onnxruntime keeps 0.963). A backend missing here is
     absent from the result, and auto then leaves it out for this model too (dkit.edge.select)."""
-    from dkit.edge.backends import BACKENDS
-    from dkit.edge.backends.ort_backend import OrtBackend
+    from dkit.edge.backends import BACKENDS, open_onnx_file
 
     checks = {"onnxruntime": {"agreement": round(ort_agreement["agreement"], 4)}}
     others = [b for b, p in BACKENDS.items() if p.format == "onnx" and b != "onnxruntime" and p.importable()]
     if not others:
         return checks
     inputs = [preprocess(rgb, spec)[0] for rgb in images]
-    ref_be = OrtBackend(fp32, "", providers=["cpu"])  # the reference is fp32 on the CPU, as compare()'s
+    ref_be = open_onnx_file("onnxruntime", fp32, "fp32")  # the reference is fp32 on the CPU, as compare()'s
     ref = [ref_be.run(x) for x in inputs]
     for name in others:
         try:
-            be = _onnx_backend(name, variant, precision)
+            be = open_onnx_file(name, variant, precision)
             got = agreement(ref, [be.run(x) for x in inputs], kit, task)
         except Exception as e:  # noqa: BLE001 - an optional backend that cannot run the model is refused there
             checks[name] = {"agreement": 0.0, "refused": f"{name}: does not run it ({type(e).__name__}: {e})"}
@@ -88,15 +88,6 @@ def backend_checks(fp32: Path, variant: Path, precision: str, images: list[np.nd
             log.warning("%s %s variant refused on %s", precision, variant.name, doc["refused"])
         checks[name] = doc
     return checks
-
-
-def _onnx_backend(name: str, model: Path, precision: str):
-    """A backend (other than onnxruntime) that reads ONNX files, on one model file."""
-    if name == "openvino":
-        from dkit.edge.backends.openvino_backend import OpenVinoBackend
-
-        return OpenVinoBackend(model, precision)
-    raise ValueError(f"no ONNX backend {name!r} to check")
 
 
 def _quantize_int8(fp32: Path, out: Path, images: list[np.ndarray], spec: dict, fmt: str = "s8s8") -> None:

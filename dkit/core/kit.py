@@ -196,6 +196,9 @@ class Export:
     accuracy_guard: Fraction = 0.95  # a reduced-precision variant agreeing less than this with fp32 is refused
     parity_atol: Annotated[float, Strict(), Field(gt=0.0)] = 0.05  # ONNX vs PyTorch: largest raw output difference
     archive: Bool = True  # also write bundle.tar.gz
+    # held-out images shipped in the bundle (checks/) with the fp32 model's results on them: a device of another
+    # CPU architecture checks a reduced-precision model against them before --precision auto uses it (0: none)
+    device_checks: Annotated[int, Strict(), Field(ge=0, le=256)] = 32
     # model formats in the bundle: onnx (always; onnxruntime and OpenVINO read it) and ncnn (.param/.bin by pnnx,
     # for Arm boards), each non-ONNX one checked against the ONNX model before it is shipped
     backends: Annotated[list[Literal["onnx", "ncnn"]], Field(min_length=1)] = dataclasses.field(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from dkit.edge.backends.base import Backend, RuntimeConfigError
 
-__all__ = ["BACKENDS", "Backend", "RuntimeConfigError", "BackendPlugin", "available", "load_backend"]
+__all__ = ["BACKENDS", "Backend", "RuntimeConfigError", "BackendPlugin", "available", "load_backend", "open_onnx_file"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,8 @@ class BackendPlugin:
     """A registry entry: where the backend lives, what it reads and which extra installs its library."""
 
     name: str
-    module: str  # dkit.edge.backends.<module>, with a `load(bundle, entry, **options) -> Backend`
+    module: str  # dkit.edge.backends.<module>: `load(bundle, entry, **options) -> Backend` (ONNX readers also
+    #             `open_file(model_file, precision, threads=0)`, a model outside a bundle)
     library: str  # the import name of the library it needs
     extra: str  # the pip extra that installs it ("" for the base install)
     format: str  # the model-entry format it reads: onnx | ncnn
@@ -71,3 +72,11 @@ def load_backend(name: str, bundle, entry, **options) -> Backend:
         raise RuntimeConfigError(f"backend {name}: the {p.library} package is not installed here ({hint})")
     module = importlib.import_module(f"dkit.edge.backends.{p.module}")
     return module.load(bundle, entry, **options)
+
+
+def open_onnx_file(name: str, model_file, precision: str, *, threads: int = 0) -> Backend:
+    """Backend `name` on one ONNX file outside a bundle (dkit.export checks each variant on every ONNX reader)."""
+    p = plugin(name)
+    if p.format != "onnx":
+        raise RuntimeConfigError(f"backend {name} reads {p.format} models, not an ONNX file")
+    return importlib.import_module(f"dkit.edge.backends.{p.module}").open_file(model_file, precision, threads=threads)

@@ -54,3 +54,8 @@ def load(bundle, entry, *, providers: list[str] | None = None, threads: int = 0)
     backend = OpenVinoBackend(bundle.path(entry.file), entry.precision, threads=threads)
     log.info("%s: %s on %s", bundle.source, entry.file, backend.device)
     return backend
+
+
+def open_file(model_file, precision: str, *, threads: int = 0) -> OpenVinoBackend:
+    """OpenVINO on one ONNX file outside a bundle (the export checks its variants with it)."""
+    return OpenVinoBackend(model_file, precision, threads=threads)

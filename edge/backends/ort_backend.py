@@ -82,6 +82,11 @@ def load(bundle, entry, *, providers: list[str] | None = None, threads: int = 0)
     return backend
 
 
+def open_file(model_file, precision: str, *, threads: int = 0) -> OrtBackend:
+    """onnxruntime's CPU provider on one ONNX file outside a bundle (the export's fp32 reference)."""
+    return OrtBackend(model_file, "", providers=["cpu"], threads=threads)
+
+
 def _with_options(provider: str, sha256: str) -> str | tuple[str, dict]:
     if provider != "TensorrtExecutionProvider":
         return provider

@@ -92,6 +92,21 @@ def test_openvino_gives_onnxruntime_detections(detect_bundle):
             np.testing.assert_allclose(result.detections.xyxy, ov_rt(frame).detections.xyxy, atol=1e-3)
 
 
+def test_every_onnx_reader_opens_a_model_file_outside_a_bundle(detect_bundle):
+    """What the export checks its variants with (backends.open_onnx_file): the same outputs as the bundle's."""
+    x = np.full((1, 3, 320, 320), 0.5, np.float32)
+    with Runtime.load(detect_bundle) as rt:
+        want = rt.infer(x)
+    for name in ["onnxruntime"] + (["openvino"] if "openvino" in backends.available() else []):
+        be = backends.open_onnx_file(name, detect_bundle / "student.onnx", "fp32")
+        try:
+            np.testing.assert_allclose(be.run(x), want, atol=1e-2)
+        finally:
+            be.close()
+    with pytest.raises(RuntimeConfigError, match="backend ncnn reads ncnn models, not an ONNX file"):
+        backends.open_onnx_file("ncnn", detect_bundle / "student.onnx", "fp32")
+
+
 def test_a_bundle_without_an_ncnn_model_says_how_to_get_one(detect_bundle):
     pytest.importorskip("ncnn")
     with pytest.raises(RuntimeConfigError, match=r"no fp32 ncnn model in this bundle \(it has: onnx fp32\).*"

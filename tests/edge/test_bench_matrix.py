@@ -9,7 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from dkit.edge.bench_matrix import agreement, bench_matrix, box_iou, format_table, wide_frames
+from dkit.edge.agreement import agreement
+from dkit.edge.bench_matrix import bench_matrix, format_table, wide_frames
+from dkit.edge.postprocess import box_iou
 from tests.conftest import ASSETS, ROOT
 from tests.edge.test_runtime import _rgb
 

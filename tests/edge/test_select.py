@@ -79,7 +79,7 @@ def test_the_fastest_is_chosen_then_cached_for_this_device(two_precisions, home,
         int8 = select.choose(b, precision="int8")
         assert (int8.backend, int8.precision, int8.reason, len(calls)) == ("onnxruntime", "int8", "only candidate", 9)
     doc = json.loads((home / "choices.json").read_text())
-    assert len(doc) == 2 and all(set(v) == {"pick", "figures", "measured"} for v in doc.values())
+    assert len(doc) == 2 and all(set(v) == {"pick", "figures", "checks", "measured"} for v in doc.values())
     assert not list(home.glob(".*.tmp"))
 
 
@@ -165,13 +165,3 @@ def test_a_forced_unchecked_model_runs_with_a_warning(two_precisions, home, capl
     with caplog.at_level("WARNING"), Runtime.load(two_precisions, backend="openvino", precision="int8") as rt:
         assert rt.precision == "int8"
     assert "was not checked against fp32 on openvino" in caplog.text and "mAP50 0.000" in caplog.text
-
-
-def test_an_ncnn_int8_model_counts_only_on_the_architecture_it_was_checked_on(monkeypatch):
-    from dkit.edge.manifest import ModelEntry
-
-    entry = ModelEntry("student_ncnn_int8", "q.param", "int8", "ncnn", "q.bin", info={"checked_on": "x86_64"})
-    monkeypatch.setattr(select.platform, "machine", lambda: "x86_64")
-    assert select.verified(entry, "ncnn")
-    monkeypatch.setattr(select.platform, "machine", lambda: "aarch64")
-    assert not select.verified(entry, "ncnn")

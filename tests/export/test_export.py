@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -125,6 +126,16 @@ def test_fp16_and_int8_variants_carry_their_agreement_or_are_refused(trained, gu
             assert "below export.accuracy_guard 1" in m["refused_variants"][precision]
             assert not (run / "bundle" / f"student-{precision}.onnx").exists()
             assert f"{precision}: refused" in bundle.path("README.md").read_text()
+        if shipped:  # checks/: held-out images and the fp32 results, run here on every reduced model too
+            assert m["checks"]["machine"] == platform.machine() and m["checks"]["min_agreement"] == guard
+            ref = json.loads(bundle.path(m["checks"]["reference"]).read_text())
+            assert len(ref["images"]) == 4 and all(bundle.path(i["file"]).is_file() for i in ref["images"])
+            assert {m["models"][f"student_{p}"]["checked_on"] for p in shipped} == {platform.machine()}
+            figures = m["device_checks"][platform.machine()]
+            assert set(figures) == {f"{b}/{p}" for b in ("onnxruntime", "openvino") for p in shipped}
+            assert all(0.0 <= v <= 1.0 for v in figures.values())
+        else:  # an fp32-only bundle has nothing to check on a device
+            assert "checks" not in m and not any(n.startswith("checks/") for n in m["files"])
     assert set(result["variants"]) == {"fp16", "int8"}
     assert result["variants"]["int8"]["int8_format"] == "s8s8"  # the default: signed activations and weights
     if "int8" in shipped:

@@ -8,6 +8,7 @@ the result must equal the teacher's embeddings in prompts.npy.
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 
@@ -66,8 +67,13 @@ def test_judge_bundle_parity_and_contents(judge):
     with open_bundle(run / "bundle") as bundle:
         m = bundle.manifest.to_dict()  # the JSON document the device reads
         assert m["task"] == "embed" and m["teacher"]["random"] and m["classes"] == ["animal", "food", "vehicle"]
-        assert set(m["files"]) == {"student.onnx", "student-int8.onnx", "text.onnx", "bpe_simple_vocab_16e6.txt.gz",
-                                   "prompts.npy", "README.md"}
+        checks = {f for f in m["files"] if f.startswith("checks/")}  # the int8 model's on-device check
+        assert set(m["files"]) - checks == {"student.onnx", "student-int8.onnx", "text.onnx",
+                                            "bpe_simple_vocab_16e6.txt.gz", "prompts.npy", "README.md"}
+        ref = json.loads(bundle.path("checks/reference.json").read_text())
+        assert checks == {"checks/reference.json"} | {i["file"] for i in ref["images"]} and len(ref["images"]) == 10
+        assert len(ref["images"][0]["embedding"]) == m["prompts"]["dim"] and ref["letterbox"] is None
+        assert 0.9 <= m["device_checks"][platform.machine()]["onnxruntime/int8"] <= 1.0  # mean cosine, run here
         assert set(m["models"]) == {"student", "student_int8", "text"}
         assert m["models"]["student_int8"]["vs_fp32"]["metric"] == "mean cosine"
         rows = m["prompts"]["rows"]

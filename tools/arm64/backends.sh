@@ -8,7 +8,9 @@
 # Needs the cached root and venv of `make test-arm64` (tools/arm64/run.sh builds them); pip-installs ncnn and
 # openvino (aarch64 wheels from the registry) into that venv once. Report: $DKIT_ARM64_HOME/backends-report.json.
 # DKIT_ARM64_DOCTOR=0 leaves out `dkit doctor` in the root (about 8 minutes under qemu); DKIT_ARM64_CONFIGS="B/P/L ..."
-# runs only those configurations (the reference onnxruntime/fp32/square, or /minimal, among them).
+# runs only those configurations (the reference onnxruntime/fp32/square, or /minimal, among them);
+# DKIT_ARM64_CHECKS=0 leaves out the on-device accuracy check (tools/arm64/device_checks.py, on both sides);
+# DKIT_ARM64_CHECK_ONLY="ncnn/int8,onnxruntime/int8" checks only those in the root (emulated fp16 is slow).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 export QEMU_CPU="${QEMU_CPU:-cortex-a76}"
 BUNDLE="${1:?usage: backends.sh BUNDLE [IMAGES]}"
@@ -46,6 +48,15 @@ if [ "${DKIT_ARM64_DOCTOR:-1}" = 1 ]; then  # about 8 minutes under qemu: auto t
   in_root "QEMU_CPU=$QEMU_CPU DKIT_HOME=/tmp/dkit-home $V/dkit doctor /dkit/bundles/backends --no-cameras --frames 1 \
     --warmup 0" > "$O/arm64/doctor.txt" 2>&1 || true
   sed 's/^/  arm64 /' "$O/arm64/doctor.txt"
+fi
+if [ "${DKIT_ARM64_CHECKS:-1}" = 1 ]; then  # the on-device accuracy check of each reduced-precision model
+  cp "$REPO/tools/arm64/device_checks.py" "$O/device_checks.py"
+  "${X86_RUN[@]}" "$O/device_checks.py" "$B" --out "$O/x86/device-checks.json" > "$O/x86/device-checks.log" 2>&1 \
+    || say "x86 device checks: failed (see its log)"
+  say "arm64: the on-device accuracy check of each reduced-precision model"
+  in_root "QEMU_CPU=$QEMU_CPU DKIT_HOME=/tmp/dkit-home $V/python /dkit/out/backends/device_checks.py \
+    /dkit/bundles/backends --out /dkit/out/backends/arm64/device-checks.json --only '${DKIT_ARM64_CHECK_ONLY:-}'" 2>&1 | grep -v '^ *[{}]' \
+    | grep "against the export" | sed 's/^/  arm64 /' || say "arm64 device checks: failed"
 fi
 for c in "${CONFIGS[@]}"; do
   say "arm64: $c"

@@ -1,0 +1,172 @@
+"""The on-device accuracy check: a reduced-precision model exported on one CPU architecture, checked on this one
+before `--precision auto` uses it.
+
+    outcome = check(bundle, "ncnn", "int8")     # Outcome(agreement=0.97, minimum=0.95, images=16): .passed
+    needs_check(bundle.manifest.model("int8", "ncnn"))   # True where the export ran on another architecture
+
+An int8 or fp16 model passes the export's accuracy guard on the export machine's kernels; another CPU family
+rounds differently (measured, `make test-arm64-backends`: NCNN int8 on aarch64 agrees with x86's on 0.88 of the
+boxes at IoU 0.9). So the export ships `checks/`: held-out images (JPEG quality 95, no larger than the model's
+input: `make test-arm64` measured OpenCV's JPEG decoding identical on aarch64 and x86) and what the fp32
+onnxruntime model found on those decoded pixels (manifest `checks.reference`). Here the candidate runs
+on those images through the whole runtime, and its agreement with that reference by the export guard's own
+metric (a detector's mAP50 against the reference boxes, dkit.edge.map50; top-1 agreement; mean cosine) must
+reach the export's guard (`checks.min_agreement`).
+dkit.edge.select runs it for each model whose `checked_on` is not this machine's architecture and keeps the
+outcome with its choice; a model forced with --backend/--precision is checked too, and a warning says if it fails.
+A bundle without checks (exported before them) cannot be checked: such a model is left out of auto.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from dataclasses import dataclass
+
+import numpy as np
+
+from dkit.edge.backends.base import RuntimeConfigError
+
+log = logging.getLogger(__name__)
+MAX_IMAGES = 256  # the export writes at most this many (export.device_checks)
+MAX_BYTES = 8 * 2**20  # one check image file
+MAX_SIDE = 4096  # a check image is no larger than the model's input; anything bigger is not the export's
+RANK_CONF = 0.001  # detections ranked for mAP50 down to this confidence (the export's variants.compare too)
+METRICS = {"detect": "mAP50", "classify": "top-1 agreement", "embed": "mean cosine"}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    agreement: float
+    minimum: float
+    images: int
+    metric: str = "agreement"
+
+    @property
+    def passed(self) -> bool:
+        return self.agreement >= self.minimum
+
+    def describe(self) -> str:
+        return (f"{self.metric} {self.agreement:.3f} against the export's fp32 results on {self.images} images "
+                f"({'passes' if self.passed else 'below'} the guard {self.minimum:g})")
+
+
+def needs_check(entry) -> bool:
+    """Whether `entry` was checked against fp32 on another CPU architecture than this one (or on an unknown one:
+    an NCNN int8 model exported before `checked_on` was recorded). fp32 models and older ONNX variants: no."""
+    if entry.precision == "fp32":
+        return False
+    default = None if (entry.format, entry.precision) == ("ncnn", "int8") else platform.machine()
+    return entry.info.get("checked_on", default) != platform.machine()
+
+
+def check(bundle, backend: str, precision: str, *, providers: list[str] | None = None,
+          threads: int | None = None) -> Outcome:
+    """Run the `precision` model on `backend` over the bundle's check images; its agreement with the reference
+    by the export guard's own metric (METRICS)."""
+    checks = bundle.manifest.checks
+    if checks is None:
+        raise RuntimeConfigError(f"{bundle.source}: no device checks in this bundle (export it again with "
+                                 "export.device_checks above 0 to check its reduced-precision models here)")
+    doc = read_reference(bundle)
+    task = bundle.manifest.task
+    ref = reference_results(doc, task)
+    # a detector's predictions are ranked down to conf 0.001, as the export's mAP50 ranks them
+    from dkit.edge.runtime import Runtime
+
+    rt = Runtime(bundle, backend=backend, precision=precision, providers=providers, threads=threads,
+                 letterbox=doc.get("letterbox"), warmup=0, verify=False, **({"conf": RANK_CONF} if task == "detect"
+                                                                              else {}))
+    try:
+        got = [rt(load_image(bundle, item["file"]), frame_id=i) for i, item in enumerate(doc["images"])]
+    finally:
+        rt.backend.close()  # the bundle stays open: it is the caller's
+    return Outcome(round(score(ref, got), 4), checks.min_agreement, len(ref), METRICS[task])
+
+
+def score(ref: list, got: list) -> float:
+    """The export guard's metric of `got` against `ref` (Result lists, image by image)."""
+    if ref and ref[0].task == "detect":
+        from dkit.edge.map50 import map50
+
+        return map50((b.detections.xyxy, b.detections.confidence, b.detections.class_id, a.detections.xyxy,
+                      a.detections.class_id) for a, b in zip(ref, got, strict=True))
+    from dkit.edge.agreement import agreement
+
+    return agreement(ref, got)
+
+
+def read_reference(bundle) -> dict:
+    """The checks' reference document (its sha256 was verified with the bundle), its shape checked."""
+    path = bundle.path(bundle.manifest.checks.reference)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise RuntimeConfigError(f"{path}: not a readable checks reference ({e})") from e
+    images = doc.get("images") if isinstance(doc, dict) else None
+    if not isinstance(images, list) or not 0 < len(images) <= MAX_IMAGES or not all(
+            isinstance(i, dict) and isinstance(i.get("file"), str) for i in images):
+        raise RuntimeConfigError(f"{path}: 'images' must list 1 to {MAX_IMAGES} objects with a 'file'")
+    return doc
+
+
+def load_image(bundle, name: str) -> np.ndarray:
+    """A check image (JPEG or PNG) as (H, W, 3) uint8 RGB; its size read from the header and bounded before it is
+    decoded."""
+    import cv2
+
+    from dkit.edge.upload import UploadError, image_size
+
+    path = bundle.path(name)
+    if path.stat().st_size > MAX_BYTES:
+        raise RuntimeConfigError(f"{bundle.source}: check image {name} is over {MAX_BYTES // 2**20} MiB")
+    data = path.read_bytes()
+    try:
+        kind, w, h = image_size(data)
+    except UploadError as e:
+        raise RuntimeConfigError(f"{bundle.source}: check image {name}: {e.message}") from e
+    if kind not in ("jpeg", "png"):
+        raise RuntimeConfigError(f"{bundle.source}: check image {name} is {kind}, not a JPEG or PNG file")
+    if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
+        raise RuntimeConfigError(f"{bundle.source}: check image {name} is {w}x{h} (at most {MAX_SIDE} a side)")
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise RuntimeConfigError(f"{bundle.source}: check image {name} does not decode")
+    return np.ascontiguousarray(bgr[:, :, ::-1])  # (H, W, 3) RGB
+
+
+def reference_results(doc: dict, task: str) -> list:
+    """The reference document's per-image results as Result objects (what dkit.edge.agreement compares)."""
+    from dkit.edge.postprocess import Detections
+    from dkit.edge.runtime import Result
+
+    out = []
+    for i, item in enumerate(doc["images"]):
+        try:
+            if task == "detect":
+                rows = np.asarray(item["detections"], np.float32).reshape(-1, 6)  # (N, 6) x1 y1 x2 y2 conf class
+                out.append(Result(i, 0.0, 0.0, task, detections=Detections(rows[:, :4], rows[:, 4],
+                                                                           rows[:, 5].astype(np.int64))))
+            elif task == "classify":
+                out.append(Result(i, 0.0, 0.0, task, top=[(int(item["top1"]), 1.0)]))
+            else:
+                out.append(Result(i, 0.0, 0.0, task, embedding=np.asarray(item["embedding"], np.float32)))
+        except (KeyError, TypeError, ValueError) as e:
+            raise RuntimeConfigError(f"checks reference, image {i} ({item.get('file')}): not a {task} result "
+                                     f"({type(e).__name__}: {e})") from e
+    return out
+
+
+def result_doc(result, file: str) -> dict:
+    """One image's entry of the reference document (the export writes these from the fp32 onnxruntime run)."""
+    if result.task == "detect":
+        d = result.detections
+        rows = np.concatenate([d.xyxy, d.confidence[:, None], d.class_id[:, None].astype(np.float32)], 1)
+        return {"file": file, "detections": [[round(float(v), 2) for v in r] for r in rows]}
+    if result.task == "classify":
+        return {"file": file, "top1": int(result.top[0][0])}
+    return {"file": file, "embedding": [round(float(v), 7) for v in result.embedding]}
+
+
+__all__ = ["Outcome", "check", "needs_check", "read_reference", "reference_results", "result_doc"]
