@@ -9,6 +9,9 @@ writes `run_dir/labels/`:
   whether the teacher abstained and why, or why the file was skipped, and the teacher id;
 - `report.html`: counts, histograms, contact sheets, what to review, skipped files.
 
+Video files among the inputs (dkit.distill.video) are sampled at `data.video.fps`, near-duplicate frames
+skipped, and each kept frame (a JPEG under run_dir/frames/, named by content) labelled like an image; its
+record is named `video#t=SECONDS` and says which video and time it came from (`video`).
 Images are linked (or copied, `data.link: copy`), never moved, and keep their file stem (a `_1`
 suffix only on a name collision); an image that had to be normalised (CMYK, 16-bit, EXIF rotation,
 downscaled) is written as a plain JPEG. The split is deterministic for `data.seed` and keeps
@@ -40,6 +43,7 @@ from dkit.core.workers import decode_workers
 from dkit.distill.cache import TeacherCache
 from dkit.distill.images import LoadedImage, iter_images, scan
 from dkit.distill.teachers import Teacher, build_teacher
+from dkit.distill.video import expand_videos, is_video
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,7 @@ class LabelResult:
     counts: dict[str, int]
     seconds: float
     quality: dict | None = None
+    videos: list[dict] = dataclasses.field(default_factory=list)  # per video: sampled, near_duplicates, kept, ...
 
 
 def resolve_images(kit, store) -> Path:
@@ -80,7 +85,12 @@ def label_images(kit, run_dir: Path, *, store=None, teacher: Teacher | None = No
         root = render_folder(root, run_dir / "rendered", per_file=kit.data.drawings_per_file,
                              size=kit.data.drawing_size)
         log.info("Quick, Draw! files rendered to %s (their classes: %s)", root, truth_file(root))
-    paths = scan(root)
+    paths, root = _inputs(root)
+    frames = None
+    if any(is_video(p) for p in paths):  # footage: sampled frames, near-duplicates skipped, then labelled as images
+        frames = expand_videos([p for p in paths if is_video(p)], root, run_dir / "frames", kit.data.video,
+                               progress=progress)
+        paths = [p for p in paths if not is_video(p)] + frames.images
     if teacher.random:
         log.warning("labeling with an UNTRAINED teacher (%s): the labels are meaningless", teacher.id)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -89,8 +99,14 @@ def label_images(kit, run_dir: Path, *, store=None, teacher: Teacher | None = No
     try:
         with TeacherCache(RunDir(run_dir).cache_db) as cache:
             records, counts = _label_all(kit, teacher, cache, root, paths, tmp / ".staging", progress)
+        if frames is not None:
+            records = _as_video_frames(records, frames, teacher)
+            counts |= {"videos": len(frames.stats) + len(frames.skipped), "frames_sampled":
+                       sum(v["sampled"] for v in frames.stats), "near_duplicates":
+                       sum(v["near_duplicates"] for v in frames.stats), "frames_kept": len(frames.images)}
         if not any(r.skipped is None for r in records):
-            raise UsageError(f"none of the {len(paths)} files in {root} is a readable image (see the reasons with -v)")
+            raise UsageError(f"none of the {len(paths)} files in {root} is a readable image or video (see the "
+                             "reasons with -v)")
         records = _write_dataset(_assign_split(records, kit), kit, tmp, staging=tmp / ".staging")
         quality = None
         if ground_truth is not None:
@@ -116,7 +132,32 @@ def label_images(kit, run_dir: Path, *, store=None, teacher: Teacher | None = No
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return LabelResult(labels_dir, records, counts, time.perf_counter() - start, quality)
+    return LabelResult(labels_dir, records, counts, time.perf_counter() - start, quality,
+                       [] if frames is None else frames.stats)
+
+
+def _inputs(root: Path) -> tuple[list[Path], Path]:
+    """The files to label and the folder their names are relative to: a folder's files, or one file."""
+    if root.is_file():
+        return [Path(os.path.abspath(root))], Path(os.path.abspath(root)).parent
+    return scan(root), root
+
+
+def _as_video_frames(records: list[LabelRecord], frames, teacher: Teacher) -> list[LabelRecord]:
+    """Each frame's record named after its video and time (`street/cam1.mp4#t=12.500`, a media fragment), with
+    `video` saying where it came from; a video that could not be read is a skipped record like a bad image."""
+    out = []
+    for rec in records:
+        origin = frames.origin.get(Path(rec.source).name) if Path(rec.source).parent.name == "frames" else None
+        if not origin:
+            out.append(rec)
+            continue
+        (video, t), *also = origin
+        out.append(dataclasses.replace(rec, image=f"{video}#t={t:.3f}", video={
+            "file": video, "t": t, **({"also": [{"file": v, "t": tt} for v, tt in also]} if also else {})}))
+    out += [LabelRecord(image=video, source=video, sha256=None, teacher=teacher.id, skipped=why)
+            for video, why in frames.skipped]
+    return out
 
 
 # ------------------------------------------------------------------------------------------ labeling
@@ -269,8 +310,11 @@ def _write_dataset(records: list[LabelRecord], kit, out: Path, *, staging: Path)
 
 def _free_name(rec: LabelRecord, copy: Path | None, taken: set[str]) -> str:
     """The image's file stem in the data set; a collision across sub-folders gets a suffix, never overwrites."""
-    stem = Path(rec.image).stem
-    suffix = ".jpg" if copy else Path(rec.image).suffix.lower()
+    if rec.video is not None:  # a video frame: the video's stem and the time, e.g. cam1_t0000012.500.jpg
+        stem, suffix = f"{Path(rec.video['file']).stem}_t{float(rec.video['t']):011.3f}", ".jpg"
+    else:
+        stem = Path(rec.image).stem
+        suffix = ".jpg" if copy else Path(rec.image).suffix.lower()
     name, k = f"{stem}{suffix}", 0
     while name.lower() in taken:
         k += 1

@@ -31,6 +31,7 @@ from dkit.edge.backends.base import RuntimeConfigError
 log = logging.getLogger(__name__)
 MAX_IMAGES = 256  # the export writes at most this many (export.device_checks)
 MAX_BYTES = 8 * 2**20  # one check image file
+MAX_REFERENCE_BYTES = 32 * 2**20  # the reference document (32 images of 300 boxes: about 0.5 MB)
 MAX_SIDE = 4096  # a check image is no larger than the model's input; anything bigger is not the export's
 RANK_CONF = 0.001  # detections ranked for mAP50 down to this confidence (the export's variants.compare too)
 METRICS = {"detect": "mAP50", "classify": "top-1 agreement", "embed": "mean cosine"}
@@ -71,18 +72,26 @@ def check(bundle, backend: str, precision: str, *, providers: list[str] | None =
                                  "export.device_checks above 0 to check its reduced-precision models here)")
     doc = read_reference(bundle)
     task = bundle.manifest.task
-    ref = reference_results(doc, task)
+    m = bundle.manifest
+    ref = reference_results(doc, task, max_det=m.thresholds.max_det, dim=m.prompts.dim if m.prompts else None)
     # a detector's predictions are ranked down to conf 0.001, as the export's mAP50 ranks them
     from dkit.edge.runtime import Runtime
 
-    rt = Runtime(bundle, backend=backend, precision=precision, providers=providers, threads=threads,
-                 letterbox=doc.get("letterbox"), warmup=0, verify=False, **({"conf": RANK_CONF} if task == "detect"
-                                                                              else {}))
+    letterbox = doc.get("letterbox") if doc.get("letterbox") in ("square", "minimal") else None
     try:
-        got = [rt(load_image(bundle, item["file"]), frame_id=i) for i, item in enumerate(doc["images"])]
-    finally:
-        rt.backend.close()  # the bundle stays open: it is the caller's
-    return Outcome(round(score(ref, got), 4), checks.min_agreement, len(ref), METRICS[task])
+        rt = Runtime(bundle, backend=backend, precision=precision, providers=providers, threads=threads,
+                     letterbox=letterbox, warmup=0, verify=False, **({"conf": RANK_CONF} if task == "detect" else {}))
+        try:
+            got = [rt(load_image(bundle, item["file"]), frame_id=i) for i, item in enumerate(doc["images"])]
+        finally:
+            rt.backend.close()  # the bundle stays open: it is the caller's
+        value = score(ref, got)
+    except RuntimeConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a backend or library failure on the check images: not checkable here
+        raise RuntimeConfigError(f"{bundle.source}: {backend}/{precision} failed on the check images "
+                                 f"({type(e).__name__}: {e})") from e
+    return Outcome(round(value, 4), checks.min_agreement, len(ref), METRICS[task])
 
 
 def score(ref: list, got: list) -> float:
@@ -98,16 +107,21 @@ def score(ref: list, got: list) -> float:
 
 
 def read_reference(bundle) -> dict:
-    """The checks' reference document (its sha256 was verified with the bundle), its shape checked."""
-    path = bundle.path(bundle.manifest.checks.reference)
+    """The checks' reference document (its sha256 was verified with the bundle), its size and shape checked."""
+    from dkit.edge.bundle import BundleError
+
     try:
+        path = bundle.path(bundle.manifest.checks.reference)
+        if path.stat().st_size > MAX_REFERENCE_BYTES:
+            raise RuntimeConfigError(f"{path}: over {MAX_REFERENCE_BYTES // 2**20} MiB, not an export's reference")
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise RuntimeConfigError(f"{path}: not a readable checks reference ({e})") from e
+    except (BundleError, OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise RuntimeConfigError(f"{bundle.source}: not a readable checks reference ({type(e).__name__}: {e})") from e
     images = doc.get("images") if isinstance(doc, dict) else None
     if not isinstance(images, list) or not 0 < len(images) <= MAX_IMAGES or not all(
             isinstance(i, dict) and isinstance(i.get("file"), str) for i in images):
-        raise RuntimeConfigError(f"{path}: 'images' must list 1 to {MAX_IMAGES} objects with a 'file'")
+        raise RuntimeConfigError(f"{bundle.source}: checks reference: 'images' must list 1 to {MAX_IMAGES} objects "
+                                 "with a 'file'")
     return doc
 
 
@@ -116,9 +130,13 @@ def load_image(bundle, name: str) -> np.ndarray:
     decoded."""
     import cv2
 
+    from dkit.edge.bundle import BundleError
     from dkit.edge.upload import UploadError, image_size
 
-    path = bundle.path(name)
+    try:
+        path = bundle.path(name)
+    except BundleError as e:
+        raise RuntimeConfigError(str(e)) from e
     if path.stat().st_size > MAX_BYTES:
         raise RuntimeConfigError(f"{bundle.source}: check image {name} is over {MAX_BYTES // 2**20} MiB")
     data = path.read_bytes()
@@ -136,8 +154,9 @@ def load_image(bundle, name: str) -> np.ndarray:
     return np.ascontiguousarray(bgr[:, :, ::-1])  # (H, W, 3) RGB
 
 
-def reference_results(doc: dict, task: str) -> list:
-    """The reference document's per-image results as Result objects (what dkit.edge.agreement compares)."""
+def reference_results(doc: dict, task: str, *, max_det: int = 300, dim: int | None = None) -> list:
+    """The reference document's per-image results as Result objects (what the metric compares), each checked:
+    a detector's rows are (N <= max_det, 6) finite numbers, a classifier's top1 an integer, an embedding (dim,)."""
     from dkit.edge.postprocess import Detections
     from dkit.edge.runtime import Result
 
@@ -145,14 +164,22 @@ def reference_results(doc: dict, task: str) -> list:
     for i, item in enumerate(doc["images"]):
         try:
             if task == "detect":
-                rows = np.asarray(item["detections"], np.float32).reshape(-1, 6)  # (N, 6) x1 y1 x2 y2 conf class
+                rows = np.asarray(item["detections"], np.float32)  # (N, 6) x1 y1 x2 y2 conf class
+                rows = rows.reshape(0, 6) if rows.size == 0 else rows
+                if rows.ndim != 2 or rows.shape[1] != 6 or len(rows) > max_det or not np.isfinite(rows).all():
+                    raise ValueError(f"expected at most {max_det} rows of 6 finite numbers, got shape {rows.shape}")
                 out.append(Result(i, 0.0, 0.0, task, detections=Detections(rows[:, :4], rows[:, 4],
                                                                            rows[:, 5].astype(np.int64))))
             elif task == "classify":
-                out.append(Result(i, 0.0, 0.0, task, top=[(int(item["top1"]), 1.0)]))
+                if not isinstance(item["top1"], int) or isinstance(item["top1"], bool):
+                    raise TypeError(f"top1 must be an integer, got {item['top1']!r}")
+                out.append(Result(i, 0.0, 0.0, task, top=[(item["top1"], 1.0)]))
             else:
-                out.append(Result(i, 0.0, 0.0, task, embedding=np.asarray(item["embedding"], np.float32)))
-        except (KeyError, TypeError, ValueError) as e:
+                e = np.asarray(item["embedding"], np.float32)
+                if e.ndim != 1 or (dim is not None and len(e) != dim) or not np.isfinite(e).all():
+                    raise ValueError(f"expected {dim or 'D'} finite numbers, got shape {e.shape}")
+                out.append(Result(i, 0.0, 0.0, task, embedding=e))
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise RuntimeConfigError(f"checks reference, image {i} ({item.get('file')}): not a {task} result "
                                      f"({type(e).__name__}: {e})") from e
     return out

@@ -161,7 +161,7 @@ class Runtime:
         elif needs_check(model):
             try:
                 self.check = check(self.bundle, b, model.precision, providers=self.providers, threads=self.threads)
-            except RuntimeConfigError as e:
+            except RuntimeConfigError as e:  # check() raises nothing else for a bad reference or a failing run
                 log.warning("%s: %s was checked on %s, not on this %s, and cannot be checked here (%s); its results "
                             "may be wrong", src, model.file, model.info.get("checked_on", "another CPU"),
                             platform.machine(), e)

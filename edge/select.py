@@ -121,8 +121,10 @@ def choose(bundle, *, backend: str = "auto", precision: str = "auto", providers:
         pairs = [(b, p) for b, p in pairs if f"{b}/{p}" not in checks
                  or checks[f"{b}/{p}"] is not None and checks[f"{b}/{p}"] >= minimum]
         if not pairs:
-            raise RuntimeConfigError(f"{bundle.source}: every candidate failed the on-device accuracy check "
-                                     f"({', '.join(f'{k} {v}' for k, v in checks.items())})")
+            raise RuntimeConfigError(
+                f"{bundle.source}: every candidate failed the on-device accuracy check against the export's fp32 "
+                f"results (" + ", ".join(f"{k} {'not checkable' if v is None else v}" for k, v in checks.items())
+                + f"; the guard is {minimum:g}); force one with --backend and --precision to run it anyway")
         figures = {f"{b}/{p}": ms for b, p in pairs
                    if len(pairs) > 1 and (ms := measure(bundle, b, p, providers, threads, mode)) is not None}
         if len(pairs) > 1 and not figures:
@@ -236,6 +238,8 @@ def _gpu_runs(bundle, providers: list[str] | None, threads: int) -> bool:
 def _cache_key(m, backend: str, precision: str, threads: int, providers: list[str] | None,
                letterbox: str = "square") -> str:
     models = sorted(m.files.get(e.file, e.file)[:16] for r, e in m.models.items() if r.startswith("student"))
+    if m.checks is not None:  # another reference or guard checks again
+        models.append(f"checks:{m.files.get(m.checks.reference, '')[:16]}:{m.checks.min_agreement:g}")
     request = {"backend": backend, "precision": precision, "threads": threads, "providers": providers or [],
                "letterbox": letterbox}
     return json.dumps({"models": models, "request": request, "device": device_fingerprint()}, sort_keys=True)

@@ -75,10 +75,8 @@ def export_bundle(kit, run_dir: Path, *, store=None) -> dict:
         manifest = build_manifest(kit, run, task, entry, variants, exported.classes, exported.parts,
                                   engines | formats)
         manifest = write_manifest(tmp, manifest)
-        if kit.export.device_checks and any(m.precision != "fp32" for m in manifest.models.values()):
-            from dkit.export.device_checks import write_checks
-
-            manifest = write_checks(tmp, kit, manifest, held_out)
+        if any(m.precision != "fp32" for m in manifest.models.values()):
+            manifest = _device_checks(kit, tmp, manifest, held_out)
         atomic_write(tmp / "README.md", render_readme(kit, manifest, read_json(run.eval_json)))
         manifest = write_manifest(tmp, manifest)
         with open_bundle(tmp):  # the device's own check, on exactly what will be shipped
@@ -93,6 +91,17 @@ def export_bundle(kit, run_dir: Path, *, store=None) -> dict:
             "parity": {k: dict(v.info["parity"]) for k, v in manifest.models.items() if "parity" in v.info},
             "variants": variants, "formats": formats, "calibration": None if manifest.calibration is None
             else manifest.calibration.to_dict()}
+
+
+def _device_checks(kit, tmp: Path, manifest, held_out: list):
+    """checks/ for the reduced-precision models (dkit.export.device_checks); without them, say what it costs."""
+    if kit.export.device_checks and held_out:
+        from dkit.export.device_checks import write_checks
+
+        return write_checks(tmp, kit, manifest, held_out)
+    log.warning("no device checks in this bundle (export.device_checks is 0, or no held-out images): a device of "
+                "another CPU architecture than this one leaves its fp16/int8 models out of --precision auto")
+    return manifest
 
 
 def _archive(run: RunDir) -> Path:

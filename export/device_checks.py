@@ -22,6 +22,7 @@ import numpy as np
 
 from dkit.core.errors import DkitError
 from dkit.core.files import atomic_write, write_json
+from dkit.edge.backends.base import RuntimeConfigError
 from dkit.edge.manifest import DeviceChecks, Manifest
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def write_checks(bundle_dir: Path, kit, manifest: Manifest, held_out: list[np.nd
              for i, rgb in enumerate(images)]
     manifest = write_manifest(bundle_dir, manifest)  # the images listed: the runtime may open them
     with open_bundle(bundle_dir) as bundle, Runtime(bundle, backend="onnxruntime", precision="fp32", warmup=0,
-                                                    verify=False) as rt:
+                                                    providers=["cpu"], verify=False) as rt:  # fp32 on the CPU
         results = [rt(load_image(bundle, n), frame_id=i) for i, n in enumerate(names)]
         letterbox = rt.spec.letterbox if rt.spec.resize == "letterbox" else None
     doc = {"machine": platform.machine(), "backend": "onnxruntime", "precision": "fp32", "letterbox": letterbox,
@@ -67,10 +68,21 @@ def _figures_here(bundle_dir: Path) -> dict[str, float]:
     out = {}
     with open_bundle(bundle_dir) as bundle:
         for backend, precision in candidates(bundle.manifest):
-            if precision != "fp32":
-                outcome = check(bundle, backend, precision)
-                out[f"{backend}/{precision}"] = outcome.agreement
-                log.info("device check here, %s/%s: %s", backend, precision, outcome.describe())
+            if precision == "fp32":
+                continue
+            name = f"{backend}/{precision}"
+            try:  # the CPU providers: what the reference ran on
+                outcome = check(bundle, backend, precision, providers=["cpu"] if backend == "onnxruntime" else None)
+            except RuntimeConfigError as e:
+                log.warning("device check here, %s: could not run (%s)", name, e)
+                out[name] = None
+                continue
+            out[name] = outcome.agreement
+            if outcome.passed:
+                log.info("device check here, %s: %s", name, outcome.describe())
+            else:  # the guard passed on the export's own inputs, not on the shipped check images
+                log.warning("device check here, %s: %s; a device of another CPU architecture will leave it out of "
+                            "--precision auto", name, outcome.describe())
     return out
 
 

@@ -27,6 +27,10 @@ def cmd_label(args: argparse.Namespace) -> int:
         f"teacher ran on {c['inferred']}, {c['cached']} from cache; {c['files'] / result.seconds:.1f} images/s\n"
         f"  report: {result.labels_dir / 'report.html'}\n"
     )
+    if "videos" in c:
+        sys.stdout.write(f"  {c['videos']} videos: {c['frames_sampled']} frames sampled at {kit.data.video.fps:g} fps, "
+                         f"{c['near_duplicates']} near-duplicates skipped, {c['frames_kept']} kept (labelled above "
+                         f"as video#t=SECONDS)\n")
     if result.quality is not None:
         q = result.quality
         sys.stdout.write(f"  vs ground truth: mAP50 {q['map50']:.3f}  mAP50-95 {q['map50_95']:.3f}  "

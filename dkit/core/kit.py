@@ -58,10 +58,22 @@ Name = Annotated[str, Strict(), StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0
 
 
 @dataclass(frozen=True, config=_STRICT)
+class Video:
+    """Video files among the inputs (.mp4, .mov, .mkv, ...): frames sampled, near-duplicates skipped."""
+
+    fps: Annotated[float, Strict(), Field(gt=0.0, le=120.0, allow_inf_nan=False)] = 1.0  # frames kept per second
+    # a sampled frame within this many bits (of 64) of the perceptual hash of a frame already kept from the same
+    # video is a near-duplicate and skipped; 0 skips only identical hashes, -1 keeps every sampled frame
+    near_duplicate: Annotated[int, Strict(), Field(ge=-1, le=64)] = 6
+    max_frames: PosInt = 5000  # sampled frames per video at most (a day of footage at 1 fps is 86,400)
+    max_pixels: PosInt = 40_000_000  # a video whose frames are larger is skipped (8K is 33 megapixels)
+
+
+@dataclass(frozen=True, config=_STRICT)
 class Data:
     """Where the unlabeled images come from, and how they are split."""
 
-    images: FilePath | None = None  # folder of images (searched recursively); `--data` overrides
+    images: FilePath | None = None  # folder of images and videos (searched recursively), or one file; `--data`
     url: Text | None = None  # archive downloaded into the model store when `images` is not set
     sha256: Text | None = None  # of that archive
     subdir: Text | None = None  # folder inside the extracted archive that holds the images
@@ -71,6 +83,7 @@ class Data:
     link: Literal["symlink", "copy"] = "symlink"  # how images enter the data set (never moved)
     drawings_per_file: PosInt = 200  # a folder of Quick, Draw! .npy files: doodles rendered from each
     drawing_size: PosInt = 256  # ... at this many pixels a side, dark strokes on white
+    video: Video = dataclasses.field(default_factory=Video)  # video files among the images (dkit.distill.video)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.val, int) and self.val >= 1 or isinstance(self.val, float) and 0 < self.val < 1):

@@ -40,6 +40,7 @@ class LabelRecord:
     abstained: bool = False
     abstain_reason: str | None = None
     skipped: str | None = None  # why the file was not labelled
+    video: Mapping[str, Any] | None = None  # a video frame: {file (the video, relative), t (seconds), also: [...]}
     extra: Mapping[str, Any] = field(default_factory=dict)  # keys this version does not know (kept on rewrite)
 
     def __post_init__(self):
@@ -70,4 +71,8 @@ class LabelRecord:
     def to_dict(self) -> dict[str, Any]:
         doc = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         doc["labels"], doc["topk"] = [dict(x) for x in self.labels], [dict(x) for x in self.topk]
+        if self.video is None:
+            del doc["video"]  # a still image's line is as before
+        else:
+            doc["video"] = dict(self.video)
         return doc | dict(self.extra)

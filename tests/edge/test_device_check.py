@@ -138,7 +138,9 @@ def test_without_checks_a_model_from_another_architecture_is_not_auto(detect_bun
 
 
 ATTACKS = {"too many images": "must list 1 to 256", "huge jpeg header": "60000x60000", "a gif": "is gif, not a JPEG",
-           "over 8 MiB": "is over 8 MiB", "wrong task": "not a detect result"}
+           "over 8 MiB": "is over 8 MiB", "wrong task": "not a detect result", "rows of 3": "rows of 6 finite",
+           "a NaN box": "rows of 6 finite", "too many boxes": "at most 300 rows", "deeply nested": "RecursionError",
+           "an unlisted image": "is not a file of this bundle"}
 
 
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
@@ -160,14 +162,30 @@ def test_a_hostile_checks_folder_is_refused_before_decoding(detect_bundle, tmp_p
         image.write_bytes(b"GIF89a" + bytes(100))
     elif attack == "over 8 MiB":
         image.write_bytes(image.read_bytes() + bytes(device_check.MAX_BYTES))
-    else:
+    elif attack == "rows of 3":
+        doc["images"][0]["detections"] = [[1, 2, 3], [4, 5, 6]]
+    elif attack == "a NaN box":
+        doc["images"][0]["detections"] = [[1, 2, 3, 4, 0.5, float("nan")]]
+    elif attack == "too many boxes":
+        doc["images"][0]["detections"] = [[1, 2, 3, 4, 0.5, 0]] * 301
+    elif attack == "an unlisted image":
+        doc["images"][0]["file"] = "checks/elsewhere.jpg"
+    elif attack == "wrong task":
         doc["images"][0]["detections"] = "boxes"
-    ref.write_text(json.dumps(doc))
+    if attack == "deeply nested":
+        ref.write_text("[" * 100_000 + "]" * 100_000)
+    else:
+        ref.write_text(json.dumps(doc))
     m = json.loads((root / "manifest.json").read_text())
     write_manifest(root, {k: v for k, v in m.items() if k not in ("files", "schema_version")})
     with open_bundle(root) as b, pytest.raises(RuntimeConfigError) as e:
         device_check.check(b, "onnxruntime", "fp16")
     assert ATTACKS[attack] in str(e.value)
+    with open_bundle(root) as b:  # auto leaves it out; a forced run warns and runs
+        assert device_check.needs_check(b.manifest.model("fp16"))
+    rt = Runtime.load(root, backend="onnxruntime", precision="fp16")
+    rt.close()
+    assert rt.check is None
 
 
 def test_a_checks_reference_outside_the_files_is_refused(detect_bundle, tmp_path):
