@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from dkit.core.files import atomic_write
+from dkit.edge.hashing import sha256_file
 from dkit.edge.phash import phash
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def expand_videos(videos: list[Path], root: Path, out: Path, settings, *, progre
     for path in videos:
         rel = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root))).as_posix()
         try:
-            sha = _file_sha256(path)
+            sha = sha256_file(path)
         except OSError as e:
             result.skipped.append((rel, f"unreadable: {e.strerror or e}"))
             continue
@@ -161,14 +162,6 @@ def _write_frame(out: Path, bgr: np.ndarray) -> str:
     if not (out / name).is_file():
         atomic_write(out / name, data)
     return name
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_index(path: Path) -> dict:

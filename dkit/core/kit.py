@@ -413,8 +413,8 @@ def _resolve_paths(kit: Kit, base: Path, where: str, sources: dict[str, str]) ->
     data = kit.data
     if data.images is not None:
         images = (base / data.images).resolve()
-        if not images.is_dir():
-            problem = ("not a folder: " if images.exists() else "no such folder: ") + str(images)
+        if not images.is_dir() and not images.is_file():  # a folder, or one file (a video, say)
+            problem = ("not a folder or file: " if images.exists() else "no such folder or file: ") + str(images)
             if "data.images" not in sources:
                 problem += " (paths in a kit are relative to the kit file)"
             raise KitError(where, "data.images", problem=problem, source=sources.get("data.images"))

@@ -18,7 +18,6 @@ The folder is written beside OUT under a temporary name and renamed into place w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -149,11 +148,9 @@ def wheel_name_version(filename: str) -> tuple[str, str]:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from dkit.edge.hashing import sha256_file
+
+    return sha256_file(path)
 
 
 # --- the project's own wheel ---------------------------------------------------------------------------------------
