@@ -46,6 +46,10 @@ class LabelRecord:
     def __post_init__(self):
         if self.split not in SPLITS:
             raise RecordError(f"split: expected train, val or null, got {self.split!r}")
+        v = self.video
+        if v is not None and not (isinstance(v, Mapping) and isinstance(v.get("file"), str)
+                                  and isinstance(v.get("t"), (int, float)) and not isinstance(v.get("t"), bool)):
+            raise RecordError(f"video: expected {{file: the video, t: seconds}} or null, got {v!r}")
 
     @property
     def is_usable(self) -> bool:

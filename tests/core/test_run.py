@@ -20,14 +20,17 @@ LINE = {"image": "a/cat.jpg", "source": "/data/a/cat.jpg", "sha256": "ab" * 32, 
 
 
 def test_a_label_line_round_trips_and_keeps_unknown_keys():
-    rec = LabelRecord.from_dict(dict(LINE, video="clip.mp4"))
+    rec = LabelRecord.from_dict(dict(LINE, camera="cam1"))
     assert rec.split == "val" and rec.labels[0]["class"] == "cat" and rec.is_usable
-    assert rec.to_dict() == dict(LINE, video="clip.mp4")  # a key a later version adds survives a rewrite
+    assert rec.to_dict() == dict(LINE, camera="cam1")  # a key a later version adds survives a rewrite
+    frame = LabelRecord.from_dict(dict(LINE, video={"file": "clip.mp4", "t": 12.5}))
+    assert frame.video["t"] == 12.5 and frame.to_dict() == dict(LINE, video={"file": "clip.mp4", "t": 12.5})
 
 
 @pytest.mark.parametrize(("doc", "message"), [
     ({k: v for k, v in LINE.items() if k != "sha256"}, "labels.jsonl:3: sha256: missing required key"),
     (dict(LINE, split="test"), "labels.jsonl:3: split: expected train, val or null, got 'test'"),
+    (dict(LINE, video="clip.mp4"), "labels.jsonl:3: video: expected {file: the video, t: seconds} or null"),
     ([1, 2], "labels.jsonl:3: expected a JSON object"),
 ])
 def test_a_bad_label_line_names_the_line_and_key(doc, message):

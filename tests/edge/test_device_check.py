@@ -137,6 +137,12 @@ def test_without_checks_a_model_from_another_architecture_is_not_auto(detect_bun
     assert "no device checks in this bundle" in caplog.text
 
 
+@pytest.fixture(scope="module")
+def one_image(detect_bundle, tmp_path_factory):
+    """A bundle with an fp16 model checked on another architecture and a one-image checks/ folder."""
+    return _bundle(detect_bundle, tmp_path_factory.mktemp("checked") / "b", "riscv64", images=1)
+
+
 ATTACKS = {"too many images": "must list 1 to 256", "huge jpeg header": "60000x60000", "a gif": "is gif, not a JPEG",
            "over 8 MiB": "is over 8 MiB", "wrong task": "not a detect result", "rows of 3": "rows of 6 finite",
            "a NaN box": "rows of 6 finite", "too many boxes": "at most 300 rows", "deeply nested": "RecursionError",
@@ -144,10 +150,11 @@ ATTACKS = {"too many images": "must list 1 to 256", "huge jpeg header": "60000x6
 
 
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
-def test_a_hostile_checks_folder_is_refused_before_decoding(detect_bundle, tmp_path, attack):
+def test_a_hostile_checks_folder_is_refused_before_decoding(one_image, tmp_path, attack):
     from dkit.export.manifest import write_manifest
 
-    root = _bundle(detect_bundle, tmp_path / "b", "riscv64", images=1)
+    root = tmp_path / "b"
+    shutil.copytree(one_image, root)  # built once (write_checks runs the model), copied per attack
     ref = root / "checks" / "reference.json"
     doc = json.loads(ref.read_text())
     image = root / "checks" / "000.jpg"
