@@ -148,7 +148,7 @@ def _as_video_frames(records: list[LabelRecord], frames, teacher: Teacher) -> li
     `video` saying where it came from; a video that could not be read is a skipped record like a bad image."""
     out = []
     for rec in records:
-        origin = frames.origin.get(Path(rec.source).name) if Path(rec.source).parent.name == "frames" else None
+        origin = frames.origin.get(Path(rec.source).name) if Path(rec.source).parent == frames.out else None
         if not origin:
             out.append(rec)
             continue

@@ -46,6 +46,7 @@ def is_video(path: Path) -> bool:
 
 @dataclass
 class VideoFrames:
+    out: Path  # the folder the kept frames are in
     images: list[Path] = field(default_factory=list)  # unique kept frame files, in input order
     origin: dict[str, list[tuple[str, float]]] = field(default_factory=dict)  # frame file name -> (video, t s)
     stats: list[dict] = field(default_factory=list)  # one per readable video
@@ -63,7 +64,7 @@ def expand_videos(videos: list[Path], root: Path, out: Path, settings, *, progre
     index = _read_index(index_file)
     wanted = {"fps": settings.fps, "near_duplicate": settings.near_duplicate, "max_frames": settings.max_frames,
               "max_pixels": settings.max_pixels, "jpeg_quality": JPEG_QUALITY}
-    result, seen = VideoFrames(), set()
+    result, seen = VideoFrames(Path(os.path.abspath(out))), set()
     for path in videos:
         rel = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root))).as_posix()
         try:

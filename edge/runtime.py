@@ -150,8 +150,9 @@ class Runtime:
 
     def _warn_unchecked(self, model) -> None:
         """A model forced with backend and precision: warn when the export refused it or never checked it on that
-        backend, and run the on-device check when it was checked on another CPU architecture."""
-        from dkit.edge.device_check import check, needs_check
+        backend, and run the on-device check (cached per device) when it was checked on another CPU architecture."""
+        from dkit.edge.device_check import needs_check
+        from dkit.edge.select import checked_here
 
         b, src = self.choice.backend, self.bundle.source
         if not verified(model, b):
@@ -160,8 +161,8 @@ class Runtime:
                         "its results may be wrong", src, model.file, b, refused)
         elif needs_check(model):
             try:
-                self.check = check(self.bundle, b, model.precision, providers=self.providers, threads=self.threads)
-            except RuntimeConfigError as e:  # check() raises nothing else for a bad reference or a failing run
+                self.check = checked_here(self.bundle, b, model.precision, self.providers, self.threads or 0)
+            except RuntimeConfigError as e:  # the check raises nothing else for a bad reference or a failing run
                 log.warning("%s: %s was checked on %s, not on this %s, and cannot be checked here (%s); its results "
                             "may be wrong", src, model.file, model.info.get("checked_on", "another CPU"),
                             platform.machine(), e)

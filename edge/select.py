@@ -116,7 +116,7 @@ def choose(bundle, *, backend: str = "auto", precision: str = "auto", providers:
         if isinstance(cached, dict) and tuple(cached.get("pick", ())) in pairs:
             return Choice(*cached["pick"], figures=dict(cached.get("figures") or {}), reason="cached",
                           checks=dict(cached.get("checks") or {}))
-        checks = {f"{b}/{p}": _check_here(bundle, b, p, providers, threads) for b, p in unchecked}
+        checks = {f"{b}/{p}": _logged_check(bundle, b, p, providers, threads) for b, p in unchecked}
         minimum = m.checks.min_agreement if m.checks else 1.0
         pairs = [(b, p) for b, p in pairs if f"{b}/{p}" not in checks
                  or checks[f"{b}/{p}"] is not None and checks[f"{b}/{p}"] >= minimum]
@@ -134,15 +134,43 @@ def choose(bundle, *, backend: str = "auto", precision: str = "auto", providers:
     return Choice(pick[0], pick[1], figures, "measured" if figures else "only candidate", checks)
 
 
-def _check_here(bundle, backend: str, precision: str, providers, threads: int) -> float | None:
-    """The on-device check's agreement (dkit.edge.device_check), logged; None when it cannot run here."""
-    from dkit.edge.device_check import check
+def checked_here(bundle, backend: str, precision: str, providers: list[str] | None = None, threads: int = 0):
+    """The on-device check (dkit.edge.device_check) of one model, measured once per model, reference and device
+    and kept in $DKIT_HOME/choices.json: a forced model does not run the check images at every start. An
+    Outcome; RuntimeConfigError when the model cannot be checked here."""
+    with _cache_lock():
+        return _checked(bundle, backend, precision, providers, threads)
 
+
+def _checked(bundle, backend: str, precision: str, providers, threads: int):
+    """checked_here with the cache lock held (choose holds it already)."""
+    from dkit.edge.device_check import Outcome, check
+
+    m = bundle.manifest
+    entry = m.model(precision, BACKENDS[backend].format)
+    key = json.dumps({"check": f"{backend}/{precision}", "model": m.files.get(entry.file, entry.file)[:16],
+                      "reference": m.files.get(m.checks.reference, "")[:16] if m.checks else None,
+                      "providers": providers or [], "device": device_fingerprint()}, sort_keys=True)
+    cached = _cache_read().get(key)
+    if isinstance(cached, dict) and m.checks is not None:
+        try:
+            return Outcome(float(cached["agreement"]), m.checks.min_agreement, int(cached["images"]),
+                           str(cached["metric"]))
+        except (KeyError, TypeError, ValueError):
+            pass  # a damaged entry: checked again
+    outcome = check(bundle, backend, precision, providers=providers, threads=threads)
+    _cache_write(key, {"agreement": outcome.agreement, "images": outcome.images, "metric": outcome.metric,
+                       "measured": time.time()})
+    return outcome
+
+
+def _logged_check(bundle, backend: str, precision: str, providers, threads: int) -> float | None:
+    """The check's agreement for auto, logged; None when the model cannot be checked here (then left out)."""
     try:
-        outcome = check(bundle, backend, precision, providers=providers, threads=threads)
-    except Exception as e:  # noqa: BLE001 - a model that cannot be checked here is not a candidate
-        log.warning("%s/%s was checked on another CPU architecture and cannot be checked here (%s: %s); left out",
-                    backend, precision, type(e).__name__, e)
+        outcome = _checked(bundle, backend, precision, providers, threads)
+    except RuntimeConfigError as e:
+        log.warning("%s/%s was checked on another CPU architecture and cannot be checked here (%s); left out",
+                    backend, precision, e)
         return None
     (log.info if outcome.passed else log.warning)("%s/%s on this %s: %s%s", backend, precision, platform.machine(),
                                                   outcome.describe(), "" if outcome.passed else "; left out")
@@ -301,4 +329,4 @@ def _cache_write(key: str, value: dict) -> None:
             Path(tmp).unlink(missing_ok=True)
 
 
-__all__ = ["Choice", "candidates", "choose", "device_fingerprint", "measure"]
+__all__ = ["Choice", "candidates", "checked_here", "choose", "device_fingerprint", "measure"]

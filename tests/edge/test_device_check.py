@@ -113,7 +113,11 @@ def test_a_forced_model_is_checked_here_and_warned_about(detect_bundle, tmp_path
     root = _bundle(detect_bundle, tmp_path / "b", "riscv64")
     with Runtime.load(root, backend="onnxruntime", precision="fp16") as rt:
         assert rt.check.passed and rt.check.agreement == 0.995
-    _tamper(root, 40.0)
+    with pytest.MonkeyPatch.context() as mp:  # the next start finds it in choices.json: no check images run
+        mp.setattr(device_check, "check", lambda *a, **k: pytest.fail("checked again"))
+        with Runtime.load(root, backend="onnxruntime", precision="fp16") as rt:
+            assert rt.check.passed and rt.check.agreement == 0.995
+    _tamper(root, 40.0)  # another reference: checked again
     with caplog.at_level("WARNING"), Runtime.load(root, backend="onnxruntime", precision="fp16") as rt:
         assert not rt.check.passed and rt.precision == "fp16"  # forced: it runs, with the warning
     assert "below the guard" in caplog.text and "its results may be wrong" in caplog.text
