@@ -54,31 +54,37 @@ class TeacherCache:
         row = self.db.execute(
             "SELECT outputs FROM teacher_outputs WHERE teacher = ? AND image_sha256 = ?", (teacher, sha)
         ).fetchone()
-        return None if row is None else _decode(row[0])
+        return None if row is None else decode_raw(row[0])
 
     def put_many(self, teacher: str, items: Iterable[tuple[str, Raw]]) -> None:
         with self.db:  # one transaction: the whole batch or none of it
             self.db.executemany(
                 "INSERT OR REPLACE INTO teacher_outputs VALUES (?, ?, ?)",
-                [(teacher, sha, _encode(raw)) for sha, raw in items],
+                [(teacher, sha, encode_raw(raw)) for sha, raw in items],
             )
 
     def count(self, teacher: str) -> int:
         return self.db.execute("SELECT COUNT(*) FROM teacher_outputs WHERE teacher = ?", (teacher,)).fetchone()[0]
 
+    def keys(self, teacher: str) -> Iterator[str]:
+        """The image sha256s this teacher has outputs for."""
+        for (sha,) in self.db.execute("SELECT image_sha256 FROM teacher_outputs WHERE teacher = ?", (teacher,)):
+            yield sha
+
     def items(self, teacher: str) -> Iterator[tuple[str, Raw]]:
         for sha, blob in self.db.execute(
             "SELECT image_sha256, outputs FROM teacher_outputs WHERE teacher = ? ORDER BY image_sha256", (teacher,)
         ):
-            yield sha, _decode(blob)
+            yield sha, decode_raw(blob)
 
 
-def _encode(raw: Raw) -> bytes:
+def encode_raw(raw: Raw) -> bytes:
+    """One image's outputs as an npz blob (what the cache stores; the ray engine ships them so)."""
     buf = io.BytesIO()
     np.savez(buf, **raw)
     return buf.getvalue()
 
 
-def _decode(blob: bytes) -> Raw:
+def decode_raw(blob: bytes) -> Raw:
     with np.load(io.BytesIO(blob), allow_pickle=False) as data:
         return {k: data[k] for k in data.files}

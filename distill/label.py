@@ -41,6 +41,7 @@ from dkit.core.records import LabelRecord
 from dkit.core.run import RunDir
 from dkit.core.workers import decode_workers
 from dkit.distill.cache import TeacherCache
+from dkit.distill.engines import engine
 from dkit.distill.images import LoadedImage, iter_images, scan
 from dkit.distill.teachers import Teacher, build_teacher
 from dkit.distill.video import expand_videos, is_video
@@ -98,7 +99,8 @@ def label_images(kit, run_dir: Path, *, store=None, teacher: Teacher | None = No
     tmp = new_tmp_dir(run_dir, f".labels-{os.getpid()}-")
     try:
         with TeacherCache(RunDir(run_dir).cache_db) as cache:
-            records, counts = _label_all(kit, teacher, cache, root, paths, tmp / ".staging", progress)
+            label_all = engine(kit.label.engine)  # dkit.distill.engines: local (this process) or ray (a cluster)
+            records, counts = label_all(kit, teacher, cache, root, paths, tmp / ".staging", progress, store=store)
         if frames is not None:
             records = _as_video_frames(records, frames, teacher)
             counts |= {"videos": len(frames.stats) + len(frames.skipped), "frames_sampled":
@@ -164,18 +166,15 @@ def _as_video_frames(records: list[LabelRecord], frames, teacher: Teacher) -> li
 
 
 def _label_all(kit, teacher: Teacher, cache: TeacherCache, root: Path, paths: list[Path], staging: Path,
-               progress: bool) -> tuple[list[LabelRecord], dict[str, int]]:
-    from tqdm.auto import tqdm
-
+               progress: bool, **_) -> tuple[list[LabelRecord], dict[str, int]]:
+    """The local engine: decoding in worker processes, the teacher in this one, batch by batch."""
     staging.mkdir(parents=True)
     records: list[LabelRecord | None] = [None] * len(paths)
     counts = {"files": len(paths), "cached": 0, "inferred": 0, "skipped": 0}
     pending: list[tuple[int, LoadedImage]] = []
     batch = kit.teacher.batch
     workers = decode_workers(kit.data.workers)
-    bar = tqdm(total=len(paths), unit="img", desc="label", disable=None if progress else True, dynamic_ncols=True)
-    if progress and bar.disable:  # not a terminal (a log file, CI): a line with the rate every 30 s instead
-        bar = _LogProgress(len(paths), every_s=30.0)
+    bar = progress_bar(len(paths), progress)
 
     def flush() -> None:
         if not pending:
@@ -212,6 +211,16 @@ def _label_all(kit, teacher: Teacher, cache: TeacherCache, root: Path, paths: li
     return [r for r in records if r is not None], counts
 
 
+def progress_bar(total: int, progress: bool):
+    """tqdm on a terminal; in a log (not a terminal: a file, CI) a line with the rate and ETA every 30 s."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="img", desc="label", disable=None if progress else True, dynamic_ncols=True)
+    if progress and bar.disable:
+        bar = _LogProgress(total, every_s=30.0)
+    return bar
+
+
 class _LogProgress:
     """tqdm's interface for a log: `label: 1200/9469 images, 7.1 images/s, about 19m left`."""
 
@@ -238,7 +247,30 @@ class _LogProgress:
 def _record(li: LoadedImage, raw, teacher: Teacher, kit, staging: Path) -> LabelRecord:
     """The image's record; an image the data set cannot link (normalised pixels, an odd format) also gets a
     JPEG copy of what the teacher saw, staging/<sha256>.jpg, which the data set uses instead."""
-    h, w = li.rgb.shape[:2]
+    if needs_copy(li.path, li.normalised):
+        copy = staging / f"{li.sha256}.jpg"  # the normalised pixels, what the teacher saw
+        if not copy.exists():
+            copy.write_bytes(jpeg_copy(li.rgb, li.path))
+    return build_record(li.path, li.rel, li.sha256, (li.height, li.width), li.normalised, raw, teacher, kit)
+
+
+def needs_copy(path: Path, normalised: str | None) -> bool:
+    """Whether the data set needs a JPEG of the decoded pixels instead of a link to the file."""
+    return bool(normalised) or Path(path).suffix.lower() not in LINKABLE
+
+
+def jpeg_copy(rgb, path: Path) -> bytes:
+    """(H, W, 3) uint8 RGB -> the JPEG (q95) the data set uses for an image it cannot link."""
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    if not ok:
+        raise DkitError(f"cannot encode a normalised copy of {path}")
+    return buf.tobytes()
+
+
+def build_record(path: Path, rel: str, sha256: str, shape: tuple[int, int], normalised: str | None, raw,
+                 teacher: Teacher, kit) -> LabelRecord:
+    """One image's LabelRecord from the teacher's raw outputs (`teacher.decide`) and the image's facts."""
+    h, w = shape
     d = teacher.decide(raw, (h, w))
     names = kit.ontology.names
     labels = []
@@ -249,16 +281,9 @@ def _record(li: LoadedImage, raw, teacher: Teacher, kit, staging: Path) -> Label
             x1, y1, x2, y2 = (float(v) for v in d.boxes[k])
             lab["box"] = [round(max(0.0, x1), 2), round(max(0.0, y1), 2), round(min(w, x2), 2), round(min(h, y2), 2)]
         labels.append(lab)
-    if li.normalised or li.path.suffix.lower() not in LINKABLE:
-        copy = staging / f"{li.sha256}.jpg"  # the normalised pixels, what the teacher saw
-        if not copy.exists():
-            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(li.rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
-            if not ok:
-                raise DkitError(f"cannot encode a normalised copy of {li.path}")
-            copy.write_bytes(buf.tobytes())
     return LabelRecord(
-        image=li.rel, source=str(li.path), sha256=li.sha256, teacher=teacher.id, width=w, height=h,
-        normalised=li.normalised, labels=tuple(labels),
+        image=rel, source=str(path), sha256=sha256, teacher=teacher.id, width=w, height=h,
+        normalised=normalised, labels=tuple(labels),
         topk=tuple({"class": names[c], "score": round(s, 5)} for c, s in d.topk),
         similarity=None if d.similarity is None else round(d.similarity, 5),
         abstained=d.abstain_reason is not None, abstain_reason=d.abstain_reason)

@@ -72,7 +72,7 @@ def train(kit, run_dir: Path, *, store, restart: bool = False, progress: bool = 
                 "project": str(run_dir.resolve()), "name": "student", "exist_ok": True, "plots": False,
                 "seed": kit.data.seed, "deterministic": True, "verbose": progress,
                 "workers": decode_workers(kit.data.workers),
-                **({} if s.device == "auto" else {"device": s.device}),
+                **({} if s.device == "auto" else {"device": s.device}),  # a list: Ultralytics' own DDP
                 **s.train_args,
             }
             model = ultralytics.YOLO(weights, task=task)
@@ -233,7 +233,7 @@ def evaluate(kit, run_dir: Path, *, store, ground_truth: Path | None = None) -> 
 
     def student_predict(rgb):
         return student.predict(np.ascontiguousarray(rgb[..., ::-1]), imgsz=s.imgsz, conf=0.001, max_det=300,
-                               verbose=False, device="cpu" if s.device == "auto" else s.device)[0]
+                               verbose=False, device="cpu" if s.device == "auto" else s.single_device)[0]
 
     def teacher_predict(rgb):
         return teacher.infer([rgb])[0]

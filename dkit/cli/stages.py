@@ -15,6 +15,9 @@ from dkit.cli.common import Command, Parents, arg, import_stage, load, register_
 def cmd_label(args: argparse.Namespace) -> int:
     label_images = import_stage("dkit.distill.label", what="dkit label", extra="distill").label_images
 
+    # --engine/--address are kit keys (label.engine, label.address), validated like --set
+    args.overrides = [*args.overrides, *([f"label.engine={args.engine}"] if args.engine else []),
+                      *([f"label.address={args.address}"] if args.address else [])]
     kit = load(args)
     result = label_images(kit, kit.run_dir(args.out), ground_truth=args.ground_truth, progress=args.quiet == 0)
     c = result.counts
@@ -27,6 +30,11 @@ def cmd_label(args: argparse.Namespace) -> int:
         f"teacher ran on {c['inferred']}, {c['cached']} from cache; {c['files'] / result.seconds:.1f} images/s\n"
         f"  report: {result.labels_dir / 'report.html'}\n"
     )
+    if kit.label.engine != "local":
+        dropped = c.get("duplicates_dropped", 0)
+        sys.stdout.write(f"  engine: {kit.label.engine}, {c['actors']} teacher actors, {c['seconds']:.1f} s on the "
+                         f"cluster ({c['files'] / max(c['seconds'], 1e-9):.1f} images/s)"
+                         f"{f', {dropped} duplicate results dropped' if dropped else ''}\n")
     if "videos" in c:
         sys.stdout.write(f"  {c['videos']} videos: {c['frames_sampled']} frames sampled at {kit.data.video.fps:g} fps, "
                          f"{c['near_duplicates']} near-duplicates skipped, {c['frames_kept']} kept (labelled above "
@@ -111,8 +119,16 @@ COMMANDS = (
             "The teacher labels the kit's images into RUN_DIR/labels/: an Ultralytics data set "
             "(detection or classification layout, per the kit's student), labels.jsonl (one line per file) "
             "and report.html (counts, histograms, contact sheets, what to review, skipped files). Teacher "
-            "outputs are cached in RUN_DIR/cache/, so a rerun or an interrupted run recomputes nothing.",
+            "outputs are cached in RUN_DIR/cache/, so a rerun or an interrupted run recomputes nothing. "
+            "--engine ray runs the teacher on a Ray cluster (decoding in tasks, one teacher per actor, a GPU each "
+            "when the cluster has them) with the same labels; it needs the scale extra.",
             cmd_label, kit=True, arguments=(
+                arg("--engine", choices=("local", "ray"),
+                    help="where the teacher runs (kit: label.engine; default local): local = this process, "
+                         "ray = Ray Data tasks and teacher actors (pip install 'distill-kit[scale]')"),
+                arg("--address", metavar="auto|ray://HOST:PORT",
+                    help="ray engine: the cluster to join (kit: label.address); 'auto' = the one `ray start` runs "
+                         "here; unset = a Ray started for this run on this machine"),
                 arg("--ground-truth", metavar="DIR",
                     help="folder of YOLO-format labels (STEM.txt): also score the labels against them "
                          "(mAP50, mAP50-95, precision/recall/F1 at IoU 0.5) into quality.json and the report"),

@@ -3,7 +3,7 @@
     kit = load_kit("datasets/coco128/kit.yaml", data="../shared/assets/data/coco128/images/train2017",
                    overrides=["teacher.imgsz=1280"])
 
-Sections: `name`, `data`, `ontology`, `teacher`, `student`, `export`, `edge`, `judge` (see the
+Sections: `name`, `data`, `ontology`, `teacher`, `student`, `export`, `edge`, `judge`, `label` (see the
 dataclasses below and the recipes in datasets/). Validation is pydantic in strict mode (an integer
 is never a string, a boolean is never "yes"); every problem becomes one `KitError` line naming the
 file, the key path and what was expected. Paths in a kit resolve relative to the kit file; `--data`
@@ -32,6 +32,7 @@ DEVICE_THRESHOLDS, DEVICE_JUDGE = Thresholds(), JudgeConfig()
 
 RANDOM = "random"  # teacher.pretrained value that builds an untrained teacher: tests only
 CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+BACKBONE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")  # student.pretrained: timm checkpoints
 TEACHERS = ("clip", "yolo")
 STUDENTS = ("yolo-detect", "yolo-cls", "clip-embed")
 
@@ -55,6 +56,18 @@ Fraction = Annotated[float, Strict(), Field(ge=0.0, le=1.0)]
 PosInt = Annotated[int, Strict(), Field(gt=0)]
 FilePath = Annotated[Path, Field(strict=False)]
 Name = Annotated[str, Strict(), StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+GpuList = Annotated[list[Annotated[int, Strict(), Field(ge=0)]], Field(min_length=1)]  # [0, 1]: GPU indices
+
+
+def _device(value: Any) -> Any:
+    """student.device: a name, or a non-empty list (its items are checked as GPU indices by GpuList)."""
+    if not isinstance(value, (str, list)) or value == []:
+        raise _Invalid("", "'auto', a device name ('cpu', 'cuda:0') or a non-empty list of GPU indices ([0, 1])",
+                       value)
+    return value
+
+
+Device = Annotated[Text | GpuList, BeforeValidator(_device)]
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -92,6 +105,21 @@ class Data:
             raise _Invalid("sha256", "64 hexadecimal digits", self.sha256)
         if self.subdir is not None and self.url is None:
             raise _Invalid("subdir", "to be used together with data.url", self.subdir)
+
+
+@dataclass(frozen=True, config=_STRICT)
+class Label:
+    """Where `dkit label` runs the teacher: this process (`local`) or a Ray cluster (`ray`, dkit.distill.engines)."""
+
+    engine: Literal["local", "ray"] = "local"
+    # ray: "auto" (the cluster `ray start` runs on this machine), "ray://HOST:10001" (a remote one); unset: a Ray
+    # started for this run on this machine and stopped after it; `--address`
+    address: Text | None = None
+    # ray: teacher actors; 0: one per GPU, else one per cpus_per_actor CPUs (one CPU left for decoding)
+    actors: Annotated[int, Strict(), Field(ge=0)] = 0
+    cpus_per_actor: Annotated[float, Strict(), Field(gt=0.0, le=256.0, allow_inf_nan=False)] = 1.0  # also its threads
+    # GPUs per teacher actor; unset: 1 when the cluster has GPUs, else 0
+    gpus_per_actor: Annotated[float, Strict(), Field(ge=0.0, le=8.0, allow_inf_nan=False)] | None = None
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -185,12 +213,33 @@ class Student:
     epochs: PosInt = 50
     batch: PosInt = 16
     patience: PosInt = 20  # early stopping: epochs without improvement
-    device: Text = "auto"
+    # "auto", "cpu", "cuda:0", ...; YOLO students also take a list of GPU indices ([0, 1]: Ultralytics' own DDP)
+    device: Device = "auto"
+    # clip-embed: a timm checkpoint file (.safetensors/.pth/.pt/.bin) in the model store, by file name, that the
+    # backbone starts from; None: from scratch. (YOLO students take pretrained weights through `model`.)
+    pretrained: Text | None = None
     train_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # passed on to Ultralytics' train()
 
     def __post_init__(self) -> None:
         if self.kind.startswith("yolo") and self.imgsz % 32:
             raise _Invalid("imgsz", "a multiple of 32 for a YOLO student", self.imgsz)
+        if isinstance(self.device, list) and not self.kind.startswith("yolo"):
+            raise _Invalid("device", "one device ('auto', 'cpu', 'cuda:0') for a clip-embed student: a list of "
+                           "devices is for YOLO students (multi-GPU clip-embed training would be launched with "
+                           "torchrun, which is not built yet)", self.device)
+        if self.pretrained is not None:
+            if self.kind.startswith("yolo"):
+                raise _Invalid("pretrained", "no student.pretrained for a YOLO student: its pretrained weights are "
+                               "student.model (yolov8n.pt, from the model store)", self.pretrained)
+            if _looks_like_path(self.pretrained, require_sep=True) or not self.pretrained.lower().endswith(
+                    BACKBONE_SUFFIXES):
+                raise _Invalid("pretrained", "the file name of a timm checkpoint in the model store ("
+                               + ", ".join(BACKBONE_SUFFIXES) + "), not a path", self.pretrained)
+
+    @property
+    def single_device(self) -> str:
+        """The device for work on one model (evaluation, a check): `device`, or the first GPU of a list."""
+        return f"cuda:{self.device[0]}" if isinstance(self.device, list) else self.device
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -287,6 +336,7 @@ class Kit:
     export: Export = dataclasses.field(default_factory=Export)
     edge: Edge = dataclasses.field(default_factory=Edge)
     judge: Judge | None = None
+    label: Label = dataclasses.field(default_factory=Label)
 
     def __post_init__(self) -> None:
         if self.student.kind == "clip-embed" and self.teacher.kind != "clip":
@@ -522,7 +572,7 @@ def _kit_error(err: pydantic.ValidationError, where: str, sources: dict[str, str
         expected = _EXPECTED.get(kind, first["msg"][0].lower() + first["msg"][1:])
 
     key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
-    source = next((src for k, src in sources.items() if key == k or key.startswith(k + ".")), None)
+    source = next((src for k, src in sources.items() if key == k or key.startswith((k + ".", k + "["))), None)
     return KitError(where, key, expected, got, problem=problem, source=source)
 
 

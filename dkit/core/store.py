@@ -4,11 +4,13 @@
     store.yolo_weights("yolov8n.pt")                       # -> $DKIT_HOME/yolov8n.pt
     store.clip_checkpoint("ViT-B-32", "laion2b_s34b_b79k")  # -> $DKIT_HOME/ViT-B-32_laion2b_s34b_b79k.safetensors
     store.dataset(url, sha256, subdir)                     # -> $DKIT_HOME/data/<archive name>/<subdir>
+    store.backbone_checkpoint("mobilenetv3.safetensors")   # -> $DKIT_HOME/mobilenetv3.safetensors (student.pretrained)
 
 Layout of the store (flat, by plain file name, so an offline machine is filled by copying files in):
 
     $DKIT_HOME/<yolo weights>.pt                 e.g. yolov8n.pt
     $DKIT_HOME/<model>_<tag>.<safetensors|bin|pt>  a CLIP checkpoint for an open_clip pretrained tag
+    $DKIT_HOME/<name>.<safetensors|pth|pt|bin>   a timm checkpoint a clip-embed student's backbone starts from
     $DKIT_HOME/data/<archive name>/              an extracted data-set archive
     $DKIT_HOME/hub/                              the download cache behind the CLIP files
 
@@ -134,6 +136,24 @@ class ModelStore:
         target = self.root / f"{stem}{Path(downloaded).suffix}"
         _link_or_copy(Path(downloaded), target)
         return target
+
+    # ------------------------------------------------------------------------------------------ student backbones
+
+    def backbone_checkpoint(self, name: str) -> Path:
+        """A student backbone's timm checkpoint (`student.pretrained`), by plain file name; never downloaded.
+
+        There is no download URL for an arbitrary timm checkpoint, so a missing file is a `NotInStoreError`
+        naming the file and the folder to put it in.
+        """
+        if Path(name).name != name:
+            raise NotInStoreError(f"student.pretrained: {name!r} is a path; give the file name of a checkpoint "
+                                  f"in the model store ({self.root})")
+        found = self.find(name)
+        if found is None:
+            raise NotInStoreError(f"the student backbone checkpoint '{name}' (student.pretrained) is not in the "
+                                  f"model store: place the timm checkpoint file at {self.root / name} (or set "
+                                  "DKIT_HOME to the folder that has it)")
+        return found
 
     # ------------------------------------------------------------------------------------------ data
 

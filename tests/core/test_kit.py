@@ -257,3 +257,46 @@ def test_cli_check_prints_the_resolved_kit(kit_dir):
 def test_cli_missing_kit_file(tmp_path):
     result = run_dkit("check", str(tmp_path / "nope.yaml"))
     assert result.returncode == 2 and "kit file not found" in result.stderr
+
+
+YOLO_STUDENT = "student: {kind: yolo-cls, model: yolov8n-cls.pt, imgsz: 224}"
+
+
+def as_yolo() -> str:
+    """GOOD with a yolo-cls student (and so no judge section)."""
+    return edit("student: {kind: clip-embed, model: mobilenetv3_small_100, imgsz: 224}", YOLO_STUDENT).replace(
+        "judge: {prompt: a cat}\n", "")
+
+
+@pytest.mark.parametrize(
+    ("student", "overrides", "key", "words"),
+    [
+        (YOLO_STUDENT, ["student.device=[]"], "student.device", ["non-empty list of GPU indices", "[]"]),
+        (YOLO_STUDENT, ["student.device=[a]"], "student.device[0]", ["--set student.device=[a]", "an integer", "'a'"]),
+        (YOLO_STUDENT, ["student.device=[0, -1]"], "student.device[1]", [">= 0", "-1"]),
+        (YOLO_STUDENT, ["student.device=1"], "student.device", ["'auto', a device name", "got 1"]),
+        (None, ["student.device=[0, 1]"], "student.device", ["a list of devices is for YOLO students", "torchrun"]),
+        (YOLO_STUDENT, ["student.pretrained=mnv3.safetensors"], "student.pretrained",
+         ["YOLO student", "student.model"]),
+        (None, ["student.pretrained=weights/mnv3.safetensors"], "student.pretrained", ["file name", "not a path"]),
+        (None, ["student.pretrained=mnv3.onnx"], "student.pretrained", [".safetensors", "'mnv3.onnx'"]),
+    ],
+    ids=["empty list", "not an index", "negative index", "a number", "list for clip-embed", "pretrained for yolo",
+         "pretrained path", "pretrained suffix"],
+)
+def test_student_device_list_and_pretrained_are_checked(kit_dir, student, overrides, key, words):
+    text = GOOD if student is None else as_yolo()
+    with pytest.raises(KitError) as info:
+        load_kit(write(kit_dir, text), overrides=overrides)
+    assert info.value.key == key
+    for word in words:
+        assert word in str(info.value), f"{word!r} not in {info.value}"
+
+
+def test_student_device_may_list_gpus_and_pretrained_names_a_store_file(kit_dir):
+    kit = load_kit(write(kit_dir, as_yolo()), overrides=["student.device=[0, 1]"])
+    assert kit.student.device == [0, 1] and kit.student.single_device == "cuda:0"
+    assert kit.student.pretrained is None
+    kit = load_kit(write(kit_dir, GOOD), overrides=["student.pretrained=mnv3.safetensors", "student.device=cuda:1"])
+    assert kit.student.pretrained == "mnv3.safetensors" and kit.student.single_device == "cuda:1"
+    assert load_kit(write(kit_dir, GOOD)).student.device == "auto"

@@ -220,3 +220,33 @@ def test_profile_counts_attention_that_pytorch_would_fuse():
     params, gflops = ev.profile(layer, (1, 5, 16))
     assert gflops * 1e9 == reference.get_total_flops() > 0
     assert params == sum(p.numel() for p in layer.parameters())
+
+
+def test_a_list_of_devices_goes_to_ultralytics_train(tmp_path, monkeypatch):
+    """student.device: [0, 1] reaches Ultralytics' own train() as is (its DDP); the real train is stopped there."""
+    from ultralytics.engine.model import Model
+
+    kit_file = tmp_path / "kit.yaml"
+    kit_file.write_text(
+        "name: cls\n"
+        "ontology: {classes: {animal: [an animal], thing: [a thing]}}\n"
+        "teacher: {kind: clip, model: ViT-S-32, pretrained: random}\n"
+        "student: {kind: yolo-cls, model: yolov8n-cls.yaml, imgsz: 32, epochs: 1, batch: 8, device: [0, 1]}\n"
+    )
+    kit = load_kit(kit_file)
+    run = tmp_path / "run"
+    (run / "labels").mkdir(parents=True)
+    (run / "labels" / "data.yaml").write_text("names: {0: animal, 1: thing}\n")
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(self, **kwargs):
+        seen.append(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(Model, "train", fake_train)
+    with pytest.raises(Stop):
+        ys.train(kit, run, store=ModelStore(tmp_path / "store", offline=True), progress=False)
+    assert seen[0]["device"] == [0, 1] and seen[0]["epochs"] == 1

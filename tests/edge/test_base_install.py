@@ -13,8 +13,8 @@ from packaging.requirements import Requirement
 
 from tests.conftest import RECIPES, ROOT
 
-HEAVY = {"torch", "torchvision", "ultralytics", "open-clip-torch", "onnx", "onnxslim", "tensorrt", "pillow"}
-HEAVY_MODULES = ["torch", "torchvision", "ultralytics", "open_clip", "onnx", "onnxslim", "tensorrt", "PIL"]
+HEAVY = {"torch", "torchvision", "ultralytics", "open-clip-torch", "onnx", "onnxslim", "tensorrt", "pillow", "ray"}
+HEAVY_MODULES = ["torch", "torchvision", "ultralytics", "open_clip", "onnx", "onnxslim", "tensorrt", "PIL", "ray"]
 
 
 def _norm(name: str) -> str:

@@ -6,7 +6,9 @@
 The student is `timm.create_model(kit.student.model, pretrained=False, num_classes=0)` (pooled features)
 plus a linear projection to the teacher's embedding dimension, L2-normalised; so on the device any text
 prompt is scored by a dot product with the teacher's text embedding of it (shipped in the bundle), the
-kiosk judge. It starts from scratch (seeded init): ImageNet weights are not reachable offline.
+kiosk judge. It starts from scratch (seeded init), or with `student.pretrained: FILE` its backbone starts from
+that timm checkpoint in the model store (found offline by file name; its sha256 is part of what a resumed run
+must match, and student.json records it).
 
 Targets are the teacher's normalised image embeddings of every labelled image (`labels/labels.jsonl`,
 split train or val), read from the teacher cache `dkit label` filled; the teacher is built here only for its

@@ -24,7 +24,7 @@ def _checkpoint(model, cfg, spec, dim, seed, teacher, epoch, best_cos) -> dict:
         "kind": KIND, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "backbone": cfg.model, "dim": dim, "seed": seed, "imgsz": cfg.imgsz, "preprocess": spec,
         "epoch": epoch, "val_cosine": best_cos, "teacher": teacher.id, "teacher_cache_key": teacher.cache_key,
-        "started_from": "scratch",
+        "started_from": "scratch" if cfg.pretrained is None else f"pretrained: {cfg.pretrained}",
     }
 
 

@@ -49,12 +49,14 @@ from dkit.distill.students.clip_embed.outputs import _checkpoint, _load_state, _
 from dkit.distill.students.clip_embed.prompts import prompt_embeddings
 from dkit.distill.teachers import build_teacher
 from dkit.distill.teachers.base import resolve_device
+from dkit.edge.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ARGS = {"lr": 2e-3, "weight_decay": 0.05, "kd_weight": 1.0, "seed": 0, "workers": 0}
 CURVES_EVERY_S = 30.0  # curves.png is redrawn after an epoch at most this often, and after the last one
-_FINGERPRINT = {"student": "student settings", "teacher": "teacher", "prompts": "prompts", "images": "labelled images"}
+_FINGERPRINT = {"student": "student settings", "pretrained": "backbone checkpoint (student.pretrained)",
+                "teacher": "teacher", "prompts": "prompts", "images": "labelled images"}
 
 
 # ------------------------------------------------------------------------------------------ pieces
@@ -138,6 +140,7 @@ class _Setup:
     val_recs: list[LabelRecord]
     prompts: np.ndarray  # (P, D) prompt_embeddings
     fingerprint: dict  # what last.pt must match to be resumed (keys: _FINGERPRINT)
+    pretrained: Path | None = None  # student.pretrained's file in the model store; None: from scratch
 
     @property
     def cfg(self):
@@ -158,6 +161,10 @@ class _Setup:
     @property
     def dim(self) -> int:
         return int(self.teacher.text.shape[1])
+
+    @property
+    def started_from(self) -> str:
+        return "scratch" if self.pretrained is None else f"pretrained: {self.pretrained.name}"
 
 
 @dataclasses.dataclass
@@ -218,13 +225,17 @@ def _prepare(kit, run_dir: Path, store) -> _Setup:
         log.warning("training on an UNTRAINED teacher's embeddings (%s): the student is meaningless", teacher.id)
     spec = preprocess_spec(kit)
     prompts = prompt_embeddings(kit, teacher)
+    pretrained = None if kit.student.pretrained is None else store.backbone_checkpoint(kit.student.pretrained)
+    student = {k: v for k, v in dataclasses.asdict(kit.student).items() if k != "pretrained"}  # its own key
     fingerprint = {
-        "student": dataclasses.asdict(kit.student) | {"train_args": args, "device": None},
+        "student": student | {"train_args": args, "device": None},
+        # the file's content, not only its name (None: from scratch, as runs made before student.pretrained)
+        "pretrained": None if pretrained is None else {"file": pretrained.name, "sha256": sha256_file(pretrained)},
         "teacher": teacher.cache_key,
         "prompts": _digest(prompts.round(5).tolist()),
         "images": _digest([(r.sha256, r.split) for r in records]),
     }
-    return _Setup(kit, run_dir, args, spec, teacher, train_recs, val_recs, prompts, fingerprint)
+    return _Setup(kit, run_dir, args, spec, teacher, train_recs, val_recs, prompts, fingerprint, pretrained)
 
 
 def _previous_state(setup: _Setup, restart: bool) -> dict | None:
@@ -253,7 +264,7 @@ def _already_trained(setup: _Setup, state: dict, start: float) -> dict:
 
 
 def _job(setup: _Setup) -> _Job:
-    """Targets from the teacher cache, the decoded images, the untrained student and its optimiser."""
+    """Targets from the teacher cache, the decoded images, the untrained (or pretrained) student, its optimiser."""
     cfg, teacher = setup.cfg, setup.teacher
     device = resolve_device(cfg.device)
     train_t = teacher_embeddings(setup.train_recs, teacher, setup.run_dir)
@@ -262,7 +273,9 @@ def _job(setup: _Setup) -> _Job:
     train_ds, val_ds, in_memory = _datasets(setup.train_recs, setup.val_recs, train_t, val_t, setup.spec,
                                             setup.seed, workers)
     steps = len(_loader(train_ds, cfg.batch, workers=0))
-    model = build_student(cfg.model, setup.dim, setup.seed).to(device)
+    if setup.pretrained is not None:
+        log.info("the backbone %s starts from %s", cfg.model, setup.pretrained)
+    model = build_student(cfg.model, setup.dim, setup.seed, checkpoint=setup.pretrained).to(device)
     optimizer, scheduler = _optimizer(model, setup.args, steps, steps * cfg.epochs)
     return _Job(device, train_ds, val_ds, val_t, in_memory, 0 if in_memory else workers, model, optimizer,
                 scheduler, torch.from_numpy(setup.prompts).to(device), float(teacher.logit_scale))
@@ -295,7 +308,10 @@ def _config(setup: _Setup, job: _Job) -> dict:
         "kind": KIND, "student": dataclasses.asdict(cfg), "train_args": args,
         "teacher": {"id": teacher.id, "cache_key": teacher.cache_key, "random": teacher.random,
                     "logit_scale": job.scale},
-        "backbone": cfg.model, "embedding_dim": setup.dim, "preprocess": setup.spec, "started_from": "scratch",
+        "backbone": cfg.model, "embedding_dim": setup.dim, "preprocess": setup.spec,
+        "started_from": setup.started_from,
+        "pretrained": None if setup.pretrained is None else {**setup.fingerprint["pretrained"],
+                                                             "path": str(setup.pretrained)},
         "images": {"train": len(setup.train_recs), "val": len(setup.val_recs), "in_memory": job.in_memory},
         "prompts": prompts, "device": job.device,
         "loss": f"(1 - cos) + {args['kd_weight']} * KL(teacher || student) over {prompts} prompts",
@@ -377,6 +393,7 @@ def _state(setup: _Setup, job: _Job, run: _Progress, config: dict, epoch: int, s
 def _summary(weights: Path, state: dict, *, resumed: bool, already_trained: bool, seconds: float) -> dict:
     return {
         "weights": str(weights / "best.pt"), "epochs": int(state["epoch"]), "best_epoch": int(state["best_epoch"]),
-        "resumed": resumed, "already_trained": already_trained, "started_from": "scratch",
+        "resumed": resumed, "already_trained": already_trained,
+        "started_from": state.get("config", {}).get("started_from", "scratch"),
         "val_cosine": float(state["best_cosine"]), "seconds": round(seconds, 3),
     }
