@@ -84,7 +84,8 @@ def run_case(name: str, kit_for, out: Path, actors: int) -> dict:
     result["ratio_cluster"] = round(result["local"]["seconds"] / result["ray"]["cluster_seconds"], 3)
     a, b = (out / f"{name}-{e}" / "labels" / "labels.jsonl" for e in ("local", "ray"))
     result["labels_identical"] = a.read_bytes() == b.read_bytes()
-    print(json.dumps(result), flush=True)
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
     return result
 
 
