@@ -132,7 +132,9 @@ def test_fp16_and_int8_variants_carry_their_agreement_or_are_refused(trained, gu
             assert len(ref["images"]) == 4 and all(bundle.path(i["file"]).is_file() for i in ref["images"])
             assert {m["models"][f"student_{p}"]["checked_on"] for p in shipped} == {platform.machine()}
             figures = m["device_checks"][platform.machine()]
-            assert set(figures) == {f"{b}/{p}" for b in ("onnxruntime", "openvino") for p in shipped}
+            runs = {f"{b}/{p}" for b in ("onnxruntime", "openvino") for p in shipped  # OpenVINO may not run one
+                    if "does not run it" not in m["models"][f"student_{p}"]["backends"][b].get("refused", "")}
+            assert set(figures) == runs and "onnxruntime/int8" in runs  # (int8 on an AMX CPU, OpenVINO 2026)
             assert all(0.0 <= v <= 1.0 for v in figures.values())
         else:  # an fp32-only bundle has nothing to check on a device
             assert "checks" not in m and not any(n.startswith("checks/") for n in m["files"])
