@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from dkit.distill.teachers import Teacher, build_teacher
 
 log = logging.getLogger(__name__)
 
+CONNECT_TIMEOUT_S = 10.0  # a label.address that does not accept a connection in this time is an error
 DECODE_CPUS = 0.25  # Ray's CPU share of one decode task: light next to a teacher, so both fit on a small machine
 
 
@@ -91,6 +93,7 @@ def _connect(kit, store) -> bool:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     if ray.is_initialized():
         return False
+    _check_reachable(kit.label.address)
     env = {"DKIT_HOME": str(store.root)} if store is not None else {}
     env |= {k: v for k, v in os.environ.items() if k in ("DKIT_OFFLINE", "PYTHONPATH")}
     try:
@@ -105,6 +108,23 @@ def _connect(kit, store) -> bool:
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise RayEngineError(f"label.address {kit.label.address!r}: cannot connect to a Ray cluster ({e}); start "
                              "one with `ray start --head` or leave label.address unset for a local Ray") from e
+
+
+def _check_reachable(address: str | None, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """A HOST:PORT or ray://HOST:PORT address must accept a TCP connection within `timeout_s`: Ray itself waits
+    minutes for a cluster that is not there."""
+    if address is None or address == "auto":
+        return
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise RayEngineError(f"label.address {address!r}: expected 'auto', HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise RayEngineError(f"label.address {address!r}: nothing answers at {host}:{port} ({e}); start the "
+                             "cluster with `ray start --head` there, or leave label.address unset for a local "
+                             "Ray") from e
 
 
 def _gpus(kit) -> float:

@@ -149,3 +149,17 @@ def test_kit_keys_are_validated(tmp_path, photos):
         clip_kit(tmp_path, photos, overrides=["label.cpus_per_actor=0"])
     kit = load_kit(tmp_path / "kit.yaml", overrides=["label.address=ray://head:10001"])
     assert kit.label.address == "ray://head:10001" and kit.label.engine == "local"
+
+
+def test_an_address_where_no_cluster_answers_fails_at_once_naming_it():
+    import socket
+
+    with socket.socket() as s:  # a loopback port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(ray_data.RayEngineError, match=f"nothing answers at 127.0.0.1:{port}"):
+            ray_data._check_reachable(address, timeout_s=2.0)
+    with pytest.raises(ray_data.RayEngineError, match="expected 'auto', HOST:PORT"):
+        ray_data._check_reachable("head-without-port")
+    ray_data._check_reachable("auto")  # Ray finds the local cluster itself (or says there is none)
