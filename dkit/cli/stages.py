@@ -7,6 +7,7 @@ extra, and a base install without it gets a one-line error (exit 4) instead of a
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from dkit.cli.common import Command, Parents, arg, import_stage, load, register_commands
@@ -53,6 +54,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     kit = load(args)
     summary = student_plugin(kit).train(kit, kit.run_dir(args.out), store=ModelStore(), restart=args.restart,
                                         progress=args.quiet == 0)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun: one summary, from rank 0
+        return 0
     how = ("already trained" if summary["already_trained"]
            else "resumed and trained" if summary["resumed"] else "trained")
     sys.stdout.write(f"student: {summary['weights']}\n  {how}: {summary['epochs']} epochs, started from "

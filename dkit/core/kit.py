@@ -225,8 +225,8 @@ class Student:
             raise _Invalid("imgsz", "a multiple of 32 for a YOLO student", self.imgsz)
         if isinstance(self.device, list) and not self.kind.startswith("yolo"):
             raise _Invalid("device", "one device ('auto', 'cpu', 'cuda:0') for a clip-embed student: a list of "
-                           "devices is for YOLO students (multi-GPU clip-embed training would be launched with "
-                           "torchrun, which is not built yet)", self.device)
+                           "devices is for YOLO students (multi-GPU clip-embed training is launched with torchrun: "
+                           "torchrun --nproc_per_node N -m dkit train KIT, one GPU a process)", self.device)
         if self.pretrained is not None:
             if self.kind.startswith("yolo"):
                 raise _Invalid("pretrained", "no student.pretrained for a YOLO student: its pretrained weights are "

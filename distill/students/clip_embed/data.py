@@ -183,12 +183,19 @@ def _datasets(train_recs, val_recs, train_t, val_t, spec, seed, workers) -> tupl
             _Images(val_recs, val_t, spec, train=False, seed=seed, memory=val_mem), in_memory)
 
 
-def _loader(ds: _Images, batch: int, *, workers: int, epoch: int = 0, seed: int = 0) -> torch.utils.data.DataLoader:
+def _loader(ds: _Images, batch: int, *, workers: int, epoch: int = 0, seed: int = 0, rank: int = 0,
+            world: int = 1) -> torch.utils.data.DataLoader:
+    """`batch` images a step; with world > 1 (DDP) the training views are this rank's disjoint shard of the set
+    (DistributedSampler, seeded, reshuffled per epoch; the shards padded to one length, so every rank runs the
+    same number of steps)."""
     ds.epoch = epoch
     sampler = None
-    if ds.train:
+    if ds.train and world > 1:
+        sampler = torch.utils.data.DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        sampler.set_epoch(epoch)
+    elif ds.train:
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
         sampler = torch.utils.data.RandomSampler(ds, generator=generator)
-    drop_last = ds.train and len(ds) > batch  # no batch of one in train mode (BatchNorm)
+    drop_last = ds.train and len(sampler) > batch  # no batch of one in train mode (BatchNorm)
     return torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers,
                                        drop_last=drop_last)

@@ -14,6 +14,13 @@ An interrupted run resumes from last.pt with the same results; a finished one is
 settings or labels than last.pt's are refused rather than mixed in; `restart=True` clears the folder first.
 A run is a `_Setup` (settings, labels, teacher: fixed before anything is written), a `_Job` (device, data,
 model, optimiser: what the epochs run on) and a `_Progress` (history, best epoch: what last.pt carries on).
+
+Data-parallel: launched by torchrun (WORLD_SIZE > 1, RANK, LOCAL_RANK in the environment) each process joins a
+process group (gloo on the CPU, nccl on CUDA, where rank r uses cuda:LOCAL_RANK), trains a DistributedDataParallel
+copy of the same seeded model on its disjoint shard of the training set with student.batch // WORLD_SIZE images
+a step (the global batch stays student.batch), and rank 0 alone measures the held-out cosine (broadcast, so
+every rank takes the same best/early-stop decision) and writes every file; student.json records world_size.
+One process (no torchrun) trains as it always did.
 """
 
 from __future__ import annotations
@@ -75,6 +82,38 @@ def _train_args(kit) -> dict:
             kind = "an integer >= 0" if isinstance(default, int) else "a number >= 0"
             raise UsageError(f"student.train_args.{key}: expected {kind}, got {value!r}")
     return args
+
+
+@dataclasses.dataclass(frozen=True)
+class _Dist:
+    """This process's place in a torchrun launch: world 1, rank 0 without one."""
+
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:  # the rank that evaluates, logs and writes files
+        return self.rank == 0
+
+
+def _dist_env() -> _Dist:
+    import os
+
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError as e:
+        raise UsageError(f"WORLD_SIZE, RANK and LOCAL_RANK must be integers (as torchrun sets them): {e}") from e
+    return _Dist(world, rank, local) if world > 1 else _Dist()
+
+
+def _dist_device(device: str, dist: _Dist) -> str:
+    """Under torchrun a CUDA device means this rank's GPU, cuda:LOCAL_RANK."""
+    if dist.world > 1 and device.startswith("cuda"):
+        torch.cuda.set_device(dist.local_rank)
+        return f"cuda:{dist.local_rank}"
+    return device
 
 
 def _digest(values) -> str:
@@ -141,6 +180,7 @@ class _Setup:
     prompts: np.ndarray  # (P, D) prompt_embeddings
     fingerprint: dict  # what last.pt must match to be resumed (keys: _FINGERPRINT)
     pretrained: Path | None = None  # student.pretrained's file in the model store; None: from scratch
+    dist: _Dist = _Dist()  # the torchrun launch this process is part of (world 1: none)
 
     @property
     def cfg(self):
@@ -182,6 +222,11 @@ class _Job:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     prompts: torch.Tensor  # (P, D) on the device
     scale: float  # teacher.logit_scale
+    net: torch.nn.Module | None = None  # what the steps run: `model` in DistributedDataParallel (None: `model`)
+
+    @property
+    def trained(self) -> torch.nn.Module:
+        return self.model if self.net is None else self.net
 
 
 @dataclasses.dataclass
@@ -197,18 +242,49 @@ class _Progress:
 
 
 def train(kit, run_dir: Path, *, store, restart: bool = False, progress: bool = True) -> dict:
-    """Train the student on run_dir/labels/ into run_dir/student/ (see the package docstring)."""
+    """Train the student on run_dir/labels/ into run_dir/student/ (see the package docstring); under torchrun,
+    data-parallel in a process group this call joins and leaves."""
+    dist = _dist_env()
+    if dist.world == 1:
+        return _train(kit, run_dir, store, restart, progress, dist)
+    import torch.distributed as td
+
+    if kit.student.batch < dist.world:
+        raise UsageError(f"student.batch {kit.student.batch} is smaller than the {dist.world} torchrun processes: "
+                         f"each needs student.batch // {dist.world} >= 1 images a step")
+    joined = not td.is_initialized()
+    if joined:
+        device = _dist_device(resolve_device(kit.student.device), dist)
+        td.init_process_group("nccl" if device.startswith("cuda") else "gloo", rank=dist.rank,
+                              world_size=dist.world)
+    try:
+        return _train(kit, run_dir, store, restart, progress, dist)
+    finally:
+        if joined:
+            td.destroy_process_group()
+
+
+def _train(kit, run_dir, store, restart: bool, progress: bool, dist: _Dist) -> dict:
     start = time.perf_counter()
-    setup = _prepare(kit, Path(run_dir), store)
+    setup = dataclasses.replace(_prepare(kit, Path(run_dir), store), dist=dist)
     state = _previous_state(setup, restart)
+    _barrier(dist)  # rank 0 has cleared the folder (restart) before any rank goes on
     if state is not None and state["finished"]:
         return _already_trained(setup, state, start)
-    setup.weights.mkdir(parents=True, exist_ok=True)
+    if dist.main:
+        setup.weights.mkdir(parents=True, exist_ok=True)
     job = _job(setup)
     resumed = state is not None
     run = _resume(setup, job, state) if resumed else _Progress()
     state = _epochs(setup, job, run, _config(setup, job), state, progress)
     return _summary(setup.weights, state, resumed=resumed, already_trained=False, seconds=time.perf_counter() - start)
+
+
+def _barrier(dist: _Dist) -> None:
+    if dist.world > 1:
+        import torch.distributed as td
+
+        td.barrier()
 
 
 def _prepare(kit, run_dir: Path, store) -> _Setup:
@@ -242,7 +318,8 @@ def _previous_state(setup: _Setup, restart: bool) -> dict | None:
     """last.pt of an earlier run of the same settings and labels (refused if other); None: start afresh."""
     last = setup.weights / "last.pt"
     if restart:
-        shutil.rmtree(setup.out, ignore_errors=True)
+        if setup.dist.main:
+            shutil.rmtree(setup.out, ignore_errors=True)
         return None
     if not last.is_file():
         return None
@@ -256,29 +333,38 @@ def _previous_state(setup: _Setup, restart: bool) -> dict | None:
 
 
 def _already_trained(setup: _Setup, state: dict, start: float) -> dict:
-    _write_logs(setup.out, state["history"], state["config"], state)  # in case a kill came between the files
-    _write_curves(setup.out / "curves.png", state["history"], setup.kit.name)
-    log.info("%s: already trained (%d epochs, best val cosine %.4f at epoch %d)", setup.out, state["epoch"],
-             state["best_cosine"], state["best_epoch"])
+    if setup.dist.main:
+        _write_logs(setup.out, state["history"], state["config"], state)  # in case a kill came between the files
+        _write_curves(setup.out / "curves.png", state["history"], setup.kit.name)
+        log.info("%s: already trained (%d epochs, best val cosine %.4f at epoch %d)", setup.out, state["epoch"],
+                 state["best_cosine"], state["best_epoch"])
     return _summary(setup.weights, state, resumed=False, already_trained=True, seconds=time.perf_counter() - start)
 
 
 def _job(setup: _Setup) -> _Job:
     """Targets from the teacher cache, the decoded images, the untrained (or pretrained) student, its optimiser."""
-    cfg, teacher = setup.cfg, setup.teacher
-    device = resolve_device(cfg.device)
+    cfg, teacher, dist = setup.cfg, setup.teacher, setup.dist
+    device = _dist_device(resolve_device(cfg.device), dist)
     train_t = teacher_embeddings(setup.train_recs, teacher, setup.run_dir)
     val_t = teacher_embeddings(setup.val_recs, teacher, setup.run_dir)
     workers = decode_workers(setup.args["workers"] or setup.kit.data.workers)
     train_ds, val_ds, in_memory = _datasets(setup.train_recs, setup.val_recs, train_t, val_t, setup.spec,
                                             setup.seed, workers)
-    steps = len(_loader(train_ds, cfg.batch, workers=0))
-    if setup.pretrained is not None:
+    steps = len(_loader(train_ds, cfg.batch // dist.world, workers=0, rank=dist.rank, world=dist.world))
+    if setup.pretrained is not None and dist.main:
         log.info("the backbone %s starts from %s", cfg.model, setup.pretrained)
     model = build_student(cfg.model, setup.dim, setup.seed, checkpoint=setup.pretrained).to(device)
+    net = None
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[dist.local_rank] if device.startswith("cuda") else None)
+        if dist.main:
+            log.info("data-parallel over %d processes: %d images a step each (%d in all)", dist.world,
+                     cfg.batch // dist.world, cfg.batch // dist.world * dist.world)
     optimizer, scheduler = _optimizer(model, setup.args, steps, steps * cfg.epochs)
     return _Job(device, train_ds, val_ds, val_t, in_memory, 0 if in_memory else workers, model, optimizer,
-                scheduler, torch.from_numpy(setup.prompts).to(device), float(teacher.logit_scale))
+                scheduler, torch.from_numpy(setup.prompts).to(device), float(teacher.logit_scale), net)
 
 
 def _optimizer(model, args: dict, steps: int, total_steps: int):
@@ -296,6 +382,11 @@ def _resume(setup: _Setup, job: _Job, state: dict) -> _Progress:
     job.model.load_state_dict(state["model"])
     job.optimizer.load_state_dict(state["optimizer"])
     job.scheduler.load_state_dict(state["scheduler"])
+    if setup.dist.world > 1:  # the weights rank 0 read, on every rank (they read the same file: a no-op)
+        import torch.distributed as td
+
+        for tensor in job.model.state_dict().values():
+            td.broadcast(tensor, src=0)
     log.info("resuming %s after epoch %d/%d", setup.out, state["epoch"], setup.cfg.epochs)
     return _Progress(history=state["history"], best_cos=state["best_cosine"], best_epoch=state["best_epoch"],
                      bad=state["bad_epochs"], done=state["epoch"], seconds=state["seconds"])
@@ -313,7 +404,7 @@ def _config(setup: _Setup, job: _Job) -> dict:
         "pretrained": None if setup.pretrained is None else {**setup.fingerprint["pretrained"],
                                                              "path": str(setup.pretrained)},
         "images": {"train": len(setup.train_recs), "val": len(setup.val_recs), "in_memory": job.in_memory},
-        "prompts": prompts, "device": job.device,
+        "prompts": prompts, "device": job.device, "world_size": setup.dist.world,
         "loss": f"(1 - cos) + {args['kd_weight']} * KL(teacher || student) over {prompts} prompts",
     }
 
@@ -326,12 +417,14 @@ def _epochs(setup: _Setup, job: _Job, run: _Progress, config: dict, state: dict 
     drawn = time.perf_counter()
     for epoch in range(run.done + 1, setup.cfg.epochs + 1):
         state, line = _epoch(setup, job, run, config, epoch, progress)
-        if state["finished"] or time.perf_counter() - drawn >= CURVES_EVERY_S:
+        if setup.dist.main and (state["finished"] or time.perf_counter() - drawn >= CURVES_EVERY_S):
             _write_curves(setup.out / "curves.png", run.history, setup.kit.name)
             drawn = time.perf_counter()
-        log.info(line)
-        if state["stopped_early"]:
+        if setup.dist.main:
+            log.info(line)
+        if state["stopped_early"] and setup.dist.main:
             log.info("early stop: no better val cosine for %d epochs", setup.cfg.patience)
+        if state["stopped_early"]:
             break
     return state
 
@@ -341,14 +434,14 @@ def _epoch(setup: _Setup, job: _Job, run: _Progress, config: dict, epoch: int, p
     cfg = setup.cfg
     t0 = time.perf_counter()
     loss = _train_epoch(setup, job, epoch, progress)
-    val_emb = _embed(job.model, _loader(job.val_ds, cfg.batch, workers=job.loader_workers), job.device)
-    val_cos = float(np.mean(np.sum(val_emb * job.val_t, axis=1)))
+    val_cos = _val_cosine(setup, job)
     lr = job.optimizer.param_groups[0]["lr"]
     elapsed = time.perf_counter() - t0
     run.seconds += elapsed
     if val_cos > run.best_cos:
         run.best_cos, run.best_epoch, run.bad = val_cos, epoch, 0
-        _save(setup.weights / "best.pt", _checkpoint(job.model, cfg, setup.spec, setup.dim, setup.seed,
+        if setup.dist.main:
+            _save(setup.weights / "best.pt", _checkpoint(job.model, cfg, setup.spec, setup.dim, setup.seed,
                                                      setup.teacher, epoch, run.best_cos))
     else:
         run.bad += 1
@@ -359,24 +452,48 @@ def _epoch(setup: _Setup, job: _Job, run: _Progress, config: dict, epoch: int, p
     run.history.append({"epoch": epoch, "train_loss": round(loss, 6), "val_cosine": round(val_cos, 6),
                         "lr": lr, "seconds": round(elapsed, 3), "log": line})
     state = _state(setup, job, run, config, epoch, stopped)
-    _save(setup.weights / "last.pt", state)
-    _write_logs(setup.out, run.history, config, state)
+    if setup.dist.main:
+        _save(setup.weights / "last.pt", state)
+        _write_logs(setup.out, run.history, config, state)
     return state, line
+
+
+def _val_cosine(setup: _Setup, job: _Job) -> float:
+    """The mean held-out cosine to the teacher; data-parallel, rank 0's (its model's buffers), sent to every rank
+    so that all take the same best-epoch and early-stop decisions."""
+    cos = [0.0]
+    if setup.dist.main:
+        val_emb = _embed(job.model, _loader(job.val_ds, setup.cfg.batch, workers=job.loader_workers), job.device)
+        cos = [float(np.mean(np.sum(val_emb * job.val_t, axis=1)))]
+    if setup.dist.world > 1:
+        import torch.distributed as td
+
+        td.broadcast_object_list(cos, src=0, device=torch.device(job.device) if job.device.startswith("cuda")
+                                 else None)
+    return cos[0]
 
 
 def _train_epoch(setup: _Setup, job: _Job, epoch: int, progress: bool) -> float:
     """One pass over the training views (with a progress bar unless `progress` is False): the mean loss."""
     from tqdm.auto import tqdm
 
-    cfg = setup.cfg
-    bar = tqdm(total=len(job.train_ds), unit="img", desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
-               disable=None if progress else True, dynamic_ncols=True)
+    cfg, dist = setup.cfg, setup.dist
+    loader = _loader(job.train_ds, cfg.batch // dist.world, workers=job.loader_workers, epoch=epoch,
+                     seed=setup.seed, rank=dist.rank, world=dist.world)
+    bar = tqdm(total=len(loader.sampler), unit="img", desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
+               disable=None if progress and dist.main else True, dynamic_ncols=True)
     try:
-        loader = _loader(job.train_ds, cfg.batch, workers=job.loader_workers, epoch=epoch, seed=setup.seed)
-        return _run_epoch(job.model, loader, job.optimizer, job.scheduler, job.prompts, job.scale,
+        loss = _run_epoch(job.trained, loader, job.optimizer, job.scheduler, job.prompts, job.scale,
                           setup.args["kd_weight"], job.device, bar)
     finally:
         bar.close()
+    if dist.world > 1:  # the shards are of one length: the mean over all ranks is the mean over the set
+        import torch.distributed as td
+
+        mean = torch.tensor([loss], dtype=torch.float64, device=job.device)
+        td.all_reduce(mean)
+        loss = float(mean.item()) / dist.world
+    return loss
 
 
 def _state(setup: _Setup, job: _Job, run: _Progress, config: dict, epoch: int, stopped: bool) -> dict:
