@@ -44,6 +44,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     s = kit.student
     if student_plugin(s.kind).weights_in_store:
         item("student", lambda: store.yolo_weights(s.model), optional=" (optional: training starts from scratch)")
+    if s.pretrained is not None:  # a timm checkpoint the clip-embed backbone starts from: never downloaded
+        item("backbone", lambda: store.backbone_checkpoint(s.pretrained))
     if kit.data.images is not None:
         item("images", lambda: kit.data.images)
     elif kit.data.url is not None:

@@ -297,3 +297,14 @@ def test_cli_fetch_with_a_filled_store(store_home, assets):
                       "--data", str(assets / "data/coco128/images/train2017"), env={"DKIT_OFFLINE": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count(f"ok       {store_home}/yolov8n.pt") == 2  # teacher and student
+
+
+def test_cli_fetch_lists_the_clip_embed_backbone_checkpoint(store_home):
+    """student.pretrained is a required file of the store: missing, exit 3 naming where it goes; present, ok."""
+    kit = ["--set", "student.pretrained=mnv3.safetensors", "--set", "teacher.pretrained=random"]
+    result = run_dkit("fetch", str(RECIPES / "quickdraw" / "kit.yaml"), *kit, env={"DKIT_OFFLINE": "1"}, timeout=60)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "backbone MISSING" in result.stdout and f"{store_home}/mnv3.safetensors" in result.stdout
+    (store_home / "mnv3.safetensors").write_bytes(b"weights")
+    result = run_dkit("fetch", str(RECIPES / "quickdraw" / "kit.yaml"), *kit, env={"DKIT_OFFLINE": "1"}, timeout=60)
+    assert f"backbone ok       {store_home}/mnv3.safetensors" in result.stdout, result.stdout
