@@ -248,15 +248,21 @@ def _record(li: LoadedImage, raw, teacher: Teacher, kit, staging: Path) -> Label
     """The image's record; an image the data set cannot link (normalised pixels, an odd format) also gets a
     JPEG copy of what the teacher saw, staging/<sha256>.jpg, which the data set uses instead."""
     if needs_copy(li.path, li.normalised):
-        copy = staging / f"{li.sha256}.jpg"  # the normalised pixels, what the teacher saw
-        if not copy.exists():
-            copy.write_bytes(jpeg_copy(li.rgb, li.path))
+        write_copy(staging, li.sha256, lambda: jpeg_copy(li.rgb, li.path))
     return build_record(li.path, li.rel, li.sha256, (li.height, li.width), li.normalised, raw, teacher, kit)
 
 
 def needs_copy(path: Path, normalised: str | None) -> bool:
     """Whether the data set needs a JPEG of the decoded pixels instead of a link to the file."""
     return bool(normalised) or Path(path).suffix.lower() not in LINKABLE
+
+
+def write_copy(staging: Path, sha256: str, jpeg) -> None:
+    """staging/<sha256>.jpg, the pixels the teacher saw (what the data set uses instead of the file), once per
+    content; `jpeg()` gives its bytes."""
+    copy = staging / f"{sha256}.jpg"
+    if not copy.exists():
+        copy.write_bytes(jpeg())
 
 
 def jpeg_copy(rgb, path: Path) -> bytes:
@@ -290,7 +296,12 @@ def build_record(path: Path, rel: str, sha256: str, shape: tuple[int, int], norm
 
 
 def _skipped(li: LoadedImage, teacher: Teacher) -> LabelRecord:
-    return LabelRecord(image=li.rel, source=str(li.path), sha256=li.sha256, teacher=teacher.id, skipped=li.skipped)
+    return skipped_record(li.path, li.rel, li.sha256, li.skipped, teacher)
+
+
+def skipped_record(path: Path, rel: str, sha256: str | None, reason: str, teacher: Teacher) -> LabelRecord:
+    """The record of a file that was not labelled, and why."""
+    return LabelRecord(image=rel, source=str(path), sha256=sha256, teacher=teacher.id, skipped=reason)
 
 
 # ------------------------------------------------------------------------------------------ data set

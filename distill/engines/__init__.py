@@ -1,6 +1,6 @@
 """Labeling engines, keyed by the kit's `label.engine` (`dkit label --engine`): where the teacher runs.
 
-    records, counts = label_with(kit, "ray", teacher=..., cache=..., root=..., paths=..., staging=..., ...)
+    records, counts = engine("ray")(kit, teacher, cache, root, paths, staging, progress, store=store)
 
 - `local` (the default): this process; images decoded in worker processes (dkit.distill.images), the teacher
   in the main process (dkit.distill.label._label_all).
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 
-from dkit.core.errors import MissingExtraError, UsageError
+from dkit.core.errors import UsageError, require
 
 ENGINES = {
     "local": ("dkit.distill.label:_label_all", None),
@@ -31,10 +31,6 @@ def engine(name: str):
     except KeyError as e:
         raise UsageError(f"unknown labeling engine {name!r}; known: {', '.join(ENGINES)}") from e
     module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if extra is None or not (e.name or "").startswith("ray"):
-            raise
-        raise MissingExtraError(f"the {name} labeling engine", e.name, extra) from e
+    module = (importlib.import_module(module_name) if extra is None
+              else require(module_name, what=f"the {name} labeling engine", extra=extra))
     return getattr(module, attr)

@@ -52,22 +52,24 @@ def label_all(kit, teacher: Teacher, cache: TeacherCache, root: Path, paths: lis
               progress: bool, *, store=None, make_teacher=None, on_row=None) -> tuple[list[LabelRecord], dict]:
     """Label `paths` on Ray; `make_teacher()` builds each actor's teacher (default: the kit's, from `store`).
     `on_row(n)` is called after each row reaches the driver (tests kill a worker from it)."""
-    from dkit.distill.label import build_record, progress_bar
+    from dkit.distill.label import progress_bar
 
     staging.mkdir(parents=True)
     started = _connect(kit, store)
     try:
         make_teacher = make_teacher or functools.partial(build_teacher, kit, store)
         cached = frozenset(cache.keys(teacher.cache_key))
-        ds = _dataset(kit, paths, root, cached, make_teacher)
+        gpus = _gpus(kit)
+        actors = _actors(kit, gpus)
+        ds = _dataset(kit, paths, root, cached, make_teacher, actors, gpus)
         records: list[LabelRecord | None] = [None] * len(paths)
         counts = {"files": len(paths), "cached": 0, "inferred": 0, "skipped": 0, "duplicates_dropped": 0,
-                  "actors": _actors(kit)}
+                  "actors": actors}
         bar = progress_bar(len(paths), progress)
         start = time.perf_counter()
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                _take(batch, records, counts, cache, teacher, kit, staging, build_record)
+                _take(batch, records, counts, cache, teacher, kit, staging)
                 bar.update(len(batch["i"]))
                 if on_row is not None:
                     on_row(sum(r is not None for r in records))
@@ -133,18 +135,17 @@ def _gpus(kit) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
 
 
-def _actors(kit) -> int:
-    """label.actors, or one per GPU, or one per cpus_per_actor CPUs with one CPU left for decoding."""
+def _actors(kit, gpus: float) -> int:
+    """label.actors, or one per `gpus` GPUs, or one per cpus_per_actor CPUs with one CPU left for decoding."""
     if kit.label.actors:
         return kit.label.actors
     resources = ray.cluster_resources()
-    gpus = _gpus(kit)
     if gpus > 0:
         return max(1, int(resources.get("GPU", 0) // gpus))
     return max(1, int((resources.get("CPU", 1) - 1) // kit.label.cpus_per_actor))
 
 
-def _dataset(kit, paths: list[Path], root: Path, cached: frozenset[str], make_teacher):
+def _dataset(kit, paths: list[Path], root: Path, cached: frozenset[str], make_teacher, actors: int, gpus: float):
     batch = kit.teacher.batch
     items = [{"i": i, "path": str(p)} for i, p in enumerate(paths)]
     ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // batch)))
@@ -153,7 +154,7 @@ def _dataset(kit, paths: list[Path], root: Path, cached: frozenset[str], make_te
     return ds.map_batches(_TeacherActor, fn_constructor_kwargs={"make_teacher": make_teacher,
                                                                 "threads": max(1, int(kit.label.cpus_per_actor))},
                           batch_size=batch, batch_format="numpy", num_cpus=kit.label.cpus_per_actor,
-                          num_gpus=_gpus(kit), compute=ray.data.ActorPoolStrategy(size=_actors(kit)))
+                          num_gpus=gpus, compute=ray.data.ActorPoolStrategy(size=actors))
 
 
 _COLUMNS = ("i", "path", "rel", "sha256", "height", "width", "skipped", "normalised", "pixels", "copy", "cached")
@@ -200,9 +201,11 @@ class _TeacherActor:
         return rest | {"raw": np.array(out, dtype=object)}
 
 
-def _take(batch: dict, records: list, counts: dict, cache: TeacherCache, teacher: Teacher, kit, staging: Path,
-          build_record) -> None:
+def _take(batch: dict, records: list, counts: dict, cache: TeacherCache, teacher: Teacher, kit,
+          staging: Path) -> None:
     """Driver: one batch of results into the cache (one transaction) and the records, each input index once."""
+    from dkit.distill.label import build_record, skipped_record, write_copy
+
     fresh = []
     for k, i in enumerate(int(v) for v in batch["i"]):
         if records[i] is not None:
@@ -210,8 +213,7 @@ def _take(batch: dict, records: list, counts: dict, cache: TeacherCache, teacher
             continue
         sha, path, rel = str(batch["sha256"][k]), Path(str(batch["path"][k])), str(batch["rel"][k])
         if batch["skipped"][k]:
-            records[i] = LabelRecord(image=rel, source=str(path), sha256=sha or None, teacher=teacher.id,
-                                     skipped=str(batch["skipped"][k]))
+            records[i] = skipped_record(path, rel, sha or None, str(batch["skipped"][k]), teacher)
             counts["skipped"] += 1
             log.info("skipped %s: %s", rel, records[i].skipped)
             continue
@@ -225,9 +227,7 @@ def _take(batch: dict, records: list, counts: dict, cache: TeacherCache, teacher
             fresh.append((sha, raw))
             counts["inferred"] += 1
         if len(batch["copy"][k]):
-            copy = staging / f"{sha}.jpg"
-            if not copy.exists():
-                copy.write_bytes(batch["copy"][k])
+            write_copy(staging, sha, lambda k=k: batch["copy"][k])
         normalised = str(batch["normalised"][k]) or None
         records[i] = build_record(path, rel, sha, (int(batch["height"][k]), int(batch["width"][k])), normalised,
                                   raw, teacher, kit)

@@ -7,9 +7,7 @@
 
 from __future__ import annotations
 
-import importlib
-
-from dkit.core.errors import MissingExtraError, UsageError
+from dkit.core.errors import UsageError, require
 from dkit.distill.teachers.base import Decision, Teacher
 
 TEACHERS = {
@@ -41,8 +39,5 @@ def build_teacher(kit, store) -> Teacher:
     except KeyError as e:
         raise UsageError(f"unknown teacher kind {kit.teacher.kind!r}; known: {', '.join(TEACHERS)}") from e
     module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        raise MissingExtraError(f"the {kit.teacher.kind} teacher", e.name or module_name, "distill") from e
+    module = require(module_name, what=f"the {kit.teacher.kind} teacher", extra="distill")
     return getattr(module, attr)(kit, store)

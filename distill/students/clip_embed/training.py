@@ -379,14 +379,9 @@ def _optimizer(model, args: dict, steps: int, total_steps: int):
 
 def _resume(setup: _Setup, job: _Job, state: dict) -> _Progress:
     """Model, optimiser and schedule as last.pt left them; the progress it recorded."""
-    job.model.load_state_dict(state["model"])
+    job.model.load_state_dict(state["model"])  # data-parallel: every rank reads the same last.pt
     job.optimizer.load_state_dict(state["optimizer"])
     job.scheduler.load_state_dict(state["scheduler"])
-    if setup.dist.world > 1:  # the weights rank 0 read, on every rank (they read the same file: a no-op)
-        import torch.distributed as td
-
-        for tensor in job.model.state_dict().values():
-            td.broadcast(tensor, src=0)
     log.info("resuming %s after epoch %d/%d", setup.out, state["epoch"], setup.cfg.epochs)
     return _Progress(history=state["history"], best_cos=state["best_cosine"], best_epoch=state["best_epoch"],
                      bad=state["bad_epochs"], done=state["epoch"], seconds=state["seconds"])
