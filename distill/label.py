@@ -12,6 +12,8 @@ writes `run_dir/labels/`:
 Video files among the inputs (dkit.distill.video) are sampled at `data.video.fps`, near-duplicate frames
 skipped, and each kept frame (a JPEG under run_dir/frames/, named by content) labelled like an image; its
 record is named `video#t=SECONDS` and says which video and time it came from (`video`).
+A clip-embed kit's unlabeled pool (`data.unlabeled`, dkit.distill.pool) is run through the teacher as well,
+into labels/pool.jsonl: images the student learns from that are never labelled, held out or in the data set.
 Images are linked (or copied, `data.link: copy`), never moved, and keep their file stem (a `_1`
 suffix only on a name collision); an image that had to be normalised (CMYK, 16-bit, EXIF rotation,
 downscaled) is written as a plain JPEG. The split is deterministic for `data.seed` and keeps
@@ -80,9 +82,11 @@ def label_images(kit, run_dir: Path, *, store=None, teacher: Teacher | None = No
     store = store or ModelStore()
     teacher = teacher or build_teacher(kit, store)  # first: a missing extra or weights file fails before downloads
     root = resolve_images(kit, store)
-    from dkit.distill.quickdraw import npy_files, render_folder, truth_file
+    from dkit.distill.quickdraw import file_digest, npy_files, render_folder, truth_file
 
+    npy_start = {}  # an unlabeled pool drawn from the same .npy files starts after the kit's drawings
     if npy_files(root):  # Quick, Draw! bitmaps: rendered once into kiosk-like drawings, then labelled like images
+        npy_start = {file_digest(p): kit.data.drawings_per_file for p in npy_files(root)}
         root = render_folder(root, run_dir / "rendered", per_file=kit.data.drawings_per_file,
                              size=kit.data.drawing_size)
         log.info("Quick, Draw! files rendered to %s (their classes: %s)", root, truth_file(root))
@@ -101,8 +105,14 @@ def label_images(kit, run_dir: Path, *, store=None, teacher: Teacher | None = No
         with TeacherCache(RunDir(run_dir).cache_db) as cache:
             label_all = engine(kit.label.engine)  # dkit.distill.engines: local (this process) or ray (a cluster)
             records, counts = label_all(kit, teacher, cache, root, paths, tmp / ".staging", progress, store=store)
+            pool = None
+            if kit.data.unlabeled:  # clip-embed: more images for the student, never labelled or held out
+                from dkit.distill.pool import label_pool
+
+                pool = label_pool(kit, teacher, cache, run_dir, kit_shas={r.sha256 for r in records if r.sha256},
+                                  npy_start=npy_start, staging=tmp / ".pool-staging", progress=progress, store=store)
         if frames is not None:
-            records = _as_video_frames(records, frames, teacher)
+            records = as_video_frames(records, frames, teacher)
             counts |= {"videos": len(frames.stats) + len(frames.skipped), "frames_sampled":
                        sum(v["sampled"] for v in frames.stats), "near_duplicates":
                        sum(v["near_duplicates"] for v in frames.stats), "frames_kept": len(frames.images)}
@@ -120,6 +130,10 @@ def label_images(kit, run_dir: Path, *, store=None, teacher: Teacher | None = No
             atomic_write(tmp / "quality.json", json.dumps(quality, indent=2) + "\n")
         lines = (json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records)
         atomic_write(tmp / "labels.jsonl", "".join(lines))  # one LabelRecord (dkit.core.records) a line
+        if pool is not None:
+            counts |= {f"pool_{k}": v for k, v in pool.counts.items()} | {"pool": len(pool.records)}
+            atomic_write(tmp / "pool.jsonl", "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n"
+                                                     for r in pool.records))
         if report:
             from dkit.distill.report import write_report
 
@@ -129,6 +143,7 @@ def label_images(kit, run_dir: Path, *, store=None, teacher: Teacher | None = No
                 quality=quality, title=f"{kit.name}: teacher labels",
             )
         shutil.rmtree(tmp / ".staging", ignore_errors=True)
+        shutil.rmtree(tmp / ".pool-staging", ignore_errors=True)
         labels_dir = RunDir(run_dir).labels
         replace_dir(tmp, labels_dir)
     except BaseException:
@@ -145,7 +160,7 @@ def _inputs(root: Path) -> tuple[list[Path], Path]:
     return scan(root), root
 
 
-def _as_video_frames(records: list[LabelRecord], frames, teacher: Teacher) -> list[LabelRecord]:
+def as_video_frames(records: list[LabelRecord], frames, teacher: Teacher) -> list[LabelRecord]:
     """Each frame's record named after its video and time (`street/cam1.mp4#t=12.500`, a media fragment), with
     `video` saying where it came from; a video that could not be read is a skipped record like a bad image."""
     out = []
@@ -432,4 +447,5 @@ def _alive(pid: int) -> bool:
 
 def _settings(kit) -> dict:
     return {"teacher": dataclasses.asdict(kit.teacher), "ontology": dataclasses.asdict(kit.ontology),
-            "data": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(kit.data).items()}}
+            "data": {k: str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "unlabeled" else v
+                     for k, v in dataclasses.asdict(kit.data).items()}}

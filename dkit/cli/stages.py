@@ -25,10 +25,12 @@ def cmd_label(args: argparse.Namespace) -> int:
     labelled = sum(1 for r in result.records if r.labels)
     abstained = sum(1 for r in result.records if r.abstained)
     boxes = sum(len(r.labels) for r in result.records)
+    rate = (c["files"] + c.get("pool_files", 0)) / result.seconds
     sys.stdout.write(
         f"labels: {result.labels_dir}\n"
         f"  {c['files']} files: {labelled} labelled ({boxes} labels), {abstained} abstained, {c['skipped']} skipped; "
-        f"teacher ran on {c['inferred']}, {c['cached']} from cache; {c['files'] / result.seconds:.1f} images/s\n"
+        f"teacher ran on {c['inferred']}, {c['cached']} from cache; {rate:.1f} images/s"
+        f"{' (pool included)' if 'pool' in c else ''}\n"
         f"  report: {result.labels_dir / 'report.html'}\n"
     )
     if kit.label.engine != "local":
@@ -40,6 +42,13 @@ def cmd_label(args: argparse.Namespace) -> int:
         sys.stdout.write(f"  {c['videos']} videos: {c['frames_sampled']} frames sampled at {kit.data.video.fps:g} fps, "
                          f"{c['near_duplicates']} near-duplicates skipped, {c['frames_kept']} kept (labelled above "
                          f"as video#t=SECONDS)\n")
+    if "pool" in c:
+        left = [f"{c['pool_in_kit']} identical to the kit's images", f"{c['pool_duplicates']} repeated",
+                f"{c['pool_skipped']} unreadable"] + ([f"{c['pool_over_max']} over data.unlabeled_max"]
+                                                      if c["pool_over_max"] else [])
+        sys.stdout.write(f"  unlabeled pool: {c['pool']} of {c['pool_files']} images kept for the student "
+                         f"({', '.join(left)} left out); teacher ran on {c['pool_inferred']}, {c['pool_cached']} "
+                         f"from cache: {result.labels_dir / 'pool.jsonl'}\n")
     if result.quality is not None:
         q = result.quality
         sys.stdout.write(f"  vs ground truth: mAP50 {q['map50']:.3f}  mAP50-95 {q['map50_95']:.3f}  "

@@ -97,6 +97,11 @@ class Data:
     drawings_per_file: PosInt = 200  # a folder of Quick, Draw! .npy files: doodles rendered from each
     drawing_size: PosInt = 256  # ... at this many pixels a side, dark strokes on white
     video: Video = dataclasses.field(default_factory=Video)  # video files among the images (dkit.distill.video)
+    # clip-embed students: more images the student learns the teacher's embeddings of (folders, videos, Quick,
+    # Draw! .npy files; relative to the kit file), never labelled, held out or shown in the report (dkit.distill.pool)
+    unlabeled: list[FilePath] = dataclasses.field(default_factory=list)
+    unlabeled_per_file: PosInt = 1000  # doodles rendered from each pool .npy (after those the kit's images took)
+    unlabeled_max: PosInt = 200_000  # pool images at most (the first ones listed); more are left out, with a warning
 
     def __post_init__(self) -> None:
         if not (isinstance(self.val, int) and self.val >= 1 or isinstance(self.val, float) and 0 < self.val < 1):
@@ -343,6 +348,9 @@ class Kit:
             raise _Invalid("student.kind", "a yolo-detect or yolo-cls student for a yolo teacher", "clip-embed")
         if self.teacher.kind == "yolo" and self.student.kind == "yolo-cls":
             raise _Invalid("student.kind", "yolo-detect for a yolo (detector) teacher", self.student.kind)
+        if self.data.unlabeled and self.student.kind != "clip-embed":
+            raise _Invalid("data.unlabeled", "no unlabeled pool unless student.kind is clip-embed (a detector or "
+                           "classifier learns from labels; the pool has none)", [str(p) for p in self.data.unlabeled])
         if self.judge is not None and self.student.kind != "clip-embed":
             raise _Invalid("judge", "no judge section unless student.kind is clip-embed", "a judge section")
 
@@ -469,6 +477,8 @@ def _resolve_paths(kit: Kit, base: Path, where: str, sources: dict[str, str]) ->
                 problem += " (paths in a kit are relative to the kit file)"
             raise KitError(where, "data.images", problem=problem, source=sources.get("data.images"))
         data = dataclasses.replace(data, images=images)
+    if data.unlabeled:
+        data = dataclasses.replace(data, unlabeled=_resolve_pool(data.unlabeled, base, where, sources))
 
     teacher = kit.teacher
     if teacher.pretrained not in (None, RANDOM) and _looks_like_path(teacher.pretrained):
@@ -487,6 +497,19 @@ def _resolve_paths(kit: Kit, base: Path, where: str, sources: dict[str, str]) ->
     if judge is not None and judge.kiosk.get("blocklist"):
         judge = dataclasses.replace(judge, kiosk=_read_blocklist(judge.kiosk, base, where, sources))
     return dataclasses.replace(kit, data=data, teacher=teacher, student=student, judge=judge)
+
+
+def _resolve_pool(entries: list[Path], base: Path, where: str, sources: dict[str, str]) -> list[Path]:
+    """data.unlabeled's folders and files, absolute; one that does not exist is named with its index."""
+    out = []
+    for i, entry in enumerate(entries):
+        path = (base / entry).resolve()
+        if not path.exists():
+            problem = f"no such folder or file: {path}" + ("" if "data.unlabeled" in sources else
+                                                           " (paths in a kit are relative to the kit file)")
+            raise KitError(where, f"data.unlabeled[{i}]", problem=problem, source=sources.get("data.unlabeled"))
+        out.append(path)
+    return out
 
 
 def _read_blocklist(kiosk: dict, base: Path, where: str, sources: dict[str, str]) -> dict:

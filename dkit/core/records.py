@@ -16,7 +16,7 @@ from typing import Any
 
 from dkit.core.errors import DkitError
 
-SPLITS = (None, "train", "val")
+SPLITS = (None, "train", "val", "pool")  # pool: an unlabeled-pool image (labels/pool.jsonl)
 
 
 class RecordError(DkitError):
@@ -29,7 +29,7 @@ class LabelRecord:
     source: str  # absolute path of the original file
     sha256: str  # of the file's bytes (the teacher cache key)
     teacher: str  # the teacher's id
-    split: str | None = None  # train | val | None (skipped, or not used)
+    split: str | None = None  # train | val | pool (an unlabeled-pool image, clip-embed) | None (skipped, or not used)
     dataset_image: str | None = None  # the data set's copy or link, relative to labels/
     width: int = 0
     height: int = 0
@@ -45,7 +45,7 @@ class LabelRecord:
 
     def __post_init__(self):
         if self.split not in SPLITS:
-            raise RecordError(f"split: expected train, val or null, got {self.split!r}")
+            raise RecordError(f"split: expected train, val, pool or null, got {self.split!r}")
         v = self.video
         if v is not None and not (isinstance(v, Mapping) and isinstance(v.get("file"), str)
                                   and isinstance(v.get("t"), (int, float)) and not isinstance(v.get("t"), bool)):

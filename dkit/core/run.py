@@ -7,7 +7,9 @@
     run.eval_json, run.bundle, run.archive
 
     RUN_DIR/
-      labels/          data set (data.yaml, images/, labels/ or class folders), labels.jsonl, report.html
+      labels/          data set (data.yaml, images/, labels/ or class folders), labels.jsonl, report.html,
+                       pool.jsonl (the unlabeled pool's images, clip-embed kits with data.unlabeled)
+      pool/            the pool's rendered drawings and video frames
       cache/           teacher.sqlite: teacher outputs by image content
       student/         weights/best.pt, weights/last.pt, student.json, curves.png, train.log
       eval.json, eval.md
@@ -56,6 +58,19 @@ class RunDir:
         path = self.labels_jsonl
         if not path.is_file():
             raise UsageError(f"no labels in {self.labels}: run `dkit label` first")
+        with open(path, encoding="utf-8") as f:
+            return [LabelRecord.from_dict(json.loads(line), f"{path}:{n}") for n, line in enumerate(f, 1)
+                    if line.strip()]
+
+    @property
+    def pool_jsonl(self) -> Path:
+        return self.labels / "pool.jsonl"
+
+    def pool_records(self) -> list[LabelRecord]:
+        """The unlabeled pool's images (split "pool", data.unlabeled) `dkit label` ran the teacher on; [] if none."""
+        path = self.pool_jsonl
+        if not path.is_file():
+            return []
         with open(path, encoding="utf-8") as f:
             return [LabelRecord.from_dict(json.loads(line), f"{path}:{n}") for n, line in enumerate(f, 1)
                     if line.strip()]

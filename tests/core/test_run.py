@@ -29,7 +29,7 @@ def test_a_label_line_round_trips_and_keeps_unknown_keys():
 
 @pytest.mark.parametrize(("doc", "message"), [
     ({k: v for k, v in LINE.items() if k != "sha256"}, "labels.jsonl:3: sha256: missing required key"),
-    (dict(LINE, split="test"), "labels.jsonl:3: split: expected train, val or null, got 'test'"),
+    (dict(LINE, split="test"), "labels.jsonl:3: split: expected train, val, pool or null, got 'test'"),
     (dict(LINE, video="clip.mp4"), "labels.jsonl:3: video: expected {file: the video, t: seconds} or null"),
     ([1, 2], "labels.jsonl:3: expected a JSON object"),
 ])

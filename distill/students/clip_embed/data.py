@@ -5,7 +5,8 @@ runtime repeats it exactly without torch. Training adds a random resized crop, a
 little brightness/contrast jitter before the same resize and normalisation; evaluation uses `preprocess`.
 
 Targets are the teacher's normalised image embeddings of every labelled image (`labels/labels.jsonl`,
-split train or val), read from the teacher cache `dkit label` filled.
+split train or val) and of the unlabeled pool's images (`labels/pool.jsonl`, trained on, never held out), read
+from the teacher cache `dkit label` filled.
 
 Small sets are decoded once and kept in memory as uint8 images shrunk to the input size; above
 MEMORY_BUDGET bytes they are decoded again every epoch by DataLoader workers, so memory stays bounded.
@@ -93,6 +94,17 @@ def _augment(small: np.ndarray, spec: dict, rng: np.random.Generator) -> np.ndar
 def labelled_records(run_dir: Path) -> list[LabelRecord]:
     """Labelled images with a split (train or val), in file order."""
     return RunDir(run_dir).usable_records()
+
+
+def pool_records(run_dir: Path, held_out: list[LabelRecord]) -> list[LabelRecord]:
+    """The unlabeled pool's images (labels/pool.jsonl, dkit.distill.pool) that the student trains on as well; an
+    image identical to a held-out one is never among them (dkit label leaves those out; checked again here)."""
+    val = {r.sha256 for r in held_out}
+    pool = RunDir(run_dir).pool_records()
+    kept = [r for r in pool if r.sha256 not in val and r.skipped is None]
+    if len(kept) < len(pool):
+        log.warning("%d pool images are held-out images or unreadable: left out of training", len(pool) - len(kept))
+    return kept
 
 
 def teacher_embeddings(records: list[LabelRecord], teacher, run_dir: Path) -> np.ndarray:

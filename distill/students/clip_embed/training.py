@@ -10,6 +10,8 @@ then cosine decay to 1% of lr, per step; `student.epochs` epochs of `student.bat
 on the held-out cosine after `student.patience` epochs without improvement. `student.train_args` may set:
 lr (2e-3), weight_decay (0.05), kd_weight (1.0), seed (0), workers (decoding processes; 0: one per spare core).
 
+The training images are the labelled train split plus a kit's unlabeled pool (labels/pool.jsonl,
+dkit.distill.pool: the teacher's embeddings of images nobody labelled); the held-out cosine is on the val split.
 An interrupted run resumes from last.pt with the same results; a finished one is not trained again; other
 settings or labels than last.pt's are refused rather than mixed in; `restart=True` clears the folder first.
 A run is a `_Setup` (settings, labels, teacher: fixed before anything is written), a `_Job` (device, data,
@@ -48,6 +50,7 @@ from dkit.distill.students.clip_embed.data import (
     _Images,
     _loader,
     labelled_records,
+    pool_records,
     preprocess_spec,
     teacher_embeddings,
 )
@@ -63,7 +66,7 @@ log = logging.getLogger(__name__)
 DEFAULT_ARGS = {"lr": 2e-3, "weight_decay": 0.05, "kd_weight": 1.0, "seed": 0, "workers": 0}
 CURVES_EVERY_S = 30.0  # curves.png is redrawn after an epoch at most this often, and after the last one
 _FINGERPRINT = {"student": "student settings", "pretrained": "backbone checkpoint (student.pretrained)",
-                "teacher": "teacher", "prompts": "prompts", "images": "labelled images"}
+                "teacher": "teacher", "prompts": "prompts", "images": "labelled (or unlabeled-pool) images"}
 
 
 # ------------------------------------------------------------------------------------------ pieces
@@ -180,6 +183,7 @@ class _Setup:
     prompts: np.ndarray  # (P, D) prompt_embeddings
     fingerprint: dict  # what last.pt must match to be resumed (keys: _FINGERPRINT)
     pretrained: Path | None = None  # student.pretrained's file in the model store; None: from scratch
+    pool: int = 0  # of train_recs, the unlabeled pool's images (labels/pool.jsonl) after the labelled ones
     dist: _Dist = _Dist()  # the torchrun launch this process is part of (world 1: none)
 
     @property
@@ -296,6 +300,10 @@ def _prepare(kit, run_dir: Path, store) -> _Setup:
     if not train_recs or not val_recs:
         raise UsageError(f"{run_dir / 'labels'} has {len(train_recs)} training and {len(val_recs)} held-out "
                          "images: a student needs both (label at least two images)")
+    pool = pool_records(run_dir, val_recs)
+    if pool:
+        log.info("training on %d labelled and %d unlabeled-pool images, %d held out", len(train_recs), len(pool),
+                 len(val_recs))
     teacher = build_teacher(kit, store)
     if teacher.random:
         log.warning("training on an UNTRAINED teacher's embeddings (%s): the student is meaningless", teacher.id)
@@ -309,9 +317,10 @@ def _prepare(kit, run_dir: Path, store) -> _Setup:
         "pretrained": None if pretrained is None else {"file": pretrained.name, "sha256": sha256_file(pretrained)},
         "teacher": teacher.cache_key,
         "prompts": _digest(prompts.round(5).tolist()),
-        "images": _digest([(r.sha256, r.split) for r in records]),
+        "images": _digest([(r.sha256, r.split) for r in records + pool]),
     }
-    return _Setup(kit, run_dir, args, spec, teacher, train_recs, val_recs, prompts, fingerprint, pretrained)
+    return _Setup(kit, run_dir, args, spec, teacher, train_recs + pool, val_recs, prompts, fingerprint, pretrained,
+                  len(pool))
 
 
 def _previous_state(setup: _Setup, restart: bool) -> dict | None:
@@ -398,7 +407,8 @@ def _config(setup: _Setup, job: _Job) -> dict:
         "started_from": setup.started_from,
         "pretrained": None if setup.pretrained is None else {**setup.fingerprint["pretrained"],
                                                              "path": str(setup.pretrained)},
-        "images": {"train": len(setup.train_recs), "val": len(setup.val_recs), "in_memory": job.in_memory},
+        "images": {"train": len(setup.train_recs) - setup.pool, "pool": setup.pool, "val": len(setup.val_recs),
+                   "in_memory": job.in_memory},
         "prompts": prompts, "device": job.device, "world_size": setup.dist.world,
         "loss": f"(1 - cos) + {args['kd_weight']} * KL(teacher || student) over {prompts} prompts",
     }

@@ -1,0 +1,102 @@
+"""Unlabeled pools (clip-embed students): many more images whose teacher embeddings the student learns.
+
+    pool = label_pool(kit, teacher, cache, run_dir, kit_shas=shas, npy_start=start, staging=tmp / ".pool",
+                      progress=True, store=store)          # -> Pool(records, counts); dkit label calls it
+
+`data.unlabeled` lists folders (images and videos, searched recursively), single image or video files, and
+Quick, Draw! .npy files or folders of them (rendered like the kit's own, `data.unlabeled_per_file` doodles a
+file, into RUN_DIR/pool/). `dkit label` runs the teacher over them with the kit's engine (`label.engine`:
+local or ray) into the same content-keyed teacher cache, and writes labels/pool.jsonl: one LabelRecord a
+line, split "pool" (the file, its sha256, the teacher's scores). Nothing is labelled into the data set.
+
+Held-out images stay held out: a pool image identical to any of the kit's images (train or val) is left
+out, and a .npy file the kit's images were rendered from contributes only the doodles after the kit's
+`data.drawings_per_file`. `dkit train` (clip-embed) learns from the labelled training images plus the pool;
+evaluation stays on the held-out images. At most `data.unlabeled_max` pool images are taken, the first
+ones listed (entry by entry, files in name order), with a warning saying how many were left out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+from dkit.core.records import LabelRecord
+from dkit.distill.cache import TeacherCache
+from dkit.distill.engines import engine
+from dkit.distill.images import scan
+from dkit.distill.quickdraw import npy_files, render_folder
+from dkit.distill.teachers import Teacher
+from dkit.distill.video import expand_videos, is_video
+
+log = logging.getLogger(__name__)
+
+SPLIT = "pool"
+
+
+@dataclasses.dataclass
+class Pool:
+    """The pool's records (split "pool") and what happened to its files."""
+
+    records: list[LabelRecord]
+    # files (listed), cached, inferred (the teacher ran), skipped (unreadable), in_kit (identical to one of the
+    # kit's images: left out), duplicates (identical to an earlier pool image), over_max (past unlabeled_max)
+    counts: dict[str, int]
+
+
+def label_pool(kit, teacher: Teacher, cache: TeacherCache, run_dir: Path, *, kit_shas: set[str],
+               npy_start: dict[str, int], staging: Path, progress: bool, store=None) -> Pool:
+    """Run the teacher over `data.unlabeled` (see the module docstring). `kit_shas`: the kit's images' contents;
+    `npy_start`: quickdraw.file_digest -> the first doodle the pool may take from that file."""
+    paths, root, frames = _pool_files(kit, Path(run_dir), npy_start, progress)
+    over = max(0, len(paths) - kit.data.unlabeled_max)
+    if over:
+        log.warning("data.unlabeled lists %d images; the first %d are taken (data.unlabeled_max), %d left out",
+                    len(paths), kit.data.unlabeled_max, over)
+        paths = paths[: kit.data.unlabeled_max]
+    log.info("unlabeled pool: %d images to run the teacher on", len(paths))
+    records, counts = engine(kit.label.engine)(kit, teacher, cache, root, paths, staging, progress, store=store)
+    if frames is not None:
+        from dkit.distill.label import as_video_frames
+
+        records = as_video_frames(records, frames, teacher)
+    kept, seen = [], set()
+    counts = {"files": len(paths) + over, "cached": counts["cached"], "inferred": counts["inferred"],
+              "skipped": 0, "in_kit": 0, "duplicates": 0, "over_max": over}
+    for rec in records:
+        why = ("skipped" if rec.skipped is not None else "in_kit" if rec.sha256 in kit_shas
+               else "duplicates" if rec.sha256 in seen else None)
+        if why is not None:
+            counts[why] += 1
+            continue
+        seen.add(rec.sha256)
+        kept.append(dataclasses.replace(rec, split=SPLIT))
+    log.info("unlabeled pool: %d images kept (%d identical to the kit's images, %d repeated, %d unreadable)",
+             len(kept), counts["in_kit"], counts["duplicates"], counts["skipped"])
+    return Pool(kept, counts)
+
+
+def _pool_files(kit, run_dir: Path, npy_start: dict[str, int], progress: bool):
+    """(image paths in order, the folder their names are relative to, the pool's VideoFrames or None)."""
+    out = run_dir / "pool"
+    images, videos = [], []
+    for i, entry in enumerate(kit.data.unlabeled):
+        entry = Path(entry)
+        if npy_files(entry):  # Quick, Draw! bitmaps: rendered like the kit's own drawings
+            folder = render_folder(entry, out / f"drawings-{i}", per_file=kit.data.unlabeled_per_file,
+                                   size=kit.data.drawing_size, start=npy_start)
+            files = scan(folder)
+        else:
+            files = [Path(os.path.abspath(entry))] if entry.is_file() else scan(entry)
+        images += [p for p in files if not is_video(p)]
+        videos += [p for p in files if is_video(p)]
+    every = images + videos
+    root = Path(os.path.commonpath([str(p.parent) for p in every])) if every else out
+    frames = None
+    if videos:
+        frames = expand_videos(videos, root, out / "frames", kit.data.video, progress=progress)
+        images += frames.images
+        root = Path(os.path.commonpath([str(root), str(frames.out)]))
+    return images, root, frames
