@@ -11,7 +11,8 @@
 #   PYTHON=python3.11               interpreter the venv is made from
 
 SHELL := /bin/bash
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# the first of these on PATH; the training side needs 3.11+ (checked before the venv is made)
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3.13 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= distill,export,dev
@@ -26,7 +27,7 @@ BUNDLE ?= $(RUN_DIR)/bundle
 KIT_ARGS = $(KIT) $(if $(DATA),--data $(DATA)) $(if $(OUT),--out $(OUT)) $(foreach s,$(SET),--set $(s))
 STAMP := $(VENV)/.installed
 
-.PHONY: setup distill label train eval export test layers test-all chromium bench bench-label bench-runtime bench-serve \
+.PHONY: setup check-python distill label train eval export test layers test-all chromium bench bench-label bench-runtime bench-serve \
         serve lint clean distclean help compat wheels-check test-arm64 test-arm64-backends
 
 help:
@@ -38,9 +39,26 @@ setup: $(STAMP)
 
 # torch/torchvision are pinned in constraints.txt to the pair that works on CPU-only machines.
 $(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(MAKE) --no-print-directory check-python
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[$(EXTRAS)]"
 	@touch $@
+
+# Is there a Python 3.11+ to make the venv from? Says what to do when not (make PYTHON=/path/to/python3.11).
+check-python:
+	@if [ -z "$(PYTHON)" ]; then \
+	  echo "make: no Python found on PATH (looked for python3.11, python3.12, python3.13, python3): install" \
+	       "Python 3.11 or newer, or name one: make PYTHON=/path/to/python3.11 TARGET" >&2; exit 1; fi
+	@if ! command -v "$(PYTHON)" >/dev/null 2>&1; then \
+	  echo "make: PYTHON=$(PYTHON) is not an executable; name a Python 3.11+: make PYTHON=/path/to/python3.11" >&2; \
+	  exit 1; fi
+	@"$(PYTHON)" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	  echo "make: $(PYTHON) is Python $$("$(PYTHON)" -c 'import platform; print(platform.python_version())'); the" \
+	       "training side needs 3.11 or newer: make PYTHON=/path/to/python3.11 TARGET" >&2; \
+	  exit 1; }
+	@"$(PYTHON)" -c 'import venv, ensurepip' 2>/dev/null || { \
+	  echo "make: $(PYTHON) has no venv/ensurepip module (Debian/Ubuntu: apt install python3-venv)" >&2; exit 1; }
+	@echo "make: making $(VENV) with $(PYTHON) (Python $$("$(PYTHON)" -c 'import platform; print(platform.python_version())'))"
 
 distill: label train eval
 

@@ -5,6 +5,8 @@ moving images does not invalidate anything, changing the teacher (weights, sizes
 Stored as one SQLite file (WAL) of npz blobs (no pickle), committed batch by batch, so a kill
 loses at most the batch in flight. The clip-embed student trains on the embeddings kept here.
 
+    from dkit.distill.cache import TeacherCache
+
     with TeacherCache(run_dir / "cache" / "teacher.sqlite") as cache:
         raw = cache.get(teacher.cache_key, sha)
         cache.put_many(teacher.cache_key, [(sha, raw), ...])

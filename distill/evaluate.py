@@ -1,5 +1,7 @@
 """`dkit eval`: how much of the teacher the student kept, and how much faster it is, on the held-out split.
 
+    from dkit.distill.evaluate import write_eval
+
     result = evaluate(kit, run_dir, store=store, ground_truth=None)   # the student plugin's evaluate()
     write_eval(run_dir, result)                                       # eval.json + eval.md
 
@@ -106,13 +108,13 @@ def render_markdown(doc: dict) -> str:
         lines += ["**UNTRAINED (random) teacher: these figures prove the machinery, nothing more.**", ""]
     keys = [k for k in ("params", "gflops", "ms_per_image", "imgsz", "map50", "map50_95", "map50_vs_teacher",
                         "map50_95_vs_teacher", "top1_agreement", "accuracy", "cosine_mean", "spearman_mean",
-                        "moderation_agreement") if k in s or k in t]
+                        "moderation_agreement") if s.get(k) is not None or t.get(k) is not None]  # measured
     lines += ["| | student | teacher |", "|---|---|---|"]
-    lines += [f"| {k} | {_fmt(s.get(k))} | {_fmt(t.get(k))} |" for k in keys]
+    lines += [f"| {k} | {_fmt(s.get(k), k)} | {_fmt(t.get(k), k)} |" for k in keys]
     lines += ["", f"student: `{s.get('kind')}` ({s.get('weights')}); teacher: `{t.get('id')}`"]
     if doc.get("baseline"):
         lines += ["", "Untrained student (same architecture) on the same images: "
-                  + ", ".join(f"{k} {_fmt(v)}" for k, v in doc["baseline"].items())]
+                  + ", ".join(f"{k} {_fmt(v, k)}" for k, v in doc["baseline"].items() if v is not None)]
     ratios = {k: v for k, v in (doc.get("ratios") or {}).items() if v is not None}
     if ratios:
         lines += ["", "Ratios: " + ", ".join(
@@ -125,11 +127,12 @@ def render_markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def _fmt(v) -> str:
+def _fmt(v, key: str = "") -> str:
+    """A figure as measured: ms to 0.1 ms, GFLOPs to 0.01, scores to 0.001; "–" where one side has none."""
     if v is None:
         return "–"
     if isinstance(v, float):
-        return f"{v:.3f}"
+        return f"{v:.1f}" if key.startswith("ms") else f"{v:.2f}" if key == "gflops" else f"{v:.3f}"
     if isinstance(v, int) and abs(v) >= 10_000:
         return f"{v:,}"
     return str(v)

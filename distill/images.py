@@ -1,5 +1,7 @@
 """Find and decode a folder of images from strangers without ever dying on one bad file.
 
+    from dkit.distill.images import iter_images, scan
+
     paths = scan(root)                                    # every non-hidden file, sorted by relative path
     for image in iter_images(paths, root, workers=4):     # decoded in 4 processes, in input order
         if not image.ok:
@@ -16,11 +18,18 @@ Size is checked from the header before any pixel is decoded: above `MAX_PIXELS` 
 decompression bomb is never expanded. Pillow's own global limits are left as they are.
 
 Only the standard library, numpy and Pillow are used (no torch), so worker processes start quickly.
+
+Worker processes start with 'forkserver' (or 'spawn'), which re-run the main script in every worker. A script
+without an `if __name__ == "__main__":` guard would run its whole body again there (and fail), so for such a
+script the images are decoded in the calling process instead (logged at INFO); see `workers_can_start`.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
+import logging
 import math
 import multiprocessing
 import os
@@ -39,6 +48,8 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from dkit.core.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 MAX_PIXELS = 50_000_000  # images above this are downscaled (JPEG, via draft mode) or skipped
 
@@ -147,12 +158,17 @@ def iter_images(paths: Sequence[Path], root: Path, *, workers: int = 0, prefetch
     torch threads) while the caller consumes, with at most `prefetch` images in flight or buffered.
     Closing the generator early (break, an exception, Ctrl-C) cancels pending work and shuts the
     workers down. A worker that dies (a decoder segfault, killed for memory) costs only the file that
-    killed it, which is yielded as skipped.
+    killed it, which is yielded as skipped. When workers could not start safely (a main script without a
+    main guard, see `workers_can_start`), decodes in the calling process.
     """
     if workers < 0:
         raise ValueError(f"iter_images: expected workers >= 0, got {workers}")
     if prefetch < 1:
         raise ValueError(f"iter_images: expected prefetch >= 1, got {prefetch}")
+    if workers and not workers_can_start():
+        log.info("decoding images in this process, not in %d worker processes: the main script %s has no "
+                 "`if __name__ == '__main__':` guard, and each worker would run it again", workers, _main_source())
+        workers = 0
     if workers == 0:
         return (load_image(path, root) for path in paths)
     return _iter_pool(list(paths), Path(root), workers, prefetch, load_image)
@@ -402,6 +418,58 @@ def _iter_pool(
         for _, future in pending:
             future.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def workers_can_start() -> bool:
+    """Whether decode workers can start without running the user's code again.
+
+    A 'forkserver' or 'spawn' worker first re-imports the main module as `__mp_main__`, exactly as
+    multiprocessing.spawn does: a script file (`python script.py`) or a module run with `python -m pkg.mod`.
+    That is harmless when its work sits under an `if __name__ == "__main__":` guard; without one, every worker
+    would run the whole script (load the teacher, label, ...) and die. Nothing is re-imported for an
+    interactive session, `python -c` or a package's `__main__` (`python -m dkit`, `python -m pytest`).
+    """
+    source = _main_source()
+    return source is None or _has_main_guard(source)
+
+
+def _main_source() -> str | None:
+    """The file a worker process would run again as the main module, or None when it runs none."""
+    main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    if name is not None and (name == "__main__" or name.endswith(".__main__")):
+        return None  # multiprocessing does not re-run a package's __main__
+    path = getattr(main, "__file__", None)
+    if path is None:
+        return None
+    return os.path.join(getattr(multiprocessing.process, "ORIGINAL_DIR", None) or os.getcwd(), path)
+
+
+@functools.lru_cache(maxsize=8)
+def _has_main_guard(path: str) -> bool:
+    """True when the Python file at `path` has a top-level `if __name__ == "__main__":`; False also when it
+    cannot be read or parsed (stdin, a notebook's kernel file): then the workers could not start anyway."""
+    try:
+        tree = ast.parse(Path(path).read_bytes(), filename=path)
+    except (OSError, SyntaxError, ValueError):
+        return False
+    return any(isinstance(node, ast.If) and _is_main_test(node.test) for node in tree.body)
+
+
+def _is_main_test(test: ast.expr) -> bool:
+    """`__name__ == "__main__"`, either way round."""
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = {_name_or_text(test.left), _name_or_text(test.comparators[0])}
+    return sides == {"name:__name__", "text:__main__"}
+
+
+def _name_or_text(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Name):
+        return f"name:{node.id}"
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return f"text:{node.value}"
+    return None
 
 
 def _new_pool(workers: int) -> ProcessPoolExecutor:

@@ -1,5 +1,7 @@
 """`dkit label`: the teacher labels a folder of images into a data set a student trains on.
 
+    from dkit.distill.label import label_images
+
     result = label_images(kit, run_dir)            # -> run_dir/labels/
 
 writes `run_dir/labels/`:

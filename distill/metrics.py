@@ -1,5 +1,7 @@
 """Detection agreement with Ultralytics' own matching and mAP (as `yolo val`), for any two sets of boxes.
 
+    from dkit.distill.metrics import detection_map
+
     score = detection_map(pairs, names)   # pairs: (pred boxes, conf, cls, reference boxes, cls) per image
 
 Used to score labels against ground truth (dkit.distill.quality), a student against its teacher, and an

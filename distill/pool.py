@@ -1,5 +1,7 @@
 """Unlabeled pools (clip-embed students): many more images whose teacher embeddings the student learns.
 
+    from dkit.distill.pool import label_pool
+
     pool = label_pool(kit, teacher, cache, run_dir, kit_shas=shas, npy_start=start, staging=tmp / ".pool",
                       progress=True, store=store)          # -> Pool(records, counts); dkit label calls it
 

@@ -5,6 +5,8 @@
 - `sliding`: multi-scale square windows over the image; needs no weights, finds anything CLIP can
   name, at the cost of many more crops.
 
+    from dkit.distill.proposers import build_proposer
+
     proposer = build_proposer(kit.teacher.proposer, store, "cpu")
     for boxes, objectness in proposer.propose(images): ...   # (P, 4) xyxy pixels, (P,)
 """

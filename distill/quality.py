@@ -1,5 +1,7 @@
 """How good are labels? Detection labels scored against YOLO-format ground truth with Ultralytics' metrics.
 
+    from dkit.distill.quality import detection_quality
+
     q = detection_quality(records, Path("coco128/labels/train2017"), names)
     q["map50"], q["map50_95"], q["precision"], q["recall"], q["f1"]
 

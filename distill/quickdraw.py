@@ -1,5 +1,7 @@
 """Quick, Draw! bitmaps -> kiosk-like drawings: dark strokes on white, upscaled, one PNG per doodle.
 
+    from dkit.distill.quickdraw import render_folder
+
     folder = render_folder(npy_dir, run_dir / "rendered", per_file=200, size=256)   # then label `folder`
 
 A Quick, Draw! `.npy` file (as in ../shared/assets/data/quickdraw) holds N doodles of one class as 28x28

@@ -1,6 +1,8 @@
 """Video footage as labeling input: frames sampled at `data.video.fps`, near-duplicates skipped, each kept frame
 written once as a JPEG named by its content, with the videos and timestamps it came from.
 
+    from dkit.distill.video import expand_videos
+
     frames = expand_videos(videos, root, run_dir / "frames", kit.data.video)
     frames.images                  # the kept frames' files, labelled like any image (the teacher cache keys them)
     frames.origin["ab12....jpg"]   # [("street/cam1.mp4", 12.5), ...]: every place that frame was kept

@@ -1,5 +1,7 @@
 """How far one model's results agree with another's on the same frames, by task (the edge's one measure).
 
+    from dkit.edge.agreement import agreement
+
     share = agreement(reference_results, candidate_results)     # lists of dkit.edge.runtime.Result, frame by frame
 
 - detect: the share of boxes matched (same class, IoU >= MATCH_IOU, the mAP50 threshold the export guard uses),

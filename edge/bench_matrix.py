@@ -1,5 +1,7 @@
 """`dkit bench runtime --matrix`: every backend x precision x letterbox of a bundle on the same frames, in one run.
 
+    from dkit.edge.bench_matrix import bench_matrix, format_table
+
     rows = bench_matrix("runs/coco128/bundle", frames, repeat=3)     # frames: (H, W, 3) uint8 RGB
     print(format_table(rows))
 

@@ -1,5 +1,7 @@
 """The bundle: the one folder (or .tar.gz) copied to a device, and the verifier that guards it.
 
+    from dkit.edge.bundle import open_bundle
+
     bundle = open_bundle("runs/coco128/bundle")        # or "bundle.tar.gz"
     bundle.manifest.task, bundle.path("student.onnx")   # manifest: a dkit.edge.manifest.Manifest
 
@@ -31,6 +33,10 @@ MANIFEST = "manifest.json"
 
 class BundleError(Exception):
     """A bundle that must not be loaded; the message names the file or key and what is wrong."""
+
+
+class NoSuchBundleError(BundleError):
+    """The path names no bundle at all (a wrong argument, exit 2 in the CLI), rather than a broken one."""
 
 
 @dataclass
@@ -77,7 +83,7 @@ def open_bundle(path: str | os.PathLike) -> Bundle:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    raise BundleError(f"{source}: no such bundle (expected a folder with {MANIFEST}, or a .tar.gz of one)")
+    raise NoSuchBundleError(f"{source}: no such bundle (expected a folder with {MANIFEST}, or a .tar.gz of one)")
 
 
 def extract_tar(tf: tarfile.TarFile, dest: str | os.PathLike) -> None:

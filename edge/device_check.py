@@ -1,6 +1,8 @@
 """The on-device accuracy check: a reduced-precision model exported on one CPU architecture, checked on this one
 before `--precision auto` uses it.
 
+    from dkit.edge.device_check import check, needs_check
+
     outcome = check(bundle, "ncnn", "int8")     # Outcome(agreement=0.97, minimum=0.95, images=16): .passed
     needs_check(bundle.manifest.model("int8", "ncnn"))   # True where the export ran on another architecture
 

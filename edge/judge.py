@@ -1,5 +1,7 @@
 """The kiosk judge: how much a drawing (or camera frame) looks like a prompt, 0-100, with moderation.
 
+    from dkit.edge.judge import Judge
+
     judge = Judge(Runtime.load("runs/quickdraw/bundle"))
     v = judge.score(rgb, "a raccoon driving a tractor")   # any prompt: embedded on the device, cached
     v.score, v.verdict, v.reason                          # 73.0, "ok", None

@@ -1,5 +1,7 @@
 """The bundle manifest as typed, frozen dataclasses: the one contract between export and the device.
 
+    from dkit.edge.manifest import Manifest
+
     m = Manifest.from_dict(json.loads(text))     # validated once; a ManifestError names the key at fault
     m.task, m.classes, m.preprocess.size, m.model("int8").file, m.thresholds.max_det, m.calibration.to_score(cos)
     m.to_dict()                                  # the JSON document (what dkit.export writes as manifest.json)

@@ -1,5 +1,7 @@
 """mAP50 of one model's detections against another's, in numpy: the export's accuracy guard, on the device.
 
+    from dkit.edge.map50 import map50
+
     score = map50([(pred_xyxy, pred_conf, pred_cls, ref_xyxy, ref_cls), ...])    # one tuple per image
 
 The export measures a reduced-precision model by Ultralytics' mAP50 against the fp32 model's detections

@@ -1,6 +1,8 @@
 """The kiosk's moderation rule, once, in numpy: what the device judge applies to a frame, what `dkit eval` and
 the export's calibration report apply to the held-out images, so their figures are the device's.
 
+    from dkit.edge.moderation import moderate, penalise
+
     verdicts = moderate(prompt_cos, text_cos, unsafe_cos, cfg, score=raw)    # array of ok|text|no_match|blocked
     final = penalise(raw, verdicts, cfg)                                      # the score shown (None: blocked)
 

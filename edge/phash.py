@@ -1,5 +1,7 @@
 """A 64-bit perceptual hash (DCT pHash) for near-duplicate uploads, with numpy + OpenCV only.
 
+    from dkit.edge.phash import phash, distance, to_signed
+
     h = phash(rgb)                      # (H, W, 3) or (H, W) uint8 -> int in [0, 2**64)
     distance(h, phash(other)) <= NEAR   # Hamming distance in bits: a re-encoded, resized or shifted copy
     row_value = to_signed(h)            # in [-2**63, 2**63): fits SQLite's INTEGER; from_signed(row_value) == h

@@ -1,20 +1,28 @@
 """source(s) -> runtime -> sinks, until the sources end or SIGINT/SIGTERM stops it, then one stats line.
 
+    from dkit.edge.sources import open_source
+    from dkit.edge.pipeline import Pipeline, JsonlSink, VideoSink
+
     pipeline = Pipeline(runtime, [open_source("0"), open_source("rtsp://cam2/stream")],
                         [JsonlSink(sys.stdout, runtime), VideoSink("out.mp4", runtime)], max_fps=15)
-    stats = pipeline.run()          # {"frames": ..., "fps": ..., "p50_ms": ..., "p99_ms": ..., "dropped_stale": ...}
+    stats = pipeline.run()          # {"frames": ..., "fps": ..., "p50_ms": ..., "infer_p50_ms": ..., ...}
 
 Each round takes the newest frame of every source that has one (live sources keep only their latest frame,
 dkit.edge.sources) and scores them together: one session.run for several cameras when the model has a dynamic
 batch. `max_fps` caps the rounds per second (0: as fast as frames come). A source that ends (a file) leaves
 the round; the pipeline ends when none is left. A dropped camera does not end it: its source reconnects and
-frames resume. Latency is capture -> result. Statistics keep a bounded window of latencies, so memory stays
-flat however long it runs.
+frames resume. Latency is capture -> result, and the stats split it in two (dkit.edge.runtime.Result):
+p50_ms / p95_ms / p99_ms are that whole latency; wait_p50_ms / wait_p95_ms the part before processing starts
+(a folder's frames wait in the prefetch queue, a camera's in its slot, for the rounds before them);
+infer_p50_ms / infer_p95_ms the part in pre-processing + model + post-processing, the figure a benchmark
+quotes. Statistics keep a bounded window of each, so memory stays flat however long it runs.
 
-Sinks: JsonlSink (one JSON object per frame: frame id, source, timestamp, latency, detections / classes /
-scores), VideoSink (annotated video, written to a temporary file and renamed on close), WindowSink (a live
-window; needs an OpenCV build with GUI support), CallbackSink (any function: the kiosk server uses it).
-"""
+Sinks: JsonlSink (one JSON object per frame: frame id, source, timestamp, latency_ms, wait_ms, infer_ms,
+detections / classes / scores), VideoSink (annotated video, written to a temporary file and renamed on close;
+the video is the first frame's size, and a frame of another size is scaled to fit, aspect kept, and padded),
+WindowSink (a live window; needs an OpenCV build with GUI support and, on Linux, a display: DISPLAY or
+WAYLAND_DISPLAY, checked before any window is made, since a GUI OpenCV without one aborts the process),
+CallbackSink (any function: the kiosk server uses it)."""
 
 from __future__ import annotations
 
@@ -22,6 +30,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -85,17 +94,18 @@ class VideoSink:
 
     FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v", ".mov": "mp4v"}
 
-    def __init__(self, path: str | os.PathLike, runtime: Runtime, fps: float = 15.0):
+    def __init__(self, path: str | os.PathLike, runtime: Runtime, fps: float = 15.0,
+                 pad: tuple[int, int, int] = (0, 0, 0)):
         self.path = Path(path)
         if self.path.suffix.lower() not in self.FOURCC:
             raise RuntimeConfigError(f"--save {self.path}: use a .mp4, .avi, .mkv or .mov file name")
         self.part = self.path.with_name(f".{self.path.stem}.part{self.path.suffix}")
-        self.runtime, self.fps = runtime, fps
+        self.runtime, self.fps, self.pad = runtime, fps, pad  # pad: BGR colour around a letterboxed frame
         self.writer: cv2.VideoWriter | None = None
         self.size: tuple[int, int] | None = None
 
     def write(self, frame: Frame, result: Result) -> None:
-        image = annotate(frame.rgb, result, self.runtime)  # BGR
+        image = annotate(frame.rgb, result, self.runtime)  # BGR, drawn at the frame's own size: boxes stay put
         h, w = image.shape[:2]
         if self.writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,7 +115,7 @@ class VideoSink:
             if not self.writer.isOpened():
                 raise RuntimeConfigError(f"--save {self.path}: OpenCV cannot write this kind of video here")
         if (w, h) != self.size:
-            image = cv2.resize(image, self.size)
+            image = letterbox_into(image, self.size, self.pad)
         self.writer.write(image)
 
     def close(self) -> None:
@@ -115,16 +125,95 @@ class VideoSink:
             os.replace(self.part, self.path)
 
 
+def letterbox_into(image: np.ndarray, size: tuple[int, int], pad: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    """`image` scaled to fit in `size` (width, height), aspect ratio kept, centred on a canvas of colour `pad`."""
+    (w, h), (h0, w0) = size, image.shape[:2]
+    scale = min(w / w0, h / h0)
+    nw, nh = max(1, min(w, round(w0 * scale))), max(1, min(h, round(h0 * scale)))
+    inter = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    canvas = np.empty((h, w, 3), np.uint8)
+    canvas[:] = pad
+    x, y = (w - nw) // 2, (h - nh) // 2
+    canvas[y:y + nh, x:x + nw] = cv2.resize(image, (nw, nh), interpolation=inter)
+    return canvas
+
+
+SHOW_NEEDS = ("needs an OpenCV build with GUI support (pip install opencv-python instead of "
+              "opencv-python-headless) and a display; use --save instead")
+
+
+def window_problem(env: dict[str, str] | None = None, platform: str | None = None) -> str | None:
+    """Why a window cannot open here, before OpenCV tries (a GUI OpenCV with no display aborts the process):
+    None when it can. On Linux: neither DISPLAY nor WAYLAND_DISPLAY set, or an X DISPLAY where no X server
+    answers (unless QT_QPA_PLATFORM names a platform that needs neither, e.g. linuxfb or offscreen). Anywhere:
+    a build whose getBuildInformation() says "GUI: NONE" (headless)."""
+    env = os.environ if env is None else env
+    platform = sys.platform if platform is None else platform
+    qt = env.get("QT_QPA_PLATFORM", "").split(":")[0]
+    if platform.startswith("linux") and qt in ("", "xcb", "wayland") and not env.get("WAYLAND_DISPLAY"):
+        display = env.get("DISPLAY")
+        if not display:
+            return "no display here (DISPLAY and WAYLAND_DISPLAY are not set: a headless device or an SSH session)"
+        if not _x_server_answers(display):
+            return f"no X server answers at DISPLAY={display}"
+    if _gui_backend() == "NONE":
+        return f"this OpenCV {cv2.__version__} is a headless build (GUI: NONE)"
+    return None
+
+
+def _x_server_answers(display: str, timeout: float = 1.0) -> bool:
+    """True when something listens where the X DISPLAY `display` ("[host]:N[.S]") says; True too when the form is
+    not one this knows (then OpenCV decides)."""
+    import re
+    import socket
+
+    m = re.fullmatch(r"(?:unix)?(.*?):(\d+)(?:\.\d+)?", display)
+    if m is None or m.group(1).startswith("/"):  # e.g. a macOS launchd socket path: not ours to judge
+        return True
+    host, number = m.group(1), int(m.group(2))
+    try:
+        if host:
+            with socket.create_connection((host, 6000 + number), timeout=timeout):
+                return True
+        for path in (f"\0/tmp/.X11-unix/X{number}", f"/tmp/.X11-unix/X{number}"):  # abstract first, then the file
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout)
+                try:
+                    sock.connect(path)
+                    return True
+                except OSError:
+                    continue
+    except OSError:
+        return False
+    return False
+
+
+def check_window() -> None:
+    """Raise RuntimeConfigError (one line, the documented "needs an OpenCV build with GUI support") when
+    window_problem() finds one; `dkit run --show` calls it before loading the model."""
+    problem = window_problem()
+    if problem is not None:
+        raise RuntimeConfigError(f"--show: {problem}; it {SHOW_NEEDS}")
+
+
+def _gui_backend() -> str:
+    import re
+
+    m = re.search(r"^\s*GUI:\s*(\S+)", cv2.getBuildInformation(), re.M)
+    return m.group(1).upper() if m else "NONE"
+
+
 class WindowSink:
-    """A live window with the annotated frames (q or Esc closes it and stops the pipeline)."""
+    """A live window with the annotated frames (q or Esc closes it and stops the pipeline). Raises
+    RuntimeConfigError when no window can open here (window_problem), before touching OpenCV's GUI."""
 
     def __init__(self, runtime: Runtime, title: str = "dkit", on_quit: Callable[[], None] | None = None):
         self.runtime, self.title, self.on_quit = runtime, title, on_quit
+        check_window()
         try:
             cv2.namedWindow(title, cv2.WINDOW_NORMAL)
         except cv2.error as e:
-            raise RuntimeConfigError("--show needs an OpenCV build with GUI support (pip install opencv-python "
-                                     "instead of opencv-python-headless) and a display; use --save instead") from e
+            raise RuntimeConfigError(f"--show {SHOW_NEEDS}") from e
 
     def write(self, frame: Frame, result: Result) -> None:
         cv2.imshow(self.title, annotate(frame.rgb, result, self.runtime))
@@ -172,7 +261,9 @@ class Pipeline:
         self.runtime, self.sources, self.sinks = runtime, list(sources), list(sinks)
         self.max_fps, self.max_frames = max_fps, max_frames
         self.stopped = threading.Event()
-        self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)  # capture -> result
+        self.waits: deque[float] = deque(maxlen=LATENCY_WINDOW)  # capture -> start of processing
+        self.infers: deque[float] = deque(maxlen=LATENCY_WINDOW)  # pre-processing + model + post-processing
         self.frames = 0
         self.rounds = 0
         self.started = 0.0
@@ -200,7 +291,7 @@ class Pipeline:
                 results = self.runtime.batch([f.rgb for f in frames], [f.id for f in frames],
                                              [f.timestamp for f in frames])
                 for frame, result in zip(frames, results, strict=True):
-                    self.latencies.append(result.latency_ms)
+                    self._timing(result)
                     for sink in self.sinks:
                         sink.write(frame, result)
                 self.frames += len(frames)
@@ -223,6 +314,13 @@ class Pipeline:
                 source.close()
         return self.stats()
 
+    def _timing(self, result: Result) -> None:
+        self.latencies.append(result.latency_ms)
+        if getattr(result, "wait_ms", None) is not None:
+            self.waits.append(result.wait_ms)
+        if getattr(result, "infer_ms", None) is not None:
+            self.infers.append(result.infer_ms)
+
     def _gather(self, active: list[Source]) -> list[Frame]:
         """The newest frame of each active source that has one; waits up to POLL_S when none has."""
         frames: list[Frame] = []
@@ -241,7 +339,6 @@ class Pipeline:
 
     def stats(self) -> dict:
         seconds = time.perf_counter() - self.started if self.started else 0.0
-        lat = np.asarray(self.latencies, np.float64)
         totals = {"read": 0, "dropped_stale": 0, "corrupt": 0, "reconnects": 0, "disconnects": 0}
         for source in self.sources:
             s = source.stats.as_dict()
@@ -249,6 +346,13 @@ class Pipeline:
                 totals[key] += int(s.get(key, 0))
         return {"frames": self.frames, "seconds": round(seconds, 3),
                 "fps": round(self.frames / seconds, 2) if seconds else 0.0,
-                "p50_ms": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
-                "p99_ms": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
+                "p50_ms": _pct(self.latencies, 50), "p95_ms": _pct(self.latencies, 95),
+                "p99_ms": _pct(self.latencies, 99),
+                "wait_p50_ms": _pct(self.waits, 50), "wait_p95_ms": _pct(self.waits, 95),
+                "infer_p50_ms": _pct(self.infers, 50), "infer_p95_ms": _pct(self.infers, 95),
                 **totals, "provider": self.runtime.provider, "stopped": self.stopped.is_set()}
+
+
+def _pct(values: deque[float], q: float) -> float | None:
+    """The q-th percentile of `values`, in ms rounded to 0.01; None when there are none."""
+    return round(float(np.percentile(np.asarray(values, np.float64), q)), 2) if values else None

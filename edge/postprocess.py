@@ -1,5 +1,7 @@
 """Post-processing on the device: detector decode + NMS, classifier top-k, embedding scores (numpy only).
 
+    from dkit.edge.postprocess import decode_yolo
+
     x, box = preprocess(rgb, manifest.preprocess)            # edge/preprocess.py
     raw = session.run(None, {input_name: x})[0]                  # (B, 4 + C, A) YOLOv8 detect head
     dets = decode_yolo(raw, conf_threshold=0.25, iou_threshold=0.7, max_det=300)[0]

@@ -1,5 +1,7 @@
 """Pre-processing on the device, exactly as the bundle's manifest says (numpy and OpenCV only).
 
+    from dkit.edge.preprocess import preprocess
+
     spec = bundle.manifest.preprocess       # a dkit.edge.manifest.Preprocess (or its dict form, as checkpoints keep it)
     x, meta = preprocess(rgb, spec)        # (1, 3, H, W) float32, and how to map boxes back to the image
 

@@ -1,5 +1,7 @@
 """A bundle, loaded and ready to score frames: an inference backend plus the manifest's pre- and post-processing.
 
+    from dkit.edge.runtime import Runtime
+
     with Runtime.load("runs/coco128/bundle") as rt:      # verified first (dkit.edge.bundle); or a bundle.tar.gz
         result = rt(rgb)                                 # (H, W, 3) uint8 RGB -> Result
         results = rt.batch([rgb1, rgb2])                 # several cameras in one run when the model allows
@@ -52,7 +54,13 @@ __all__ = ["PROVIDER_ORDER", "SHORT_NAMES", "Result", "Runtime", "RuntimeConfigE
 
 @dataclass
 class Result:
-    """What one frame produced. Exactly one of detections / top / scores is set, by task."""
+    """What one frame produced. Exactly one of detections / top / scores is set, by task.
+
+    Timing (Runtime fills all three from the same three clock readings, so latency_ms == wait_ms + infer_ms):
+    latency_ms is capture -> result; wait_ms is capture (or, for files, decode) -> the start of processing: time
+    spent in a camera's slot or a folder's prefetch queue and waiting for the previous round; infer_ms is
+    pre-processing + model + post-processing of the batch the frame was scored in.
+    """
 
     frame_id: int
     timestamp: float  # when the frame was captured (time.time())
@@ -64,10 +72,15 @@ class Result:
     cosine: np.ndarray | None = None  # embed: (P,) to the bundle's prompts
     scores: np.ndarray | None = None  # embed: (P,) 0-100 through the calibration
     extra: dict[str, Any] = field(default_factory=dict)
+    wait_ms: float | None = None  # capture -> start of processing (0 when the capture time is unknown)
+    infer_ms: float | None = None  # pre-processing + model + post-processing of its batch
 
     def to_json(self, classes: list[str], prompts: list[str] | None = None) -> dict[str, Any]:
         doc: dict[str, Any] = {"frame": self.frame_id, "ts": round(self.timestamp, 6),
-                               "latency_ms": round(self.latency_ms, 3), **self.extra}
+                               "latency_ms": round(self.latency_ms, 3),
+                               **({} if self.wait_ms is None else {"wait_ms": round(self.wait_ms, 3)}),
+                               **({} if self.infer_ms is None else {"infer_ms": round(self.infer_ms, 3)}),
+                               **self.extra}
         if self.detections is not None:
             d = self.detections
             doc["detections"] = [
@@ -223,8 +236,12 @@ class Runtime:
 
     def postprocess(self, raw: np.ndarray, boxes: list[Letterbox], frame_ids: list[int], timestamps: list[float],
                     started: float) -> list[Result]:
-        now = time.time()
-        latency = [(now - (t if t else started)) * 1000 for t in timestamps]
+        """Model output -> one Result per frame, timed from `started` (time.time() before pre-processing)."""
+        results = self._results(raw, boxes, frame_ids, timestamps, [0.0] * len(frame_ids))
+        return _timed(results, started, time.time())
+
+    def _results(self, raw: np.ndarray, boxes: list[Letterbox], frame_ids: list[int], timestamps: list[float],
+                 latency: list[float]) -> list[Result]:
         if self.task == "detect":
             dets = decode_yolo(raw, self.conf, self.iou, self.max_det)
             return [Result(f, t, ms, "detect", detections=d.scaled(b))
@@ -255,3 +272,13 @@ class Runtime:
         else:
             raw = np.concatenate([self.infer(x) for x, _ in pre])
         return self.postprocess(raw, [b for _, b in pre], ids, stamps, started)
+
+
+def _timed(results: list[Result], started: float, done: float) -> list[Result]:
+    """Set wait_ms, infer_ms and latency_ms = wait_ms + infer_ms (see Result) from the same clock readings."""
+    infer = (done - started) * 1000
+    for r in results:
+        r.wait_ms = (started - r.timestamp) * 1000 if r.timestamp else 0.0
+        r.infer_ms = infer
+        r.latency_ms = r.wait_ms + infer
+    return results

@@ -1,6 +1,9 @@
 """`dkit serve`: the kiosk web app: the event screen (a drawing canvas and camera page), the scoring API, the
 leaderboard, the operator page and its API, every resource bounded for a hostile public.
 
+    from dkit.edge.kiosk.serving import serve
+    from dkit.edge.server import create_app
+
     app = create_app("runs/quickdraw/bundle", db="kiosk/kiosk.sqlite", admin_token="s3cret",
                      settings=["submit_rate=0.5"])
     dkit.edge.kiosk.serving.serve(app, host="0.0.0.0", port=8000, cfg=app.state.kiosk.cfg)

@@ -14,6 +14,10 @@ Two policies, picked by `live` (default: camera and stream are live, files are n
   grows. A camera or stream that fails to open, fails to read or sends no good frame for `stall_timeout`
   seconds is dropped and reopened with exponential backoff (`backoff=(initial, max)` seconds, plus up to
   `jitter` of the delay at random); the consumer just waits and frames resume, no restart needed.
+  That is for a source that has worked: one that never delivers a frame (no such camera index, a wrong URL)
+  is given `open_tries` tries (default 3; 0: try forever), one warning line each, then read() raises
+  SourceError naming it. OpenCV's and FFmpeg's own messages about failed opens are silenced (set
+  OPENCV_LOG_LEVEL or OPENCV_FFMPEG_LOGLEVEL to see them).
   A read() stuck inside OpenCV cannot be interrupted: that capture thread is abandoned (it releases its
   capture when the read returns) and a fresh one is started, at most MAX_STUCK_READERS at a time.
   A video file opened with live=True plays like a camera, in a loop (end of file = reconnect).
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import random
 import re
 import threading
@@ -223,18 +228,51 @@ def _classify(spec: str, name: str) -> tuple[str, str]:
     raise SourceError(f"{name}: no such file or folder")
 
 
+FFMPEG_QUIET = "8"  # AV_LOG_FATAL: FFmpeg's "Connection refused" / "Cannot open video device" lines are ours to say
+_quiet_lock = threading.Lock()
+_quiet_count = 0  # live opens in progress with OpenCV's log silenced
+_quiet_saved: int | None = None
+
+
+class _QuietOpenCV:
+    """OpenCV's log silenced while a live capture opens (its WARN/ERROR flood for a camera index that is not there),
+    restored when the last concurrent open ends; left alone when the user set OPENCV_LOG_LEVEL. Also sets FFmpeg's
+    log level through OPENCV_FFMPEG_LOGLEVEL (read by OpenCV once per process) unless the user set it."""
+
+    def __enter__(self) -> None:
+        global _quiet_count, _quiet_saved
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", FFMPEG_QUIET)
+        self.active = "OPENCV_LOG_LEVEL" not in os.environ
+        if self.active:
+            with _quiet_lock:
+                if _quiet_count == 0:
+                    _quiet_saved = cv2.utils.logging.getLogLevel()
+                    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+                _quiet_count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        global _quiet_count
+        if self.active:
+            with _quiet_lock:
+                _quiet_count -= 1
+                if _quiet_count == 0 and _quiet_saved is not None:
+                    cv2.utils.logging.setLogLevel(_quiet_saved)
+
+
 def _default_factory(kind: str, stall_timeout: float) -> CaptureFactory:
     """cv2.VideoCapture for `kind`: an int index for cameras, FFmpeg with open/read timeouts for streams."""
 
     def factory(target: str) -> Capture:
         if kind == "camera":
-            cap = cv2.VideoCapture(int(target) if target.isdigit() else target)
+            with _QuietOpenCV():
+                cap = cv2.VideoCapture(int(target) if target.isdigit() else target)
             cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # where the driver allows it: no queue of old frames
             return cap
         if kind == "stream":
             ms = int(stall_timeout * 800)  # give up inside the driver before the stall watch abandons the thread
-            return cv2.VideoCapture(target, cv2.CAP_FFMPEG,
-                                    [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+            with _QuietOpenCV():
+                return cv2.VideoCapture(target, cv2.CAP_FFMPEG,
+                                        [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
         return cv2.VideoCapture(target)
 
     return factory
@@ -265,7 +303,7 @@ class Source:
     def __init__(self, spec: str, kind: str, target: str, *, live: bool, stall_timeout: float,
                  backoff: tuple[float, float], jitter: float, prefetch: int, factory: CaptureFactory,
                  on_event: EventCallback | None, clock: Clock = time.monotonic,
-                 backoff_wait: BackoffWait = threading.Event.wait) -> None:
+                 backoff_wait: BackoffWait = threading.Event.wait, open_tries: int = 3) -> None:
         self.spec = spec  # credentials removed
         self.kind = kind
         self._live = live
@@ -277,6 +315,8 @@ class Source:
         self._on_event = on_event
         self._clock = clock  # the stall watch's clock
         self._backoff_wait = backoff_wait  # (stop event, seconds): one back-off delay, ended early by close()
+        self._open_tries = open_tries  # tries for a live source that never delivered a frame (0: forever)
+        self._gave_up: str | None = None  # why a live source that never worked was given up (read() raises it)
         self._stats = SourceStats()
         self._lock = threading.Lock()  # stats, generation, connection state
         self._buffer = _Buffer(1 if live else prefetch, drop_oldest=live)
@@ -313,6 +353,7 @@ class Source:
         """The next frame (live: the newest one); None at the end or once closed.
 
         Waits at most `timeout` seconds (None: until a frame, the end or close()), then raises TimeoutError.
+        Raises SourceError for a live source given up after `open_tries` tries without a frame.
         """
         if timeout is not None and timeout < 0:
             raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
@@ -320,6 +361,8 @@ class Source:
         if item is _TIMEOUT:
             raise TimeoutError(f"{self.spec}: no frame within {timeout} s")
         if not isinstance(item, _Captured):
+            if self._gave_up is not None:
+                raise SourceError(self._gave_up)
             return None
         with self._lock:
             frame_id, self._next_id = self._next_id, self._next_id + 1
@@ -423,7 +466,7 @@ class Source:
     def _supervise(self) -> None:
         """Start a capture thread; when it fails or stalls, abandon it, back off and start another."""
         initial, longest = self._backoff
-        delay = initial
+        delay, tries = initial, 0
         while True:
             with self._lock:
                 if self._stop.is_set():
@@ -447,14 +490,33 @@ class Source:
                     self._stats.disconnects += 1
                 if self._up_gen == gen:
                     delay = initial  # it worked for a while: start the backoff over
+                never = self._up_gen < 0  # not one good frame yet, from any try
+            tries += 1
             if stalled:
                 self._emit("stalled", reason, logging.WARNING)
             if was_up is not False:
-                self._emit("disconnected", reason, logging.WARNING)
-            else:
+                self._emit("disconnected", reason, logging.DEBUG if never else logging.WARNING)
+            elif not never:
                 logger.info("%s: reconnect failed (%s); next try in %.2f s", self.spec, reason, delay)
+            if never and self._give_up(tries, reason, delay):
+                break
             self._backoff_wait(self._stop, delay * (1.0 + self._jitter * self._random.random()))
             delay = min(delay * 2.0, longest)
+
+    def _give_up(self, tries: int, reason: str, delay: float) -> bool:
+        """A source that never delivered a frame failed its try number `tries`: log it; True (and the consumer
+        woken, to raise SourceError) once that was the last of `open_tries`."""
+        of = f" of {self._open_tries}" if self._open_tries else ""
+        if not self._open_tries or tries < self._open_tries:
+            logger.warning("%s: try %d%s failed (%s); next try in %.2f s", self.spec, tries, of, reason, delay)
+            return False
+        hint = {"camera": "check the index (ls /dev/video*)",
+                "stream": "check the URL and that the stream is up"}.get(self.kind, "check that OpenCV can read it")
+        counted = f"{tries} {'try' if tries == 1 else 'tries'}"
+        self._gave_up = (f"{self.kind} {self.spec}: no frame after {counted} ({reason}); {hint}, or give it more "
+                         "tries with --open-tries N (0: forever)")
+        self._buffer.finish()
+        return True
 
     def _watch(self, gen: int) -> tuple[str, bool]:
         """Wait until the capture thread of `gen` fails or stalls, or close(): (reason, stalled)."""
@@ -538,12 +600,16 @@ class Source:
 def open_source(spec: str | int | Path, *, live: bool | None = None, stall_timeout: float = 5.0,
                 backoff: tuple[float, float] = (0.5, 10.0), jitter: float = 0.1, prefetch: int = 4,
                 capture_factory: CaptureFactory | None = None, on_event: EventCallback | None = None,
-                clock: Clock = time.monotonic, backoff_wait: BackoffWait = threading.Event.wait) -> Source:
+                clock: Clock = time.monotonic, backoff_wait: BackoffWait = threading.Event.wait,
+                open_tries: int = 3) -> Source:
     """Open a camera index ("0", "/dev/video0"), stream URL (rtsp://, http(s)://, ...), video file, image folder
     or image, and start reading it. See the module docstring for the two policies and the arguments.
 
     `capture_factory(spec) -> Capture` replaces cv2.VideoCapture (camera, stream, video; a capture whose
     isOpened() is False counts as a failed open). Raises SourceError for a source that can never work.
+    `open_tries` (live): tries (opens, or opens that stalled or failed before a frame) a source that never
+    delivered a frame gets before read() raises SourceError; 0: try forever. A source that has delivered frames
+    reconnects forever.
 
     Hooks for tests (live policy only; the defaults are the real thing): `clock() -> seconds` is the monotonic
     clock the stall watch measures `stall_timeout` with (default time.monotonic; the watch still sleeps in real
@@ -561,6 +627,8 @@ def open_source(spec: str | int | Path, *, live: bool | None = None, stall_timeo
         raise ValueError(f"jitter must be a fraction of the delay in [0, 1], got {jitter}")
     if prefetch < 1:
         raise ValueError(f"prefetch must be >= 1 frame, got {prefetch}")
+    if open_tries < 0:
+        raise ValueError(f"open_tries must be >= 0 (0: forever), got {open_tries}")
     kind, target = _classify(spec, name)
     if live is None:
         live = kind in ("camera", "stream")
@@ -568,7 +636,8 @@ def open_source(spec: str | int | Path, *, live: bool | None = None, stall_timeo
         raise ValueError(f"{name}: live=True needs a camera, stream or video file, not an image {kind}")
     factory = capture_factory or _default_factory(kind, stall_timeout)
     source = Source(name, kind, target, live=live, stall_timeout=stall_timeout, backoff=backoff, jitter=jitter,
-                    prefetch=prefetch, factory=factory, on_event=on_event, clock=clock, backoff_wait=backoff_wait)
+                    prefetch=prefetch, factory=factory, on_event=on_event, clock=clock, backoff_wait=backoff_wait,
+                    open_tries=open_tries)
     if live:
         source._start(source._supervise)
     elif kind in ("folder", "image"):

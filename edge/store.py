@@ -1,6 +1,8 @@
 """The kiosk's storage: submissions, prompts, rounds and bans in SQLite (WAL), thumbnails on disk, nothing
 acknowledged ever lost, and the disk use bounded.
 
+    from dkit.edge.store import Store, Entry
+
     store = Store("kiosk.sqlite", thumbs="thumbs/")
     sid = store.add(Entry(prompt, score, verdict, name, client, phash), jpeg_bytes)   # durable when it returns
     store.leaderboard(prompt, limit=10), store.rank(prompt, score, sid), store.delete(sid)

@@ -1,5 +1,7 @@
 """Untrusted image uploads -> RGB arrays, refusing what must not be decoded (numpy + OpenCV only).
 
+    from dkit.edge.upload import decode_upload
+
     rgb = decode_upload(data, max_pixels=MAX_PIXELS)      # raises UploadError(status, message)
 
 The image size is read from the file header first (PNG, JPEG, GIF, BMP, WebP) and a picture larger than

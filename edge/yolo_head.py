@@ -1,5 +1,7 @@
 """YOLOv8's detect head decoding in numpy, for models exported without it (the bundle's NCNN detector).
 
+    from dkit.edge.yolo_head import decode_head
+
     raw = decode_head([p3, p4, p5], strides=(8, 16, 32), reg_max=16)   # (64 + C, h_i, w_i) each -> (4 + C, A)
 
 The NCNN detector is exported up to the head's raw convolutions (box distributions and class logits per level),

@@ -1,5 +1,8 @@
 """`dkit export`: a trained student -> RUN_DIR/bundle/ (and bundle.tar.gz), verified before it is put in place.
 
+    from dkit.core.store import ModelStore
+    from dkit.export.bundle import export_bundle
+
     result = export_bundle(kit, run_dir, store=ModelStore())
 
 The bundle is built in a temporary folder: the model files for the student's kind, a README.md for the person

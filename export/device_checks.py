@@ -1,5 +1,7 @@
 """The bundle's `checks/`: held-out images and the fp32 model's results on them, for the on-device accuracy check.
 
+    from dkit.export.device_checks import write_checks
+
     manifest = write_checks(bundle_dir, kit, manifest, held_out)   # after write_manifest; returns the new one
 
 `export.device_checks` held-out images (default 32) go into checks/NNN.jpg (quality 95, scaled down to fit the

@@ -1,5 +1,8 @@
 """Judge (clip-embed) bundles: what a kiosk needs to score any prompt offline, each part checked on export.
 
+    from dkit.core.store import ModelStore
+    from dkit.export.judge import export_judge
+
     parts = export_judge(kit, run_dir, bundle_dir, store=ModelStore())
 
 Writes into bundle_dir:

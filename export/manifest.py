@@ -1,6 +1,8 @@
 """The manifest `dkit export` writes: built as a typed dkit.edge.manifest.Manifest, then written with the sha256
 of every file of the bundle.
 
+    from dkit.export.manifest import build_manifest, write_manifest
+
     manifest = build_manifest(kit, run, task, entry, variants, classes, parts, engines)   # a Manifest
     write_manifest(bundle_dir, manifest)        # fills `files`, writes manifest.json atomically, returns it
 

@@ -1,6 +1,8 @@
 """NCNN models for the bundle (`export.backends: [onnx, ncnn]`), through pnnx, checked against the bundle's ONNX
 model on the kit's held-out images before they are shipped.
 
+    from dkit.export.ncnn import export_ncnn
+
     entries = export_ncnn(kit, run, bundle_dir, onnx_entry, held_out, task)   # {"student_ncnn": {...}, ...}
 
 - A YOLO detector is exported up to its head's raw convolutions (`pnnx.export` of the torch model, traced at the

@@ -1,5 +1,7 @@
 """NCNN int8 from the bundle's fp32 NCNN model, in the format NCNN's own ncnn2table + ncnn2int8 tools write.
 
+    from dkit.export.ncnn_int8 import quantize_ncnn
+
     quantize_ncnn(param, weights, out_param, out_weights, calibration_inputs)   # (1, 3, H, W) float32 each
 
 Neither tool ships with the PyPI wheels (ncnn, pnnx), the ncnn sdist or Debian, so this is that step in Python,

@@ -1,5 +1,7 @@
 """The bundle's README.md, for the person installing it: what the model is, how to run it, what was measured.
 
+    from dkit.export.readme import render_readme
+
     text = render_readme(kit, manifest, evaluation)   # -> str, written as bundle/README.md by dkit.export.bundle
 
 `manifest` is the bundle's dkit.edge.manifest.Manifest (its task, classes, teacher, student, models and score
@@ -167,20 +169,37 @@ def _eval_lines(evaluation: dict) -> list[str]:
     s, t = evaluation.get("student") or {}, evaluation.get("teacher") or {}
     if not s:
         return []
-    on = (f"{_f(s.get('ms_per_image'))} ms/image vs the teacher's {_f(t.get('ms_per_image'))} on "
-          f"{(evaluation.get('machine') or {}).get('cpus', '?')} CPU cores")
+    on = _speed(s, t, (evaluation.get("machine") or {}).get("cpus"))
     head = f"- On {evaluation.get('images')} held-out images (`dkit eval`): "
     if evaluation.get("task") == "detect":
-        return [f"{head}student mAP50 {_f(s.get('map50'))} vs the teacher's {_f(t.get('map50'))} (ground truth), "
-                f"{_f(s.get('map50_vs_teacher'))} against the teacher's labels; {on}."]
-    if "cosine_mean" in s:
-        return [f"{head}cosine to the teacher's embedding {_f(s.get('cosine_mean'))}, Spearman of prompt scores "
-                f"{_f(s.get('spearman_mean'))}, top-1 class agreement {_f(s.get('top1_agreement'))}, moderation "
-                f"agreement {_f(s.get('moderation_agreement'))}; {on}."]
-    if "top1_agreement" in s:
-        return [f"{head}top-1 agreement with the teacher {_f(s.get('top1_agreement'))}, accuracy "
-                f"{_f(s.get('accuracy'))} (ground truth); {on}."]
-    return []
+        figures = _measured([("student mAP50 {} against the teacher's labels", s.get("map50_vs_teacher")),
+                             ("{} against ground truth", s.get("map50")),
+                             ("the teacher's own {} against ground truth", t.get("map50"))])
+    elif "cosine_mean" in s:
+        figures = _measured([("cosine to the teacher's embedding {}", s.get("cosine_mean")),
+                             ("Spearman of prompt scores {}", s.get("spearman_mean")),
+                             ("top-1 class agreement {}", s.get("top1_agreement")),
+                             ("moderation agreement {}", s.get("moderation_agreement"))])
+    elif "top1_agreement" in s:
+        figures = _measured([("top-1 agreement with the teacher {}", s.get("top1_agreement")),
+                             ("accuracy {} against ground truth", s.get("accuracy"))])
+    else:
+        return []
+    return [f"{head}{'; '.join(x for x in (figures, on) if x)}."] if figures or on else []
+
+
+def _measured(parts: list[tuple[str, float | None]]) -> str:
+    """The figures that were measured (a None is left out, not shown as a dash), comma-separated."""
+    return ", ".join(text.format(_f(v)) for text, v in parts if v is not None)
+
+
+def _speed(s: dict, t: dict, cpus) -> str:
+    """"5.2 ms/image vs the teacher's 114.7 on 2 CPU cores", or what of it was measured."""
+    ms, tms = s.get("ms_per_image"), t.get("ms_per_image")
+    if ms is None:
+        return ""
+    where = f" on {cpus} CPU cores" if cpus else ""
+    return f"{ms:.1f} ms/image" + (f" vs the teacher's {tms:.1f}" if tms is not None else "") + where
 
 
 def _tensorrt_section(size: int, inp: str) -> list[str]:

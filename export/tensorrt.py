@@ -1,5 +1,7 @@
 """TensorRT engines for the bundle, built when the exporting machine has the `tensorrt` package and a GPU.
 
+    from dkit.export.tensorrt import build_engines
+
     engines = build_engines(kit, bundle_dir, entry, variants)   # {"engine_fp16": {...}, ...} manifest entries
 
 An engine is specific to the GPU model and TensorRT version that built it, so the manifest records both and

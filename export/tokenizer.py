@@ -1,5 +1,7 @@
 """Where the CLIP tokenizer's vocab file is, so the export step can copy it into a judge bundle.
 
+    from dkit.export.tokenizer import vocab_file
+
     shutil.copy(vocab_file(), bundle_dir / VOCAB_NAME)      # then dkit.edge.tokenizer.Tokenizer.from_file reads it
 
 The file is the one open_clip's own tokenizer reads (bpe_simple_vocab_16e6.txt.gz inside the installed

@@ -1,5 +1,7 @@
 """Reduced-precision variants of an exported detector, each measured against its fp32 original.
 
+    from dkit.export.variants import make_variant
+
     entry = make_variant("int8", fp32_onnx, bundle_dir, kit, held_out, calibration)
 
 - `fp16`: onnxruntime's float16 converter (inputs and outputs stay float32, so the device code is the

@@ -1,5 +1,7 @@
 """YOLO students (detector, classifier) -> ONNX, with parity against the PyTorch student on the kit's own images.
 
+    from dkit.export.yolo import export_detector, export_classifier
+
     entry = export_detector(kit, run_dir, bundle_dir)    # writes bundle_dir/student.onnx, returns its manifest entry
     entry = export_classifier(kit, run_dir, bundle_dir)
 

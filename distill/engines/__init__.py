@@ -1,5 +1,7 @@
 """Labeling engines, keyed by the kit's `label.engine` (`dkit label --engine`): where the teacher runs.
 
+    from dkit.distill.engines import engine
+
     records, counts = engine("ray")(kit, teacher, cache, root, paths, staging, progress, store=store)
 
 - `local` (the default): this process; images decoded in worker processes (dkit.distill.images), the teacher

@@ -1,5 +1,7 @@
 """YOLO students (`yolo-detect`, `yolo-cls`): Ultralytics training on the teacher's labels, and evaluation.
 
+    from dkit.distill.students.yolo import train, evaluate
+
     summary = train(kit, run_dir, store=store)       # run_dir/labels/ -> run_dir/student/
     result = evaluate(kit, run_dir, store=store, ground_truth=Path(".../labels"))
 
@@ -92,7 +94,7 @@ class _EpochLog:
     """One line per epoch with the loss, the held-out metric and an ETA for the whole run."""
 
     def __init__(self):
-        self.start, self.first = time.perf_counter(), None
+        self.start, self.first, self.ended = time.perf_counter(), None, False
 
     def __call__(self, trainer) -> None:
         try:
@@ -101,17 +103,26 @@ class _EpochLog:
             log.debug("epoch progress line failed", exc_info=True)
 
     def _log(self, trainer) -> None:
+        metrics = trainer.metrics or {}
+        name = "mAP50" if "metrics/mAP50(B)" in metrics else "top-1"
+        metric = metrics.get("metrics/mAP50(B)", metrics.get("metrics/accuracy_top1"))
+        shown = "?" if metric is None else f"{metric:.4f}"
         done = trainer.epoch + 1
+        if self.ended:  # after the last epoch: Ultralytics' final validation of best.pt (its epoch counter + 1)
+            log.info("student trained: best.pt on the held-out images, %s %s", name, shown)
+            return
+        self.ended = bool(getattr(trainer, "stop", False))  # set before this call on the last epoch run
         self.first = trainer.epoch if self.first is None else self.first  # a resumed run starts later
         per_epoch = (time.perf_counter() - self.start) / max(1, done - self.first)
         tloss = getattr(trainer, "tloss", None)  # a tensor of loss parts, or a dict of them (Ultralytics 8.4)
         parts = tloss.values() if isinstance(tloss, dict) else [] if tloss is None else tloss.reshape(-1)
         loss = float(sum(float(v) for v in parts)) if tloss is not None else float("nan")
-        metric = (trainer.metrics or {}).get("metrics/mAP50(B)", (trainer.metrics or {}).get("metrics/accuracy_top1"))
-        left = per_epoch * (trainer.epochs - done)
-        log.info("student epoch %d/%d: loss %.4f, held-out %s %s, about %dm%02ds left", done, trainer.epochs, loss,
-                 "mAP50" if "metrics/mAP50(B)" in (trainer.metrics or {}) else "top-1",
-                 "?" if metric is None else f"{metric:.4f}", left // 60, left % 60)
+        left = round(max(0.0, per_epoch * (trainer.epochs - done)))
+        after = f"about {left // 60}m{left % 60:02d}s left"
+        if self.ended:
+            after = "early stop (no better held-out fitness for student.patience epochs)" if done < trainer.epochs \
+                else "the last epoch"
+        log.info("student epoch %d/%d: loss %.4f, held-out %s %s, %s", done, trainer.epochs, loss, name, shown, after)
 
 
 def _checkpoint_state(last: Path, epochs: int) -> str:

@@ -30,19 +30,49 @@ def cmd_bench_runtime(args: argparse.Namespace) -> int:
     import importlib.util
     import json
 
-    from dkit.edge.bench import bench_runtime
+    from dkit.core.errors import UsageError
+    from dkit.edge.bench import DEFAULT_MAX_SPREAD, BenchError, bench_runtime
 
+    _check_runtime_options(args)
+    spread = DEFAULT_MAX_SPREAD if args.max_spread is None else args.max_spread
     reference = None  # the Ultralytics reference needs the distill extra; a base install measures the rest
     if importlib.util.find_spec("ultralytics") is not None:
         from dkit.distill.bench import ultralytics_predictor as reference
-    with edge_errors():
-        if args.matrix:
-            result = _matrix(args, reference is not None)
-        else:
-            result = bench_runtime(args.bundle, args.source, images=args.images, repeat=args.repeat,
-                                   threads=args.threads, precision=args.precision, reference=reference)
+    try:
+        with edge_errors():
+            if args.matrix:
+                result = _matrix(args, reference is not None)
+            else:
+                result = bench_runtime(args.bundle, args.source, images=args.images, repeat=args.repeat,
+                                       threads=args.threads, precision=args.precision or "fp32",
+                                       reference=reference, max_spread=spread)
+                _log_agreement(result)
+    except BenchError as e:  # a live source, an empty folder, a setting out of range: nothing measured
+        raise UsageError(str(e)) from e
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _check_runtime_options(args: argparse.Namespace) -> None:
+    """UsageError for an option given to the mode it does not apply to (--matrix or the single configuration)."""
+    from dkit.core.errors import UsageError
+
+    if args.matrix:
+        wrong = [name for name, value in (("--precision", args.precision), ("--max-spread", args.max_spread))
+                 if value is not None]
+        if wrong:
+            raise UsageError(f"dkit bench runtime: {' and '.join(wrong)} apply without --matrix only (--matrix "
+                             "runs every precision and reports each row's spread)")
+    elif args.backends is not None:
+        raise UsageError("dkit bench runtime: --backends applies with --matrix only")
+
+
+def _log_agreement(result: dict) -> None:
+    """On stderr: the rounds' disagreement (the JSON's warning), or that one round cannot show it."""
+    if result["warning"]:
+        log.warning("dkit bench runtime: %s", result["warning"])
+    elif result["rounds_agree"] is None:
+        log.info("dkit bench runtime: one round: whether rounds agree is not measured (--repeat 2 or more)")
 
 
 def _matrix(args: argparse.Namespace, with_ultralytics: bool) -> dict:
@@ -170,23 +200,40 @@ BENCHMARKS = (
             "real images (fps_runtime), against the bare onnxruntime session.run loop on "
             "the same pre-processed inputs (fps_bare, the limit) and, for detectors and "
             "classifiers when ultralytics is installed, Ultralytics' YOLO(model.onnx)."
-            "predict on the same ONNX and images (fps_ultralytics); rounds alternate, the "
-            "best of each is kept. Also p50/p99 latency of the runtime and the full "
-            "pipeline from the folder (decoding included). JSON on stdout.",
+            "predict on the same ONNX and images (fps_ultralytics). In each round the "
+            "runtime and the bare loop alternate frame by frame, so that other load on the "
+            "machine hits both alike; Ultralytics then runs the round's frames. Figures are "
+            "medians over the rounds, each ratio (runtime_vs_bare, runtime_vs_ultralytics) "
+            "the median of its per-round ratios, with those ratios (*_rounds) and their "
+            "spread (largest over smallest, *_spread): above --max-spread the rounds "
+            "disagree, rounds_agree is false and a warning (in the JSON and on stderr) says "
+            "the run is unreliable and by how much. Also p50/p99 latency of the runtime and "
+            "of the full pipeline from the folder (decoding included). JSON on stdout; exit "
+            "0 whether or not the rounds agree.",
             cmd_bench_runtime, arguments=(
-                arg("bundle", metavar="BUNDLE"),
-                arg("--source", required=True, metavar="DIR", help="folder of images (decoded once, up front)"),
-                arg("--images", type=int, default=64, help="images used from the folder (default: %(default)s)"),
-                arg("--repeat", type=int, default=5, help="alternating rounds of each (default: %(default)s)"),
-                arg("--threads", type=int, help="onnxruntime intra-op threads (0: its default)"),
-                arg("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
-                    help="the bundle model the single-configuration benchmark runs (default: %(default)s)"),
+                arg("bundle", metavar="BUNDLE", help="bundle folder or .tar.gz (what `dkit export` writes)"),
+                arg("--source", required=True, metavar="DIR",
+                    help="folder of images, decoded once, up front (not a camera or stream: every round needs "
+                         "the same frames)"),
+                arg("--images", type=int, default=64, metavar="N",
+                    help="images used from the folder, at most (default: %(default)s)"),
+                arg("--repeat", type=int, default=5, metavar="N",
+                    help="timed rounds (default: %(default)s; 2 or more to tell whether they agree); with "
+                         "--matrix: round-robin rounds over the configurations, the best of each kept"),
+                arg("--threads", type=int, metavar="N",
+                    help="onnxruntime intra-op threads (default, or 0: onnxruntime's own choice)"),
+                arg("--precision", choices=["fp32", "fp16", "int8"],
+                    help="which of the bundle's models to time (default: fp32; fp16 and int8 when the bundle "
+                         "has them); not with --matrix"),
+                arg("--max-spread", type=float, metavar="X",
+                    help="the largest per-round ratio over the smallest above which the rounds disagree "
+                         "(default: 1.25, dkit.edge.bench.DEFAULT_MAX_SPREAD; at least 1); not with --matrix"),
                 arg("--matrix", action="store_true",
                     help="instead: every backend x precision x letterbox this install and bundle allow, on the "
                          "photos and on 16:9 crops of them, round-robin in one run, each with fps, bare fps, "
                          "p50/p99 and agreement with fp32 onnxruntime; plus Ultralytics' default predict; a "
                          "table on stderr, JSON on stdout"),
-                arg("--backends", metavar="LIST", help="--matrix: only these backends, comma-separated "
+                arg("--backends", metavar="LIST", help="with --matrix: only these backends, comma-separated "
                     "(default: every one installed)"),
             )),
     Command("serve", "kiosk submissions/s and latency on loopback",

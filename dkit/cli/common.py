@@ -26,6 +26,12 @@ exit codes: 0 done, 1 a run failed, 2 bad kit YAML or arguments, 3 a model or da
 (offline), 4 an optional extra is not installed, 130 interrupted.
 environment: DKIT_HOME (model store, default ~/.cache/dkit), DKIT_OFFLINE=1 (never download).
 """
+# Commands without a kit (run, serve, doctor, ...): no kit YAML to be bad, nothing to download.
+DEVICE_EPILOG = """\
+exit codes: 0 done, 1 a run failed (a broken bundle, a failed check), 2 bad arguments (an unknown option,
+a path that is no bundle, a source that cannot be opened), 4 an optional extra is not installed, 130 interrupted.
+environment: DKIT_HOME (where dkit run keeps its measured backend choice, default ~/.cache/dkit).
+"""
 
 Handler = Callable[[argparse.Namespace], int]
 Arg = tuple[tuple[str, ...], dict[str, Any]]
@@ -94,8 +100,8 @@ def add_command(sub: argparse._SubParsersAction, command: Command, parents: Pare
 def register_commands(sub: argparse._SubParsersAction, parents: Parents,
                       commands: Iterable[Command]) -> list[argparse.ArgumentParser]:
     """Add top-level commands (with the shared epilog, descriptions printed as written), in order."""
-    return [add_command(sub, c, parents, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-            for c in commands]
+    return [add_command(sub, c, parents, epilog=EPILOG if c.kit else DEVICE_EPILOG,
+                        formatter_class=argparse.RawDescriptionHelpFormatter) for c in commands]
 
 
 def load(args: argparse.Namespace):
@@ -116,11 +122,13 @@ def edge_errors() -> Iterator[None]:
     """Re-raise the edge's own exceptions as the CLI's errors, hence its exit codes (the edge has no
     dkit.core.errors dependency of its own)."""
     from dkit.core.errors import UsageError
-    from dkit.edge.bundle import BundleError
+    from dkit.edge.bundle import BundleError, NoSuchBundleError
     from dkit.edge.runtime import RuntimeConfigError
     from dkit.edge.sources import SourceError
 
-    errors = {BundleError: DkitError, RuntimeConfigError: UsageError, SourceError: UsageError}
+    # the first match wins: a path that is no bundle is a wrong argument (2), a broken bundle a failure (1)
+    errors = {NoSuchBundleError: UsageError, BundleError: DkitError, RuntimeConfigError: UsageError,
+              SourceError: UsageError}
     try:
         yield
     except tuple(errors) as e:

@@ -12,17 +12,19 @@ import sys
 from pathlib import Path
 
 from dkit.cli.common import Command, Parents, arg, edge_errors, log, register_commands
-from dkit.core.errors import UsageError
+from dkit.core.errors import DkitError, UsageError
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     import json
 
     with edge_errors():
-        from dkit.edge.pipeline import JsonlSink, Pipeline, VideoSink, WindowSink
+        from dkit.edge.pipeline import JsonlSink, Pipeline, VideoSink, WindowSink, check_window
         from dkit.edge.runtime import Runtime
         from dkit.edge.sources import open_source
 
+        if args.show:
+            check_window()  # no display: the error now, not after loading the model (nor an abort later)
         providers = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
         runtime = Runtime.load(args.bundle, backend=args.backend, providers=providers, threads=args.threads,
                                precision=args.precision, letterbox=args.letterbox, conf=args.conf, iou=args.iou,
@@ -36,20 +38,31 @@ def cmd_run(args: argparse.Namespace) -> int:
                 sinks.append(JsonlSink(sys.stdout, runtime))
             if args.save:
                 sinks.append(VideoSink(args.save, runtime, fps=max_fps or 15.0))
+            window = WindowSink(runtime) if args.show else None  # before any capture starts
             sources = []
             try:
                 for spec in args.source:
-                    sources.append(open_source(spec, stall_timeout=args.stall_timeout))
+                    sources.append(open_source(spec, stall_timeout=args.stall_timeout, open_tries=args.open_tries))
                 pipeline = Pipeline(runtime, sources, sinks, max_fps=max_fps, max_frames=args.max_frames)
-                if args.show:
-                    pipeline.sinks.append(WindowSink(runtime, on_quit=pipeline.stop))
+                if window is not None:
+                    window.on_quit = pipeline.stop
+                    pipeline.sinks.append(window)
                 pipeline.install_signal_handlers()
                 stats = pipeline.run()
             finally:
                 for source in sources:  # capture threads end before the interpreter does
                     source.close()
     sys.stderr.write("dkit: stats " + json.dumps(stats) + "\n")
+    if not stats["frames"] and not stats["stopped"]:
+        raise DkitError(_no_frames(stats, sources))
     return 0
+
+
+def _no_frames(stats: dict, sources: list) -> str:
+    """Why a run that was not stopped scored nothing: a zero-frame run is a failed run, never exit 0."""
+    errors = "; ".join(f"{s.spec}: {s.stats.last_error}" for s in sources if s.stats.last_error)
+    return (f"no frame was scored: {stats['read']} read, {stats['corrupt']} unreadable or corrupt"
+            + (f" ({errors})" if errors else ""))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -92,6 +105,17 @@ def admin_token(args: argparse.Namespace) -> str | None:
     return os.environ.get("DKIT_ADMIN_TOKEN") or None
 
 
+def _tries(text: str) -> int:
+    """--open-tries: an int >= 0 (anything else is argparse's usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of tries >= 0 (0: keep trying), got {text!r}")
+    return value
+
+
 def _limits(cfg) -> str:
     return (f"score {cfg.score_rate:g}/s burst {cfg.score_burst:g}, submit {cfg.submit_rate:g}/s burst "
             f"{cfg.submit_burst:g} per client; {cfg.workers} scoring + {cfg.queue} waiting; disk {cfg.max_disk_mb:g} "
@@ -102,9 +126,12 @@ RUN = Command(
     "run", "score camera frames with a bundle (on the device)",
     "Run a bundle on frames from cameras, streams, videos, folders or images: the edge runtime "
     "(numpy + onnxruntime + OpenCV, no torch). Live sources keep only their newest frame, so latency "
-    "never grows; a dropped camera or stream reconnects with backoff and the run goes on. Ctrl-C (or "
-    "SIGTERM) stops it cleanly; a final stats line (frames, fps, p50/p99 latency, dropped frames, "
-    "reconnects) goes to stderr.\n\nexamples:\n"
+    "never grows; a dropped camera or stream reconnects with backoff and the run goes on (one that never "
+    "gives a frame fails the run after --open-tries tries). Ctrl-C (or SIGTERM) stops it cleanly; a final "
+    "stats line goes to stderr: frames, fps, latency (capture -> result: p50_ms/p95_ms/p99_ms) split into "
+    "wait_p50_ms/wait_p95_ms (before processing: a folder's frames queue) and infer_p50_ms/infer_p95_ms "
+    "(pre-processing + model + post-processing), dropped frames, reconnects. A run that scores no frame "
+    "fails (exit 1).\n\nexamples:\n"
     "  dkit run runs/coco128/bundle --source 0 --jsonl\n"
     "  dkit run bundle.tar.gz --source rtsp://cam/stream --source rtsp://cam2/stream --save out.mp4\n"
     "  dkit run runs/coco128/bundle --source ../shared/assets/data/coco128/images/train2017 --jsonl",
@@ -142,6 +169,9 @@ RUN = Command(
         arg("--iou", type=float, help="NMS IoU threshold (default: the bundle's)"),
         arg("--stall-timeout", type=float, default=5.0, metavar="S",
             help="seconds without a frame before a live source is reconnected (default: %(default)s)"),
+        arg("--open-tries", type=_tries, default=3, metavar="N",
+            help="tries a camera or stream that has never given a frame gets before the run fails naming it "
+                 "(default: %(default)s; 0: keep trying); one that has worked reconnects forever"),
     ))
 
 SERVE = Command(

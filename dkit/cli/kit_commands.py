@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import sys
 
-from dkit.cli.common import Command, Parents, _plain, load, register_commands
+from dkit.cli.common import Command, Parents, _plain, import_stage, load, register_commands
 from dkit.core.errors import NotInStoreError
 
 
@@ -22,36 +22,20 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     from dkit.core.store import ModelStore
-    from dkit.distill.students import student_plugin
-    from dkit.distill.teachers import teacher_weights
 
+    kit_files = import_stage("dkit.distill.kit_files", what="dkit fetch", extra="distill").kit_files
     kit = load(args)
     store = ModelStore()
     sys.stdout.write(f"model store: {store.root}{' (offline)' if store.offline else ''}\n")
-    missing = 0
-
-    def item(role: str, resolve, optional: str = "") -> None:
-        nonlocal missing
-        try:
-            found = resolve()
-        except NotInStoreError as e:
-            missing += not optional
-            sys.stdout.write(f"  {role:8s} MISSING  {e}{optional}\n")
+    files = kit_files(kit, store)
+    for f in files:
+        if f.note:
+            sys.stdout.write(f"  {f.role:8s} {f.note}\n")
+        elif f.problem:
+            sys.stdout.write(f"  {f.role:8s} MISSING  {f.problem}{f.optional}\n")
         else:
-            sys.stdout.write(f"  {role:8s} ok       {found}\n")
-
-    item("teacher", lambda: teacher_weights(kit, store))
-    s = kit.student
-    if student_plugin(s.kind).weights_in_store:
-        item("student", lambda: store.yolo_weights(s.model), optional=" (optional: training starts from scratch)")
-    if s.pretrained is not None:  # a timm checkpoint the clip-embed backbone starts from: never downloaded
-        item("backbone", lambda: store.backbone_checkpoint(s.pretrained))
-    if kit.data.images is not None:
-        item("images", lambda: kit.data.images)
-    elif kit.data.url is not None:
-        item("images", lambda: store.dataset(kit.data.url, sha256=kit.data.sha256, subdir=kit.data.subdir))
-    else:
-        sys.stdout.write("  images   none set (pass --data DIR to label)\n")
+            sys.stdout.write(f"  {f.role:8s} ok       {f.found}\n")
+    missing = sum(f.missing for f in files)
     if missing:
         sys.stderr.write(f"dkit: error: {missing} file(s) missing from the model store (see above)\n")
         return NotInStoreError.exit_code

@@ -20,7 +20,13 @@ def cmd_label(args: argparse.Namespace) -> int:
     args.overrides = [*args.overrides, *([f"label.engine={args.engine}"] if args.engine else []),
                       *([f"label.address={args.address}"] if args.address else [])]
     kit = load(args)
-    result = label_images(kit, kit.run_dir(args.out), ground_truth=args.ground_truth, progress=args.quiet == 0)
+    from dkit.core.store import ModelStore
+    from dkit.distill.kit_files import require_files
+
+    store = ModelStore()
+    require_files(kit, store, _kit_arg(args))  # every missing file named at once, before any work
+    result = label_images(kit, kit.run_dir(args.out), store=store, ground_truth=args.ground_truth,
+                          progress=args.quiet == 0)
     c = result.counts
     labelled = sum(1 for r in result.records if r.labels)
     abstained = sum(1 for r in result.records if r.abstained)
@@ -54,6 +60,15 @@ def cmd_label(args: argparse.Namespace) -> int:
         sys.stdout.write(f"  vs ground truth: mAP50 {q['map50']:.3f}  mAP50-95 {q['map50_95']:.3f}  "
                          f"P {q['precision']:.3f}  R {q['recall']:.3f}  F1 {q['f1']:.3f}\n")
     return 0
+
+
+def _kit_arg(args: argparse.Namespace) -> str:
+    """The kit as given on the command line, with its --data/--set: what `dkit fetch` needs to see the same kit."""
+    import shlex
+
+    words = [args.kit, *(["--data", str(args.data)] if args.data else []),
+             *[w for o in args.overrides for w in ("--set", o)]]
+    return shlex.join(words)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

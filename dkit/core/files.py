@@ -1,5 +1,7 @@
 """Small file helpers every stage shares: atomic writes, JSON documents, durations a person reads.
 
+    from dkit.core.files import atomic_write, write_json, read_json, duration
+
     atomic_write(path, "text" or b"bytes")   # a temp file beside `path`, then os.replace: never half a file
     write_json(path, doc); read_json(path)   # read_json gives {} for a missing file
     duration(3725) == "1h02m"

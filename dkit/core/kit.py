@@ -1,5 +1,7 @@
 """The kit YAML: one file per data set, parsed once into typed, frozen dataclasses.
 
+    from dkit.core.kit import load_kit
+
     kit = load_kit("datasets/coco128/kit.yaml", data="../shared/assets/data/coco128/images/train2017",
                    overrides=["teacher.imgsz=1280"])
 
@@ -595,7 +597,9 @@ def _kit_error(err: pydantic.ValidationError, where: str, sources: dict[str, str
         expected = _EXPECTED.get(kind, first["msg"][0].lower() + first["msg"][1:])
 
     key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
-    source = next((src for k, src in sources.items() if key == k or key.startswith((k + ".", k + "["))), None)
+    # the option that set this key, a key inside it, or (a misspelt section: --set studnet.epochs=2) a key below it
+    source = next((src for k, src in sources.items() if key == k or key.startswith((k + ".", k + "["))
+                   or (key and k.startswith((key + ".", key + "[")))), None)
     return KitError(where, key, expected, got, problem=problem, source=source)
 
 

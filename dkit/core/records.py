@@ -1,5 +1,7 @@
 """A label record: one line of RUN_DIR/labels/labels.jsonl, as a typed, frozen dataclass.
 
+    from dkit.core.records import LabelRecord
+
     rec = LabelRecord.from_dict(json.loads(line), where="labels.jsonl:12")
     rec.image, rec.split, rec.labels[0]["class"], rec.is_usable
     rec.to_dict()                                    # the JSON line (what dkit.distill.label writes)

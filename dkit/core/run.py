@@ -1,5 +1,7 @@
 """The run folder, RUN_DIR (default runs/<kit name>/): where every stage reads and writes, named in one place.
 
+    from dkit.core.run import RunDir
+
     run = RunDir(kit.run_dir(args.out))
     run.labels / run.labels_jsonl / run.records()      # dkit label's output; records(): LabelRecord objects
     run.cache_db                                       # the content-keyed teacher cache (cache/teacher.sqlite)

@@ -1,5 +1,7 @@
 """The offline model store: weights and data sets are found by file name before any download.
 
+    from dkit.core.store import ModelStore
+
     store = ModelStore()                                   # $DKIT_HOME, default ~/.cache/dkit
     store.yolo_weights("yolov8n.pt")                       # -> $DKIT_HOME/yolov8n.pt
     store.clip_checkpoint("ViT-B-32", "laion2b_s34b_b79k")  # -> $DKIT_HOME/ViT-B-32_laion2b_s34b_b79k.safetensors

@@ -1,5 +1,7 @@
 """The device wheelhouse: everything a base install needs for one device, in one folder, installable offline.
 
+    from dkit.core.wheelhouse import build_wheelhouse, check_wheels, format_table
+
     pack = build_wheelhouse(TARGETS["pi"], out=Path("dkit-pi"))      # python 3.11, manylinux aarch64
     rows = check_wheels()                                           # CPython 3.10-3.13 x aarch64/x86_64
     print(format_table(rows))

@@ -1,5 +1,7 @@
 """The one rule for how many image-decoding processes a stage uses.
 
+    from dkit.core.workers import decode_workers
+
     decode_workers(kit.data.workers)      # 0 in the kit: one per spare core (all but the one running the model)
 """
 

@@ -1,5 +1,7 @@
 """The NCNN backend: Tencent's NCNN runs the bundle's NCNN model (`.param` + `.bin`, converted by pnnx at export).
 
+    from dkit.edge.backends.ncnn_backend import load
+
     backend = load(bundle, bundle.manifest.model("fp32", "ncnn"), threads=4)   # pip install 'distill-kit[ncnn]'
 
 NCNN is the fastest CPU runtime on Arm boards (Ultralytics' Raspberry Pi 5 figures: about 2x onnxruntime; on

@@ -1,5 +1,7 @@
 """The OpenVINO backend: OpenVINO reads the bundle's ONNX file itself (no conversion step, no second file).
 
+    from dkit.edge.backends.openvino_backend import load
+
     backend = load(bundle, entry, threads=2)     # pip install 'distill-kit[openvino]'
 
 Compiled for OpenVINO's CPU plugin with the LATENCY hint (one frame at a time, as a camera delivers them). The

@@ -1,5 +1,7 @@
 """The onnxruntime backend: the bundle's ONNX model on the best execution provider available.
 
+    from dkit.edge.backends.ort_backend import load
+
     backend = load(bundle, entry, providers=["cuda"], threads=2)
 
 Execution providers: the first available of TensorRT > CUDA > OpenVINO > CoreML > CPU, unless `providers` names

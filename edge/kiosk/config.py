@@ -3,6 +3,8 @@ quota, connection caps and timeouts, the name blocklist. Every field has a defau
 a kit sets its own in `judge.kiosk:` (exported into the bundle's manifest) and `dkit serve --set KEY=VALUE`
 overrides one for a run:
 
+    from dkit.edge.kiosk.config import KioskConfig
+
     cfg = KioskConfig.from_dict(manifest.judge.kiosk).with_overrides(["submit_rate=0.5", "max_disk_mb=200"])
 
 A bad key or value is a ValueError naming it (`kiosk.score_rate: expected a number >= 0, got 'fast'`).

@@ -2,6 +2,8 @@
 household or phone gets whole), the ban check (403) and the client's token bucket (429 + Retry-After), each
 refusal counted for the operator page. Checked before the upload is read, so a refused client costs no decode.
 
+    from dkit.edge.kiosk.guard import client_of, admit
+
     client = client_of(request)
     admit(state, client, state.submit_buckets)     # raises ApiError(403 or 429)
 """

@@ -1,5 +1,7 @@
 """Security headers on every kiosk response (a pure ASGI middleware), and the pages' Content-Security-Policy.
 
+    from dkit.edge.kiosk.headers import page_csp
+
     app.add_middleware(SecurityHeaders, csp=page_csp(page))
 
 The kiosk's pages (the event screen and the operator page, edge/static/) hold no inline script or style: their

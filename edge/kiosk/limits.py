@@ -1,6 +1,8 @@
 """Abuse limits of the kiosk: per-client token buckets (429 + Retry-After) and the bounded work queue (503 +
 Retry-After), with the counters the operator page shows.
 
+    from dkit.edge.kiosk.limits import Buckets
+
     buckets = Buckets(rate=0.2, burst=5)           # one bucket per client address
     wait = buckets.take("10.0.0.7")                 # 0.0: allowed; else seconds until the next token
     async with queue.slot():                        # raises Busy when `workers` run and `queue` more wait

@@ -1,6 +1,9 @@
 """The kiosk's HTTP server: uvicorn with its h11 protocol, plus the connection limits it lacks, so slow, half-open
 or too many sockets cannot starve the kiosk.
 
+    from dkit.edge.kiosk.config import KioskConfig
+    from dkit.edge.kiosk.serving import serve
+
     serve(app, host="0.0.0.0", port=8000, cfg=KioskConfig())
 
 uvicorn (0.54) closes an idle keep-alive connection after `timeout_keep_alive`, but a connection that never sends

@@ -55,7 +55,7 @@ MISSING_BUNDLE = [
 
 @pytest.mark.parametrize("argv", MISSING_BUNDLE, ids=lambda v: " ".join(v[:2]))
 def test_edge_commands_name_a_missing_bundle(argv, capsys):
-    assert main(argv) == 1
+    assert main(argv) == 2  # a wrong argument, like a kit path that does not exist
     captured = capsys.readouterr()
     assert captured.out == ""  # no fake output
     assert "no/such/bundle: no such bundle" in captured.err and "Traceback" not in captured.err

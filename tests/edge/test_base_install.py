@@ -82,6 +82,7 @@ try:
 except SystemExit as e:
     codes["run_help"] = e.code
 codes["label"] = main(["label", sys.argv[3], "-q"])  # needs the distill extra: exit 4 naming it, no crash
+codes["fetch"] = main(["fetch", sys.argv[3], "-q"])
 print(json.dumps({"codes": codes, "loaded": sorted(m for m in BLOCKED if m in sys.modules)}))
 """
 
@@ -95,7 +96,7 @@ def test_edge_and_cli_work_without_the_training_stack():
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["loaded"] == []
-    assert report["codes"] == {"check": 0, "run_help": 0, "label": 4}
+    assert report["codes"] == {"check": 0, "run_help": 0, "label": 4, "fetch": 4}
     assert "install the 'distill' extra" in result.stderr
 
 

@@ -444,7 +444,7 @@ def test_a_camera_stuck_in_read_is_abandoned_with_a_bounded_number_of_threads():
     camera = SyntheticCamera([("stall", 30.0)] * 50)
     events: list[str] = []
     source = open_source("0", capture_factory=camera, stall_timeout=0.1, backoff=(0.01, 0.02), clock=camera.clock,
-                         on_event=lambda k, d: events.append(k))
+                         on_event=lambda k, d: events.append(k), open_tries=0)  # no frame ever: try forever
     capped = f"{MAX_STUCK_READERS} capture threads still blocked in read()"
     wait_for(lambda: source.stats.last_error == capped, "the supervisor to stop starting capture threads")
     with pytest.raises(TimeoutError, match="no frame within"):
@@ -468,7 +468,7 @@ def test_unreachable_stream_with_the_real_opencv_capture_keeps_retrying():
 
     before = set(threading.enumerate())
     source = open_source("rtsp://127.0.0.1:9/none", stall_timeout=1.0, backoff=(0.05, 0.2), backoff_wait=recording_wait,
-                         on_event=lambda k, d: events.append(k))  # nothing listens on port 9: refused at once
+                         on_event=lambda k, d: events.append(k), open_tries=0)  # port 9: refused; try forever
     wait_for(lambda: len(delays) >= 5, "five failed opens")
     with pytest.raises(TimeoutError):
         source.read(timeout=0)
@@ -477,6 +477,53 @@ def test_unreachable_stream_with_the_real_opencv_capture_keeps_retrying():
     assert events == ["disconnected"] and source.stats.last_error.startswith("open failed")
     want = [0.05, 0.1, 0.2, 0.2] + [0.2] * (len(delays) - 4)
     assert all(w <= d <= w * 1.1 for d, w in zip(delays, want, strict=True)), delays  # default jitter: up to 10 %
+
+
+class NeverThere:
+    """A camera index with nothing behind it: every open gives a capture whose isOpened() is False."""
+
+    def __init__(self) -> None:
+        self.opens = 0
+
+    def __call__(self, spec: str) -> FakeCapture:
+        self.opens += 1
+        return FakeCapture(SyntheticCamera(), opened=False)
+
+
+@pytest.mark.parametrize("tries", [1, 3, 5])
+def test_a_source_that_never_opens_is_given_up_after_open_tries(tries, caplog):
+    camera, waits = NeverThere(), []
+    counted = "1 try" if tries == 1 else f"{tries} tries"
+    with caplog.at_level(logging.WARNING, logger="dkit.edge.sources"):
+        source = open_source("7", capture_factory=camera, clock=FakeClock(), open_tries=tries, **FAST,
+                             backoff_wait=lambda stop, seconds: waits.append(seconds))  # no real waiting
+        with pytest.raises(SourceError, match=rf"^camera 7: no frame after {counted} \(open failed\); check the index"):
+            source.read(timeout=PATIENCE)
+    with pytest.raises(SourceError):
+        source.read(timeout=0)  # stays given up
+    source.close(timeout=PATIENCE)
+    assert camera.opens == tries and len(waits) == tries - 1  # no wait after the last try
+    tried = [r.getMessage() for r in caplog.records if " failed (open failed); next try in " in r.getMessage()]
+    assert tried == [f"7: try {n} of {tries} failed (open failed); next try in {w:.2f} s"
+                     for n, w in zip(range(1, tries), [0.02, 0.04, 0.08, 0.08], strict=False)]  # one line a try
+    assert source.stats.disconnects == 1 and source.stats.last_error == "open failed"
+
+
+def test_a_camera_that_has_worked_keeps_reconnecting_past_open_tries():
+    camera = SyntheticCamera([("frames", 3), ("fail", 6), ("frames", 3)], period=0.002)
+    source = open_source("0", capture_factory=camera, clock=camera.clock, open_tries=2, **FAST,
+                         backoff_wait=lambda stop, seconds: None)
+    try:
+        while camera.exhausted_at is None:
+            assert source.read(timeout=PATIENCE) is not None  # never raises: it delivered frames before
+    finally:
+        source.close(timeout=PATIENCE)
+    assert len(camera.open_times) == 8 and source.stats.reconnects == 1
+
+
+def test_open_tries_must_not_be_negative():
+    with pytest.raises(ValueError, match="open_tries"):
+        open_source("0", capture_factory=NeverThere(), open_tries=-1)
 
 
 # ---- real files --------------------------------------------------------------------------------------------------

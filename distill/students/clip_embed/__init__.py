@@ -1,5 +1,8 @@
 """clip-embed student: a small image encoder trained to reproduce the CLIP teacher's image embeddings.
 
+    from dkit.core.store import ModelStore
+    from dkit.distill.students.clip_embed import evaluate, train
+
     summary = train(kit, run_dir, store=ModelStore())     # -> run_dir/student/
     report = evaluate(kit, run_dir, store=ModelStore())   # the eval.json dict, held-out split only
 
