@@ -7,7 +7,8 @@ teacher.pretrained=random; the student still has a real function of the pixels t
 files in ../shared/assets/data/quickdraw. `dkit label` runs once, with `data.unlabeled` set to the same .npy
 files: the kit takes `--drawings` doodles a file (20% held out), the pool the next `--pool` a file. Then two
 students train from the same seeded init with the same settings, one on the labelled training drawings only
-(pool.jsonl removed from its copy of the run), one on those plus the pool; `dkit eval` measures both on the
+(pool.jsonl removed from its copy of the run), one on those plus the pool (`--pool-epochs`: fewer epochs for it,
+each of which sees the pool too); `dkit eval` measures both on the
 same held-out drawings. Prints and writes OUT/pool.json: images, held-out cosine and Spearman to the teacher
 (and the untrained baseline's), epochs and wall time of each.
 """
@@ -42,6 +43,9 @@ def main() -> int:
     ap.add_argument("--drawings", type=int, default=250, help="labelled drawings per .npy file (default 250)")
     ap.add_argument("--pool", type=int, default=2500, help="pool drawings per .npy file (default 2500)")
     ap.add_argument("--set", action="append", default=[], help="more kit overrides, e.g. student.epochs=20")
+    ap.add_argument("--pool-epochs", type=int, default=None,
+                    help="student.epochs for the run with the pool (default: the kit's; each of its epochs sees "
+                         "11x the images)")
     args = ap.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -59,8 +63,9 @@ def main() -> int:
         shutil.copytree(labelled, run, symlinks=True, ignore=shutil.ignore_patterns("student", "eval.*"))
         if name == "labelled only":
             (run / "labels" / "pool.jsonl").unlink()
-        train_s = _dkit("train", kit, *flags, "--out", str(run), "-q")
-        _dkit("eval", kit, *flags, "--out", str(run))
+        extra = ["--set", f"student.epochs={args.pool_epochs}"] if name == "with pool" and args.pool_epochs else []
+        train_s = _dkit("train", kit, *flags, *extra, "--out", str(run), "-q")
+        _dkit("eval", kit, *flags, *extra, "--out", str(run))
         student = json.loads((run / "student" / "student.json").read_text())
         ev = json.loads((run / "eval.json").read_text())
         report["runs"][name] = {
