@@ -66,7 +66,14 @@ def kit_files(kit, store, *, optional: bool = True) -> list[KitFile]:
 
 
 def require_files(kit, store, kit_arg: str) -> list[KitFile]:
-    """kit_files, or one NotInStoreError listing every missing required file and the two ways out."""
+    """kit_files, or one NotInStoreError listing every missing required file and the two ways out. The libraries
+    labeling needs (the teacher's, the engine's) are checked first: a missing extra fails before any download."""
+    from dkit.core.errors import require
+    from dkit.distill.engines import engine
+    from dkit.distill.teachers import TEACHERS
+
+    engine(kit.label.engine)
+    require(TEACHERS[kit.teacher.kind].partition(":")[0], what=f"the {kit.teacher.kind} teacher", extra="distill")
     files = kit_files(kit, store, optional=False)
     missing = [f for f in files if f.missing]
     if missing:

@@ -15,7 +15,8 @@ Held-out images stay held out: a pool image identical to any of the kit's images
 out, and a .npy file the kit's images were rendered from contributes only the doodles after the kit's
 `data.drawings_per_file`. `dkit train` (clip-embed) learns from the labelled training images plus the pool;
 evaluation stays on the held-out images. At most `data.unlabeled_max` pool images are taken, the first
-ones listed (entry by entry, files in name order), with a warning saying how many were left out.
+ones listed (entry by entry, files in name order), a budget spent before rendering or sampling anything, with
+a warning saying what was left out. The run folder is never scanned into the pool.
 """
 
 from __future__ import annotations
@@ -60,10 +61,10 @@ def label_pool(kit, teacher: Teacher, cache: TeacherCache, run_dir: Path, *, kit
         paths = paths[: kit.data.unlabeled_max]
     log.info("unlabeled pool: %d images to run the teacher on", len(paths))
     records, counts = engine(kit.label.engine)(kit, teacher, cache, root, paths, staging, progress, store=store)
-    if frames is not None:
-        from dkit.distill.label import as_video_frames
+    from dkit.distill.label import as_video_frames
 
-        records = as_video_frames(records, frames, teacher)
+    for video_frames in frames:  # each entry's videos: records named video#t=SECONDS
+        records = as_video_frames(records, video_frames, teacher)
     kept, seen = [], set()
     counts = {"files": len(paths) + over, "cached": counts["cached"], "inferred": counts["inferred"],
               "skipped": 0, "in_kit": 0, "duplicates": 0, "over_max": over}
@@ -81,24 +82,46 @@ def label_pool(kit, teacher: Teacher, cache: TeacherCache, run_dir: Path, *, kit
 
 
 def _pool_files(kit, run_dir: Path, npy_start: dict[str, int], progress: bool):
-    """(image paths in order, the folder their names are relative to, the pool's VideoFrames or None)."""
-    out = run_dir / "pool"
-    images, videos = [], []
+    """(image paths in order, the folder their names are relative to, the pool's VideoFrames, one per entry with
+    videos). Entry by entry, in the order listed, with `data.unlabeled_max` as a budget spent before any work:
+    an entry's .npy files render only what is left of it (split between the files), its videos sample at most
+    that many frames; the run folder itself is never part of the pool (its data set holds held-out copies)."""
+    out, left = run_dir / "pool", kit.data.unlabeled_max
+    images: list[Path] = []
+    frames = []
     for i, entry in enumerate(kit.data.unlabeled):
+        if left <= 0:
+            log.warning("data.unlabeled[%d] %s: left out, data.unlabeled_max (%d) already reached", i, entry,
+                        kit.data.unlabeled_max)
+            continue
         entry = Path(entry)
-        if npy_files(entry):  # Quick, Draw! bitmaps: rendered like the kit's own drawings
-            folder = render_folder(entry, out / f"drawings-{i}", per_file=kit.data.unlabeled_per_file,
-                                   size=kit.data.drawing_size, start=npy_start)
-            files = scan(folder)
-        else:
-            files = [Path(os.path.abspath(entry))] if entry.is_file() else scan(entry)
-        images += [p for p in files if not is_video(p)]
-        videos += [p for p in files if is_video(p)]
-    every = images + videos
-    root = Path(os.path.commonpath([str(p.parent) for p in every])) if every else out
-    frames = None
-    if videos:
-        frames = expand_videos(videos, root, out / "frames", kit.data.video, progress=progress)
-        images += frames.images
-        root = Path(os.path.commonpath([str(root), str(frames.out)]))
+        files = [Path(os.path.abspath(entry))] if entry.is_file() else scan(entry)
+        files = [p for p in files if not _inside(p, run_dir)]
+        npy = npy_files(entry)
+        if npy:  # Quick, Draw! bitmaps: rendered like the kit's own drawings (beside any images in the folder)
+            per_file = min(kit.data.unlabeled_per_file, max(1, left // len(npy)))
+            folder = render_folder(entry, out / f"drawings-{i}", per_file=per_file, size=kit.data.drawing_size,
+                                   start=npy_start)
+            files = scan(folder) + [p for p in files if p.suffix.lower() != ".npy"]
+        still = [p for p in files if not is_video(p)]
+        images += still
+        left -= len(still)
+        videos = [p for p in files if is_video(p)]
+        if videos and left > 0:
+            settings = dataclasses.replace(kit.data.video, max_frames=min(kit.data.video.max_frames, left))
+            root = Path(os.path.commonpath([str(p.parent) for p in videos]))
+            got = expand_videos(videos, root, out / "frames", settings, progress=progress)
+            frames.append(got)
+            images += got.images
+            left -= len(got.images)
+    parents = [str(p.parent) for p in images]
+    root = Path(os.path.commonpath(parents)) if parents else out
     return images, root, frames
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        Path(os.path.abspath(path)).relative_to(Path(os.path.abspath(folder)))
+    except ValueError:
+        return False
+    return True

@@ -68,7 +68,7 @@ def render_folder(source: Path, dest: Path, *, per_file: int = 200, size: int = 
         rows = ["file,class"]
         for path in files:
             try:
-                doodles = np.load(path, allow_pickle=False)
+                doodles = np.load(path, allow_pickle=False, mmap_mode="r")  # only the doodles rendered are read
             except (OSError, ValueError) as e:
                 raise UsageError(f"{path}: not a Quick, Draw! bitmap file ({e})") from e
             if doodles.dtype != np.uint8 or doodles.size % 784 or doodles.ndim < 2:

@@ -44,6 +44,11 @@ def load_kit(path: PathLike, *, data: PathLike | None = None,
 
 def _as_set_items(overrides: Mapping[str, Any] | Iterable[str]) -> list[str]:
     """`--set` strings; a mapping's values as JSON, which YAML reads back unchanged ("yes" stays a string)."""
+    if isinstance(overrides, str):
+        from dkit.core.errors import UsageError
+
+        raise UsageError(f"overrides: a mapping ({{'student.epochs': 1}}) or a list of 'KEY.PATH=VALUE' strings, "
+                        f"not one string ({overrides!r})")
     if isinstance(overrides, Mapping):
         return [f"{key}={json.dumps(value, default=str)}" for key, value in overrides.items()]
     return list(overrides)

@@ -56,7 +56,7 @@ __all__ = ["PROVIDER_ORDER", "SHORT_NAMES", "Result", "Runtime", "RuntimeConfigE
 class Result:
     """What one frame produced. Exactly one of detections / top / scores is set, by task.
 
-    Timing (Runtime fills all three from the same three clock readings, so latency_ms == wait_ms + infer_ms):
+    Timing (latency_ms == wait_ms + infer_ms; infer_ms is timed with time.perf_counter, wait_ms on the capture clock):
     latency_ms is capture -> result; wait_ms is capture (or, for files, decode) -> the start of processing: time
     spent in a camera's slot or a folder's prefetch queue and waiting for the previous round; infer_ms is
     pre-processing + model + post-processing of the batch the frame was scored in.
@@ -235,10 +235,13 @@ class Runtime:
         return self.backend.run(x)  # (N, 3, H, W) -> the model's first output
 
     def postprocess(self, raw: np.ndarray, boxes: list[Letterbox], frame_ids: list[int], timestamps: list[float],
-                    started: float) -> list[Result]:
-        """Model output -> one Result per frame, timed from `started` (time.time() before pre-processing)."""
+                    started: float, clock_started: float | None = None) -> list[Result]:
+        """Model output -> one Result per frame, timed from `started` (time.time() before pre-processing: the
+        capture clock, for wait_ms) and `clock_started` (time.perf_counter() then, for infer_ms; an NTP step
+        cannot bend it; None: from `started`)."""
         results = self._results(raw, boxes, frame_ids, timestamps, [0.0] * len(frame_ids))
-        return _timed(results, started, time.time())
+        infer_s = time.perf_counter() - clock_started if clock_started is not None else time.time() - started
+        return _timed(results, started, infer_s * 1000)
 
     def _results(self, raw: np.ndarray, boxes: list[Letterbox], frame_ids: list[int], timestamps: list[float],
                  latency: list[float]) -> list[Result]:
@@ -263,7 +266,7 @@ class Runtime:
     def batch(self, frames: list[np.ndarray], frame_ids: list[int] | None = None,
               timestamps: list[float] | None = None) -> list[Result]:
         """Score several frames (one session.run when the model has a dynamic batch)."""
-        started = time.time()
+        started, clock_started = time.time(), time.perf_counter()
         ids = frame_ids if frame_ids is not None else list(range(len(frames)))
         stamps = timestamps if timestamps is not None else [0.0] * len(frames)
         pre = [self.preprocess(rgb) for rgb in frames]
@@ -271,14 +274,13 @@ class Runtime:
             raw = self.infer(np.concatenate([x for x, _ in pre]))
         else:
             raw = np.concatenate([self.infer(x) for x, _ in pre])
-        return self.postprocess(raw, [b for _, b in pre], ids, stamps, started)
+        return self.postprocess(raw, [b for _, b in pre], ids, stamps, started, clock_started)
 
 
-def _timed(results: list[Result], started: float, done: float) -> list[Result]:
-    """Set wait_ms, infer_ms and latency_ms = wait_ms + infer_ms (see Result) from the same clock readings."""
-    infer = (done - started) * 1000
+def _timed(results: list[Result], started: float, infer: float) -> list[Result]:
+    """Set wait_ms (capture -> `started`, never below 0), infer_ms (`infer`) and latency_ms = wait_ms + infer_ms."""
     for r in results:
-        r.wait_ms = (started - r.timestamp) * 1000 if r.timestamp else 0.0
+        r.wait_ms = max(0.0, (started - r.timestamp) * 1000) if r.timestamp else 0.0
         r.infer_ms = infer
         r.latency_ms = r.wait_ms + infer
     return results

@@ -224,3 +224,10 @@ def test_docstring_snippets_say_what_to_import():
             if code and "import" not in doc and rel not in NOT_PYTHON:
                 lacking.append(rel)
     assert lacking == []
+
+
+def test_overrides_as_one_string_are_refused_plainly():
+    import dkit
+
+    with pytest.raises(dkit.DkitError, match="not one string"):
+        dkit.load_kit(ROOT / "datasets" / "coco128" / "kit.yaml", overrides="student.epochs=1")

@@ -12,7 +12,18 @@ import argparse
 import dataclasses
 import sys
 
-from dkit.cli.common import Command, Parents, add_command, arg, edge_errors, import_stage, load, log, register_commands
+from dkit.cli.common import (
+    Command,
+    Parents,
+    add_command,
+    arg,
+    edge_errors,
+    epilog_for,
+    import_stage,
+    load,
+    log,
+    register_commands,
+)
 from dkit.core.errors import DkitError
 
 
@@ -278,8 +289,8 @@ BENCHMARKS = (
 
 
 def register(sub: argparse._SubParsersAction, parents: Parents) -> None:
-    """Add `bench` and its benchmarks (plain argparse help: no epilog, descriptions re-wrapped)."""
+    """Add `bench` and its benchmarks (descriptions re-wrapped, each with the exit codes it can give)."""
     (p,) = register_commands(sub, parents, (BENCH,))
     benchmarks = p.add_subparsers(title="benchmarks", metavar="WHAT", required=True)
     for command in BENCHMARKS:
-        add_command(benchmarks, command, parents)
+        add_command(benchmarks, command, parents, epilog=epilog_for(command))

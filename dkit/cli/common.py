@@ -100,8 +100,14 @@ def add_command(sub: argparse._SubParsersAction, command: Command, parents: Pare
 def register_commands(sub: argparse._SubParsersAction, parents: Parents,
                       commands: Iterable[Command]) -> list[argparse.ArgumentParser]:
     """Add top-level commands (with the shared epilog, descriptions printed as written), in order."""
-    return [add_command(sub, c, parents, epilog=EPILOG if c.kit else DEVICE_EPILOG,
-                        formatter_class=argparse.RawDescriptionHelpFormatter) for c in commands]
+    return [add_command(sub, c, parents, epilog=epilog_for(c), formatter_class=argparse.RawDescriptionHelpFormatter)
+            for c in commands]
+
+
+def epilog_for(command: Command) -> str:
+    """The exit codes a command can give: a kit command's (bad kit YAML, a missing model file) or a device
+    command's; a group (handler None, e.g. `bench`) gets the kit one, which covers both."""
+    return EPILOG if command.kit or command.handler is None else DEVICE_EPILOG
 
 
 def load(args: argparse.Namespace):

@@ -31,7 +31,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     labelled = sum(1 for r in result.records if r.labels)
     abstained = sum(1 for r in result.records if r.abstained)
     boxes = sum(len(r.labels) for r in result.records)
-    rate = (c["files"] + c.get("pool_files", 0)) / result.seconds
+    rate = (c["files"] + c.get("pool_files", 0) - c.get("pool_over_max", 0)) / result.seconds
     sys.stdout.write(
         f"labels: {result.labels_dir}\n"
         f"  {c['files']} files: {labelled} labelled ({boxes} labels), {abstained} abstained, {c['skipped']} skipped; "

@@ -152,3 +152,35 @@ def test_a_missing_pool_folder_is_named(tmp_path):
     with pytest.raises(KitError, match=r"data\.unlabeled\[1\]: no such folder or file: .*/nowhere") as e:
         load_kit(kit, overrides=["data.unlabeled=[here, nowhere]"])
     assert "(--set data.unlabeled=[here, nowhere])" in str(e.value)
+
+
+def test_the_budget_is_spent_before_rendering_and_the_run_folder_is_never_scanned(tmp_path):
+    pytest.importorskip("open_clip")
+    if not (ASSETS / "README.md").is_file():
+        pytest.skip(f"real test assets not found at {ASSETS}")
+    from dkit.core.store import ModelStore
+    from dkit.distill.label import label_images
+
+    npy = tmp_path / "npy"
+    npy.mkdir()
+    for name in ("apple", "bicycle", "diamond", "eye"):
+        (npy / f"{name}.npy").symlink_to(ASSETS / "data" / "quickdraw" / f"{name}.npy")
+    photos = link_images(ASSETS / "data" / "imagenet-sample", "*.JPEG", 3, tmp_path / "photos")
+    kit_path, sets = _quickdraw_kit(tmp_path, npy)
+    run = tmp_path / "photos" / "run"  # a run folder inside a pool folder: its copies must not join the pool
+    sets = [s for s in sets if not s.startswith("data.unlabeled")] + [
+        f"data.unlabeled=[{photos}, {npy}]", "data.unlabeled_per_file=1000", "data.unlabeled_max=11"]
+    kit = load_kit(kit_path, overrides=sets)
+    label_images(kit, run, store=ModelStore(offline=True), progress=False, report=False)
+    result = label_images(kit, run, store=ModelStore(offline=True), progress=False, report=False)  # run/ exists now
+    c = result.counts
+    # 3 photos first (the entry listed first), then 11 - 3 = 8 doodles: 2 a file, not 1000 rendered and cut
+    assert len(list((run / "pool" / "drawings-1").rglob("*.png"))) == 8
+    assert (c["pool_files"], c["pool"], c["pool_over_max"]) == (11, 11, 0)
+    assert not any(f"{run}/labels" in r.source or f"{run}/cache" in r.source for r in _records(run))
+
+
+def _records(run: Path):
+    from dkit.core.run import RunDir
+
+    return RunDir(run).pool_records()

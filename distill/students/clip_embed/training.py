@@ -45,6 +45,7 @@ from dkit.core.files import duration
 from dkit.core.records import LabelRecord
 from dkit.core.run import RunDir
 from dkit.core.workers import decode_workers
+from dkit.distill.images import workers_can_start
 from dkit.distill.students.clip_embed.data import (
     _datasets,
     _Images,
@@ -372,7 +373,9 @@ def _job(setup: _Setup) -> _Job:
             log.info("data-parallel over %d processes: %d images a step each (%d in all)", dist.world,
                      cfg.batch // dist.world, cfg.batch // dist.world * dist.world)
     optimizer, scheduler = _optimizer(model, setup.args, steps, steps * cfg.epochs)
-    return _Job(device, train_ds, val_ds, val_t, in_memory, 0 if in_memory else workers, model, optimizer,
+    # DataLoader workers re-import the main module like decoding workers: in-process for a script without a guard
+    loader_workers = 0 if in_memory or not workers_can_start() else workers
+    return _Job(device, train_ds, val_ds, val_t, in_memory, loader_workers, model, optimizer,
                 scheduler, torch.from_numpy(setup.prompts).to(device), float(teacher.logit_scale), net)
 
 
