@@ -76,13 +76,19 @@ def resolve_images(kit, store) -> Path:
 
 
 def label_images(kit, run_dir: Path, *, store=None, teacher: Teacher | None = None,
-                 ground_truth: Path | None = None, progress: bool = True, report: bool = True) -> LabelResult:
-    """Label the kit's images into `run_dir/labels/` (see the module docstring)."""
+                 ground_truth: Path | None = None, progress: bool = True, report: bool = True,
+                 kit_arg: str = "KIT") -> LabelResult:
+    """Label the kit's images into `run_dir/labels/` (see the module docstring). Without a `teacher` given, every
+    file the kit needs is looked for first (dkit.distill.kit_files) and all the missing ones named at once, with
+    `dkit fetch {kit_arg}` to get them."""
     from dkit.core.store import ModelStore
+    from dkit.distill.kit_files import require_files
 
     start = time.perf_counter()
     store = store or ModelStore()
-    teacher = teacher or build_teacher(kit, store)  # first: a missing extra or weights file fails before downloads
+    if teacher is None:
+        require_files(kit, store, kit_arg)  # first: a missing extra, then every missing file, before any work
+        teacher = build_teacher(kit, store)
     root = resolve_images(kit, store)
     from dkit.distill.quickdraw import file_digest, npy_files, render_folder, truth_file
 

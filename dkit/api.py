@@ -59,11 +59,7 @@ def label(kit, run_dir: PathLike | None = None, *, ground_truth: PathLike | None
     """`dkit label`: the teacher labels the kit's images into RUN_DIR/labels/ (data set, labels.jsonl,
     report.html unless `report=False`). Returns a `LabelResult` (labels_dir, records, counts, seconds, quality)."""
     stage = _stage("dkit.distill.label", "dkit label", "distill")
-    from dkit.distill.kit_files import require_files
-
-    store = _store(store)
-    require_files(kit, store, "KIT")  # every missing weights/images file named at once, as `dkit label` does
-    return stage.label_images(kit, _run(kit, run_dir), store=store, progress=progress, report=report,
+    return stage.label_images(kit, _run(kit, run_dir), store=_store(store), progress=progress, report=report,
                               ground_truth=Path(ground_truth) if ground_truth is not None else None)
 
 

@@ -20,13 +20,8 @@ def cmd_label(args: argparse.Namespace) -> int:
     args.overrides = [*args.overrides, *([f"label.engine={args.engine}"] if args.engine else []),
                       *([f"label.address={args.address}"] if args.address else [])]
     kit = load(args)
-    from dkit.core.store import ModelStore
-    from dkit.distill.kit_files import require_files
-
-    store = ModelStore()
-    require_files(kit, store, _kit_arg(args))  # every missing file named at once, before any work
-    result = label_images(kit, kit.run_dir(args.out), store=store, ground_truth=args.ground_truth,
-                          progress=args.quiet == 0)
+    result = label_images(kit, kit.run_dir(args.out), ground_truth=args.ground_truth, progress=args.quiet == 0,
+                          kit_arg=_kit_arg(args))  # a missing file: `dkit fetch` with these same arguments
     c = result.counts
     labelled = sum(1 for r in result.records if r.labels)
     abstained = sum(1 for r in result.records if r.abstained)
