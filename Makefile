@@ -27,7 +27,7 @@ BUNDLE ?= $(RUN_DIR)/bundle
 KIT_ARGS = $(KIT) $(if $(DATA),--data $(DATA)) $(if $(OUT),--out $(OUT)) $(foreach s,$(SET),--set $(s))
 STAMP := $(VENV)/.installed
 
-.PHONY: setup check-python distill label train eval export test layers test-all chromium bench bench-label bench-runtime bench-serve \
+.PHONY: setup one-opencv check-python distill label train eval export test layers test-all chromium bench bench-label bench-runtime bench-serve \
         serve lint clean distclean help compat wheels-check test-arm64 test-arm64-backends
 
 help:
@@ -42,7 +42,21 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(MAKE) --no-print-directory check-python
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[$(EXTRAS)]"
+	@$(MAKE) --no-print-directory one-opencv
 	@touch $@
+
+# One OpenCV wheel: the base install needs opencv-python-headless, Ultralytics (the distill extra) opencv-python, and
+# both write the same cv2/ files, so whichever pip installed last wins and an upgrade of one breaks the other
+# (`dkit doctor` warns). The venv keeps Ultralytics' opencv-python (it has the GUI `dkit run --show` needs):
+# uninstalling the headless wheel deletes the shared files, so opencv-python is reinstalled over them, same version.
+CV_VERSION = $(BIN)/python -c 'import importlib.metadata as m; print(m.version("$(1)"))' 2>/dev/null
+one-opencv:
+	@if [ -n "$$($(call CV_VERSION,opencv-python))" ] && [ -n "$$($(call CV_VERSION,opencv-python-headless))" ]; then \
+	  v=$$($(call CV_VERSION,opencv-python)); \
+	  echo "make: keeping opencv-python $$v (Ultralytics', with a GUI) instead of both it and opencv-python-headless"; \
+	  $(BIN)/python -m pip uninstall --quiet --disable-pip-version-check -y opencv-python-headless && \
+	  $(BIN)/python -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "opencv-python==$$v"; \
+	fi
 
 # Is there a Python 3.11+ to make the venv from? Says what to do when not (make PYTHON=/path/to/python3.11).
 check-python:

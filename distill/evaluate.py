@@ -19,7 +19,17 @@ eval.json is a stable contract for CI and dashboards (version 1):
   embed:      student.cosine_mean, spearman_mean, top1_agreement, moderation_agreement; baseline {...}
               moderation_agreement: the share of (held-out image, judge prompt) pairs on which student and teacher
               get the same verdict from the device's rule (dkit.edge.moderation, the kit's margins): blocked, text
-              or neither (no_match needs the score calibration, made at export: see the bundle's calibration)
+              or neither (no_match needs the score calibration, made at export: see the bundle's calibration);
+              the judge prompts are judge.prompt and judge.prompts (else the ontology's prompts), as in the
+              bundle's calibration.agreement.moderation, whose moderation_agreement is this same figure
+  detection also: student.validator_map50_vs_teacher (Ultralytics' validator, the figure `dkit train` ends with;
+              notes.validator says what differs from map50_vs_teacher); teacher.augment (test-time augmentation)
+    held_out        how `dkit label` formed the split (dkit.distill.split, labels/split.json): method "group",
+                    seed, asked, val_images, train_images, groups, val_groups, grouped_images, largest_group,
+                    near_duplicate_bits, reasons, cut_groups; sentence (what eval.md says); selected_weights: true
+                    (the same images chose best.pt and early stopping: there is no separate test split)
+    notes           sentences eval.md shows: selection (the above), speed (where the speed-up comes from, from the
+                    measured parameter counts and input sizes), validator (detection)
 The teacher is the one that labelled the images (its id: weights, size, test-time augmentation).
 Times are medians of single-image passes in the same process, one after the other, on this machine.
 """
@@ -90,10 +100,43 @@ def profile_teacher(teacher, imgsz: int) -> tuple[int, float]:
     return profile(model.model, (1, 3, imgsz, imgsz))
 
 
+SELECTION_NOTE = ("The same held-out images chose the student's weights (best.pt is the epoch with the best "
+                  "held-out fitness, and early stopping watches it): there is no separate test split, so these "
+                  "figures are those of a model selected on them and read slightly optimistic.")
+
+
+def held_out(run_dir: Path) -> dict:
+    """eval.json `held_out`: how `dkit label` formed the held-out split (labels/split.json, dkit.distill.split),
+    and that the same images selected the weights."""
+    from dkit.distill.split import read_summary
+
+    summary = read_summary(RunDir(run_dir).labels)
+    formed = summary.to_dict() if summary is not None else {"method": "unknown (labels made before labels/split.json"
+                                                                      "; run dkit label again)"}
+    return {**formed, "selected_weights": True, "sentence": summary.sentence() if summary is not None else None}
+
+
+def speed_note(doc: dict) -> str | None:
+    """Where the speed-up comes from, from the measured parameter counts and input sizes (None when unmeasured)."""
+    s, t = doc.get("student") or {}, doc.get("teacher") or {}
+    sp, tp, speed = s.get("params"), t.get("params"), (doc.get("ratios") or {}).get("speed")
+    if not sp or not tp or not speed:
+        return None
+    inputs = (f"{s.get('imgsz')} px against the teacher's {t.get('imgsz')} px"
+              + (" with test-time augmentation" if t.get("augment") else ""))
+    if abs(sp - tp) <= 0.01 * tp:
+        return (f"The student is the teacher's own network ({sp:,} parameters each): its {speed:.1f}x speed-up "
+                f"comes from its input size ({inputs}), not from a smaller model.")
+    return (f"The student has {sp:,} parameters against the teacher's {tp:,} ({sp / tp:.1%}); inputs {inputs}; "
+            f"speed-up {speed:.1f}x.")
+
+
 def write_eval(run_dir: Path, result: dict) -> tuple[Path, Path]:
     """eval.json (the contract above) and eval.md (a table a person reads), each written atomically."""
-    doc = {"schema_version": SCHEMA_VERSION, **result,
+    doc = {"schema_version": SCHEMA_VERSION, **result, "held_out": held_out(run_dir),
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
+    notes = {"selection": SELECTION_NOTE, "speed": speed_note(doc), **(result.get("notes") or {})}
+    doc["notes"] = {k: v for k, v in notes.items() if v}
     run = RunDir(run_dir)
     paths = run.eval_json, run.eval_md
     for path, text in zip(paths, (json.dumps(doc, indent=2) + "\n", render_markdown(doc)), strict=True):
@@ -122,6 +165,13 @@ def render_markdown(doc: dict) -> str:
             for k, v in ratios.items())]
     if doc.get("ground_truth"):
         lines += ["", f"Ground truth: `{doc['ground_truth']}`."]
+    formed = (doc.get("held_out") or {}).get("sentence")
+    notes = doc.get("notes") or {}
+    lines += ["", "Held-out images: " + (formed or "how they were chosen is not recorded (labels made before "
+                                                   "labels/split.json; run `dkit label` again).")]
+    for key in ("selection", "speed", "validator"):
+        if notes.get(key):
+            lines += ["", notes[key]]
     lines += ["", f"Times: median single-image ms on {doc['machine']['cpus']} CPU(s), {doc['machine']['platform']}.",
               ""]
     return "\n".join(lines)

@@ -48,6 +48,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from dkit.core.errors import UsageError
+from dkit.edge.alpha import over_white
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +316,8 @@ def _multiframe(image: Image.Image) -> bool:
 def _to_rgb(image: Image.Image, notes: list[str]) -> np.ndarray:
     """(H, W, 3) uint8 RGB, C-contiguous, from any Pillow mode; appends what changed to notes."""
     mode = image.mode
+    if mode == "RGB" and "transparency" in image.info:  # a PNG's RGB tRNS colour: transparent, as OpenCV reads it
+        return _drop_alpha(image.convert("RGBA"), notes)
     if mode == "RGB":
         return np.array(image, dtype=np.uint8)
     if mode in ("1", "L"):
@@ -342,11 +345,10 @@ def _to_rgb(image: Image.Image, notes: list[str]) -> np.ndarray:
 
 
 def _drop_alpha(rgba: Image.Image, notes: list[str]) -> np.ndarray:
-    """Composite over white, as a viewer shows a transparent image on a white page."""
+    """Composite over white, as a viewer shows a transparent image on a white page: the device's own rule
+    (dkit.edge.alpha.over_white), so a transparent PNG gives the same pixels in training and on the device."""
     notes.append("alpha dropped")
-    flat = Image.new("RGB", rgba.size, (255, 255, 255))
-    flat.paste(rgba, mask=rgba.getchannel("A"))
-    return np.array(flat, dtype=np.uint8)
+    return over_white(np.asarray(rgba, dtype=np.uint8))
 
 
 def _gray_to_8bit(values: np.ndarray, notes: list[str]) -> np.ndarray:

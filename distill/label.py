@@ -18,8 +18,10 @@ A clip-embed kit's unlabeled pool (`data.unlabeled`, dkit.distill.pool) is run t
 into labels/pool.jsonl: images the student learns from that are never labelled, held out or in the data set.
 Images are linked (or copied, `data.link: copy`), never moved, and keep their file stem (a `_1`
 suffix only on a name collision); an image that had to be normalised (CMYK, 16-bit, EXIF rotation,
-downscaled) is written as a plain JPEG. The split is deterministic for `data.seed` and keeps
-identical images together. Decoding runs in worker processes while the teacher infers; teacher
+downscaled) is written as a plain JPEG. The split (dkit.distill.split) is deterministic for `data.seed` and
+never cuts a group: identical files, frames of one video and near-duplicate images (perceptual hash within
+`data.split_near_duplicate` bits) are all held out or all trained on; labels/split.json says how it was formed.
+Decoding runs in worker processes while the teacher infers; teacher
 outputs are cached by image content, so a rerun or an interrupted run recomputes nothing it has.
 The data set is built in a temporary folder and swapped in at the end: Ctrl-C leaves the previous
 labels (or none), never a half-written set.
@@ -28,7 +30,6 @@ labels (or none), never a half-written set.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -47,6 +48,7 @@ from dkit.core.workers import decode_workers
 from dkit.distill.cache import TeacherCache
 from dkit.distill.engines import engine
 from dkit.distill.images import LoadedImage, iter_images, scan
+from dkit.distill.split import assign_split, write_summary
 from dkit.distill.teachers import Teacher, build_teacher
 from dkit.distill.video import expand_videos, is_video
 
@@ -127,7 +129,13 @@ def label_images(kit, run_dir: Path, *, store=None, teacher: Teacher | None = No
         if not any(r.skipped is None for r in records):
             raise UsageError(f"none of the {len(paths)} files in {root} is a readable image or video (see the "
                              "reasons with -v)")
-        records = _write_dataset(_assign_split(records, kit), kit, tmp, staging=tmp / ".staging")
+        records, split_summary = assign_split(records, kit)
+        if pool is not None:  # no pool image may join a held-out group (its video, a near-duplicate of it)
+            from dkit.distill.pool import leave_out_held_out
+
+            pool = leave_out_held_out(pool, records, kit, kit_root=root, run_dir=run_dir)
+        records = _write_dataset(records, kit, tmp, staging=tmp / ".staging")
+        write_summary(tmp, split_summary)  # labels/split.json: how the held-out split was formed (eval.md says it)
         quality = None
         if ground_truth is not None:
             if kit.task != "detect":
@@ -331,23 +339,9 @@ def skipped_record(path: Path, rel: str, sha256: str | None, reason: str, teache
 
 
 def _assign_split(records: list[LabelRecord], kit) -> list[LabelRecord]:
-    """Seeded, order-independent split: rank images by a hash of (seed, content); identical images stay together."""
-    # A classifier trains on labelled images only; a clip-embed student reproduces the teacher's embedding
-    # of every image it saw, abstained ones too (they are left out of the class folders, not of the split).
-    embed = kit.student.kind == "clip-embed"
-    usable = [i for i, r in enumerate(records)
-              if r.skipped is None and (embed or not (kit.task == "classify" and r.abstained))]
-    if not usable:
-        raise UsageError("the teacher abstained on every image: nothing to train on (see report.html)")
-    val = kit.data.val
-    n_val = val if isinstance(val, int) else round(val * len(usable))
-    n_val = min(max(n_val, 1 if len(usable) > 1 else 0), len(usable) - 1)
-    if isinstance(val, int) and val > n_val:
-        log.warning("data.val asks for %d held-out images but only %d can be held out", val, n_val)
-    ranked = sorted(usable, key=lambda i: (hashlib.sha256(f"{kit.data.seed}:{records[i].sha256}".encode())
-                                           .hexdigest(), records[i].image))
-    split = {i: "val" if k < n_val else "train" for k, i in enumerate(ranked)}
-    return [dataclasses.replace(r, split=split[i]) if i in split else r for i, r in enumerate(records)]
+    """The records with their split: the group split of dkit.distill.split (seeded, order-independent; identical
+    files, frames of one video and near-duplicates are never on both sides)."""
+    return assign_split(records, kit)[0]
 
 
 def _write_dataset(records: list[LabelRecord], kit, out: Path, *, staging: Path) -> list[LabelRecord]:
@@ -417,6 +411,8 @@ def _write_layout(records: list[LabelRecord], kit, out: Path) -> None:
         doc = {"train": "train", "val": "val"}
     import yaml
 
+    if kit.task != "detect":  # Ultralytics numbers a classifier's classes by its sorted folder names
+        names = sorted(names)
     doc |= {"names": dict(enumerate(names)), "task": kit.task, "teacher": records[0].teacher}
     atomic_write(out / "data.yaml", "# written by dkit label; paths are relative to this file\n"
                 + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))

@@ -78,15 +78,65 @@ def _starts(length: int, side: float, stride: float) -> np.ndarray:
     return np.append(starts, length - side) if length - side - starts[-1] > 1e-6 else starts
 
 
-def crop_boxes(image: np.ndarray, boxes: np.ndarray, pad: float) -> list[np.ndarray]:
-    """The (h, w, 3) crops of `boxes` with `pad` x their size of context on each side, clipped to the image."""
-    height, width = image.shape[:2]
+MAX_CROP_SIDE = 1024  # a crop larger than this is downscaled as it is cut (CLIP resizes to ~224-448 anyway)
+
+
+def crop_boxes(image: np.ndarray, boxes: np.ndarray, pad: float, mode: str = "square",
+               max_side: int = MAX_CROP_SIDE) -> list[np.ndarray]:
+    """Square (s, s, 3) crops of `image` that each hold one of the (P, 4) xyxy `boxes` whole, with `pad` x its
+    size of context on each side (`teacher.proposer.crop`).
+
+    CLIP's preprocessing resizes the shorter side and centre-crops a square, so a tall box handed over as is
+    loses its top and bottom; a square crop goes through that unchanged but for the resize.
+    - `square`: a square of the image centred on the box, its side the box's longer side plus `pad` on each
+      side, so a standing person comes with the scene to their left and right;
+    - `letterbox`: the box plus `pad` x its width and height, filled out to a square on both sides.
+    Whatever lies outside the image (and a letterbox's bars) is the image's mean colour. A crop whose side
+    exceeds `max_side` is cut already shrunk to `max_side` (area interpolation), so a thin box across a
+    50-megapixel image costs max_side^2 pixels, not its padded side squared.
+    """
+    if mode not in ("square", "letterbox"):
+        raise ValueError(f"crop mode {mode!r}: expected 'square' or 'letterbox'")
+    fill = image.reshape(-1, image.shape[-1]).mean(axis=0).round().astype(image.dtype) if len(boxes) else None
     crops = []
-    for x1, y1, x2, y2 in boxes:
-        dx, dy = (x2 - x1) * pad, (y2 - y1) * pad
-        a = int(np.clip(np.floor(x1 - dx), 0, width - 1))
-        b = int(np.clip(np.floor(y1 - dy), 0, height - 1))
-        c = int(np.clip(np.ceil(x2 + dx), a + 1, width))
-        d = int(np.clip(np.ceil(y2 + dy), b + 1, height))
-        crops.append(np.ascontiguousarray(image[b:d, a:c]))
+    for x1, y1, x2, y2 in np.asarray(boxes, np.float64):
+        w, h = x2 - x1, y2 - y1
+        if mode == "square":
+            cx, cy, half = (x1 + x2) / 2, (y1 + y2) / 2, max(w, h) * (1 + 2 * pad) / 2
+            x1, y1, x2, y2 = cx - half, cy - half, cx + half, cy + half
+        else:
+            x1, y1, x2, y2 = x1 - w * pad, y1 - h * pad, x2 + w * pad, y2 + h * pad
+        a, b = int(np.floor(x1)), int(np.floor(y1))
+        c, d = max(int(np.ceil(x2)), a + 1), max(int(np.ceil(y2)), b + 1)
+        side = max(c - a, d - b)  # square: the pixel rounding may leave one side a pixel short
+        left, top = (side - (c - a)) // 2, (side - (d - b)) // 2
+        if mode == "square":  # more of the image: the window is the whole square
+            a, b, c, d, left, top = a - left, b - top, a - left + side, b - top + side, 0, 0
+        crops.append(_canvas(image, (a, b, c, d), (left, top), side, fill, max_side))  # letterbox: bars of fill
     return crops
+
+
+def _canvas(image: np.ndarray, window: tuple[int, int, int, int], at: tuple[int, int], side: int,
+            fill: np.ndarray, max_side: int) -> np.ndarray:
+    """A (side, side) canvas of `fill` (shrunk to max_side when larger) with image[b:d, a:c] placed at `at`; the
+    parts of the window outside the image stay `fill`."""
+    a, b, c, d = window
+    scale = min(1.0, max_side / side)
+    size = max(1, round(side * scale))
+    out = np.empty((size, size, image.shape[2]), image.dtype)
+    out[:] = fill
+    height, width = image.shape[:2]
+    ia, ib, ic, id_ = max(a, 0), max(b, 0), min(c, width), min(d, height)
+    if ic <= ia or id_ <= ib:
+        return out
+    x0, y0 = round((at[0] + ia - a) * scale), round((at[1] + ib - b) * scale)
+    x1, y1 = min(size, round((at[0] + ic - a) * scale)), min(size, round((at[1] + id_ - b) * scale))
+    if x1 <= x0 or y1 <= y0:
+        return out
+    part = image[ib:id_, ia:ic]  # a view: nothing full-size is copied
+    if scale < 1.0:
+        import cv2
+
+        part = cv2.resize(part, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
+    out[y0:y1, x0:x1] = part
+    return out

@@ -93,17 +93,18 @@ def export_bundle(kit, run_dir: PathLike | None = None, *, store=None) -> dict:
 
 def read_image(path: PathLike):
     """The image file at `path` as (H, W, 3) uint8 RGB, what `Runtime` and `Judge.score` take (OpenCV, as the
-    device decodes; no Pillow needed). Raises UsageError when the file cannot be read or decoded."""
-    import cv2
+    device decodes, transparency composited over white as in training: dkit.edge.upload.decode_image; no Pillow
+    needed). Raises UsageError when the file cannot be read or decoded."""
     import numpy as np
 
     from dkit.core.errors import UsageError
+    from dkit.edge.upload import decode_image
 
     try:
         data = np.fromfile(path, dtype=np.uint8)  # imdecode(fromfile) also reads non-ASCII paths
     except OSError as e:
         raise UsageError(f"cannot read image {path}: {e.strerror or e}") from e
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    bgr = decode_image(data)
     if bgr is None:
         raise UsageError(f"not a readable image: {path}")
     return np.ascontiguousarray(bgr[:, :, ::-1])

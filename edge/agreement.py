@@ -4,8 +4,10 @@
 
     share = agreement(reference_results, candidate_results)     # lists of dkit.edge.runtime.Result, frame by frame
 
-- detect: the share of boxes matched (same class, IoU >= MATCH_IOU, the mAP50 threshold the export guard uses),
-  over the larger of the two counts per frame; 1.0 when neither has a box;
+- detect: the share of boxes matched one to one (same class, IoU >= MATCH_IOU, the mAP50 threshold the export
+  guard uses; the candidate's boxes, best first, each claim one unclaimed reference box, as mAP50's matching,
+  dkit.edge.map50.match), over the larger of the two counts per frame; 1.0 when neither has a box. One to one:
+  a candidate that merges two reference boxes into one (or drops one under another) loses that box;
 - classify: top-1 agreement;
 - embed: the mean cosine of the embeddings.
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dkit.edge.postprocess import box_iou
+from dkit.edge.map50 import match
 
 MATCH_IOU = 0.5
 
@@ -42,8 +44,7 @@ def _boxes(ref: list, got: list) -> float:
     for a, b in zip(ref, got, strict=True):
         n = max(len(a.detections), len(b.detections))
         total += n
-        if n and len(a.detections) and len(b.detections):
-            iou = box_iou(a.detections.xyxy, b.detections.xyxy)  # (Na, Nb)
-            iou *= a.detections.class_id[:, None] == b.detections.class_id[None]
-            matched += int((iou.max(1) >= MATCH_IOU).sum())
+        if n:  # b's boxes (best first) each claim one unclaimed box of a
+            matched += int(match(b.detections.xyxy, b.detections.class_id, a.detections.xyxy,
+                                 a.detections.class_id, MATCH_IOU).sum())
     return 1.0 if total == 0 else matched / total

@@ -12,7 +12,7 @@ each keeps its best round. Per configuration:
 - fps (the whole runtime per frame), p50/p99 ms over every round, and fps_bare (the backend's bare run loop on
   the same pre-processed inputs: the limit);
 - agreement with the fp32 onnxruntime result of the same letterbox on the same frames (dkit.edge.agreement):
-  detectors the share of boxes matched (same class, IoU >= 0.5, over the larger count), classifiers top-1
+  detectors the share of boxes matched one to one (same class, IoU >= 0.5, over the larger count), classifiers top-1
   agreement, embedding models mean cosine;
 - `spread`: the worst round's fps over the best; a row below 0.8 says the machine was noisy in that run.
 An optional `reference` row is Ultralytics' `YOLO(onnx).predict` with its defaults on the fp32 ONNX model.

@@ -18,6 +18,7 @@ edge at load time; the writer is dkit.export.manifest.write_manifest.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tarfile
@@ -26,9 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from dkit.edge.hashing import sha256_file
-from dkit.edge.manifest import SCHEMA_VERSION, Manifest, ManifestError  # noqa: F401 (SCHEMA_VERSION re-exported)
+from dkit.edge.manifest import (  # noqa: F401 (SCHEMA_VERSION re-exported)
+    SCHEMA_VERSION,
+    UNTRAINED_WARNING,
+    Manifest,
+    ManifestError,
+)
 
 MANIFEST = "manifest.json"
+log = logging.getLogger(__name__)
+_warned_untrained: set[str] = set()  # bundles already announced as untrained in this process (one line each)
 
 
 class BundleError(Exception):
@@ -65,25 +73,50 @@ class Bundle:
         self.close()
 
 
-def open_bundle(path: str | os.PathLike) -> Bundle:
-    """Open and verify a bundle folder or archive; raises BundleError naming what is wrong."""
+def open_bundle(path: str | os.PathLike, *, announce: bool = True) -> Bundle:
+    """Open and verify a bundle folder or archive; raises BundleError naming what is wrong (NoSuchBundleError, with
+    a "did you mean" when the folder holds a bundle, e.g. a run folder, for a path that is no bundle at all). A
+    bundle made from an untrained teacher is announced with a warning, once per process (`announce=False`: the
+    export's own checks of what it is writing, whose kit warned already)."""
     source = Path(path)
     if source.is_dir():
-        return Bundle(source, verify(source), source)
+        if not (source / MANIFEST).exists():
+            raise NoSuchBundleError(f"{source}: no {MANIFEST}: not a bundle folder{_did_you_mean(source)}")
+        return _announced(Bundle(source, verify(source), source), announce)
     if source.is_file() and source.name.endswith((".tar.gz", ".tgz", ".tar")):
         tmp = tempfile.mkdtemp(prefix="dkit-bundle-")
         try:
             with tarfile.open(source) as tf:
                 extract_tar(tf, tmp)  # refuses absolute paths, '..' and links out of the folder
             root = _single_root(Path(tmp))
-            return Bundle(root, verify(root), source, tmp)
+            return _announced(Bundle(root, verify(root), source, tmp), announce)
         except (tarfile.TarError, OSError) as e:
             shutil.rmtree(tmp, ignore_errors=True)
             raise BundleError(f"{source}: not a readable bundle archive ({e})") from e
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    raise NoSuchBundleError(f"{source}: no such bundle (expected a folder with {MANIFEST}, or a .tar.gz of one)")
+    raise NoSuchBundleError(f"{source}: no such bundle (expected a folder with {MANIFEST}, or a .tar.gz of one)"
+                            f"{_did_you_mean(source)}")
+
+
+def _did_you_mean(folder: Path) -> str:
+    """'; did you mean FOLDER/bundle?' when `folder` is a run folder (it holds bundle/ or bundle.tar.gz), else ''."""
+    if not folder.is_dir():
+        return ""
+    found = [p for p in (folder / "bundle", folder / "bundle.tar.gz")
+             if (p / MANIFEST).is_file() or p.is_file()]
+    return f"; did you mean {found[0]}?" if found else ""
+
+
+def _announced(bundle: Bundle, announce: bool = True) -> Bundle:
+    """`bundle`, after a warning (once per process and bundle) when it was made from an untrained teacher: the
+    operator of `dkit run`, `dkit serve` and `dkit doctor` sees it in the log, not only in the bundle's README."""
+    key = str(bundle.source.absolute())
+    if announce and bundle.manifest.untrained and key not in _warned_untrained:
+        _warned_untrained.add(key)
+        log.warning("%s: %s", bundle.source, UNTRAINED_WARNING)
+    return bundle
 
 
 def extract_tar(tf: tarfile.TarFile, dest: str | os.PathLike) -> None:
@@ -118,11 +151,14 @@ def verify(root: Path) -> Manifest:
         raise BundleError(f"{manifest_path}: {e}") from e
 
     listed = manifest.files
-    for name, digest in listed.items():
+    for name in listed:
         _check_name(name, manifest_path)
+    missing = [name for name in listed if not (root / name).is_file() or (root / name).is_symlink()]
+    if missing:  # every one named: a bundle copied without checks/ lacks dozens of files
+        raise BundleError(f"{root}: {len(missing)} file(s) listed in {MANIFEST} but missing: {', '.join(missing)}"
+                          if len(missing) > 1 else f"{root}: {missing[0]} is listed in {MANIFEST} but missing")
+    for name, digest in listed.items():
         file = root / name
-        if not file.is_file() or file.is_symlink():
-            raise BundleError(f"{root}: {name} is listed in {MANIFEST} but missing")
         actual = sha256_file(file)
         if actual != digest:
             raise BundleError(f"{root}: {name} has been modified or corrupted "

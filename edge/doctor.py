@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dkit.edge.extras import install_hint
+
 OK, WARN, FAIL = "ok", "warn", "fail"
 GiB = 1 << 30
 MiB = 1 << 20
@@ -271,7 +273,8 @@ def check_python() -> Check:
         return Check("python", FAIL, result, [
             f"Python {have[0]}.{have[1]} is too old: the base install needs {need}+. Install Python {need} or "
             f"newer (your OS's python3 packages, the deadsnakes PPA on Ubuntu, or `uv python install {need}`), make a "
-            "venv with it and `pip install distill-kit` there"], data)
+            "venv with it and install distill-kit there (it is not on PyPI: a `dkit device-pack --python X.Y` "
+            "wheelhouse, or pip install \"distill-kit @ git+https://github.com/distill-kit/distill-kit\")"], data)
     return Check("python", OK, result, [], data)
 
 
@@ -298,8 +301,8 @@ def _check_backends() -> Check:
     result = ", ".join(f"{k} {v}" for k, v in found.items()) or "none"
     advice = []
     if platform.machine().lower() in ("aarch64", "arm64") and "ncnn" not in found:
-        advice.append("on an Arm board NCNN is usually the fastest backend: pip install 'distill-kit[ncnn]' (or "
-                      "`dkit device-pack --extra ncnn`), and export the bundle with export.backends: [onnx, ncnn]")
+        advice.append(f"on an Arm board NCNN is usually the fastest backend: {install_hint('ncnn')}, and export "
+                      "the bundle with export.backends: [onnx, ncnn]")
     return Check("backends", OK, result + (f"; not installed: {', '.join(p.name for p in missing)}" if missing
                                             else ""), advice, {"installed": found})
 
@@ -365,9 +368,14 @@ def _check_opencv(reqs: dict[str, str]) -> Check:
     status = OK
     if len(dists) > 1:
         status = WARN
+        # keep the one this install needs: Ultralytics (the training extra) requires opencv-python
+        keep = "opencv-python" if _dist_version("ultralytics") else "opencv-python-headless"
+        how = (f"`pip install --force-reinstall --no-deps {keep}=={dists[keep]}`" if keep in dists
+               else f"`pip install {keep}`")
         advice.append(f"several OpenCV wheels are installed ({', '.join(dists)}); they overwrite each other's `cv2`: "
-                      "`pip uninstall -y " + " ".join(dists) + "`, then `pip install opencv-python-headless` (or "
-                      "opencv-python for `dkit run --show`)")
+                      f"`pip uninstall -y {' '.join(d for d in dists if d != keep)}`, then {how}"
+                      + (" (in a checkout: `make one-opencv`)" if keep == "opencv-python" else
+                         " (or opencv-python for `dkit run --show`)"))
     cv2, error = _import("cv2")
     if cv2 is None:
         advice.append("OpenCV needs libGL here: pip install opencv-python-headless instead of opencv-python (or "
@@ -690,12 +698,13 @@ def check_bundle(bundle: str | os.PathLike, *, precision: str = "auto", provider
                  threads: int | None = None, backend: str = "auto", frames: int = 20, warmup: int = 3,
                  max_seconds: float = 15.0, board: Board | None = None) -> list[Check]:
     """Three checks: "bundle" (verifies?), "runtime" (loads: provider, precision), "speed" (fps on this device)."""
-    from dkit.edge.bundle import BundleError, open_bundle
+    from dkit.edge.bundle import BundleError, NoSuchBundleError, open_bundle
+    from dkit.edge.manifest import UNTRAINED_WARNING
 
     try:
         opened = open_bundle(bundle)
     except BundleError as e:
-        if not Path(bundle).exists():
+        if isinstance(e, NoSuchBundleError) or not Path(bundle).exists():
             return [Check("bundle", FAIL, f"not found: {e}", ["give the path of a bundle folder (the one with "
                           "manifest.json) or its .tar.gz"], {"path": str(bundle)})]
         return [Check("bundle", FAIL, f"does not verify: {e}", [
@@ -708,7 +717,12 @@ def check_bundle(bundle: str | os.PathLike, *, precision: str = "auto", provider
         result = (f"{bundle}: verified ({len(m.files)} files, {size / MiB:.1f} MiB); {m.name}, task {m.task}, "
                   f"models {models}")
         checks = [Check("bundle", OK, result, [], {"path": str(bundle), "name": m.name, "task": m.task,
-                                                    "precisions": m.precisions(), "bytes": size})]
+                                                    "precisions": m.precisions(), "bytes": size,
+                                                    "untrained": m.untrained})]
+        if m.untrained:  # it runs, but nothing it says means anything: the operator must know before an event
+            checks[0].status = WARN
+            checks[0].result += "; UNTRAINED teacher"
+            checks[0].advice.append(f"this bundle was {UNTRAINED_WARNING}")
         checks += _check_runtime(opened, precision=precision, providers=providers, threads=threads,
                                  backend=backend, frames=frames,
                                  warmup=warmup, max_seconds=max_seconds, board=board)
@@ -772,6 +786,6 @@ def _check_runtime(bundle, *, precision: str, providers: list[str] | None, threa
     if want and fps < want:
         speed.status = WARN
         speed.advice.append(f"slower than the bundle's runtime.max_fps ({want:g}): a GPU provider, another backend "
-                            "(pip install 'distill-kit[ncnn]' on an Arm board, with an NCNN bundle), or a smaller "
+                            f"(NCNN on an Arm board, with an NCNN bundle: {install_hint('ncnn')}), or a smaller "
                             "student")
     return [runtime, speed]

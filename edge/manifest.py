@@ -36,6 +36,7 @@ SCHEMA_VERSION = 1
 TASKS = ("detect", "classify", "embed")
 PRECISIONS = ("fp32", "fp16", "int8")
 PROMPT_ROLES = ("class", "background", "prompt", "text", "unsafe")
+MAX_PROMPT_CHARS = 300  # a judge prompt, typed on the device or written in a kit (dkit.edge.judge.check_prompt)
 RESIZE_MODES = ("letterbox", "shortest")
 _DEFAULT_INTERPOLATION = {"letterbox": "linear", "shortest": "area"}
 _PREPROCESS_KEYS = {"resize", "size", "interpolation", "pad_value", "crop", "channels", "scale", "mean", "std",
@@ -431,6 +432,9 @@ class JudgeConfig:
 
 # ------------------------------------------------------------------------------------------ the manifest
 
+UNTRAINED_WARNING = ("made from an UNTRAINED (random) teacher: its scores and labels are meaningless (tests only); "
+                     "export a bundle from a kit with real teacher weights before a real event")
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -466,6 +470,12 @@ class Manifest:
     @property
     def judge_config(self) -> JudgeConfig:
         return self.judge if self.judge is not None else JudgeConfig()
+
+    @property
+    def untrained(self) -> bool:
+        """True when the bundle was made from an untrained (random) teacher (`teacher.random`, or a teacher id the
+        export marked "(UNTRAINED)"): its outputs are meaningless, and every operator-facing view says so."""
+        return bool(self.teacher.get("random")) or "(UNTRAINED)" in str(self.teacher.get("id") or "")
 
     def precisions(self, fmt: str = "onnx") -> list[str]:
         """The precisions the bundle has a student model of in format `fmt`, in PRECISIONS order."""

@@ -28,17 +28,18 @@ _AP_X = np.linspace(0, 1, 101)  # 101-point interpolation (COCO)
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 (Python 3.10 devices) has only trapz
 
 
-def match(pboxes: np.ndarray, pcls: np.ndarray, gboxes: np.ndarray, gcls: np.ndarray) -> np.ndarray:
-    """(N,) bool: which predictions (best first) are true positives at IoU 0.5 against the (M,) references."""
+def match(pboxes: np.ndarray, pcls: np.ndarray, gboxes: np.ndarray, gcls: np.ndarray, iou: float = IOU) -> np.ndarray:
+    """(N,) bool: which predictions (best first) are true positives at IoU `iou` (0.5) against the (M,) references;
+    one to one: a reference box is claimed by at most one prediction."""
     correct = np.zeros(len(pcls), bool)
     if not len(pcls) or not len(gcls):
         return correct
-    iou = box_iou(gboxes, pboxes) * (gcls[:, None] == pcls[None])  # (M, N), wrong classes zeroed
+    overlap = box_iou(gboxes, pboxes) * (np.asarray(gcls)[:, None] == np.asarray(pcls)[None])  # (M, N), other classes 0
     claimed = np.zeros(len(gcls), bool)
-    for j in np.flatnonzero((iou >= IOU).any(0)):
-        available = np.where(claimed, 0.0, iou[:, j])
+    for j in np.flatnonzero((overlap >= iou).any(0)):
+        available = np.where(claimed, 0.0, overlap[:, j])
         k = int(available.argmax())
-        if available[k] >= IOU:
+        if available[k] >= iou:
             correct[j] = claimed[k] = True
     return correct
 

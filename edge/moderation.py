@@ -4,7 +4,8 @@ the export's calibration report apply to the held-out images, so their figures a
     from dkit.edge.moderation import moderate, penalise
 
     verdicts = moderate(prompt_cos, text_cos, unsafe_cos, cfg, score=raw)    # array of ok|text|no_match|blocked
-    final = penalise(raw, verdicts, cfg)                                      # the score shown (None: blocked)
+    final = penalise(raw, verdicts, cfg)                                      # the score shown (NaN: blocked)
+    shown = shown_score(raw)                                                  # what the kiosk displays
 
 Arrays broadcast: `prompt_cos` (...) is each image's cosine to its prompt, `text_cos` (..., T) and `unsafe_cos`
 (..., U) its cosines to the text and unsafe prompts (T or U may be 0), `score` (...) the 0-100 score before
@@ -12,7 +13,9 @@ moderation. In order (the first that holds wins), with the thresholds of `cfg` (
 - `blocked`: an unsafe prompt is closer than the prompt by more than `unsafe_margin`;
 - `text`: a text prompt ("handwriting", ...) is closer than the prompt by more than `text_margin`; the shown score
   is multiplied by `text_penalty`;
-- `no_match`: the score is below `no_match_score` (skipped when `score` is None: no calibration yet);
+- `no_match`: the score as shown (`shown_score`: rounded to SCORE_DECIMALS) is below `no_match_score` (skipped
+  when `score` is None: no calibration yet); whether the caller passes the raw or the shown score, the comparison
+  is the same, so the device's verdicts and the export's figures cannot differ by rounding;
 - `ok` otherwise.
 """
 
@@ -23,6 +26,13 @@ import numpy as np
 from dkit.edge.manifest import JudgeConfig
 
 VERDICTS = ("ok", "text", "no_match", "blocked")
+SCORE_DECIMALS = 1  # a 0-100 score is shown, stored and compared with no_match_score at this many decimals
+
+
+def shown_score(score: np.ndarray | float) -> np.ndarray:
+    """The 0-100 score as the kiosk shows and compares it: rounded to SCORE_DECIMALS (numpy's rounding, the one
+    rule for the device judge and every figure computed from its verdicts)."""
+    return np.round(np.asarray(score, np.float64), SCORE_DECIMALS)
 
 
 def _closest(cos: np.ndarray) -> np.ndarray:
@@ -37,7 +47,7 @@ def moderate(prompt_cos: np.ndarray | float, text_cos: np.ndarray, unsafe_cos: n
     prompt_cos = np.asarray(prompt_cos, np.float64)
     blocked = _closest(unsafe_cos) > prompt_cos + cfg.unsafe_margin
     text = _closest(text_cos) > prompt_cos + cfg.text_margin
-    no_match = np.zeros_like(blocked) if score is None else np.asarray(score) < cfg.no_match_score
+    no_match = np.zeros_like(blocked) if score is None else shown_score(score) < cfg.no_match_score
     shape = np.broadcast_shapes(blocked.shape, text.shape, np.shape(no_match))
     return np.select([blocked, text, no_match], ["blocked", "text", "no_match"], "ok").reshape(shape)
 

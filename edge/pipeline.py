@@ -19,7 +19,8 @@ quotes. Statistics keep a bounded window of each, so memory stays flat however l
 
 Sinks: JsonlSink (one JSON object per frame: frame id, source, timestamp, latency_ms, wait_ms, infer_ms,
 detections / classes / scores), VideoSink (annotated video, written to a temporary file and renamed on close;
-the video is the first frame's size, and a frame of another size is scaled to fit, aspect kept, and padded),
+the video is the first frame's size, and a frame of another size is scaled to fit, aspect kept, and padded; it
+plays at the rate given, a video file's own, or measured from the first frames' capture times for a live source),
 WindowSink (a live window; needs an OpenCV build with GUI support and, on Linux, a display: DISPLAY or
 WAYLAND_DISPLAY, checked before any window is made, since a GUI OpenCV without one aborts the process),
 CallbackSink (any function: the kiosk server uses it)."""
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -90,35 +92,76 @@ class CallbackSink:
 
 class VideoSink:
     """Annotated frames into a video file (the container from the extension: .mp4, .avi, ...), renamed into place
-    on close, so an interrupted run never leaves a half-written file under the final name."""
+    on close, so an interrupted run never leaves a half-written file under the final name.
+
+    `fps` is the rate the file plays at, which must be the rate the frames were captured at or the recording
+    plays too fast or too slow: a number (a video file's own rate), or None to measure it from the capture times
+    of the first frames written (live sources: what the camera or stream delivered, after --max-fps and any frame
+    dropped while the model was busy). Measuring holds back the first MEASURE_FRAMES frames (or MEASURE_S seconds
+    of them); a run that ends sooner uses what it has, or `fallback` for a single frame. `why` says where the
+    rate came from; the rate and why are logged when the file is opened."""
 
     FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v", ".mov": "mp4v"}
+    MEASURE_FRAMES = 10
+    MEASURE_S = 1.0
 
-    def __init__(self, path: str | os.PathLike, runtime: Runtime, fps: float = 15.0,
-                 pad: tuple[int, int, int] = (0, 0, 0)):
+    def __init__(self, path: str | os.PathLike, runtime: Runtime, fps: float | None = 15.0,
+                 pad: tuple[int, int, int] = (0, 0, 0), *, why: str = "", fallback: float = 15.0):
         self.path = Path(path)
         if self.path.suffix.lower() not in self.FOURCC:
             raise RuntimeConfigError(f"--save {self.path}: use a .mp4, .avi, .mkv or .mov file name")
+        if fps is not None and not (math.isfinite(fps) and fps > 0):
+            raise RuntimeConfigError(f"--save {self.path}: the frame rate must be > 0, got {fps}")
         self.part = self.path.with_name(f".{self.path.stem}.part{self.path.suffix}")
         self.runtime, self.fps, self.pad = runtime, fps, pad  # pad: BGR colour around a letterboxed frame
+        self.why = why or ("measured from the frames' capture times" if fps is None else "given")
+        self.fallback = fallback
         self.writer: cv2.VideoWriter | None = None
         self.size: tuple[int, int] | None = None
+        self._pending: list[tuple[float, np.ndarray]] = []  # (capture time, BGR) while the rate is measured
 
     def write(self, frame: Frame, result: Result) -> None:
         image = annotate(frame.rgb, result, self.runtime)  # BGR, drawn at the frame's own size: boxes stay put
+        if self.writer is None and self.fps is None:
+            self._pending.append((frame.timestamp, image))
+            span = self._pending[-1][0] - self._pending[0][0]
+            if len(self._pending) < self.MEASURE_FRAMES and span < self.MEASURE_S:
+                return
+            self._flush_pending()
+            return
+        self._write(image)
+
+    def _flush_pending(self) -> None:
+        """Decide the measured rate from the held-back frames, open the file and write them."""
+        stamps = [t for t, _ in self._pending]
+        span = max(stamps) - min(stamps)
+        if len(stamps) > 1 and span > 0:
+            self.fps = round((len(stamps) - 1) / span, 3)
+            self.why = f"{self.why}: {len(stamps)} frames in {span:.3f} s"
+        else:
+            self.fps = self.fallback
+            self.why = f"{len(stamps)} frame(s) are too few to measure a rate: {self.fallback:g} fps"
+        pending, self._pending = self._pending, []
+        for _, image in pending:
+            self._write(image)
+
+    def _write(self, image: np.ndarray) -> None:
         h, w = image.shape[:2]
         if self.writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.size = (w, h)
             fourcc = cv2.VideoWriter_fourcc(*self.FOURCC[self.path.suffix.lower()])
-            self.writer = cv2.VideoWriter(str(self.part), fourcc, self.fps, self.size)
+            self.writer = cv2.VideoWriter(str(self.part), fourcc, float(self.fps), self.size)
             if not self.writer.isOpened():
                 raise RuntimeConfigError(f"--save {self.path}: OpenCV cannot write this kind of video here")
+            log.info("recording %s at %g fps (%s)", self.path, self.fps, self.why)
         if (w, h) != self.size:
             image = letterbox_into(image, self.size, self.pad)
         self.writer.write(image)
 
     def close(self) -> None:
+        if self._pending:
+            self._flush_pending()
         if self.writer is not None:
             self.writer.release()
             self.writer = None

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from dkit.edge.backends import BACKENDS, available, load_backend
-from dkit.edge.backends.base import RuntimeConfigError
+from dkit.edge.backends.base import RuntimeConfigError, short_reason
 from dkit.edge.device_check import needs_check
 from dkit.edge.home import dkit_home
 from dkit.edge.manifest import PRECISIONS
@@ -189,7 +189,8 @@ def measure(bundle, backend: str, precision: str, providers: list[str] | None, t
     try:
         be = load_backend(backend, bundle, entry, providers=providers, threads=threads)
     except Exception as e:  # noqa: BLE001 - a candidate that does not load here is simply not a candidate
-        log.warning("%s/%s does not load here (%s: %s); left out", backend, precision, type(e).__name__, e)
+        log.warning("%s/%s does not load here (%s); left out", backend, precision, short_reason(e))
+        log.debug("%s/%s, the full error:\n%s", backend, precision, e)
         return None
     spec = bundle.manifest.preprocess
     if spec.resize == "letterbox":
@@ -205,7 +206,8 @@ def measure(bundle, backend: str, precision: str, providers: list[str] | None, t
             be.run(x)
             times.append((time.perf_counter() - t) * 1000)
     except Exception as e:  # noqa: BLE001 - one that fails to run is left out like one that does not load
-        log.warning("%s/%s failed on a frame here (%s: %s); left out", backend, precision, type(e).__name__, e)
+        log.warning("%s/%s failed on a frame here (%s); left out", backend, precision, short_reason(e))
+        log.debug("%s/%s, the full error:\n%s", backend, precision, e)
         return None
     finally:
         be.close()

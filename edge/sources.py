@@ -33,6 +33,10 @@ the thread it interrupted, so a wait there delays the reader too):
 
     signal.signal(signal.SIGINT, lambda *_: source.close(timeout=0))
 
+then call close() again on the main thread before the program ends: it waits for the threads, so none is inside
+OpenCV when the interpreter shuts down (that aborts the process); `running` says whether one is still alive.
+Image files are decoded with dkit.edge.upload.decode_image: transparency composited over white, as in training.
+
 Credentials in a stream URL (rtsp://user:pass@host) never reach logs, errors or `Frame.source`.
 """
 
@@ -53,6 +57,8 @@ from typing import Any, Protocol
 
 import cv2
 import numpy as np
+
+from dkit.edge.upload import decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -286,13 +292,14 @@ def _release(cap: Capture) -> None:
 
 
 def _decode(path: Path) -> np.ndarray | None:
-    """Image file -> (H, W, 3) uint8 BGR, or None when it cannot be read or decoded."""
+    """Image file -> (H, W, 3) uint8 BGR, transparency over white as in training (dkit.edge.upload.decode_image),
+    or None when it cannot be read or decoded."""
     try:
         data = np.fromfile(path, dtype=np.uint8)  # imdecode(fromfile) also works with non-ASCII paths
     except OSError:
         return None
     try:
-        return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+        return decode_image(data)
     except cv2.error:
         return None
 
@@ -318,7 +325,9 @@ class Source:
         self._open_tries = open_tries  # tries for a live source that never delivered a frame (0: forever)
         self._gave_up: str | None = None  # why a live source that never worked was given up (read() raises it)
         self._stats = SourceStats()
-        self._lock = threading.Lock()  # stats, generation, connection state
+        # stats, generation, connection state; re-entrant (as the buffer's): close() runs in a signal handler, on
+        # the main thread, which may be inside read() or `stats` holding this lock when SIGINT lands
+        self._lock = threading.RLock()
         self._buffer = _Buffer(1 if live else prefetch, drop_oldest=live)
         self._stop = threading.Event()
         self._wake = threading.Event()  # a capture thread failed, or close()
@@ -331,6 +340,7 @@ class Source:
         self._up_gen = -1
         self._random = random.Random()
         self._last_corrupt_log = 0.0
+        self._media_fps: float | None = None  # a video file's own rate (open_source sets it)
 
     # -- public ------------------------------------------------------------------------------------------------------
 
@@ -340,6 +350,13 @@ class Source:
         return self._live
 
     @property
+    def media_fps(self) -> float | None:
+        """A video file read in order (live=False): the rate its frames were recorded at (the container's, through
+        OpenCV's CAP_PROP_FPS), every frame being delivered. None for cameras, streams, folders and images (a
+        live source's rate is what it delivers: measure it from Frame.timestamp)."""
+        return self._media_fps
+
+    @property
     def stats(self) -> SourceStats:
         """A snapshot of the counters."""
         with self._lock:
@@ -347,7 +364,14 @@ class Source:
 
     @property
     def closed(self) -> bool:
+        """True once close() was called (its threads may still be ending: see `running`)."""
         return self._stop.is_set()
+
+    @property
+    def running(self) -> bool:
+        """True while any of this source's capture threads is alive (before close(), or one still inside a
+        driver's read() after it)."""
+        return any(t.is_alive() for t in self._threads)
 
     def read(self, timeout: float | None = None) -> Frame | None:
         """The next frame (live: the newest one); None at the end or once closed.
@@ -372,22 +396,31 @@ class Source:
     def close(self, timeout: float = 1.0) -> None:
         """Stop the capture thread(s) and release the capture; wakes a waiting read(). Idempotent, any thread.
 
-        Waits up to `timeout` s for the threads to release their captures (0: do not wait, as in a signal
-        handler); a thread stuck inside a driver's read() releases its capture when that read returns.
+        Waits up to `timeout` s for the threads to end and release their captures (0: do not wait, as in a signal
+        handler); a thread stuck inside a driver's read() releases its capture when that read returns. A later
+        close() waits again, so `close(timeout=0)` in a signal handler followed by `close()` on the main thread
+        still joins the threads: a capture thread must not be inside OpenCV when the interpreter shuts down (a
+        daemon thread coming back from native code then is ended by a forced unwind that aborts the process:
+        "terminate called without an active exception"). `running` says whether any is still alive.
         """
         with self._lock:
-            if self._stop.is_set():
-                return
-            self._stop.set()
-            self._gen += 1  # every capture thread is now stale
-        self._wake.set()
-        self._buffer.close()
+            first = not self._stop.is_set()
+            if first:
+                self._stop.set()
+                self._gen += 1  # every capture thread is now stale
+        if first:
+            self._wake.set()
+            self._buffer.close()
+        if timeout <= 0:
+            return
         deadline = time.monotonic() + timeout
-        for thread in list(self._threads):
-            if thread is not threading.current_thread():
+        while True:  # again until none is left: the supervisor may have started one as close() began
+            stuck = [t for t in self._threads if t.is_alive() and t is not threading.current_thread()]
+            if not stuck or time.monotonic() >= deadline:
+                break
+            for thread in stuck:
                 thread.join(max(0.0, deadline - time.monotonic()))
-        stuck = [t.name for t in self._threads if t.is_alive()]
-        if stuck and timeout > 0:
+        if stuck:
             logger.warning("%s: %d capture thread(s) still blocked in read(); they release on return",
                            self.spec, len(stuck))
 
@@ -644,8 +677,19 @@ def open_source(spec: str | int | Path, *, live: bool | None = None, stall_timeo
         source._start(source._run_file, _images(target, kind, name), None)
     else:
         cap = _open_now(factory, target, name, kind)
+        source._media_fps = _media_fps(cap)
         source._start(source._run_file, _video_frames(cap), cap)
     return source
+
+
+def _media_fps(cap: Capture) -> float | None:
+    """A video file's own frame rate (OpenCV's CAP_PROP_FPS, from the container), or None when it gives none."""
+    get = getattr(cap, "get", None)
+    try:
+        fps = float(get(cv2.CAP_PROP_FPS)) if get is not None else 0.0
+    except (cv2.error, TypeError, ValueError):
+        return None
+    return fps if 0 < fps <= 1000 else None
 
 
 def _images(target: str, kind: str, name: str) -> Iterator[tuple[np.ndarray | None, str]]:

@@ -11,6 +11,10 @@ but becomes 128 x 6,400,000 once the model's shortest-side resize scales its 1-p
 is not one of those formats, or that OpenCV cannot decode completely (truncated, corrupt), is refused with a
 message saying which.
 
+Transparency: `decode_image` (every non-JPEG upload, and the device's folder and image sources and
+`dkit.read_image`) composites a file with alpha over white (dkit.edge.alpha.over_white, the function training
+uses), so a black stroke on a transparent PNG is black on white, as in training, not black on black.
+
 Truncation: OpenCV refuses a cut PNG, GIF, BMP or WebP outright (imdecode returns None), but libjpeg fills the
 missing part of a cut JPEG with grey and only prints a warning once an end-of-image marker (FFD9) follows, and
 tools that "repair" cut files append exactly that. So a JPEG is checked for a complete decode, not for a trailing
@@ -34,6 +38,8 @@ from collections.abc import Iterator
 
 import cv2
 import numpy as np
+
+from dkit.edge.alpha import exif_orientation, may_have_alpha, orient, over_white
 
 MAX_PIXELS = 6000 * 6000  # a JPEG's, decoded at a reduced scale (REDUCE_TO): a 36-megapixel photo costs ~1/16 of that
 MAX_LOSSLESS = 4096 * 2048  # PNG, GIF, BMP, WebP: decoded at full size (a 4K screenshot fits)
@@ -178,6 +184,27 @@ def _decode(data: bytes, flag: int = cv2.IMREAD_COLOR) -> np.ndarray | None:
     return cv2.imdecode(np.frombuffer(data, np.uint8), flag)
 
 
+def decode_image(data: bytes | np.ndarray) -> np.ndarray | None:
+    """(H, W, 3) uint8 BGR of an image file's bytes as the device decodes every file (the folder and image
+    sources, `dkit.read_image`, the kiosk's non-JPEG uploads): transparency composited over white (over_white,
+    the rule training applies), else OpenCV's colour decode with EXIF orientation. None when OpenCV cannot decode
+    it. No size limit here: the caller bounds what it accepts (decode_upload does, from the header)."""
+    buf = np.frombuffer(data, np.uint8) if isinstance(data, bytes | bytearray) else data
+    if not buf.size:
+        return None
+    if not may_have_alpha(buf):
+        return cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)  # BGRA (8 or 16 bit) when the file has alpha
+    if image is None:
+        return None
+    if image.ndim == 2:  # grey (a grey tRNS is not applied by OpenCV): as IMREAD_COLOR would give it
+        image = image[:, :, None]
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    # upright as the colour decode (and training) makes it: IMREAD_UNCHANGED ignores the EXIF orientation
+    return np.ascontiguousarray(over_white(orient(image, exif_orientation(buf))))
+
+
 def jpeg_scale(w: int, h: int, short_side: int = REDUCE_TO) -> int:
     """The largest libjpeg reduction (1, 2, 4 or 8) that keeps the short side at least `short_side` pixels."""
     return next(k for k in (8, 4, 2, 1) if k == 1 or -(-min(w, h) // k) >= short_side)
@@ -217,9 +244,9 @@ def decode_upload(data: bytes, *, max_pixels: int = MAX_PIXELS, max_aspect: floa
         raise UploadError(400, f"the {kind.upper()} is {w}x{h} pixels; at most {max_aspect:g}:1 (long side to "
                                "short side) is accepted")
     k = jpeg_scale(w, h) if kind == "jpeg" else 1
-    bgr = _decode_complete_jpeg(data, k) if kind == "jpeg" else _decode(data)  # cut PNG/GIF/BMP/WebP: None
+    bgr = _decode_complete_jpeg(data, k) if kind == "jpeg" else decode_image(data)  # cut PNG/GIF/BMP/WebP: None
     h, w = -(-h // k), -(-w // k)  # (H, W) after libjpeg's reduction: rounded up
-    upright = {(h, w), (w, h)} if kind in ("jpeg", "webp") else {(h, w)}  # EXIF rotations 5-8 swap the sides
+    upright = {(h, w), (w, h)} if kind in ("jpeg", "webp", "png") else {(h, w)}  # EXIF rotations 5-8 swap the sides
     if bgr is None or bgr.shape[:2] not in upright:
         raise UploadError(400, f"the {kind.upper()} is corrupt or truncated: it cannot be decoded")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # in place: no second full-size copy

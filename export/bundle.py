@@ -82,7 +82,7 @@ def export_bundle(kit, run_dir: Path, *, store=None) -> dict:
             manifest = _device_checks(kit, tmp, manifest, held_out)
         atomic_write(tmp / "README.md", render_readme(kit, manifest, read_json(run.eval_json)))
         manifest = write_manifest(tmp, manifest)
-        with open_bundle(tmp):  # the device's own check, on exactly what will be shipped
+        with open_bundle(tmp, announce=False):  # the device's own check, on exactly what will be shipped
             pass
         replace_dir(tmp, run.bundle)
     except BaseException:
@@ -93,7 +93,18 @@ def export_bundle(kit, run_dir: Path, *, store=None) -> dict:
             "models": {k: v.file for k, v in manifest.models.items()},
             "parity": {k: dict(v.info["parity"]) for k, v in manifest.models.items() if "parity" in v.info},
             "variants": variants, "formats": formats, "calibration": None if manifest.calibration is None
-            else manifest.calibration.to_dict()}
+            else manifest.calibration.to_dict(), "device_checks": _device_check_figures(manifest)}
+
+
+def _device_check_figures(manifest) -> dict | None:
+    """The on-device check run here on the shipped checks/ images (the figures the export's warnings quote), for the
+    summary: {"machine", "guard", "figures": {"ncnn/int8": 0.933, ...}}; None without checks."""
+    if manifest.checks is None:
+        return None
+    figures = dict((manifest.info.get("device_checks") or {}).get(manifest.checks.machine) or {})
+    images = sum(1 for name in manifest.files if name.startswith("checks/") and name != manifest.checks.reference)
+    return {"machine": manifest.checks.machine, "guard": manifest.checks.min_agreement, "figures": figures,
+            "images": images}
 
 
 def _device_checks(kit, tmp: Path, manifest, held_out: list):
@@ -116,7 +127,7 @@ def _archive(run: RunDir) -> Path:
         os.replace(part, run.archive)
     finally:
         part.unlink(missing_ok=True)
-    with open_bundle(run.archive):
+    with open_bundle(run.archive, announce=False):
         pass
     return run.archive
 

@@ -47,8 +47,9 @@ def write_checks(bundle_dir: Path, kit, manifest: Manifest, held_out: list[np.nd
     names = [_write_jpeg(bundle_dir, f"{CHECKS}/{i:03d}.jpg", _fit(rgb, max(manifest.preprocess.size)))
              for i, rgb in enumerate(images)]
     manifest = write_manifest(bundle_dir, manifest)  # the images listed: the runtime may open them
-    with open_bundle(bundle_dir) as bundle, Runtime(bundle, backend="onnxruntime", precision="fp32", warmup=0,
-                                                    providers=["cpu"], verify=False) as rt:  # fp32 on the CPU
+    with open_bundle(bundle_dir, announce=False) as bundle, Runtime(
+            bundle, backend="onnxruntime", precision="fp32", warmup=0, providers=["cpu"],
+            verify=False) as rt:  # fp32 on the CPU
         results = [rt(load_image(bundle, n), frame_id=i) for i, n in enumerate(names)]
         letterbox = rt.spec.letterbox if rt.spec.resize == "letterbox" else None
     doc = {"machine": platform.machine(), "backend": "onnxruntime", "precision": "fp32", "letterbox": letterbox,
@@ -68,7 +69,7 @@ def _figures_here(bundle_dir: Path) -> dict[str, float]:
     from dkit.edge.select import candidates
 
     out = {}
-    with open_bundle(bundle_dir) as bundle:
+    with open_bundle(bundle_dir, announce=False) as bundle:
         for backend, precision in candidates(bundle.manifest):
             if precision == "fp32":
                 continue

@@ -21,11 +21,19 @@ Writes into bundle_dir:
 
 Score calibration: a raw cosine means little on its own (CLIP cosines sit in a narrow band that depends on the
 model), so it is mapped to 0-100 by a piecewise-linear curve through percentiles of the similarities actually
-produced on the kit's images. For each image, `best` is its cosine to its closest ontology class and `rest` its
-cosines to the other classes; the knots are ANCHORS: an unrelated pair at the median scores 10, the top 1% of
-unrelated pairs 40, a typical match 70, the top 1% of matches 100. Knots are computed for the student (what the
-device uses) and the teacher, and their agreement on held-out images is reported: the mean absolute difference
-of the two scores over (image, class) pairs, and their Spearman rank correlation.
+produced on the kit's images, against prompts embedded exactly as the device embeds a typed prompt: every prompt
+of every ontology class on its own (one prompt x the bundle's templates), through the bundle's own tokenizer and
+text.onnx (`dkit.edge.judge.PromptEncoder`, or the shipped embedding where the judge would use it:
+`typed_prompt_embeddings`), never the class ensembles (several prompts averaged, which raises cosines). So
+`no_match_score` and the anchors mean the same for every prompt a kiosk is given. The fit uses the TRAINING split
+only (up to CALIBRATION_IMAGES images); each image's class is the teacher's closest ontology class. For each image,
+`best` are its cosines to its class's prompts and `rest` its cosines to the other classes' prompts; the knots are
+ANCHORS: an unrelated pair at the median scores 10, the top 1% of unrelated pairs 40, a typical match 70, the top
+1% of matches 100. Knots are computed for the student (what the device uses) and the teacher, and their agreement
+is reported on the HELD-OUT images only (split val, never fitted on): the mean absolute difference of the two
+scores over (image, prompt) pairs and their Spearman rank correlation, and the kiosk verdicts of both
+(`verdict_agreement_report`, over the prompts of dkit.distill.students.clip_embed.prompts.judge_prompts, the same
+set `dkit eval`'s moderation_agreement uses).
 """
 
 from __future__ import annotations
@@ -40,8 +48,9 @@ import numpy as np
 from dkit.core.errors import DkitError, UsageError, require
 from dkit.core.run import RunDir
 from dkit.core.workers import decode_workers
-from dkit.edge.manifest import Calibration, JudgeConfig
-from dkit.edge.moderation import VERDICTS, moderate
+from dkit.edge.judge import PromptEncoder, shipped_prompts, typed_prompt_embeddings
+from dkit.edge.manifest import Calibration, Prompts
+from dkit.edge.moderation import VERDICTS
 from dkit.edge.moderation import agreement as verdict_agreement
 from dkit.edge.preprocess import preprocess
 from dkit.edge.tokenizer import VOCAB_NAME, Tokenizer
@@ -50,7 +59,8 @@ from dkit.export.exporters import Exported
 log = logging.getLogger(__name__)
 
 PARITY_IMAGES = 16
-CALIBRATION_IMAGES = 1024  # the kit's images whose similarities set the score curve (train and val)
+CALIBRATION_IMAGES = 1024  # training images whose similarities set the score curve
+HELD_OUT_IMAGES = 1024  # held-out images the student-teacher agreement is measured on
 ANCHORS = (("rest", 1.0, 0.0), ("rest", 50.0, 10.0), ("rest", 99.0, 40.0), ("best", 50.0, 70.0), ("best", 99.0, 100.0))
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 # prompts every text-encoder parity check includes besides the kit's own: what kiosk operators type
@@ -69,6 +79,7 @@ def export_judge(kit, run_dir: Path, bundle_dir: Path, *, store) -> dict:
     """Write the judge's files into bundle_dir; return the manifest parts (models, text, prompts, calibration)."""
     require("onnx", what="exporting to ONNX", extra="export")
     from dkit.distill.students import clip_embed
+    from dkit.distill.students.clip_embed.prompts import moderation_sets, ontology_prompts
     from dkit.distill.teachers import build_teacher
 
     best = RunDir(run_dir).trained_weights()
@@ -78,8 +89,15 @@ def export_judge(kit, run_dir: Path, bundle_dir: Path, *, store) -> dict:
     records = clip_embed.labelled_records(run_dir)
     if not records:
         raise UsageError(f"no labelled images in {run_dir / 'labels'} to check the export against")
-    records = sorted(records, key=lambda r: (r.split != "val", r.image))[:CALIBRATION_IMAGES]  # val first
-    images = list(clip_embed.iter_decoded(records, decode_workers(kit.data.workers)))  # in worker processes
+    fit = [r for r in records if r.split == "train"][:CALIBRATION_IMAGES]  # the score curve: training images only
+    held = [r for r in records if r.split == "val"][:HELD_OUT_IMAGES]  # the agreement: held-out images only
+    if not fit:
+        raise UsageError(f"no training images in {run_dir / 'labels'} (every labelled image is held out) to fit "
+                         "the judge's score calibration on: lower data.val")
+    workers = decode_workers(kit.data.workers)
+    fit_images = list(clip_embed.iter_decoded(fit, workers))  # in worker processes
+    held_images = list(clip_embed.iter_decoded(held, workers))
+    images = held_images + fit_images
 
     student = _export_image_encoder(model, spec, ckpt["dim"], bundle_dir / "student.onnx", kit)
     student["parity"] = image_parity(model, bundle_dir / "student.onnx", images[:PARITY_IMAGES], spec)
@@ -100,23 +118,35 @@ def export_judge(kit, run_dir: Path, bundle_dir: Path, *, store) -> dict:
                         f"{text['parity']['first_mismatch']!r}); this teacher's tokenizer is not the CLIP BPE one "
                         "the edge reproduces")
 
-    student_emb = _run(bundle_dir / "student.onnx", [preprocess(im, spec)[0] for im in images])  # (N, D)
-    teacher_emb = clip_embed.teacher_embeddings(records, teacher, run_dir)  # (N, D) from the teacher cache
-    calibration = calibrate(student_emb, teacher.text)
-    calibration["teacher"] = calibrate(teacher_emb, teacher.text)
-    held = np.array([r.split == "val" for r in records]) if any(r.split == "val" for r in records) else None
-    calibration["agreement"] = score_agreement(student_emb, teacher_emb, teacher.text, calibration,
-                                               calibration["teacher"], held)
-    calibration["agreement"]["moderation"] = moderation_agreement(
-        student_emb, teacher_emb, rows, embeddings, kit.judge.device_config() if kit.judge else JudgeConfig(),
-        calibration, calibration["teacher"], held)
-    calibration |= {"source": "student", "images": len(images), "classes": "ontology classes"}
+    prompts = {"file": "prompts.npy", "dim": int(embeddings.shape[1]), "rows": rows,
+               "templates": list(teacher.cfg.templates),
+               "ensemble": "each template formatted with the prompt, encoded, normalised, averaged, normalised"}
+    texts, prompt_class = ontology_prompts(kit)
+    encoder = PromptEncoder.from_files(bundle_dir / "text.onnx", bundle_dir / VOCAB_NAME, context,
+                                       teacher.cfg.templates)
+    typed = typed_prompt_embeddings(texts, shipped_prompts(Prompts.from_dict(prompts).rows, embeddings), encoder)
+
+    def embed(recs: list, ims: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:  # (N, D) student, teacher
+        dim = int(embeddings.shape[1])
+        s = _run(bundle_dir / "student.onnx", [preprocess(im, spec)[0] for im in ims]) if ims else np.zeros((0, dim))
+        return s.astype(np.float32), clip_embed.teacher_embeddings(recs, teacher, run_dir)  # the teacher cache's
+
+    student_fit, teacher_fit = embed(fit, fit_images)
+    image_class = (teacher_fit @ teacher.text.T).argmax(1)  # the teacher's closest ontology class
+    calibration = calibrate(student_fit, typed, prompt_class, image_class)
+    calibration["teacher"] = calibrate(teacher_fit, typed, prompt_class, image_class)
+    student_held, teacher_held = embed(held, held_images)
+    calibration["agreement"] = score_agreement(student_held, teacher_held, typed, calibration, calibration["teacher"])
+    calibration["agreement"]["moderation"] = verdict_agreement_report(
+        student_held, teacher_held, moderation_sets(kit, teacher), calibration,
+        calibration["teacher"])
+    calibration |= {"source": "student", "split": "train", "images": len(fit), "prompts": texts,
+                    "prompt": "each ontology prompt alone x the templates, as the device embeds a typed prompt "
+                              "(dkit.edge.judge.PromptEncoder)"}
     return {
         "student": student, "text": text, "preprocess": spec,
         "tokenizer": {"type": "clip-bpe", "file": VOCAB_NAME, "context_length": context},
-        "prompts": {"file": "prompts.npy", "dim": int(embeddings.shape[1]), "rows": rows,
-                    "templates": list(teacher.cfg.templates),
-                    "ensemble": "each template formatted with the prompt, encoded, normalised, averaged, normalised"},
+        "prompts": prompts,
         "logit_scale": teacher.logit_scale,
         "calibration": calibration,
         "teacher_id": teacher.id,
@@ -270,17 +300,21 @@ def _prompt_table(kit, teacher) -> tuple[list[dict], np.ndarray]:
 # ------------------------------------------------------------------------------------------ calibration
 
 
-def calibrate(images: np.ndarray, classes: np.ndarray) -> dict:
-    """The piecewise-linear cosine -> 0-100 curve (ANCHORS) from (N, D) image and (C, D) class embeddings."""
-    if len(images) == 0 or len(classes) == 0:
+def calibrate(images: np.ndarray, prompts: np.ndarray, prompt_class: np.ndarray | None = None,
+              image_class: np.ndarray | None = None) -> dict:
+    """The piecewise-linear cosine -> 0-100 curve (ANCHORS) from (N, D) image and (Q, D) prompt embeddings.
+
+    prompt_class (Q,): the class each prompt names (default: each prompt its own class); image_class (N,): each
+    image's class (default: the class of its closest prompt). `best`: an image's cosines to its own class's
+    prompts; `rest`: to the other classes' prompts (one class: every cosine is both)."""
+    if len(images) == 0 or len(prompts) == 0:
         raise DkitError("no images or no classes to calibrate the judge's scores on")
-    cos = images @ classes.T  # (N, C)
-    if cos.shape[1] > 1:
-        winner = cos.argmax(1)
-        best = cos[np.arange(len(cos)), winner]
-        others = np.ones_like(cos, bool)
-        others[np.arange(len(cos)), winner] = False
-        rest = cos[others]
+    cos = images @ prompts.T  # (N, Q)
+    pc = np.arange(cos.shape[1]) if prompt_class is None else np.asarray(prompt_class)
+    if len(np.unique(pc)) > 1:
+        ic = pc[cos.argmax(1)] if image_class is None else np.asarray(image_class)
+        match = pc[None, :] == ic[:, None]  # (N, Q): the pairs of an image and a prompt of its class
+        best, rest = cos[match], cos[~match]
     else:
         best = rest = cos.ravel()
     groups = {"best": best, "rest": rest}
@@ -307,36 +341,38 @@ def score(cosines: np.ndarray, calibration: dict) -> np.ndarray:
     return Calibration.from_dict(calibration).to_score(cosines)
 
 
-def moderation_agreement(student: np.ndarray, teacher: np.ndarray, rows: list[dict], table: np.ndarray,
-                         cfg: JudgeConfig, s_cal: dict, t_cal: dict, mask: np.ndarray | None) -> dict:
-    """Student vs teacher kiosk verdicts over (image, judge prompt) pairs of the held-out images (all if `mask` is
-    None): the device's moderation rule (dkit.edge.moderation), each with its own score calibration.
+def verdict_agreement_report(student: np.ndarray, teacher: np.ndarray, sets: tuple, s_cal: dict,
+                             t_cal: dict) -> dict:
+    """Student vs teacher kiosk verdicts over (held-out image, judge prompt) pairs, with the device's moderation rule
+    (dkit.edge.moderation) and each one's own score calibration.
 
-    rows, table: the bundle's prompt rows and (P, D) embeddings; the judge prompts are the `prompt` rows (the
-    ontology classes when the kit names none), moderated against the `text` and `unsafe` rows."""
-    roles = np.array([r["role"] for r in rows])
-    prompts = table[roles == "prompt"] if (roles == "prompt").any() else table[roles == "class"]  # (P, D)
-    text, unsafe = table[roles == "text"], table[roles == "unsafe"]  # (T, D), (U, D)
-    if mask is not None:
-        student, teacher = student[mask], teacher[mask]
+    student, teacher: (N, D) embeddings of the held-out images; sets: `moderation_sets(kit, teacher)` (the judge
+    prompts, text and unsafe prompts as the bundle ships them, the device's JudgeConfig), the same prompt set
+    `dkit eval` uses. `agreement`: all four verdicts (ok, text, no_match, blocked); `moderation_agreement`: the
+    content rules alone (blocked, text or neither), the figure eval.json's `moderation_agreement` is."""
+    from dkit.distill.students.clip_embed.prompts import moderation_agreement, moderation_verdicts
+
+    prompts, text, unsafe, cfg = sets
 
     def verdicts(emb: np.ndarray, cal: dict) -> np.ndarray:  # (N, P)
-        cos = emb @ prompts.T
-        return moderate(cos, (emb @ text.T)[:, None, :], (emb @ unsafe.T)[:, None, :], cfg, score=score(cos, cal))
+        return moderation_verdicts(emb, prompts, text, unsafe, cfg, score=score(emb @ prompts.T, cal))
 
     s, t = verdicts(student, s_cal), verdicts(teacher, t_cal)
     same = verdict_agreement(s, t)
-    return {"pairs": int(s.size), "agreement": None if same is None else round(same, 4),
+    content = moderation_agreement(student, teacher, prompts, text, unsafe, cfg)
+    return {"pairs": int(s.size), "split": "val", "agreement": None if same is None else round(same, 4),
+            "moderation_agreement": None if content is None else round(content, 4),
             **{who: {v: int((x == v).sum()) for v in VERDICTS} for who, x in (("student", s), ("teacher", t))}}
 
 
-def score_agreement(student: np.ndarray, teacher: np.ndarray, classes: np.ndarray, s_cal: dict, t_cal: dict,
-                    mask: np.ndarray | None) -> dict:
-    """Student vs teacher 0-100 scores over (image, class) pairs of the held-out images (all if `mask` is None)."""
-    if mask is not None:
-        student, teacher = student[mask], teacher[mask]
-    a, b = score(student @ classes.T, s_cal).ravel(), score(teacher @ classes.T, t_cal).ravel()
-    return {"pairs": int(a.size), "split": "val" if mask is not None else "all",
+def score_agreement(student: np.ndarray, teacher: np.ndarray, prompts: np.ndarray, s_cal: dict,
+                    t_cal: dict) -> dict:
+    """Student vs teacher 0-100 scores over (held-out image, prompt) pairs: (N, D) embeddings of the held-out
+    images only (the curves were fitted on training images), (Q, D) the calibration's prompts."""
+    a, b = score(student @ prompts.T, s_cal).ravel(), score(teacher @ prompts.T, t_cal).ravel()
+    if a.size == 0:
+        return {"pairs": 0, "split": "val", "mean_abs_score_diff": None, "spearman": None}
+    return {"pairs": int(a.size), "split": "val",
             "mean_abs_score_diff": round(float(np.abs(a - b).mean()), 3),
             "spearman": round(_spearman(a, b), 4)}
 

@@ -15,6 +15,7 @@ calibration); `evaluation` is the run's eval.json as a dict (`dkit eval`; {} whe
 
 from __future__ import annotations
 
+from dkit.edge.extras import install_hint
 from dkit.edge.manifest import Manifest
 
 
@@ -120,11 +121,14 @@ def _embed_parity(manifest: Manifest, m) -> list[str]:
 
 
 def _calibration_line(c: dict) -> str:
-    return (f"- Score calibration from {c['images']} of the kit's images: cosine knots "
-            f"{', '.join(f'{x:.3f}' for x in c['cosine'])} -> scores {', '.join(f'{y:g}' for y in c['score'])}; "
-            f"student vs teacher scores on {c['agreement']['pairs']} ({c['agreement']['split']}) image-class "
-            f"pairs: mean absolute difference {c['agreement']['mean_abs_score_diff']:.1f} points, Spearman "
-            f"{c['agreement']['spearman']:.3f}." + _moderation_sentence(c["agreement"].get("moderation")))
+    a = c["agreement"]
+    fitted = (f"{c['images']} training images against each ontology prompt alone (as the device embeds a typed "
+              "prompt)" if c.get("split") == "train" else f"{c['images']} of the kit's images")
+    agreement = ("" if a.get("mean_abs_score_diff") is None else
+                 f"; student vs teacher scores on {a['pairs']} ({a['split']}) image-prompt pairs: mean absolute "
+                 f"difference {a['mean_abs_score_diff']:.1f} points, Spearman {a['spearman']:.3f}")
+    return (f"- Score calibration from {fitted}: cosine knots {', '.join(f'{x:.3f}' for x in c['cosine'])} -> "
+            f"scores {', '.join(f'{y:g}' for y in c['score'])}{agreement}." + _moderation_sentence(a.get("moderation")))
 
 
 def _moderation_sentence(m: dict | None) -> str:
@@ -149,13 +153,16 @@ def _variant_lines(manifest: Manifest) -> list[str]:
             a = v.info["vs_onnx"]
             lines.append(f"- `{v.file}` + `{v.weights}` (NCNN, {v.precision}): {a['metric']} {a['agreement']:.3f} "
                          f"against the fp32 ONNX model on {a['images']} held-out images (largest output difference "
-                         f"{a['max_abs_diff']:.2g}); run it with `dkit run --backend ncnn` (`pip install "
-                         "'distill-kit[ncnn]'`).")
+                         f"{a['max_abs_diff']:.2g}); run it with `dkit run --backend ncnn` (NCNN: "
+                         f"{install_hint('ncnn')}).")
     for precision, why in manifest.info["refused_variants"].items():
         lines.append(f"- {precision}: refused ({why}).")
     if manifest.checks is not None:
         here = manifest.info.get("device_checks", {}).get(manifest.checks.machine, {})
-        figures = ", ".join(f"{k} {v:.3f}" for k, v in here.items())
+        guard = manifest.checks.min_agreement
+        figures = ", ".join(f"{k} could not run" if v is None else f"{k} {v:.3f}" + (
+            f" (FAILS: below {guard:g}; auto leaves it out on another CPU architecture)" if v < guard else "")
+            for k, v in here.items())
         lines.append(f"- On-device check: `checks/` holds held-out images and the fp32 results on them. int8 kernels "
                      f"round differently per CPU family, so on another CPU architecture than this export's "
                      f"({manifest.checks.machine}) `dkit run` checks each reduced-precision model against them "
@@ -185,7 +192,9 @@ def _eval_lines(evaluation: dict) -> list[str]:
                              ("accuracy {} against ground truth", s.get("accuracy"))])
     else:
         return []
-    return [f"{head}{'; '.join(x for x in (figures, on) if x)}."] if figures or on else []
+    speed = (evaluation.get("notes") or {}).get("speed")  # where the speed-up comes from (dkit.distill.evaluate)
+    return ([f"{head}{'; '.join(x for x in (figures, on) if x)}."] if figures or on else []) + (
+        [f"- {speed}"] if speed else [])
 
 
 def _measured(parts: list[tuple[str, float | None]]) -> str:

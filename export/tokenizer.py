@@ -24,5 +24,5 @@ def vocab_file() -> Path:
     path = Path(tokenizer.default_bpe())
     if path.name != VOCAB_NAME or not path.is_file():
         raise DkitError(f"the installed open_clip has no {VOCAB_NAME} at {path}; reinstall it: "
-                        "pip install --force-reinstall 'distill-kit[distill]'")
+                        "pip install --force-reinstall open_clip_torch")
     return path

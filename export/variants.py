@@ -6,7 +6,8 @@
 
 - `fp16`: onnxruntime's float16 converter (inputs and outputs stay float32, so the device code is the
   same); for GPUs and NPUs, CPUs mostly run it slower.
-- `int8`: onnxruntime's static quantization (QDQ, per-channel weights), calibrated on the kit's own
+- `int8`: onnxruntime's static quantization (QDQ, per-channel weights) of the convolutions (the first one, and a
+  YOLO detection head's linear output convolutions, stay float: `float_convs`), calibrated on the kit's own
   training images through the device's preprocessing; `export.int8_format` s8s8 (default: onnxruntime's first
   choice, what its Arm dot-product kernels and TensorRT run) or u8s8 (faster on x86 AVX2 CPUs without VNNI,
   where s8s8 is slower than fp32). `dkit run --precision auto` never picks a variant slower than fp32 there.
@@ -43,7 +44,7 @@ def make_variant(precision: str, fp32: Path, bundle_dir: Path, kit, held_out: li
 
         onnx.save(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True), str(out))
     elif precision == "int8":
-        _quantize_int8(fp32, out, calibration, spec, kit.export.int8_format)
+        _quantize_int8(fp32, out, calibration, spec, kit.export.int8_format, task)
     else:
         raise ValueError(f"unknown precision {precision!r}")
     agreement = compare(fp32, out, held_out, spec, kit, task)
@@ -67,6 +68,7 @@ def backend_checks(fp32: Path, variant: Path, precision: str, images: list[np.nd
     gives boxes hundreds of pixels off, mAP50 0.0, where onnxruntime keeps 0.963). A backend missing here is
     absent from the result, and auto then leaves it out for this model too (dkit.edge.select)."""
     from dkit.edge.backends import BACKENDS, open_onnx_file
+    from dkit.edge.backends.base import short_reason
 
     checks = {"onnxruntime": {"agreement": round(ort_agreement["agreement"], 4)}}
     others = [b for b, p in BACKENDS.items() if p.format == "onnx" and b != "onnxruntime" and p.importable()]
@@ -80,8 +82,12 @@ def backend_checks(fp32: Path, variant: Path, precision: str, images: list[np.nd
             be = open_onnx_file(name, variant, precision)
             got = agreement(ref, [be.run(x) for x in inputs], kit, task)
         except Exception as e:  # noqa: BLE001 - an optional backend that cannot run the model is refused there
-            checks[name] = {"agreement": 0.0, "refused": f"{name}: does not run it ({type(e).__name__}: {e})"}
+            # one line (a native library's text can be dozens: OpenVINO's C++ exception chain); all of it at debug
+            # level and in the manifest's report (`error`)
+            checks[name] = {"agreement": 0.0, "refused": f"{name}: does not run it ({short_reason(e)})",
+                            "error": str(e)[:4000]}
             log.warning("%s %s variant refused on %s", precision, variant.name, checks[name]["refused"])
+            log.debug("%s on %s, the full error:\n%s", variant.name, name, e)
             continue
         doc = {"agreement": round(got["agreement"], 4)}
         if got["agreement"] < kit.export.accuracy_guard:
@@ -92,7 +98,11 @@ def backend_checks(fp32: Path, variant: Path, precision: str, images: list[np.nd
     return checks
 
 
-def _quantize_int8(fp32: Path, out: Path, images: list[np.ndarray], spec: dict, fmt: str = "s8s8") -> None:
+def _quantize_int8(fp32: Path, out: Path, images: list[np.ndarray], spec: dict, fmt: str = "s8s8",
+                   task: str = "detect") -> None:
+    """Static QDQ int8 of the convolutions of `fp32` into `out`, calibrated on `images`; left in float: the first
+    convolution (raw pixels) of every model, and for a detector (task `detect`: a YOLO detection head) the head's
+    linear convolutions (`float_convs`)."""
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -117,13 +127,24 @@ def _quantize_int8(fp32: Path, out: Path, images: list[np.ndarray], spec: dict, 
         quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8 if fmt == "s8s8" else QuantType.QUInt8,
                         weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"],
-                        nodes_to_exclude=sorted(set(linear_convs(prepared)) | set(input_convs(prepared))))
+                        nodes_to_exclude=float_convs(prepared, task))
     finally:
         prepared.unlink(missing_ok=True)
 
 
+def float_convs(model_path: Path, task: str) -> list[str]:
+    """The Conv nodes int8 leaves in float: the input convolution of every model; and, for a detector (`detect`,
+    a YOLO detection head, where the rule was measured), the linear convolutions, which are the head's box and class
+    outputs and its DFL. Elsewhere a convolution without an activation after it is an ordinary layer (a ResNet
+    block's last convolution and its shortcut feed an Add, a MobileNet's projection is linear by design): keeping
+    those in float left 12 of a ResNet-18 encoder's 20 convolutions unquantized, so there they are quantized."""
+    head = set(linear_convs(model_path)) if task == "detect" else set()
+    return sorted(head | set(input_convs(model_path)))
+
+
 def linear_convs(model_path: Path) -> list[str]:
-    """Names of the Conv nodes not followed by an activation (Sigmoid: SiLU is exported as x * sigmoid(x))."""
+    """Names of the Conv nodes not followed by an activation (Sigmoid: SiLU is exported as x * sigmoid(x)); in a
+    YOLO detector these are its detection head's output convolutions (`float_convs` applies it there only)."""
     import onnx
 
     graph = onnx.load(str(model_path)).graph

@@ -2,14 +2,15 @@
 
     from dkit.export.yolo import export_detector, export_classifier
 
-    entry = export_detector(kit, run_dir, bundle_dir)    # writes bundle_dir/student.onnx, returns its manifest entry
-    entry = export_classifier(kit, run_dir, bundle_dir)
+    entry, names = export_detector(kit, run_dir, bundle_dir)   # writes bundle_dir/student.onnx: its manifest entry
+    entry, names = export_classifier(kit, run_dir, bundle_dir)  # and its class names in output order (model.names)
 
 The graph comes from Ultralytics' exporter (opset from the kit, dynamic batch, simplified with onnxslim).
 Detector parity: the same letterboxed images (dkit.edge.preprocess, what the device will do) go through the
 PyTorch student and through onnxruntime; the raw outputs' largest absolute difference must stay within
-`export.parity_atol`, and after Ultralytics' NMS at the kit's edge thresholds the boxes must agree
-(same class, IoU >= 0.9) at least `export.accuracy_guard` of the time.
+`export.parity_atol`, and after Ultralytics' NMS at the kit's edge thresholds the boxes must agree one to one
+(same class, IoU >= 0.9, each ONNX box claiming one PyTorch box: dkit.edge.map50.match) at least
+`export.accuracy_guard` of the time.
 Classifier parity: the device's input (dkit.edge.preprocess: shortest side, centre crop, Pillow's bilinear
 in numpy) against Ultralytics' own torchvision transform of the same image (largest difference, expected
 0), the ONNX probabilities against the PyTorch student's on that input (within `export.parity_atol`), and
@@ -27,17 +28,20 @@ import numpy as np
 
 from dkit.core.errors import DkitError, UsageError, require
 from dkit.core.run import RunDir
+from dkit.edge.map50 import match
 from dkit.edge.preprocess import preprocess
 from dkit.export.exporters import Exported
 
 log = logging.getLogger(__name__)
 
 PARITY_IMAGES = 16  # held-out images first, then training images, as many as there are up to this
+PARITY_IOU = 0.9  # an ONNX box agrees with a PyTorch box of the same class at this IoU or more
 
 
 def export_yolo_detect(kit, run: RunDir, bundle_dir: Path, store=None) -> Exported:
-    """The `yolo-detect` exporter (dkit.export.exporters)."""
-    return Exported(export_detector(kit, run, bundle_dir), list(kit.ontology.names))
+    """The `yolo-detect` exporter (dkit.export.exporters): its classes are the detector's own, in its output order."""
+    entry, names = export_detector(kit, run, bundle_dir)
+    return Exported(entry, names)
 
 
 def export_yolo_cls(kit, run: RunDir, bundle_dir: Path, store=None) -> Exported:
@@ -46,14 +50,17 @@ def export_yolo_cls(kit, run: RunDir, bundle_dir: Path, store=None) -> Exported:
     return Exported(entry, names)
 
 
-def export_detector(kit, run_dir: Path, bundle_dir: Path) -> dict:
+def export_detector(kit, run_dir: Path, bundle_dir: Path) -> tuple[dict, list[str]]:
+    """The detector's manifest entry and its class names in output order (`model.names`: the kit's ontology order
+    when it was trained; a kit whose classes changed since is refused by _export_onnx, not renamed)."""
     model, onnx_path, best = _export_onnx(kit, run_dir, bundle_dir)
+    names = [model.names[i] for i in range(len(model.names))]
     spec = preprocess_spec(kit, int(max(model.model.stride)))
     parity = detector_parity(model, onnx_path, kit_images(run_dir, split=None, limit=PARITY_IMAGES), spec, kit)
     _check(parity, kit, best, "box/class agreement after NMS")
     return _entry(onnx_path, kit, parity, spec, {
         "type": "yolov8-detect", "output": "(batch, 4 + classes, anchors)", "boxes": "xywh, input pixels",
-        "scores": "class probabilities, no objectness", "nms": "class-wise"})
+        "scores": "class probabilities, no objectness", "nms": "class-wise"}), names
 
 
 def export_classifier(kit, run_dir: Path, bundle_dir: Path) -> tuple[dict, list[str]]:
@@ -75,6 +82,10 @@ def _export_onnx(kit, run_dir: Path, bundle_dir: Path):
     best = RunDir(run_dir).trained_weights()
     s, e = kit.student, kit.export
     model = ultralytics.YOLO(str(best))
+    names = [model.names[i] for i in range(len(model.names))]  # output order: what the bundle's classes must be
+    if sorted(names) != sorted(kit.ontology.names):
+        raise UsageError(f"{best} was trained on the classes {names}, but the kit's ontology now lists "
+                         f"{list(kit.ontology.names)}: run `dkit label` and `dkit train` again before exporting")
     quiet = logging.getLogger("ultralytics")
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # its exporter's banner goes to stdout, where `dkit export` reports
@@ -127,7 +138,6 @@ def detector_parity(model, onnx_path: Path, images: list[np.ndarray], spec: dict
     """Max abs difference of raw outputs, and box/class agreement after NMS, PyTorch vs onnxruntime."""
     import onnxruntime as ort
     import torch
-    from ultralytics.utils.metrics import box_iou
     from ultralytics.utils.nms import non_max_suppression
 
     net = model.model.float().eval()
@@ -142,11 +152,10 @@ def detector_parity(model, onnx_path: Path, images: list[np.ndarray], spec: dict
         got = session.run(None, {name: x})[0]
         max_diff = max(max_diff, float(np.abs(ref - got).max()))
         a, b = (non_max_suppression(torch.from_numpy(o), conf_thres=kit.edge.conf, iou_thres=kit.edge.iou,
-                                    max_det=kit.edge.max_det)[0] for o in (ref, got))  # (N, 6) xyxy, conf, cls
+                                    max_det=kit.edge.max_det)[0].numpy() for o in (ref, got))  # (N, 6) best first
         total += max(len(a), len(b))
-        if len(a) and len(b):
-            iou = box_iou(a[:, :4], b[:, :4]) * (a[:, 5:6] == b[:, 5][None])  # same class only
-            matched += int((iou.max(1).values >= 0.9).sum())
+        # one to one: each ONNX box (best first) claims one unclaimed PyTorch box of its class
+        matched += int(match(b[:, :4], b[:, 5].astype(np.int64), a[:, :4], a[:, 5].astype(np.int64), PARITY_IOU).sum())
     return {"images": len(images), "max_abs_diff": max_diff,
             "agreement": 1.0 if total == 0 else matched / total, "boxes": total}
 

@@ -8,7 +8,7 @@
   in the main process (dkit.distill.label._label_all).
 - `ray`: a Ray cluster (dkit.distill.engines.ray_data): Ray Data decodes in tasks and runs the teacher in an actor
   pool; the driver (this process) keeps the one teacher cache and builds the records, so both engines give the
-  same labels.jsonl. Needs the `scale` extra (`pip install 'distill-kit[scale]'`).
+  same labels.jsonl. Needs the `scale` extra (`pip install '.[scale]'` in a checkout).
 
 An engine is a function `(kit, teacher, cache, root, paths, staging, progress, **options) -> (records, counts)`:
 one LabelRecord per path in input order, and counts {files, cached, inferred, skipped} (+ engine figures).

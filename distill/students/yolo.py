@@ -17,6 +17,7 @@ import csv
 import dataclasses
 import io
 import logging
+import math
 import shutil
 import time
 from dataclasses import asdict, replace
@@ -109,7 +110,10 @@ class _EpochLog:
         shown = "?" if metric is None else f"{metric:.4f}"
         done = trainer.epoch + 1
         if self.ended:  # after the last epoch: Ultralytics' final validation of best.pt (its epoch counter + 1)
-            log.info("student trained: best.pt on the held-out images, %s %s", name, shown)
+            how = (f"{validator_note(int(trainer.args.imgsz))}; eval.md shows both" if name == "mAP50"
+                   else "Ultralytics' validator on the held-out class folders, as `dkit eval`'s top1_agreement")
+            log.info("student trained: best.pt on the held-out images, %s %s against the teacher's labels (these "
+                     "images also chose best.pt; %s)", name, shown, how)
             return
         self.ended = bool(getattr(trainer, "stop", False))  # set before this call on the last epoch run
         self.first = trainer.epoch if self.first is None else self.first  # a resumed run starts later
@@ -259,11 +263,16 @@ def evaluate(kit, run_dir: Path, *, store, ground_truth: Path | None = None) -> 
         "ground_truth": None if ground_truth is None else str(ground_truth),
         "student": {"kind": s.kind, "weights": str(best), "imgsz": s.imgsz, "params": s_params,
                     "gflops": s_gflops, "ms_per_image": s_ms},
-        "teacher": {"id": teacher.id, "imgsz": kit.teacher.imgsz, "params": t_params, "gflops": t_gflops,
-                    "ms_per_image": t_ms},
+        "teacher": {"id": teacher.id, "imgsz": kit.teacher.imgsz, "augment": kit.teacher.augment, "params": t_params,
+                    "gflops": t_gflops, "ms_per_image": t_ms},
     }
     if s.kind == "yolo-detect":
         _detection_metrics(result, kit, run, records, s_out, t_out, teacher, ground_truth)
+        validator = _validator_map50(student, kit, run)
+        result["student"]["validator_map50_vs_teacher"] = validator
+        result.setdefault("notes", {})["validator"] = (
+            f"Against the teacher's labels: map50_vs_teacher {result['student']['map50_vs_teacher']:.4f}, "
+            f"Ultralytics' validator {validator:.4f} (validator_map50_vs_teacher). {validator_note(s.imgsz)}.")
     else:
         _classification_metrics(result, kit, records, s_out, ground_truth)
     result["ratios"] = {"speed": round(t_ms / s_ms, 3) if s_ms else None}
@@ -282,7 +291,9 @@ def _detection_metrics(result, kit, run: RunDir, records, s_out, t_out, teacher,
                        for b, p, c in zip(boxes, conf, cls, strict=True))
         return dataclasses.replace(rec, image=getattr(rec, image_key), labels=labels)
 
-    s_boxes = [(r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy(), r.boxes.cls.cpu().numpy()) for r in s_out]
+    ids = _kit_class_ids(s_out[0].names, names) if s_out else np.zeros(0, np.int64)  # student index -> kit index
+    s_boxes = [(r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy(), ids[r.boxes.cls.cpu().numpy().astype(int)])
+               for r in s_out]
     # against the teacher's labels as written (the data set's label files: the student's training target)
     vs_teacher = detection_quality([as_record(rec, *b, "dataset_image") for rec, b in zip(records, s_boxes,
                                                                                             strict=True)],
@@ -303,10 +314,35 @@ def _detection_metrics(result, kit, run: RunDir, records, s_out, t_out, teacher,
         result["teacher"] |= {"map50": tq["map50"], "map50_95": tq["map50_95"]}
 
 
+def validator_note(imgsz: int) -> str:
+    """What `dkit train`'s closing mAP50 is, and how it differs from `dkit eval`'s map50_vs_teacher."""
+    padded = math.ceil(imgsz / 32 + 0.5) * 32  # Ultralytics' rect batch shape for a square image (pad 0.5 stride)
+    return ("Ultralytics' validator (`dkit train`'s closing figure) keeps every class above conf 0.001 for each box "
+            "(multi-label NMS) and feeds the held-out images in rectangular batches of 2 x student.batch, each "
+            f"letterboxed to one shape with half a stride of extra padding (a square image at {imgsz} px is fed "
+            f"{padded} x {padded}); `dkit eval`'s map50_vs_teacher keeps one class per box and feeds one image at a "
+            f"time letterboxed to the nearest stride ({imgsz} x {imgsz} for a square one), as Ultralytics' predict "
+            "and the device do. Same weights, labels, conf 0.001, iou 0.7, max_det 300 and mAP arithmetic")
+
+
+def _validator_map50(student, kit, run: RunDir) -> float:
+    """mAP50 against the teacher's held-out labels from Ultralytics' own validator, exactly as `dkit train` ends
+    (its final validation of best.pt: batches of 2 x student.batch, rectangular): the figure train.log shows."""
+    import tempfile
+
+    s = kit.student
+    with tempfile.TemporaryDirectory(prefix="dkit-val-") as tmp:
+        metrics = student.val(data=str(run.labels / "data.yaml"), split="val", imgsz=s.imgsz, batch=2 * s.batch,
+                              conf=0.001, iou=0.7, max_det=300, plots=False, verbose=False, project=tmp, name="val",
+                              workers=0, device="cpu" if s.device == "auto" else s.single_device)
+    return round(float(metrics.box.map50), 4)
+
+
 def _classification_metrics(result, kit, records, s_out, ground_truth) -> None:
-    names = kit.ontology.names
-    predicted = [names[int(r.probs.top1)] if r.names[int(r.probs.top1)] in names else r.names[int(r.probs.top1)]
-                 for r in s_out]
+    # An Ultralytics classifier trained from class folders numbers its classes alphabetically, whatever the
+    # ontology's order: a prediction is the model's own name for its index (as the exported bundle uses it).
+    ids = _kit_class_ids(s_out[0].names, kit.ontology.names)  # the model's class index -> the ontology's
+    predicted = [kit.ontology.names[ids[int(r.probs.top1)]] for r in s_out]
     teacher = [r.labels[0]["class"] for r in records]
     result["student"]["top1_agreement"] = float(np.mean([p == t for p, t in zip(predicted, teacher, strict=True)]))
     result["student"]["accuracy"] = None
@@ -317,6 +353,17 @@ def _classification_metrics(result, kit, records, s_out, ground_truth) -> None:
         if not pairs:
             raise UsageError(f"--ground-truth {ground_truth}: none of the held-out images is listed")
         result["student"]["accuracy"] = float(np.mean([p == t for p, t in pairs]))
+
+
+def _kit_class_ids(model_names, kit_names: list[str]) -> np.ndarray:
+    """(the model's classes,) the ontology index of each class index of a YOLO student, matched by name: the
+    student's numbering is its own (alphabetical for a classifier trained from class folders), never assumed."""
+    names = [model_names[i] for i in range(len(model_names))] if isinstance(model_names, dict) else list(model_names)
+    missing = [n for n in names if n not in kit_names]
+    if missing:
+        raise UsageError(f"the student's classes {missing} are not in the kit's ontology ({', '.join(kit_names)}): "
+                         "it was trained on other labels; train it again (dkit train --restart)")
+    return np.array([kit_names.index(n) for n in names], dtype=np.int64)
 
 
 def _read_class_truth(path: Path) -> dict[str, str]:

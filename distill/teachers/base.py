@@ -56,3 +56,18 @@ def resolve_device(device: str) -> str:
 def file_digest(path: str, length: int = 16) -> str:
     """Short sha256 of a weights file, so the cache notices when weights change under the same name."""
     return sha256_file(path)[:length]
+
+
+def class_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
+    """Indices of the (N, 4) xyxy `boxes` that class-wise NMS keeps, best score first (torchvision's
+    `batched_nms`: a box suppresses only boxes of its own class overlapping it by more than `iou`). Teachers
+    run it on the kit's classes, after any mapping of their own classes onto the ontology."""
+    if len(boxes) == 0:
+        return np.zeros(0, np.int64)
+    import torch
+    from torchvision.ops import batched_nms
+
+    keep = batched_nms(torch.from_numpy(np.ascontiguousarray(boxes)).float(),
+                       torch.from_numpy(np.ascontiguousarray(scores)).float(),
+                       torch.from_numpy(np.ascontiguousarray(classes)).long(), iou)
+    return keep.numpy()

@@ -2,13 +2,19 @@
 
 Each class's text embedding is a prompt ensemble: every prompt in every template ("a photo of {}."),
 normalised, averaged, normalised again. Background prompts ("a blank image") each get their own
-embedding and compete with the classes. Because a softmax over the captions always picks one, the
-teacher abstains (label "none") when a background prompt wins, when the best class's cosine is below
-`teacher.abstain.floor`, or when its probability leads the runner-up by less than `teacher.abstain.margin`.
+embedding and compete with the classes, and so does `teacher.abstain.floor` when it is set: a "none"
+candidate whose cosine is the floor. Because a softmax over the candidates always picks one, the
+teacher abstains (label "none") when a background prompt wins, when the floor wins (the best class's
+cosine is below it), or when the best class's probability leads the runner-up by less than
+`teacher.abstain.margin`. The winning class's probability is the label's confidence, so one class
+with a floor gets confidences that grow with its cosine above the floor (not a constant 1.0); a kit
+where nothing can win but a class is refused by the kit's validation (dkit.core.kit.Abstain).
 
 Classification kits get one label per image. Detection kits get boxes from a proposer (`yolo`:
 class-agnostic Ultralytics boxes; `sliding`: multi-scale windows) whose crops CLIP verifies with the
-same rule, then class-wise NMS and the min-size filter.
+same rule, then class-wise NMS and the min-size filter. A crop is square and holds the whole box
+(`teacher.proposer.crop`: `square` context or `letterbox`, dkit.distill.proposers.crop_boxes), so
+CLIP's own resize-and-centre-crop never cuts the top and bottom off a standing person.
 
 What is cached per image (`infer`): the normalised image embedding, and for detection the proposals
 and their crop embeddings. Prompts and thresholds are applied in `decide`, so changing them reruns
@@ -17,6 +23,7 @@ nothing expensive. The embeddings are also what a clip-embed student learns to r
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +31,14 @@ import numpy as np
 from dkit.core.errors import require
 from dkit.core.kit import RANDOM
 from dkit.distill.proposers import build_proposer, crop_boxes
-from dkit.distill.teachers.base import Decision, Raw, Teacher, file_digest, resolve_device
+from dkit.distill.teachers.base import Decision, Raw, Teacher, class_nms, file_digest, resolve_device
+
+log = logging.getLogger(__name__)
 
 
 class ClipTeacher(Teacher):
+    """Zero-shot labels from an open_clip model: prompt ensembles, background prompts, the abstain rule."""
+
     def __init__(self, kit, store):
         open_clip = require("open_clip", what="the clip teacher", extra="distill")
         torch = require("torch", what="the clip teacher", extra="distill")
@@ -56,6 +67,7 @@ class ClipTeacher(Teacher):
         self.model, self.preprocess, self.torch = model.eval(), preprocess, torch
         self.tokenizer = open_clip.get_tokenizer(cfg.model)
         self.logit_scale = float(model.logit_scale.exp().item())
+        self.dim = self._embedding_width()
 
         names = list(kit.ontology.classes)
         self.class_names = names
@@ -71,15 +83,24 @@ class ClipTeacher(Teacher):
         self.proposer = None
         if self.task == "detect":
             self.proposer = build_proposer(cfg.proposer, store, self.device)
-            self.cache_key += f"|{self.proposer.cache_key}"
+            self.cache_key += f"|{self.proposer.cache_key}|crop={cfg.proposer.crop}"
+        note = kit.abstain_note()
+        if note:
+            log.warning("%s", note)
 
     # ------------------------------------------------------------------------------------------ embeddings
 
+    def _embedding_width(self) -> int:
+        """The width of the model's embeddings, read from its output for a probe text: open_clip's classes
+        differ in where the projection lives (CLIP's `text_projection`; CustomTextCLIP's text tower: PE-Core,
+        MobileCLIP, EVA02 have none at the top level), the output is the same everywhere."""
+        with self.torch.inference_mode():
+            return int(self.model.encode_text(self.tokenizer(["a photo"]).to(self.device)).shape[-1])
+
     def embed_prompts(self, prompt_sets: list[list[str]]) -> np.ndarray:
         """One embedding per set: every prompt in every template, normalised, averaged, normalised."""
-        dim = int(self.model.text_projection.shape[1]) if hasattr(self.model, "text_projection") else None
         if not prompt_sets:
-            return np.zeros((0, dim or 1), np.float32)
+            return np.zeros((0, self.dim), np.float32)
         out = []
         with self.torch.inference_mode():
             for prompts in prompt_sets:
@@ -95,7 +116,7 @@ class ClipTeacher(Teacher):
         from PIL import Image
 
         if not images:
-            return np.zeros((0, self.text.shape[1]), np.float32)
+            return np.zeros((0, self.dim), np.float32)
         batch = self.torch.stack([self.preprocess(Image.fromarray(im)) for im in images]).to(self.device)
         with self.torch.inference_mode():
             emb = self.model.encode_image(batch).float()
@@ -109,7 +130,7 @@ class ClipTeacher(Teacher):
             return [{"embedding": e} for e in self.embed_images(images)]
         out = []
         for image, (boxes, objectness) in zip(images, self.proposer.propose(images), strict=True):
-            crops = crop_boxes(image, boxes, pad=self.cfg.proposer.pad)
+            crops = crop_boxes(image, boxes, pad=self.cfg.proposer.pad, mode=self.cfg.proposer.crop)
             out.append({
                 "embedding": self.embed_images([image])[0],
                 "boxes": boxes.astype(np.float32),  # (P, 4) xyxy pixels
@@ -119,23 +140,28 @@ class ClipTeacher(Teacher):
         return out
 
     def scores(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Cosines (N, C) to the classes and softmax probabilities (N, C + B) over classes then background."""
+        """Cosines (N, C) to the classes and softmax probabilities (N, C + B [+ 1]) over the candidates:
+        the classes, then the background prompts, then the floor when `teacher.abstain.floor` is set."""
         cos = embeddings @ self.text.T  # (N, C)
-        logits = self.logit_scale * np.concatenate([cos, embeddings @ self.background.T], axis=1)
+        parts = [cos, embeddings @ self.background.T]
+        if self.cfg.abstain.floor is not None:
+            parts.append(np.full((len(cos), 1), self.cfg.abstain.floor, np.float32))
+        logits = self.logit_scale * np.concatenate(parts, axis=1)
         logits -= logits.max(axis=1, keepdims=True)
         prob = np.exp(logits)
         return cos, prob / prob.sum(axis=1, keepdims=True)
 
     def verdict(self, cos: np.ndarray, prob: np.ndarray) -> tuple[int, float, str | None]:
         """(class, confidence, abstain reason or None) for one image or crop: the abstain rule."""
-        num_classes = cos.shape[0]
+        num_classes, num_background = cos.shape[0], len(self.background_prompts)
         best = int(np.argmax(prob))
+        floor, margin = self.cfg.abstain.floor, self.cfg.abstain.margin
+        if best >= num_classes + num_background:  # the floor won: no class reaches it
+            top = int(np.argmax(cos))
+            return top, float(prob[top]), f"similarity {cos[top]:.3f} below floor {floor:.3f}"
         if best >= num_classes:
             prompt = self.background_prompts[best - num_classes]
             return -1, float(prob[best]), f"background prompt {prompt!r} scored highest"
-        floor, margin = self.cfg.abstain.floor, self.cfg.abstain.margin
-        if floor is not None and cos[best] < floor:
-            return best, float(prob[best]), f"similarity {cos[best]:.3f} below floor {floor:.3f}"
         runner_up = float(np.partition(prob, -2)[-2]) if prob.size > 1 else 0.0
         if prob[best] - runner_up < margin:
             return best, float(prob[best]), f"margin {prob[best] - runner_up:.3f} below {margin:.3f}"
@@ -166,20 +192,9 @@ class ClipTeacher(Teacher):
                     cls[i], conf[i] = c, p
         sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) if len(boxes) else np.zeros(0)
         keep = np.flatnonzero((cls >= 0) & (sides >= self.cfg.min_box))
-        keep = keep[_batched_nms(boxes[keep], conf[keep], cls[keep], self.cfg.iou)][: self.cfg.max_det]
+        keep = keep[class_nms(boxes[keep], conf[keep], cls[keep], self.cfg.iou)][: self.cfg.max_det]
         best = np.zeros(len(self.class_names), np.float32)
         np.maximum.at(best, cls[keep], conf[keep])
         box_top = [(int(i), float(best[i])) for i in np.argsort(-best, kind="stable")[:5] if best[i] > 0]
         return Decision(cls[keep], conf[keep], boxes[keep], topk=box_top or top, similarity=similarity)
 
-
-def _batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
-    """Indices kept by class-wise NMS, best first (torchvision's implementation)."""
-    if len(boxes) == 0:
-        return np.zeros(0, np.int64)
-    import torch
-    from torchvision.ops import batched_nms
-
-    keep = batched_nms(torch.from_numpy(boxes).float(), torch.from_numpy(scores).float(),
-                       torch.from_numpy(classes).long(), iou)
-    return keep.numpy()

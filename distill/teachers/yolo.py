@@ -1,7 +1,10 @@
 """YOLO teacher: any Ultralytics detector, its class names mapped onto the kit's ontology.
 
 Each ontology class lists the teacher class names it takes (`person: [person]`, or
-`vehicle: [car, truck, bus]`); teacher classes no ontology class names are dropped. Labeling is
+`vehicle: [car, truck, bus]`); teacher classes no ontology class names are dropped. Ultralytics' NMS
+runs per teacher class, so a car box and a truck box on the same vehicle both survive it; after the
+mapping, class-wise NMS runs again on the kit's classes (`teacher.iou`), so one vehicle is one box.
+Labeling is
 offline, so quality can beat speed: `teacher.augment: true` turns on Ultralytics' test-time
 augmentation, and `teacher.imgsz` can be larger than the student's.
 """
@@ -13,15 +16,18 @@ from pathlib import Path
 import numpy as np
 
 from dkit.core.errors import UsageError, require
-from dkit.distill.teachers.base import Decision, Raw, Teacher, file_digest, resolve_device
+from dkit.distill.teachers.base import Decision, Raw, Teacher, class_nms, file_digest, resolve_device
 
 # Predictions are cached down to this confidence and `teacher.conf` is applied in `decide`, so a rerun
 # with another threshold recomputes nothing. Class-wise NMS keeps the same boxes above any threshold
-# whatever lies below it, so the labels equal a direct predict at `teacher.conf`.
+# whatever lies below it, so the labels equal a direct predict at `teacher.conf` (the same holds for the second
+# NMS on the kit's classes in `decide`).
 CACHE_CONF = 0.01
 
 
 class YoloTeacher(Teacher):
+    """An Ultralytics detector whose classes are mapped onto the kit's ontology."""
+
     def __init__(self, kit, store):
         ultralytics = require("ultralytics", what="the yolo teacher", extra="distill")
         cfg = self.cfg = kit.teacher
@@ -67,9 +73,10 @@ class YoloTeacher(Teacher):
         cls = self.mapping[raw["cls"]] if len(raw["cls"]) else np.zeros(0, np.int32)
         boxes, conf = raw["boxes"], raw["conf"]
         sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) if len(boxes) else np.zeros(0)
-        keep = (cls >= 0) & (sides >= self.cfg.min_box) & (conf >= self.cfg.conf)
-        order = np.argsort(-conf[keep], kind="stable")[: self.cfg.max_det]
-        cls, conf, boxes = cls[keep][order], conf[keep][order], boxes[keep][order]
+        keep = np.flatnonzero((cls >= 0) & (sides >= self.cfg.min_box) & (conf >= self.cfg.conf))
+        # several teacher classes may map to one kit class: NMS again on the kit's classes (best first)
+        keep = keep[class_nms(boxes[keep], conf[keep], cls[keep], self.cfg.iou)][: self.cfg.max_det]
+        cls, conf, boxes = cls[keep], conf[keep], boxes[keep]
         best = np.zeros(self.num_classes, np.float32)
         np.maximum.at(best, cls, conf)
         top = [int(i) for i in np.argsort(-best, kind="stable")[:5] if best[i] > 0]

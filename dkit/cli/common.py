@@ -12,7 +12,7 @@ import argparse
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,17 +21,37 @@ from dkit.core.errors import DkitError
 
 log = logging.getLogger("dkit")
 
-EPILOG = """\
-exit codes: 0 done, 1 a run failed, 2 bad kit YAML or arguments, 3 a model or data file is missing
-(offline), 4 an optional extra is not installed, 130 interrupted.
-environment: DKIT_HOME (model store, default ~/.cache/dkit), DKIT_OFFLINE=1 (never download).
-"""
-# Commands without a kit (run, serve, doctor, ...): no kit YAML to be bad, nothing to download.
-DEVICE_EPILOG = """\
-exit codes: 0 done, 1 a run failed (a broken bundle, a failed check), 2 bad arguments (an unknown option,
-a path that is no bundle, a source that cannot be opened), 4 an optional extra is not installed, 130 interrupted.
-environment: DKIT_HOME (where dkit run keeps its measured backend choice, default ~/.cache/dkit).
-"""
+# The one table of exit codes (dkit.core.errors gives each error its code). Every command's --help lists the
+# codes that command can return (Command.exits), with these meanings unless the command words one its own way.
+EXIT_CODES: dict[int, str] = {
+    0: "done",
+    1: "a run failed",
+    2: "bad arguments",
+    3: "a model or data file is missing (offline)",
+    4: "an optional extra is not installed",
+    130: "interrupted",
+}
+ExitCodes = Mapping[int, "str | None"]  # code -> this command's wording (None: EXIT_CODES')
+# Commands on a kit (label, train, ...): a kit YAML that can be bad, files to download, extras to import.
+KIT_EXITS: ExitCodes = {0: None, 1: None, 2: "bad kit YAML or arguments", 3: None, 4: None, 130: None}
+# Commands without a kit (run, serve, doctor, ...): no kit YAML to be bad, nothing to download, no extra needed
+# (a backend that is not installed is a wrong --backend: 2).
+DEVICE_EXITS: ExitCodes = {0: None, 1: "a run failed (a broken bundle, a failed check)",
+                           2: "bad arguments (an unknown option or value, a path that is no bundle)", 130: None}
+KIT_ENVIRONMENT = "environment: DKIT_HOME (model store, default ~/.cache/dkit), DKIT_OFFLINE=1 (never download).\n"
+DEVICE_ENVIRONMENT = ("environment: DKIT_HOME (where dkit run keeps its measured backend choice, default "
+                      "~/.cache/dkit).\n")
+
+
+def exit_codes_text(exits: ExitCodes) -> str:
+    """'exit codes: 0 done, 2 bad arguments, 130 interrupted.' from a command's codes, wrapped at 110 columns."""
+    import textwrap
+
+    words = ", ".join(f"{code} {text or EXIT_CODES[code]}" for code, text in sorted(exits.items()))
+    return textwrap.fill(f"exit codes: {words}.", 110) + "\n"
+
+
+EPILOG = exit_codes_text(KIT_EXITS) + KIT_ENVIRONMENT  # `dkit --help`: every code
 
 Handler = Callable[[argparse.Namespace], int]
 Arg = tuple[tuple[str, ...], dict[str, Any]]
@@ -51,7 +71,9 @@ class FromEnv:
 
 @dataclass(frozen=True)
 class Command:
-    """One subcommand: its name, help line, description, handler, kit arguments or not, and its own arguments."""
+    """One subcommand: its name, help line, description, handler, kit arguments or not, its own arguments, the
+    exit codes it can return (None: a kit command's KIT_EXITS, a device command's DEVICE_EXITS) and the environment
+    line of its --help."""
 
     name: str
     help: str
@@ -59,6 +81,8 @@ class Command:
     handler: Handler | None
     kit: bool = False
     arguments: tuple[Arg, ...] = ()
+    exits: ExitCodes | None = None
+    environment: str | None = None  # the epilog's environment line ("" none); None: by kind, as exits
 
 
 @dataclass(frozen=True)
@@ -104,10 +128,22 @@ def register_commands(sub: argparse._SubParsersAction, parents: Parents,
             for c in commands]
 
 
+def exits_of(command: Command) -> ExitCodes:
+    """The exit codes `command` can return: its own `exits`, else a kit command's (bad kit YAML, a missing model
+    file, a missing extra) or a device command's; a group (handler None, e.g. `bench`) the kit ones, which cover
+    its subcommands'."""
+    if command.exits is not None:
+        return command.exits
+    return KIT_EXITS if command.kit or command.handler is None else DEVICE_EXITS
+
+
 def epilog_for(command: Command) -> str:
-    """The exit codes a command can give: a kit command's (bad kit YAML, a missing model file) or a device
-    command's; a group (handler None, e.g. `bench`) gets the kit one, which covers both."""
-    return EPILOG if command.kit or command.handler is None else DEVICE_EPILOG
+    """The --help epilog of `command`: exactly the exit codes it can return (EXIT_CODES' wording unless it has its
+    own), and the environment variables it reads."""
+    if command.environment is not None:
+        return exit_codes_text(exits_of(command)) + command.environment
+    kit = command.kit or command.handler is None
+    return exit_codes_text(exits_of(command)) + (KIT_ENVIRONMENT if kit else DEVICE_ENVIRONMENT)
 
 
 def load(args: argparse.Namespace):

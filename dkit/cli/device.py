@@ -8,10 +8,12 @@ exit codes through `edge_errors`.
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from pathlib import Path
 
-from dkit.cli.common import Command, Parents, arg, edge_errors, log, register_commands
+from dkit.cli.common import DEVICE_EXITS, Command, Parents, arg, edge_errors, log, register_commands
 from dkit.core.errors import DkitError, UsageError
 
 
@@ -23,6 +25,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         from dkit.edge.runtime import Runtime
         from dkit.edge.sources import open_source
 
+        if args.max_fps is not None and not args.max_fps >= 0:  # before the model loads (NaN too)
+            raise UsageError(f"--max-fps {args.max_fps:g}: expected a rate >= 0 (0: as fast as frames come)")
         if args.show:
             check_window()  # no display: the error now, not after loading the model (nor an abort later)
         providers = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
@@ -37,12 +41,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             if args.jsonl:
                 sinks.append(JsonlSink(sys.stdout, runtime))
             if args.save:
-                sinks.append(VideoSink(args.save, runtime, fps=max_fps or 15.0))
+                sinks.append(VideoSink(args.save, runtime, fps=None))  # its rate: the sources' (below)
             window = WindowSink(runtime) if args.show else None  # before any capture starts
             sources = []
             try:
                 for spec in args.source:
                     sources.append(open_source(spec, stall_timeout=args.stall_timeout, open_tries=args.open_tries))
+                if args.save:
+                    sinks[-1].fps, sinks[-1].why = recording_rate(sources, max_fps)
                 pipeline = Pipeline(runtime, sources, sinks, max_fps=max_fps, max_frames=args.max_frames)
                 if window is not None:
                     window.on_quit = pipeline.stop
@@ -50,12 +56,51 @@ def cmd_run(args: argparse.Namespace) -> int:
                 pipeline.install_signal_handlers()
                 stats = pipeline.run()
             finally:
-                for source in sources:  # capture threads end before the interpreter does
-                    source.close()
+                stuck = _close_sources(sources, args.stall_timeout)
     sys.stderr.write("dkit: stats " + json.dumps(stats) + "\n")
     if not stats["frames"] and not stats["stopped"]:
         raise DkitError(_no_frames(stats, sources))
+    if stuck:  # no interpreter shutdown may meet a thread inside OpenCV (it would abort): leave without one
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
+
+
+def _close_sources(sources: list, stall_timeout: float) -> list:
+    """Close every source and wait for its capture threads to end (a signal handler only asked them to stop):
+    a daemon thread still inside OpenCV (imdecode, a capture's read) when the interpreter shuts down is ended by
+    a forced unwind through C++ that aborts the process ("terminate called without an active exception", exit
+    -6). A live read gives up within `stall_timeout` (the stream's own read timeout is shorter), so that long is
+    waited, plus a second. Returns the sources with a thread still alive after it (a driver stuck in read())."""
+    for source in sources:
+        source.close(timeout=0)  # all of them told at once, then each waited for
+    for source in sources:
+        source.close(timeout=stall_timeout + 1.0)
+    stuck = [source for source in sources if source.running]
+    for source in stuck:
+        log.warning("%s: a capture thread is still inside the driver's read() after %.0f s; exiting without "
+                    "waiting for it", source.spec, stall_timeout + 1.0)
+    return stuck
+
+
+def recording_rate(sources: list, max_fps: float) -> tuple[float | None, str]:
+    """(frames per second, why) for `--save`: the rate the recording must play at to keep real time.
+
+    Video files deliver every frame in order (--max-fps slows the run, it drops none), so the file's own rate
+    (CAP_PROP_FPS), summed over several videos written in turn. A camera or stream delivers what it captured after
+    --max-fps and the frames dropped while the model was busy: None, measured from the capture times of the first
+    frames written (VideoSink). Folders and images have no rate: --max-fps, else 15."""
+    rates = [s.media_fps for s in sources]
+    if any(s.live for s in sources):
+        cap = f"; --max-fps {max_fps:g} caps it" if max_fps else ""
+        return None, f"a live source: measured from the capture times of the first frames{cap}"
+    if all(rate is not None for rate in rates):
+        names = ", ".join(f"{s.spec} {rate:g} fps" for s, rate in zip(sources, rates, strict=True))
+        return round(sum(rates), 3), f"the video's own rate (CAP_PROP_FPS: {names}); every frame is recorded"
+    if max_fps:
+        return max_fps, "images have no frame rate: --max-fps"
+    return 15.0, "images (or a video without a frame rate) have no rate and no --max-fps is set: 15 fps"
 
 
 def _no_frames(stats: dict, sources: list) -> str:
@@ -66,6 +111,20 @@ def _no_frames(stats: dict, sources: list) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from dkit.edge.kiosk.serving import ListenError, listen
+
+    try:  # before the model loads and before "kiosk on ...": a port in use is a wrong --port (exit 2), said so
+        sock = listen(args.host, args.port)
+    except ListenError as e:
+        option = f"--port {args.port}" if e.errno in (errno.EADDRINUSE, errno.EACCES) else f"--host {args.host}"
+        raise UsageError(f"{option}: {e.strerror}") from e
+    try:
+        return _serve(args, sock)
+    finally:
+        sock.close()
+
+
+def _serve(args: argparse.Namespace, sock) -> int:
     with edge_errors():
         from dkit.edge.kiosk.serving import serve
         from dkit.edge.server import create_app
@@ -81,7 +140,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = app.state.kiosk.cfg
     log.info("kiosk on http://%s:%d (database %s; admin %s; limits: %s)", args.host, args.port, db,
              f"on at http://{args.host}:{args.port}/admin" if token else "off", _limits(cfg))
-    serve(app, host=args.host, port=args.port, cfg=cfg)
+    serve(app, host=args.host, port=args.port, cfg=cfg, sock=sock)
     return 0
 
 
@@ -142,7 +201,8 @@ RUN = Command(
                  "several cameras (scored together in one batch when the model allows)"),
         arg("--jsonl", action="store_true", help="print one JSON line per frame on stdout"),
         arg("--show", action="store_true", help="show the annotated frames in a window (q quits)"),
-        arg("--save", metavar="PATH", help="write the annotated frames to a video file (.mp4, .avi, ...)"),
+        arg("--save", metavar="PATH", help="write the annotated frames to a video file (.mp4, .avi, ...) at the "
+            "source's rate (a video's own; a camera's or stream's measured; a folder's --max-fps, else 15), logged"),
         arg("--max-fps", type=float, metavar="N", help="at most N rounds per second (default: the bundle's "
             "runtime.max_fps; 0 = as fast as frames come)"),
         arg("--max-frames", type=int, default=0, metavar="N", help="stop after N frames (0: no limit)"),
@@ -152,7 +212,8 @@ RUN = Command(
         arg("--backend", choices=["auto", "onnxruntime", "openvino", "ncnn"], default="auto",
             help="inference library: auto (default) times the bundle's models on every backend installed here "
                  "once, keeps the fastest (cached per device in $DKIT_HOME/choices.json) and logs the figures; "
-                 "openvino and ncnn need `pip install 'distill-kit[openvino]'` / `[ncnn]`, and ncnn a bundle "
+                 "openvino and ncnn need their packages (`pip install openvino` / `ncnn`, or `dkit device-pack "
+                 "--extra`), and ncnn a bundle "
                  "exported with export.backends: [onnx, ncnn]"),
         arg("--threads", type=int, metavar="N", help="the backend's threads (0: its default)"),
         arg("--precision", choices=["auto", "fp32", "fp16", "int8"], default="auto",
@@ -172,7 +233,8 @@ RUN = Command(
         arg("--open-tries", type=_tries, default=3, metavar="N",
             help="tries a camera or stream that has never given a frame gets before the run fails naming it "
                  "(default: %(default)s; 0: keep trying); one that has worked reconnects forever"),
-    ))
+    ), exits={**DEVICE_EXITS, 2: "bad arguments (an unknown option or value, a path that is no bundle, a source "
+                                 "that cannot be opened)"})
 
 SERVE = Command(
     "serve", "serve the kiosk web app and leaderboard",
@@ -208,7 +270,8 @@ SERVE = Command(
             "requests run in parallel instead)"),
         arg("--docs", action="store_true", help="also serve the interactive API docs at /docs and /redoc (off by "
             "default: a kiosk faces the public)"),
-    ))
+    ), exits={**DEVICE_EXITS, 2: "bad arguments (an unknown option or value, a path that is no bundle, a bad "
+                                 "--set, a port in use)"})
 
 
 def register(sub: argparse._SubParsersAction, parents: Parents) -> None:

@@ -1,7 +1,7 @@
 """`dkit device-pack`: the offline installer for a device, made on a machine with a network.
 
-    dkit device-pack --target pi --out dkit-pi          # Raspberry Pi OS Bookworm: CPython 3.11, aarch64
-    dkit device-pack --target pi --extra ncnn --out dkit-pi   # with the NCNN backend
+    dkit device-pack --target pi --out dkit-pi          # Raspberry Pi OS Bookworm: CPython 3.11, aarch64, with NCNN
+    dkit device-pack --target pi --extra none --out dkit-pi   # the base install only (onnxruntime)
     dkit device-pack --target jetson --out dkit-jetson  # JetPack 6: CPython 3.10, aarch64 (CPU onnxruntime)
     dkit device-pack --target linux_aarch64 --python 3.12 --out DIR
     dkit device-pack --check                            # every base dependency has wheels for 3.10-3.13?
@@ -44,7 +44,12 @@ def cmd_device_pack(args: argparse.Namespace) -> int:
     progress(f"target {target.name}: {target.about}; wheels for CPython {target.python} {target.platform}")
     if target.note:
         progress(f"note: {target.note}")
-    extras = [e.strip() for e in (args.extra or "").split(",") if e.strip()]
+    # --extra replaces the target's own extras (pi: ncnn); --extra none packs the base install only
+    extras = list(target.extras) if args.extra is None else [
+        e.strip() for e in args.extra.split(",") if e.strip() and e.strip().lower() != "none"]
+    if extras:
+        progress(f"extras: {', '.join(extras)}" + (" (the target's; --extra none for the base install only)"
+                                                   if args.extra is None else ""))
     wh.build_wheelhouse(target, Path(args.out), source=source, strict=args.strict, progress=progress, extras=extras)
     return 0
 
@@ -52,7 +57,8 @@ def cmd_device_pack(args: argparse.Namespace) -> int:
 DEVICE_PACK = Command(
     "device-pack", "write an offline installer (a wheelhouse) for a device",
     "Write a folder with the distill-kit wheel, a wheel of every base dependency for the device's platform and "
-    "Python (pinned by constraints.txt where it pins one), requirements.txt with their sha256 and install.sh. "
+    "Python (pinned by constraints.txt where it pins one), the target's device backends (pi: NCNN, the fastest "
+    "there; --extra to choose), requirements.txt with their sha256 and install.sh. "
     "Copy it to the device and run `sh install.sh`: it installs into ~/dkit with no network "
     "(pip install --no-index --find-links). Needs pip and the package registry here, and a source checkout.\n\n"
     "targets: pi (Raspberry Pi OS Bookworm: CPython 3.11, aarch64), jetson (JetPack 6: CPython 3.10, aarch64, "
@@ -72,8 +78,13 @@ DEVICE_PACK = Command(
                  "version that has one"),
         arg("--check", action="store_true", help="only check that every base dependency has wheels (see above)"),
         arg("--extra", metavar="LIST", help="also pack these extras' wheels, comma-separated: the device backends "
-            "ncnn (fastest on a Raspberry Pi) and openvino, e.g. --extra ncnn"),
+            "ncnn (fastest on a Raspberry Pi) and openvino, e.g. --extra ncnn,openvino; 'none' for the base "
+            "install only (default: the target's: ncnn for pi, none for the others)"),
     ),
+    exits={0: None, 1: "a pack failed (no wheel for a package, a build that failed) or --check found a package "
+                       "without wheels", 2: "bad arguments (an unknown target, extra or option, no --out, a folder "
+                                            "that is not a wheelhouse)", 130: None},
+    environment="",
 )
 
 

@@ -62,7 +62,8 @@ DOCTOR = Command(
             "bundle's)"),
         arg("--frames", type=int, default=20, metavar="N", help="timed frames (default: %(default)s; at most 15 s)"),
         arg("--warmup", type=int, default=3, metavar="N", help="untimed frames first (default: %(default)s)"),
-    ))
+    ), exits={0: "no check failed", 1: "a check failed (with --strict: or warned)",
+              2: "bad arguments (an unknown option or value)", 130: None})
 
 
 def register(sub: argparse._SubParsersAction, parents: Parents) -> None:

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import sys
 
-from dkit.cli.common import Command, Parents, _plain, import_stage, load, register_commands
+from dkit.cli.common import Command, Parents, _plain, import_stage, load, log, register_commands
 from dkit.core.errors import NotInStoreError
 
 
@@ -14,6 +14,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     import yaml
 
     kit = load(args)
+    note = kit.abstain_note()
+    if note:
+        log.warning("%s", note)
     doc = _plain(dataclasses.asdict(kit))
     sys.stdout.write(f"# {args.kit}: valid. Runs go to {kit.run_dir(args.out)}\n")
     sys.stdout.write(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=110, default_flow_style=None))
@@ -45,7 +48,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 COMMANDS = (
     Command("check", "validate a kit YAML and print it resolved",
             "Validate a kit YAML (with any --data/--set overrides) and print the resolved kit as YAML, "
-            "with absolute paths and every default filled in.", cmd_check, kit=True),
+            "with absolute paths and every default filled in.", cmd_check, kit=True,
+            exits={0: None, 2: "bad kit YAML or arguments", 130: None}),
     Command("fetch", "put the kit's weights and images into the model store",
             "Resolve every file the kit needs (teacher weights, student starting weights, images) in the "
             "model store ($DKIT_HOME), downloading what is missing. Run it on a machine with a network, "

@@ -27,7 +27,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from dkit.cli.common import Arg, Command, Parents, add_command, arg, register_commands
+from dkit.cli.common import Arg, Command, Parents, add_command, arg, epilog_for, register_commands
 from dkit.cli.device import RUN, SERVE
 from dkit.core.errors import UsageError
 
@@ -442,6 +442,9 @@ def _handler(kind: str):
     return handler
 
 
+# what `dkit service` can return: it checks its arguments and writes text files
+SERVICE_EXITS = {0: None, 2: "bad arguments (an unknown option or value, a unit name, user or path a unit cannot "
+                             "take, a token on the command line)", 130: None}
 SERVICE = Command(
     "service", "write a systemd unit that starts `dkit run` or `dkit serve` at boot",
     "Write (or print) a systemd unit for `dkit run BUNDLE --source ...` or `dkit serve BUNDLE ...`: the same "
@@ -451,15 +454,15 @@ SERVICE = Command(
     "--kiosk, a Chromium kiosk-mode autostart. The install commands are printed.\n\nexamples:\n"
     "  dkit service run /opt/dkit/bundle --source 0 --jsonl > dkit-run.service\n"
     "  dkit service serve /opt/dkit/judge --host 0.0.0.0 --kiosk --out deploy/",
-    None)
+    None, exits=SERVICE_EXITS, environment="")
 
 SERVICE_RUN = Command("run", "a unit for `dkit run`", "A systemd unit for `dkit run BUNDLE --source ...` (the "
                       "arguments of `dkit run`, then the unit's own).", _handler("run"),
-                      arguments=RUN.arguments + COMMON)
+                      arguments=RUN.arguments + COMMON, exits=SERVICE_EXITS, environment="")
 SERVICE_SERVE = Command("serve", "a unit for `dkit serve` (and the kiosk screen)", "A systemd unit for `dkit serve "
                         "BUNDLE ...` (the arguments of `dkit serve`, then the unit's own), optionally with the "
                         "kiosk's Chromium autostart.", _handler("serve"),
-                        arguments=SERVE.arguments + COMMON + KIOSK)
+                        arguments=SERVE.arguments + COMMON + KIOSK, exits=SERVICE_EXITS, environment="")
 
 
 def register(sub: argparse._SubParsersAction, parents: Parents) -> None:
@@ -467,4 +470,5 @@ def register(sub: argparse._SubParsersAction, parents: Parents) -> None:
     (p,) = register_commands(sub, parents, (SERVICE,))
     kinds = p.add_subparsers(title="services", metavar="KIND", required=True)
     for command in (SERVICE_RUN, SERVICE_SERVE):
-        add_command(kinds, command, parents)
+        add_command(kinds, command, parents, epilog=epilog_for(command),
+                    formatter_class=argparse.RawDescriptionHelpFormatter)

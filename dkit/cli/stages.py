@@ -44,9 +44,10 @@ def cmd_label(args: argparse.Namespace) -> int:
                          f"{c['near_duplicates']} near-duplicates skipped, {c['frames_kept']} kept (labelled above "
                          f"as video#t=SECONDS)\n")
     if "pool" in c:
-        left = [f"{c['pool_in_kit']} identical to the kit's images", f"{c['pool_duplicates']} repeated",
-                f"{c['pool_skipped']} unreadable"] + ([f"{c['pool_over_max']} over data.unlabeled_max"]
-                                                      if c["pool_over_max"] else [])
+        left = [f"{c['pool_in_kit']} identical to the kit's images",
+                f"{c.get('pool_held_out', 0)} in a held-out group (its video or a near-duplicate)",
+                f"{c['pool_duplicates']} repeated", f"{c['pool_skipped']} unreadable"]
+        left += [f"{c['pool_over_max']} over data.unlabeled_max"] if c["pool_over_max"] else []
         sys.stdout.write(f"  unlabeled pool: {c['pool']} of {c['pool_files']} images kept for the student "
                          f"({', '.join(left)} left out); teacher ran on {c['pool_inferred']}, {c['pool_cached']} "
                          f"from cache: {result.labels_dir / 'pool.jsonl'}\n")
@@ -108,25 +109,28 @@ def cmd_export(args: argparse.Namespace) -> int:
         lines.append(f"  {role} ONNX parity on {p.get('images', p.get('prompts'))} "
                      f"{'images' if 'images' in p else 'prompts'}: max abs diff {p['max_abs_diff']:.2e}, "
                      f"{'mean cosine' if role == 'text' else what} {p['agreement']:.4f}")
+    checks = result.get("device_checks")
     for precision, v in result["variants"].items():
         a = v["vs_fp32"]
-        verdict = "REFUSED" if "refused" in v else "shipped"
-        lines.append(f"  {precision}: {a['metric']} vs fp32 {a['agreement']:.3f}, {a['ms_per_image']:.1f} ms/image vs "
-                     f"{a['ms_per_image_fp32']:.1f} fp32: {verdict}")
+        verdict = "REFUSED" if "refused" in v else _shipped(checks, f"onnxruntime/{precision}", a["metric"])
+        lines.append(f"  {precision}: {a['metric']} vs fp32 {a['agreement']:.3f} on {a['images']} held-out images, "
+                     f"{a['ms_per_image']:.1f} ms/image vs {a['ms_per_image_fp32']:.1f} fp32: {verdict}")
         for backend, check in (v.get("backends") or {}).items():
             if backend != "onnxruntime":
                 lines.append(f"    on {backend}: {a['metric']} vs fp32 {check['agreement']:.3f}: "
                              + ("REFUSED there (auto never runs it on " + backend + ")" if "refused" in check
-                                else "checked"))
+                                else _shipped(checks, f"{backend}/{precision}", a["metric"], "checked")))
     for role, v in result.get("formats", {}).items():
         a = v["vs_onnx"]
-        lines.append(f"  {role} (NCNN {v['precision']}): {a['metric']} vs the ONNX model {a['agreement']:.3f}, max "
-                     f"abs diff {a['max_abs_diff']:.2g}: {'REFUSED' if 'refused' in v else 'shipped'}")
+        verdict = "REFUSED" if "refused" in v else _shipped(checks, f"ncnn/{v['precision']}", a["metric"])
+        lines.append(f"  {role} (NCNN {v['precision']}): {a['metric']} vs the ONNX model {a['agreement']:.3f} on "
+                     f"{a['images']} held-out images, max abs diff {a['max_abs_diff']:.2g}: {verdict}")
     if result["calibration"]:
         c = result["calibration"]
-        lines.append(f"  score calibration from {c['images']} images: student vs teacher scores differ by "
-                     f"{c['agreement']['mean_abs_score_diff']:.1f} points on average (Spearman "
-                     f"{c['agreement']['spearman']:.3f})")
+        if c["agreement"].get("mean_abs_score_diff") is not None:
+            lines.append(f"  score calibration from {c['images']} training images: on held-out images student vs "
+                         f"teacher scores differ by {c['agreement']['mean_abs_score_diff']:.1f} points on average "
+                         f"(Spearman {c['agreement']['spearman']:.3f})")
         m = c["agreement"].get("moderation") or {}
         if m.get("agreement") is not None:
             lines.append(f"  kiosk verdicts (moderation, as on the device): student and teacher agree on "
@@ -134,6 +138,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     lines.append("  verified (schema, sha256)")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
+
+
+def _shipped(checks: dict | None, name: str, metric: str, word: str = "shipped") -> str:
+    """The verdict on a shipped reduced-precision model, from the same figure the export's device-check warning
+    quotes (the check run here on the bundle's checks/ images): a model that fails it is not just "shipped"."""
+    figure = (checks or {}).get("figures", {}).get(name, "absent")
+    if figure == "absent":
+        return word
+    if figure is None:
+        return f"{word}; its device check could not run here"
+    if figure < checks["guard"]:
+        return (f"{word}, but FAILS its device check here: {metric} {figure:.3f} on the {checks['images']} check "
+                f"images, below the guard {checks['guard']:g}; --precision auto on another CPU architecture leaves "
+                "it out")
+    return f"{word} (device check here: {metric} {figure:.3f} on the {checks['images']} check images)"
 
 
 COMMANDS = (
@@ -147,7 +166,8 @@ COMMANDS = (
             cmd_label, kit=True, arguments=(
                 arg("--engine", choices=("local", "ray"),
                     help="where the teacher runs (kit: label.engine; default local): local = this process, "
-                         "ray = Ray Data tasks and teacher actors (pip install 'distill-kit[scale]')"),
+                         "ray = Ray Data tasks and teacher actors (the scale extra: pip install '.[scale]' in the "
+                         "checkout)"),
                 arg("--address", metavar="auto|ray://HOST:PORT",
                     help="ray engine: the cluster to join (kit: label.address); 'auto' = the one `ray start` runs "
                          "here; unset = a Ray started for this run on this machine"),

@@ -64,10 +64,12 @@ class MissingExtraError(DkitError):
     exit_code = 4
 
     def __init__(self, what: str, module: str, extra: str):
+        from dkit.edge.extras import install_hint
+
         self.what, self.module, self.extra = what, module, extra
         super().__init__(
             f"{what} needs the Python package '{module}', which is not installed; "
-            f"install the '{extra}' extra: pip install 'distill-kit[{extra}]'"
+            f"install the '{extra}' extra: {install_hint(extra)}"
         )
 
 

@@ -28,7 +28,7 @@ from pydantic import BeforeValidator, ConfigDict, Field, Strict, StringConstrain
 from pydantic.dataclasses import dataclass
 
 from dkit.core.errors import KitError, UsageError
-from dkit.edge.manifest import JudgeConfig, Thresholds
+from dkit.edge.manifest import MAX_PROMPT_CHARS, JudgeConfig, Thresholds
 
 DEVICE_THRESHOLDS, DEVICE_JUDGE = Thresholds(), JudgeConfig()
 
@@ -94,6 +94,9 @@ class Data:
     subdir: Text | None = None  # folder inside the extracted archive that holds the images
     val: Int | Float = 0.2  # held-out share (0 < val < 1) or a count of images (an integer >= 1)
     seed: Int = 0  # the split is deterministic for a seed
+    # the split keeps groups whole (dkit.distill.split): identical files, frames of one video, and images whose
+    # perceptual hashes are within this many bits (of 64; 6: a re-encode or resize); -1: no near-duplicate groups
+    split_near_duplicate: Annotated[int, Strict(), Field(ge=-1, le=64)] = 6
     workers: Annotated[int, Strict(), Field(ge=0)] = 0  # image-decoding processes; 0: one per spare core
     link: Literal["symlink", "copy"] = "symlink"  # how images enter the data set (never moved)
     drawings_per_file: PosInt = 200  # a folder of Quick, Draw! .npy files: doodles rendered from each
@@ -153,13 +156,25 @@ class Ontology:
 class Abstain:
     """When a CLIP teacher says "none" instead of forcing the argmax (a softmax always picks something).
 
-    An image (or a crop) is labelled only if its best class beats every background prompt, its cosine
-    similarity to that class reaches `floor`, and its probability leads the runner-up by `margin`.
-    Cosines depend on the CLIP model: read the histogram in report.html and set `floor` from it.
+    The candidates are the classes, the `ontology.background` prompts and, when set, the `floor`: a
+    "none" candidate whose cosine is the floor. They compete in one softmax of their cosines (times the
+    model's logit scale). An image (or a crop) is labelled only if a class wins, that is its cosine beats
+    every background prompt and reaches `floor`, and its probability leads the runner-up (the floor
+    included) by `margin`; that probability is the label's confidence. With one class and no background
+    the floor is the only thing the class competes with, so a one-class kit gets confidences that grow
+    with the cosine above the floor instead of a constant 1.0.
+
+    A kit in which the rule can never fire is refused (`Kit`): a detection kit (most proposals are not
+    objects) or a one-class kit needs background prompts or a floor. Cosines depend on the CLIP model:
+    read the similarity histogram in report.html and set `floor` from it (-1.0 keeps everything).
     """
 
     floor: Annotated[float, Strict(), Field(ge=-1.0, le=1.0)] | None = None  # cosine floor; null: off
-    margin: Fraction = 0.0  # softmax probability lead of the best class over the second
+    margin: Fraction = 0.0  # softmax probability lead of the best class over the runner-up
+
+    def can_fire(self, classes: int, background: int) -> bool:
+        """Whether the rule can ever abstain for a kit with this many classes and background prompts."""
+        return background > 0 or self.floor is not None or (classes > 1 and self.margin > 0)
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -175,6 +190,11 @@ class Proposer:
     overlap: Annotated[float, Strict(), Field(ge=0.0, lt=1.0)] = 0.5  # sliding: overlap of neighbouring windows
     max_proposals: PosInt = 100  # per image
     pad: Annotated[float, Strict(), Field(ge=0.0, le=1.0)] = 0.1  # context added around a crop, share of its size
+    # how a box becomes the square image CLIP sees, whole box always inside (dkit.distill.proposers.crop_boxes):
+    # square: a square of the image centred on the box (side: its longer side plus pad), image context around it;
+    # letterbox: the padded box itself, filled out to a square with the image's mean colour.
+    # Outside the image both fill with the image's mean colour.
+    crop: Literal["square", "letterbox"] = "square"
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -355,6 +375,47 @@ class Kit:
                            "classifier learns from labels; the pool has none)", [str(p) for p in self.data.unlabeled])
         if self.judge is not None and self.student.kind != "clip-embed":
             raise _Invalid("judge", "no judge section unless student.kind is clip-embed", "a judge section")
+        self._check_abstain()
+        if self.student.kind == "clip-embed":
+            self._check_judge_prompts()
+
+    def _check_judge_prompts(self) -> None:
+        """Every prompt a judge bundle embeds fits what the device accepts (dkit.edge.judge.check_prompt)."""
+        judge = self.judge or Judge()
+        named = [(f"ontology.classes.{name}[{i}]", p) for name, ps in self.ontology.classes.items()
+                 for i, p in enumerate(ps)]
+        named += [(f"ontology.background[{i}]", p) for i, p in enumerate(self.ontology.background)]
+        named += [("judge.prompt", judge.prompt)] if judge.prompt is not None else []
+        for key in ("prompts", "text_prompts", "unsafe_prompts"):
+            named += [(f"judge.{key}[{i}]", p) for i, p in enumerate(getattr(judge, key))]
+        for key, prompt in named:
+            if not prompt.strip() or len(" ".join(prompt.split())) > MAX_PROMPT_CHARS:
+                raise _Invalid(key, f"a non-empty prompt of at most {MAX_PROMPT_CHARS} characters (the device's "
+                               "limit)", prompt)
+
+    def _check_abstain(self) -> None:
+        """A CLIP kit must be able to say "none" where its task needs it (Abstain: detection, one class)."""
+        if self.teacher.kind != "clip" or self.ontology.background or self.teacher.abstain.floor is not None:
+            return
+        classes = len(self.ontology.classes)
+        if self.task != "detect" and classes > 1:
+            return  # closed-world classification: the argmax (and `margin`) is a choice; `dkit check` notes it
+        why = ("a detection kit: with neither, every proposed box, however empty, is labelled" if self.task == "detect"
+               else "one class: with neither, every image is labelled with it, confidence 1.0")
+        raise _Invalid("teacher.abstain", f"ontology.background prompts or teacher.abstain.floor for a CLIP teacher on "
+                       f"{why}. Add background prompts (e.g. background: [an empty scene, a blank wall]) or set "
+                       "teacher.abstain.floor, a cosine (to choose it, label once with --set "
+                       "teacher.abstain.floor=-1.0, which keeps everything, and read the similarity histogram in "
+                       "report.html)")
+
+    def abstain_note(self) -> str | None:
+        """A sentence for `dkit check` and `dkit label` when a CLIP kit cannot abstain (closed-world argmax)."""
+        t = self.teacher
+        if t.kind != "clip" or t.abstain.can_fire(len(self.ontology.classes), len(self.ontology.background)):
+            return None
+        return ("teacher.abstain: no ontology.background prompts, no floor and margin 0: every image is labelled "
+                "with its best class (closed world); add background prompts or set teacher.abstain.floor or "
+                "margin to let the teacher say 'none'")
 
     @property
     def task(self) -> Literal["detect", "classify"]:

@@ -20,6 +20,7 @@ The folder is written beside OUT under a temporary name and renamed into place w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -60,6 +61,7 @@ class Target:
     glibc: tuple[int, int]
     about: str
     note: str = ""  # said when the pack is made, and written into README.txt
+    extras: tuple[str, ...] = ()  # the extras packed unless --extra says otherwise (pi: the NCNN backend)
 
     @property
     def platform(self) -> str:
@@ -71,7 +73,8 @@ JETSON_NOTE = ("This pack ships the CPU onnxruntime from PyPI. For the Jetson's 
                "(docs/DEVICE.md, 'Jetson Orin (JetPack 6)'); PyPI has no onnxruntime-gpu wheel for aarch64.")
 TARGETS = {
     "pi": Target("pi", "aarch64", "3.11", (2, 36),
-                 "Raspberry Pi 5/4, Raspberry Pi OS Bookworm 64-bit (Python 3.11, glibc 2.36)"),
+                 "Raspberry Pi 5/4, Raspberry Pi OS Bookworm 64-bit (Python 3.11, glibc 2.36)",
+                 extras=("ncnn",)),  # NCNN: the fastest backend on a Pi (docs/DEVICE.md), for bundles that ship it
     "jetson": Target("jetson", "aarch64", "3.10", (2, 35),
                      "Jetson Orin, JetPack 6 / Ubuntu 22.04 (Python 3.10, glibc 2.35)", JETSON_NOTE),
     "linux_aarch64": Target("linux_aarch64", "aarch64", "3.11", CHECK_GLIBC, "any 64-bit ARM Linux with glibc >= 2.28"),
@@ -90,7 +93,7 @@ def target_for(name: str, python: str | None = None) -> Target:
         return t
     if not re.fullmatch(r"3\.\d{1,2}", python):
         raise UsageError(f"--python: expected a version like 3.11, got {python!r}")
-    return Target(t.name, t.arch, python, t.glibc, t.about, t.note)
+    return dataclasses.replace(t, python=python)
 
 
 def platform_tags(arch: str, glibc: tuple[int, int]) -> list[str]:

@@ -68,7 +68,9 @@ def load_backend(name: str, bundle, entry, **options) -> Backend:
     """Backend `name` running model entry `entry` of `bundle` (options: threads, providers)."""
     p = plugin(name)
     if not p.importable():
-        hint = f"pip install 'distill-kit[{p.extra}]'" if p.extra else "pip install onnxruntime"
+        from dkit.edge.extras import install_hint
+
+        hint = install_hint(p.extra) if p.extra else "pip install onnxruntime"
         raise RuntimeConfigError(f"backend {name}: the {p.library} package is not installed here ({hint})")
     module = importlib.import_module(f"dkit.edge.backends.{p.module}")
     return module.load(bundle, entry, **options)

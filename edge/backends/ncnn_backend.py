@@ -2,7 +2,7 @@
 
     from dkit.edge.backends.ncnn_backend import load
 
-    backend = load(bundle, bundle.manifest.model("fp32", "ncnn"), threads=4)   # pip install 'distill-kit[ncnn]'
+    backend = load(bundle, bundle.manifest.model("fp32", "ncnn"), threads=4)   # pip install ncnn (the ncnn extra)
 
 NCNN is the fastest CPU runtime on Arm boards (Ultralytics' Raspberry Pi 5 figures: about 2x onnxruntime; on
 x86 it is the slowest of the three, which `--backend auto` measures). A detector's NCNN model ends at the head's

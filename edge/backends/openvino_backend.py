@@ -2,7 +2,7 @@
 
     from dkit.edge.backends.openvino_backend import load
 
-    backend = load(bundle, entry, threads=2)     # pip install 'distill-kit[openvino]'
+    backend = load(bundle, entry, threads=2)     # pip install openvino (the openvino extra)
 
 Compiled for OpenVINO's CPU plugin with the LATENCY hint (one frame at a time, as a camera delivers them). The
 fp32 model keeps fp32 arithmetic (`INFERENCE_PRECISION_HINT f32`): OpenVINO would otherwise run f16 on Arm
@@ -47,6 +47,12 @@ class OpenVinoBackend(Backend):
     def run(self, x: np.ndarray) -> np.ndarray:
         self.request.infer({0: x})
         return np.asarray(self.request.get_output_tensor(0).data, np.float32).copy()
+
+    def close(self) -> None:
+        """Drop the infer request and the compiled model now (OpenVINO's CPU threads end here, not during
+        interpreter shutdown)."""
+        self.__dict__.pop("request", None)
+        self.__dict__.pop("compiled", None)
 
 
 def load(bundle, entry, *, providers: list[str] | None = None, threads: int = 0) -> OpenVinoBackend:

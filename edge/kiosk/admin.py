@@ -1,7 +1,8 @@
 """The operator's API (every route needs `Authorization: Bearer TOKEN`, see dkit.edge.kiosk.auth; the page that
 uses it is GET /admin):
 
-    GET    /api/admin/stats               counters (accepted, blocked, rate-limited, duplicates, ...), per minute, disk
+    GET    /api/admin/stats               counters (accepted, blocked, rate-limited, duplicates, ...), per minute, disk,
+                                          the bundle (name; `untrained`: made from a random teacher, with a warning)
     GET    /api/admin/submissions         the moderation queue, newest first (?limit=&before=ID), hidden ones too
     PATCH  /api/admin/submissions/{id}    {"hidden": true|false}: take an entry off the public board, or back
     DELETE /api/submissions/{id}          delete one
@@ -26,6 +27,7 @@ from dkit.edge.kiosk.auth import require_admin
 from dkit.edge.kiosk.errors import ApiError
 from dkit.edge.kiosk.prompts import checked_prompt, round_doc, set_prompt
 from dkit.edge.kiosk.state import KioskState, StateDep
+from dkit.edge.manifest import UNTRAINED_WARNING
 
 router = APIRouter()
 MAX_ID = 2**63 - 1  # SQLite's largest rowid: a bigger id is a 400, not an overflow inside the database driver
@@ -65,7 +67,16 @@ async def stats(state: StateDep, request: Request):
     return {"submissions": state.store.count(), "per_minute": state.stats.per_minute(),
             "counts": dict(state.stats.counts), "disk": {"bytes": disk, "quota": state.max_disk,
                                                          "files": state.store.count()},
-            "prompt": state.store.current_prompt(), "round": round_doc(state), "queue": state.queue.admitted}
+            "prompt": state.store.current_prompt(), "round": round_doc(state), "queue": state.queue.admitted,
+            "bundle": bundle_doc(state)}
+
+
+def bundle_doc(state: KioskState) -> dict:
+    """What the operator must know about the bundle being served (admin only: the public screen never shows it):
+    its name and whether it was made from an untrained teacher, with the warning the operator page shows."""
+    m = state.runtime.manifest
+    return {"name": m.name, "source": str(state.runtime.bundle.source), "untrained": m.untrained,
+            "warning": f"This bundle was {UNTRAINED_WARNING}." if m.untrained else None}
 
 
 @router.get("/api/admin/submissions")

@@ -115,6 +115,9 @@ def score_and_store(state: KioskState, data: bytes, entry: Entry):
     except QuotaFull as e:
         state.stats.count("quota_full")
         raise ApiError(507, f"{e}: the operator must make room") from e
+    # the retention rule once more with the new entry counted: the prune above ran before it existed, so the board
+    # would otherwise hold keep_top + keep_last + 1 entries
+    state.store.prune(keep_top=cfg.keep_top, keep_last=cfg.keep_last)
     state.stats.count("accepted")
     return verdict, sid
 

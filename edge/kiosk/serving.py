@@ -20,7 +20,9 @@ and keeps uvicorn's own bounds (headers at most 16 KiB, `timeout_keep_alive`). T
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 from collections import Counter
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -103,9 +105,44 @@ def server_config(app, *, host: str, port: int, cfg: KioskConfig, closed: Counte
         cfg.keep_alive)), log_level=log_level, backlog=max(128, cfg.max_connections), lifespan="on")
 
 
-def serve(app, *, host: str, port: int, cfg: KioskConfig, log_level: str = "warning") -> None:
-    """Run the kiosk app (create_app) until Ctrl-C / SIGTERM; closed connections count into its stats."""
+LISTEN_BACKLOG = 128  # until uvicorn starts and sets its own (server_config's backlog)
+
+
+class ListenError(OSError):
+    """The kiosk cannot listen on the address asked for (a port in use, an address not of this machine)."""
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port) the way uvicorn binds one (SO_REUSEADDR; IPv6 for an address with ':'), so
+    `dkit serve` knows it can listen before it says where, and hands it to `serve`. Raises ListenError, one line
+    naming the address, the reason and what to do (another --port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family=family, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        # listening at once: with SO_REUSEADDR a bound socket that does not listen yet does not hold the port, so a
+        # second `dkit serve` on it would bind too while this one loads its model, and fail only inside uvicorn
+        # (uvicorn's own listen() sets its backlog later; connections wait in this one until it accepts)
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as e:
+        sock.close()
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        hint = (f"another program (another `dkit serve`?) listens on port {port}: stop it, or choose another port, "
+                f"e.g. --port {port + 1 if port < 65535 else 8000}" if e.errno == errno.EADDRINUSE else
+                f"port {port} below 1024 needs root: choose --port 1024 or above (e.g. 8000)"
+                if e.errno == errno.EACCES else "check --host (an address of this machine, or 0.0.0.0) and --port")
+        raise ListenError(e.errno, f"cannot listen on {where} ({e.strerror or e}): {hint}") from e
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(app, *, host: str, port: int, cfg: KioskConfig, log_level: str = "warning",
+          sock: socket.socket | None = None) -> None:
+    """Run the kiosk app (create_app) until Ctrl-C / SIGTERM; closed connections count into its stats. `sock`: a
+    socket `listen` bound already (else uvicorn binds host:port itself)."""
     import uvicorn
 
     closed = app.state.kiosk.stats.counts
-    uvicorn.Server(server_config(app, host=host, port=port, cfg=cfg, closed=closed, log_level=log_level)).run()
+    server = uvicorn.Server(server_config(app, host=host, port=port, cfg=cfg, closed=closed, log_level=log_level))
+    server.run(sockets=[sock] if sock is not None else None)

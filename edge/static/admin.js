@@ -94,6 +94,9 @@ function showStats(doc) {
     : mb(used);
   $("stats-age").textContent = `updated ${new Date().toLocaleTimeString()}`;
   showRound(doc.round || null, doc.prompt);
+  const bundle = doc.bundle || {};  // an untrained (random-teacher) bundle: said here, never on the event screen
+  $("untrained-banner").hidden = !bundle.untrained;
+  $("untrained-banner").textContent = bundle.untrained ? `UNTRAINED bundle (${bundle.name}): ${bundle.warning}` : "";
   return doc;
 }
 let roundEnd = 0, roundTicker = null, roundPrompt = "";

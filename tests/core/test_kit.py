@@ -300,3 +300,16 @@ def test_student_device_may_list_gpus_and_pretrained_names_a_store_file(kit_dir)
     kit = load_kit(write(kit_dir, GOOD), overrides=["student.pretrained=mnv3.safetensors", "student.device=cuda:1"])
     assert kit.student.pretrained == "mnv3.safetensors" and kit.student.single_device == "cuda:1"
     assert load_kit(write(kit_dir, GOOD)).student.device == "auto"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("judge.prompt=" + "a" * 301, "judge.prompt"),
+    ("judge.prompts=[a cat, '" + "b" * 301 + "']", "judge.prompts[1]"),
+    ("ontology.background=['" + "c" * 301 + "']", "ontology.background[0]"),
+])
+def test_judge_prompts_longer_than_the_device_takes_are_named_at_load(override, key):
+    """A judge kit's prompt the device would refuse (over MAX_PROMPT_CHARS) is a KitError naming its key when the
+    kit loads, not a bare ValueError deep inside `dkit export`."""
+    with pytest.raises(KitError, match=rf"{key.replace('[', '.').replace(']', '.')}: expected a non-empty prompt of "
+                                       "at most 300 characters"):
+        load_kit(RECIPES / "quickdraw" / "kit.yaml", overrides=[override])

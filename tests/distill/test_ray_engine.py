@@ -134,7 +134,7 @@ def test_a_killed_teacher_actor_loses_and_duplicates_nothing(local_ray, photos, 
 def test_missing_ray_is_a_missing_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ModuleNotFoundError
     monkeypatch.delitem(sys.modules, "dkit.distill.engines.ray_data")
-    with pytest.raises(MissingExtraError, match=r"distill-kit\[scale\]"):
+    with pytest.raises(MissingExtraError, match=r"the 'scale' extra: .*pip install -c constraints.txt '\.\[scale\]'"):
         engines.engine("ray")
     with pytest.raises(UsageError, match="unknown labeling engine 'spark'"):
         engines.engine("spark")

@@ -139,11 +139,19 @@ def test_sliding_windows_cover_the_image_edge_to_edge(h, w, scales, overlap):
 
 def test_crop_boxes_pad_and_clip():
     image = np.arange(100 * 200 * 3, dtype=np.uint8).reshape(100, 200, 3)
-    crops = crop_boxes(image, np.array([[10, 10, 30, 50], [190, 90, 200, 100]], np.float32), pad=0.5)
-    # a 20x40 box + half its size on each side: x 0..40, y -10..70, clipped at the top edge to 0..70
-    assert crops[0].shape == (70, 40, 3)
-    np.testing.assert_array_equal(crops[0], image[0:70, 0:40])
-    assert crops[1].shape == (15, 15, 3)  # clipped at the image border
+    fill = image.reshape(-1, 3).mean(0).round().astype(np.uint8)
+    boxes = np.array([[10, 10, 30, 50], [190, 90, 200, 100]], np.float32)
+    # square: a 20x40 box, its longer side + half of it on each side: 80 px around its centre (20, 30),
+    # x -20..60, y -10..70; what lies outside the image is the image's mean colour
+    crops = crop_boxes(image, boxes, pad=0.5, mode="square")
+    assert crops[0].shape == (80, 80, 3) and crops[1].shape == (20, 20, 3)
+    np.testing.assert_array_equal(crops[0][10:, 20:], image[0:70, 0:60])
+    assert (crops[0][:10] == fill).all() and (crops[0][:, :20] == fill).all()
+    # letterbox: the box + half its size on each side (x 0..40, y -10..70), then bars to a square
+    crops = crop_boxes(image, boxes, pad=0.5, mode="letterbox")
+    assert crops[0].shape == (80, 80, 3)
+    np.testing.assert_array_equal(crops[0][10:, 20:60], image[0:70, 0:40])
+    assert (crops[0][:, :20] == fill).all() and (crops[0][:, 60:] == fill).all()
 
 
 # ------------------------------------------------------------------------------------------ quality

@@ -121,7 +121,7 @@ def test_unknown_and_uninstalled_backends_are_named(detect_bundle, monkeypatch):
                         replace(backends.BACKENDS["openvino"], library="openvino_not_installed_here"))
     assert "openvino" not in backends.available()
     with pytest.raises(RuntimeConfigError, match=r"openvino_not_installed_here package is not installed here "
-                                                 r"\(pip install 'distill-kit\[openvino\]'\)"):
+                                                 r"\(pip install 'openvino>=2024.0'.*device-pack --extra openvino"):
         Runtime.load(detect_bundle, backend="openvino")
 
 

@@ -82,9 +82,11 @@ def test_judge_bundle_parity_and_contents(judge):
         assert table.shape == (len(rows), m["prompts"]["dim"]) and table.dtype == np.float32
         np.testing.assert_allclose(np.linalg.norm(table, axis=1), 1.0, atol=1e-5)
         c = m["calibration"]
-        assert c["source"] == "student" and c["images"] == 40 and c["score"][0] == 0 and c["score"][-1] == 100
+        assert c["source"] == "student" and c["score"][0] == 0 and c["score"][-1] == 100
+        assert c["split"] == "train" and c["images"] == 30  # fitted on the training images only
         assert np.all(np.diff(c["cosine"]) > 0) and np.all(np.diff(c["score"]) > 0)
-        assert c["agreement"]["split"] == "val" and c["agreement"]["pairs"] == 10 * 3
+        # held-out images x the 5 ontology prompts, each alone (as typed on the device)
+        assert c["agreement"]["split"] == "val" and c["agreement"]["pairs"] == 10 * 5
         assert 0 <= c["agreement"]["mean_abs_score_diff"] <= 100 and -1 <= c["agreement"]["spearman"] <= 1
         mod = c["agreement"]["moderation"]  # the device's moderation rule on 10 held-out images x 2 judge prompts
         assert mod["pairs"] == 10 * 2 and 0 <= mod["agreement"] <= 1

@@ -27,16 +27,18 @@ the target, as in Hinton et al.) weights the directions the device actually scor
 both terms are O(1) at the start and the KL term vanishes as the cosine approaches 1.
 
 Preprocessing is data (`preprocess_spec`) implemented with OpenCV/numpy only (`preprocess`), so the edge
-runtime repeats it exactly without torch. Training adds a random resized crop, a horizontal flip and a
-little brightness/contrast jitter before the same resize and normalisation; evaluation uses `preprocess`.
+runtime repeats it exactly without torch. A training view is a random crop chosen in the source image's
+pixels and resized once to the input size (as the device resizes once), then a horizontal flip and a little
+brightness/contrast jitter and the same normalisation; evaluation uses `preprocess`.
 
 Optimiser and schedule: AdamW (no weight decay on norms and biases), linear warm-up (one epoch at most)
 then cosine decay to 1% of lr, per step; `student.epochs` epochs of `student.batch` images; early stopping
 on the held-out cosine after `student.patience` epochs without improvement. `student.train_args` may set:
 lr (2e-3), weight_decay (0.05), kd_weight (1.0), seed (0), workers (decoding processes; 0: one per spare core).
 
-Small sets are decoded once and kept in memory as uint8 images shrunk to the input size; above
-MEMORY_BUDGET bytes they are decoded again every epoch by DataLoader workers, so memory stays bounded.
+Small sets are decoded once and kept in memory as uint8 images (training images at their source resolution,
+held-out ones preprocessed to the input size); above MEMORY_BUDGET bytes they are decoded again every epoch by
+DataLoader workers, so memory stays bounded.
 
 `evaluate` measures on the held-out split: cosine to the teacher's embedding, the Spearman rank correlation
 per prompt of prompt scores across images, top-1 class agreement and (judge kits) moderation agreement, each

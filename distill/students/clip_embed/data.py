@@ -1,15 +1,18 @@
 """The clip-embed student's inputs: the preprocessing as data, the training views, the teacher's targets.
 
 Preprocessing is data (`preprocess_spec`) implemented with OpenCV/numpy only (`preprocess`), so the edge
-runtime repeats it exactly without torch. Training adds a random resized crop, a horizontal flip and a
-little brightness/contrast jitter before the same resize and normalisation; evaluation uses `preprocess`.
+runtime repeats it exactly without torch. A training view is a random crop chosen in the source image's
+pixels and resized once to the input size with the device's interpolation (the device also resizes its
+source once), then a horizontal flip and a little brightness/contrast jitter and the same normalisation;
+evaluation uses `preprocess`.
 
 Targets are the teacher's normalised image embeddings of every labelled image (`labels/labels.jsonl`,
 split train or val) and of the unlabeled pool's images (`labels/pool.jsonl`, trained on, never held out), read
 from the teacher cache `dkit label` filled.
 
-Small sets are decoded once and kept in memory as uint8 images shrunk to the input size; above
-MEMORY_BUDGET bytes they are decoded again every epoch by DataLoader workers, so memory stays bounded.
+Small sets are decoded once and kept in memory as uint8 images (training images at their source resolution,
+held-out ones preprocessed to the input size); above MEMORY_BUDGET bytes they are decoded again every epoch by
+DataLoader workers, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -67,10 +70,12 @@ def preprocess(rgb: np.ndarray, spec: dict) -> np.ndarray:
     return edge_preprocess(rgb, spec)[0][0]
 
 
-def _augment(small: np.ndarray, spec: dict, rng: np.random.Generator) -> np.ndarray:
-    """Training view of an image already shrunk by resize_shortest: random resized crop, flip, jitter."""
+def _augment(rgb: np.ndarray, spec: dict, rng: np.random.Generator) -> np.ndarray:
+    """Training view of an (H, W, 3) uint8 image at its source resolution: a random crop chosen in source pixels,
+    then one resize to size x size with the device's interpolation (like the device's single resize, never a
+    shrink, crop and enlarge), a flip and a little jitter."""
     size = spec["size"]
-    h, w = small.shape[:2]
+    h, w = rgb.shape[:2]
     for _ in range(10):  # torchvision's RandomResizedCrop, mild: the target is the uncropped image's embedding
         area = h * w * rng.uniform(0.5, 1.0)
         ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
@@ -80,7 +85,7 @@ def _augment(small: np.ndarray, spec: dict, rng: np.random.Generator) -> np.ndar
     else:
         ch = cw = min(h, w)
     top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    crop = resize(small[top : top + ch, left : left + cw], (size, size), spec["interpolation"])
+    crop = resize(rgb[top : top + ch, left : left + cw], (size, size), spec["interpolation"])
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
     x = crop.astype(np.float32)
@@ -98,13 +103,44 @@ def labelled_records(run_dir: Path) -> list[LabelRecord]:
 
 def pool_records(run_dir: Path, held_out: list[LabelRecord]) -> list[LabelRecord]:
     """The unlabeled pool's images (labels/pool.jsonl, dkit.distill.pool) that the student trains on as well; an
-    image identical to a held-out one is never among them (dkit label leaves those out; checked again here)."""
+    image identical to a held-out one, or within the split's `near_duplicate_bits` pHash bits of one, is never
+    among them (dkit label leaves those out; checked again here from each record's `phash` against the held-out
+    images' hashes, which the split's reduced decode takes again: a few, cheap)."""
     val = {r.sha256 for r in held_out}
     pool = RunDir(run_dir).pool_records()
     kept = [r for r in pool if r.sha256 not in val and r.skipped is None]
     if len(kept) < len(pool):
         log.warning("%d pool images are held-out images or unreadable: left out of training", len(pool) - len(kept))
+    return _not_near_held_out(kept, held_out, run_dir)
+
+
+def _not_near_held_out(pool: list[LabelRecord], held_out: list[LabelRecord], run_dir: Path) -> list[LabelRecord]:
+    """The pool images not within the split's near-duplicate bits (labels/split.json) of a held-out image, by the
+    `phash` dkit label stored in their records (labels made before it was stored are not checked)."""
+    from dkit.distill.split import image_hashes, near_any, read_summary
+
+    hashes = [_stored_phash(r.extra.get("phash")) for r in pool]
+    if not held_out or all(h is None for h in hashes):
+        return pool
+    summary = read_summary(RunDir(run_dir).labels)
+    if summary is None or summary.near_duplicate_bits < 0:
+        return pool
+    near = near_any(hashes, image_hashes(held_out), summary.near_duplicate_bits)
+    kept = [r for r, n in zip(pool, near, strict=True) if not n]
+    if len(kept) < len(pool):
+        log.warning("%d pool images are within %d pHash bits of a held-out image: left out of training",
+                    len(pool) - len(kept), summary.near_duplicate_bits)
     return kept
+
+
+def _stored_phash(value) -> int | None:
+    """A record's `phash` (16 hex digits) as an int; None where it is missing or not a 64-bit hex hash."""
+    if not isinstance(value, str) or len(value) != 16:
+        return None
+    try:
+        return int(value, 16)
+    except ValueError:
+        return None
 
 
 def teacher_embeddings(records: list[LabelRecord], teacher, run_dir: Path) -> np.ndarray:
@@ -152,7 +188,8 @@ def iter_decoded(records: list[LabelRecord], workers: int) -> Iterator[np.ndarra
 class _Images(torch.utils.data.Dataset):
     """(input (3, S, S), target (D,)) pairs: augmented views for training, `preprocess` for validation.
 
-    `memory`: the images, already shrunk (train) or shrunk and cropped (val), as uint8; None: decode per item.
+    `memory`: the images as uint8, at their source resolution (train: each view is cropped from the source pixels
+    and resized once) or already preprocessed to size x size (val); None: decode per item.
     """
 
     def __init__(self, records: list[dict], targets: np.ndarray, spec: dict, *, train: bool, seed: int,
@@ -165,29 +202,31 @@ class _Images(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.memory is not None:
-            small = self.memory[i]
+            pixels = self.memory[i]
         else:
-            small = _shrink(decode_record(self.records[i]), self.spec, self.train)
+            pixels = decode_record(self.records[i])
+            pixels = pixels if self.train else _shrink(pixels, self.spec)
         if self.train:  # the same view for the same (seed, epoch, image), whichever worker makes it
-            x = _augment(small, self.spec, np.random.default_rng((self.seed, self.epoch, i)))
+            x = _augment(pixels, self.spec, np.random.default_rng((self.seed, self.epoch, i)))
         else:
-            x = normalize(small, self.spec)
+            x = normalize(pixels, self.spec)
         return torch.from_numpy(x), torch.from_numpy(self.targets[i])
 
 
-def _shrink(rgb: np.ndarray, spec: dict, train: bool) -> np.ndarray:
-    small = resize_shortest(rgb, spec)
-    return np.ascontiguousarray(small if train else center_crop(small, spec["size"]))
+def _shrink(rgb: np.ndarray, spec: dict) -> np.ndarray:
+    """A held-out image as the device feeds it (shortest side to size, centre crop), uint8."""
+    return np.ascontiguousarray(center_crop(resize_shortest(rgb, spec), spec["size"]))
 
 
 def _datasets(train_recs, val_recs, train_t, val_t, spec, seed, workers) -> tuple[_Images, _Images, bool]:
     size = spec["size"]
-    estimate = (len(train_recs) * 1.5 + len(val_recs)) * size * size * 3  # train keeps the aspect ratio
-    in_memory = estimate <= MEMORY_BUDGET
+    # training images stay at their source resolution (each view is one resize from them), held-out ones at size
+    source = sum(r.width * r.height * 3 if r.width and r.height else int(1.5 * size * size * 3) for r in train_recs)
+    in_memory = source + len(val_recs) * size * size * 3 <= MEMORY_BUDGET
     train_mem = val_mem = None
     if in_memory:
-        train_mem = [_shrink(rgb, spec, True) for rgb in iter_decoded(train_recs, workers)]
-        val_mem = [_shrink(rgb, spec, False) for rgb in iter_decoded(val_recs, workers)]
+        train_mem = [np.ascontiguousarray(rgb) for rgb in iter_decoded(train_recs, workers)]
+        val_mem = [_shrink(rgb, spec) for rgb in iter_decoded(val_recs, workers)]
     else:
         log.info("%d images at %d px exceed the %d MiB memory budget: decoding them every epoch",
                  len(train_recs) + len(val_recs), size, MEMORY_BUDGET >> 20)

@@ -2,9 +2,9 @@
 
 Measured on the held-out split: cosine to the teacher's embedding, the Spearman rank correlation per prompt
 of prompt scores across images, top-1 class agreement and (judge kits) moderation agreement, each also for
-the same architecture untrained (the baseline training must beat); parameters, GFLOPs (torch's
-FlopCounterMode: a multiply-add is 2) and the median single-image latency (preprocessing included) of the
-student and of the teacher's image tower, on the same first TIMING_IMAGES held-out images.
+the same architecture untrained (the baseline training must beat; moderation: `_moderation`); parameters,
+GFLOPs (torch's FlopCounterMode: a multiply-add is 2) and the median single-image latency (preprocessing
+included) of the student and of the teacher's image tower, on the same first TIMING_IMAGES held-out images.
 """
 
 from __future__ import annotations
@@ -106,7 +106,10 @@ def _agreement(emb: np.ndarray, teacher_emb: np.ndarray, prompts: np.ndarray, te
 
 
 def _moderation(kit, teacher, student_emb: np.ndarray, teacher_emb: np.ndarray) -> float | None:
-    """moderation_agreement with the kit's judge prompts and margins; None without a judge or prompts."""
+    """moderation_agreement over (held-out image, judge prompt) pairs: the prompts of `judge_prompts` (judge.prompt
+    and judge.prompts, else the ontology's prompts), the kit's margins; the content rules only (blocked, text or
+    neither: no_match needs the export's calibration). The bundle's `calibration.agreement.moderation.
+    moderation_agreement` is the same figure; its `agreement` adds no_match. None without a judge or prompts."""
     sets = _moderation_sets(kit, teacher)
     if sets is None:
         return None
