@@ -48,12 +48,6 @@ class OpenVinoBackend(Backend):
         self.request.infer({0: x})
         return np.asarray(self.request.get_output_tensor(0).data, np.float32).copy()
 
-    def close(self) -> None:
-        """Drop the infer request and the compiled model now (OpenVINO's CPU threads end here, not during
-        interpreter shutdown)."""
-        self.__dict__.pop("request", None)
-        self.__dict__.pop("compiled", None)
-
 
 def load(bundle, entry, *, providers: list[str] | None = None, threads: int = 0) -> OpenVinoBackend:
     if entry.format != "onnx":

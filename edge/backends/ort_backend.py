@@ -74,10 +74,6 @@ class OrtBackend(Backend):
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]
 
-    def close(self) -> None:
-        """Drop the session now (its thread pools end here, not during interpreter shutdown)."""
-        self.__dict__.pop("session", None)
-
 
 def load(bundle, entry, *, providers: list[str] | None = None, threads: int = 0) -> OrtBackend:
     if entry.format != "onnx":
