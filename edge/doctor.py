@@ -273,8 +273,8 @@ def check_python() -> Check:
         return Check("python", FAIL, result, [
             f"Python {have[0]}.{have[1]} is too old: the base install needs {need}+. Install Python {need} or "
             f"newer (your OS's python3 packages, the deadsnakes PPA on Ubuntu, or `uv python install {need}`), make a "
-            "venv with it and install distill-kit there (it is not on PyPI: a `dkit device-pack --python X.Y` "
-            "wheelhouse, or pip install \"distill-kit @ git+https://github.com/distill-kit/distill-kit\")"], data)
+            "venv with it and install distill-kit there (it is not on PyPI: the wheelhouse of `dkit device-pack "
+            "--python X.Y`, or `pip install .` in a distill-kit checkout)"], data)
     return Check("python", OK, result, [], data)
 
 

@@ -40,15 +40,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             sinks = []  # checked before any capture thread starts
             if args.jsonl:
                 sinks.append(JsonlSink(sys.stdout, runtime))
-            if args.save:
-                sinks.append(VideoSink(args.save, runtime, fps=None))  # its rate: the sources' (below)
+            video = VideoSink(args.save, runtime, fps=None) if args.save else None  # its rate: the sources'
+            if video is not None:
+                sinks.append(video)
             window = WindowSink(runtime) if args.show else None  # before any capture starts
             sources = []
             try:
                 for spec in args.source:
                     sources.append(open_source(spec, stall_timeout=args.stall_timeout, open_tries=args.open_tries))
-                if args.save:
-                    sinks[-1].fps, sinks[-1].why = recording_rate(sources, max_fps)
+                if video is not None:
+                    video.fps, video.why = recording_rate(sources, max_fps)
                 pipeline = Pipeline(runtime, sources, sinks, max_fps=max_fps, max_frames=args.max_frames)
                 if window is not None:
                     window.on_quit = pipeline.stop
