@@ -44,11 +44,11 @@ from fastapi import FastAPI
 
 from dkit.edge.judge import Judge
 from dkit.edge.kiosk import admin, leaderboard, pages, prompts, scoring
+from dkit.edge.kiosk.bodies import BodyLimit, BodyTimeout, BodyTooLarge, too_large, too_slow
 from dkit.edge.kiosk.config import KioskConfig
 from dkit.edge.kiosk.errors import add_handlers
 from dkit.edge.kiosk.headers import SecurityHeaders, page_csp
 from dkit.edge.kiosk.state import MAX_UPLOAD, KioskState, attach, load_page
-from dkit.edge.kiosk.uploads import BodyLimit, BodyTimeout, BodyTooLarge, too_large, too_slow
 from dkit.edge.names import Blocklist
 from dkit.edge.runtime import Runtime
 from dkit.edge.store import Store

@@ -28,6 +28,16 @@ class KioskConfig:
     # the work queue: images scored at once, and how many more may wait (beyond that: 503 + Retry-After)
     workers: int = 2
     queue: int = 8
+    queue_per_client: int = 2  # places in the work queue (scoring + waiting) one client may hold at once
+    # decoding: every upload is decoded once, in a decoder process killed past `decode_timeout` seconds (400)
+    decode_timeout: float = 2.0
+    max_scans: int = 100  # scans of a progressive JPEG (counted from its markers before decoding); more: 400
+    # scoring budgets: /api/score answers the score as the screen shows it, in steps of `score_step` points, and at
+    # most `score_budget` times per client and prompt in `score_window` seconds (0: no budget); the kiosk's own
+    # screen (loopback) has no budget
+    score_step: float = 5.0
+    score_budget: int = 300
+    score_window: float = 3600.0
     # a submission whose perceptual hash is within `dup_bits` (of 64) of one on its prompt's board is refused (-1: off)
     dup_bits: int = 6
     # retention: a submission stays while it is in its prompt's top `keep_top` or among the last `keep_last`
@@ -40,6 +50,10 @@ class KioskConfig:
     header_timeout: float = 10.0  # from connecting (or the end of the last response) to a request's full headers
     body_timeout: float = 30.0  # to receive a whole request body
     keep_alive: float = 5.0  # an idle keep-alive connection is closed after this
+    write_timeout: float = 10.0  # a response the client does not read (its socket buffer full) is cut off after this
+    max_header_bytes: int = 16384  # a request's headers (all of them): more is answered 431
+    strikes: int = 4  # connections of one client closed for a deadline within `strike_window` s: then it is refused
+    strike_window: float = 60.0
     blocklist: str | None = None  # a text file of words refused in player names (one per line, # comments)
     blocked_names: tuple[str, ...] = ()  # words refused in names, carried in the manifest (a kit's blocklist file)
 
@@ -91,7 +105,8 @@ class KioskConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
-_FLOORS = {"workers": 1, "max_connections": 1, "max_connections_per_client": 1, "dup_bits": -1}
+_FLOORS = {"workers": 1, "max_connections": 1, "max_connections_per_client": 1, "dup_bits": -1, "queue_per_client": 1,
+           "max_scans": 1, "max_header_bytes": 1024, "strikes": 1}
 
 
 def _parse(key: str, kind: str, text: str) -> Any:

@@ -10,29 +10,16 @@ refusal counted for the operator page. Checked before the upload is read, so a r
 
 from __future__ import annotations
 
-import ipaddress
-
 from fastapi import Request
 
 from dkit.edge.kiosk.errors import ApiError
-from dkit.edge.kiosk.limits import Buckets
+from dkit.edge.kiosk.limits import Buckets, client_key
 from dkit.edge.kiosk.state import KioskState
-
-IPV6_PREFIX = 64
 
 
 def client_of(request: Request) -> str:
     """The key rate limits and bans use: the peer address (IPv6: its /64 network)."""
-    host = request.client.host if request.client else ""
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        return host or "unknown"
-    if addr.version == 6:
-        if addr.ipv4_mapped is not None:  # ::ffff:a.b.c.d from a dual-stack socket: the IPv4 client
-            return str(addr.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{addr}/{IPV6_PREFIX}", strict=False))
-    return str(addr)
+    return client_key(request.client.host if request.client else "")
 
 
 def admit(state: KioskState, client: str, buckets: Buckets) -> None:

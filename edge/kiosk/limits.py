@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import math
 import threading
 import time
@@ -23,6 +24,24 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 
 MAX_CLIENTS = 10_000
+IPV6_PREFIX = 64  # one household or phone gets a whole /64: an IPv6 client is keyed by it
+
+
+def client_key(host: str) -> str:
+    """The key every per-client limit and ban uses for a peer address: the address itself, an IPv6 one by its /64
+    network, an IPv4-mapped IPv6 one (::ffff:a.b.c.d, from a dual-stack socket) as the IPv4 address.
+
+        client_key("2001:db8::1")   # -> "2001:db8::/64"
+    """
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return host or "unknown"
+    if addr.version == 6:
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{addr}/{IPV6_PREFIX}", strict=False))
+    return str(addr)
 
 
 class Buckets:

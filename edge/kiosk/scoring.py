@@ -12,11 +12,10 @@ quota (507 when the kept entries alone fill it).
 
 import time
 
-import cv2
-import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
+from dkit.edge.kiosk.board import score_and_store
 from dkit.edge.kiosk.errors import ApiError
 from dkit.edge.kiosk.guard import admit, client_of
 from dkit.edge.kiosk.limits import Busy
@@ -24,10 +23,8 @@ from dkit.edge.kiosk.prompts import prompt_of
 from dkit.edge.kiosk.state import KioskState, StateDep
 from dkit.edge.kiosk.uploads import decode, read_upload
 from dkit.edge.names import public_name
-from dkit.edge.phash import distance, phash, to_signed
-from dkit.edge.store import Entry, QuotaFull
+from dkit.edge.store import Entry
 
-THUMB_SIDE = 256
 BUSY_RETRY = 2.0  # seconds a client is asked to wait when the work queue is full
 
 router = APIRouter()
@@ -92,48 +89,3 @@ def player_name(state: KioskState, text: str | None) -> str:
         state.stats.count("name_refused")
         raise ApiError(400, "that name is not allowed here: choose another one")
     return name
-
-
-def score_and_store(state: KioskState, data: bytes, entry: Entry):
-    """Decode, refuse near-duplicates, score, and store unless blocked. Returns (verdict, id or None). Blocking:
-    run in a thread."""
-    rgb = decode(data)
-    digest = to_signed(phash(rgb))
-    if is_near_duplicate(digest, state.store.hashes(entry.prompt), state.cfg.dup_bits):
-        state.stats.count("duplicates")
-        raise ApiError(409, "this image is (almost) the same as one already on the board: draw a new one")
-    verdict = state.judge.score(rgb, entry.prompt)
-    if verdict.verdict == "blocked":
-        state.stats.count("blocked")
-        return verdict, None
-    thumb = thumbnail(rgb)
-    cfg = state.cfg
-    state.store.prune(keep_top=cfg.keep_top, keep_last=cfg.keep_last, max_bytes=state.max_disk, room=len(thumb))
-    entry = Entry(entry.prompt, verdict.score, verdict.verdict, entry.name, entry.client, digest)
-    try:
-        sid = state.store.add(entry, thumb, max_bytes=state.max_disk)
-    except QuotaFull as e:
-        state.stats.count("quota_full")
-        raise ApiError(507, f"{e}: the operator must make room") from e
-    # the retention rule once more with the new entry counted: the prune above ran before it existed, so the board
-    # would otherwise hold keep_top + keep_last + 1 entries
-    state.store.prune(keep_top=cfg.keep_top, keep_last=cfg.keep_last)
-    state.stats.count("accepted")
-    return verdict, sid
-
-
-def is_near_duplicate(digest: int, others: list[int], bits: int) -> bool:
-    """Whether `digest` is within `bits` differing bits of any of `others` (hashes as the store keeps them)."""
-    return any(distance(digest, h) <= bits for h in others)
-
-
-def thumbnail(rgb: np.ndarray) -> bytes:
-    """JPEG bytes of the image shrunk to THUMB_SIDE on its longer side."""
-    h, w = rgb.shape[:2]
-    scale = min(1.0, THUMB_SIDE / max(h, w))
-    small = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) \
-        if scale < 1 else rgb
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
-    if not ok:
-        raise ApiError(500, "could not encode the thumbnail")
-    return buf.tobytes()

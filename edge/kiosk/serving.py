@@ -14,7 +14,7 @@ process's limit new visitors (and /healthz) are refused. `GuardedH11` adds:
 - caps: a connection beyond `max_connections` in all, or `max_connections_per_client` from one address, is closed
   as soon as it is accepted;
 and keeps uvicorn's own bounds (headers at most 16 KiB, `timeout_keep_alive`). The body deadline is the app's
-(dkit.edge.kiosk.uploads.BodyLimit), because only the app knows when it reads a body.
+(dkit.edge.kiosk.bodies.BodyLimit), because only the app knows when it reads a body.
 """
 
 from __future__ import annotations

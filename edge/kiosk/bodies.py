@@ -1,0 +1,100 @@
+"""Request bodies: the size limit (a Content-Length gate, and a byte count while the body is read, so a chunked
+upload without a length is cut off at the limit instead of being spooled whole) and the body deadline (a body still
+arriving `body_timeout` seconds after the app began to read it is cut off with a 408), as ASGI middleware with the
+JSON answers for both."""
+
+import asyncio
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from dkit.edge.kiosk.state import kiosk_state
+
+FORM_SLACK = 65536  # bytes of multipart framing and text fields allowed beyond the image itself
+
+
+class BodyTooLarge(Exception):
+    """Raised by the receive channel of BodyLimit once a request body passes its limit."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"the request body is over {limit:,} bytes")
+        self.limit = limit
+
+
+class BodyTimeout(Exception):
+    """Raised by the receive channel of BodyLimit when a body is still incomplete at its deadline."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"the request body did not arrive within {seconds:g} s")
+        self.seconds = seconds
+
+
+DRAIN_FACTOR = 2  # a refused body is read and dropped up to this many limits, then the connection is closed
+
+
+async def _drain(receive, most: int) -> None:
+    """Read and drop up to `most` bytes of a refused body, so a client still sending it can read the 413 (closing
+    on a client mid-send resets the connection before it sees the answer); a bigger body is cut off there."""
+    seen = 0
+    while seen <= most:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
+class BodyLimit:
+    """ASGI middleware for the upload limit (`max_upload` bytes of image plus FORM_SLACK of form): a body announced
+    over it is answered 413 unread; any other body's bytes are counted as the app receives them, and past the limit
+    the read raises BodyTooLarge (answered 413 by `too_large`), so no route reads or spools more than that, whatever
+    the client announced (a chunked upload has no Content-Length at all)."""
+
+    def __init__(self, app, max_upload: int, slack: int = FORM_SLACK, body_timeout: float | None = None):
+        self.app, self.max_upload, self.limit = app, max_upload, max_upload + slack
+        self.body_timeout = body_timeout
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            refused = JSONResponse({"error": f"the upload is {int(length):,} bytes; at most {self.max_upload:,} are "
+                                             "accepted"}, status_code=413)
+            await _drain(receive, DRAIN_FACTOR * self.limit)
+            return await refused(scope, receive, send)
+        seen, done, deadline = 0, False, None
+
+        async def counted():
+            nonlocal seen, done, deadline
+            if done or self.body_timeout is None:
+                message = await receive()
+            else:  # the body is still arriving: it has until the deadline
+                loop = asyncio.get_running_loop()
+                deadline = deadline or loop.time() + self.body_timeout
+                try:
+                    message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+                except (TimeoutError, asyncio.TimeoutError) as e:  # distinct classes before Python 3.11
+                    raise BodyTimeout(self.body_timeout) from e
+            done = done or message["type"] != "http.request" or not message.get("more_body", False)
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    if message.get("more_body", False):
+                        await _drain(receive, DRAIN_FACTOR * self.limit - seen)
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        return await self.app(scope, counted, send)
+
+
+async def too_large(request: Request, exc: BodyTooLarge):
+    """The 413 for a body cut off while it was read (any route)."""
+    return JSONResponse({"error": f"{exc}; at most {kiosk_state(request).max_upload:,} bytes of image are "
+                                  "accepted"}, status_code=413, headers={"Connection": "close"})
+
+
+async def too_slow(request: Request, exc: BodyTimeout):
+    """The 408 for a body that did not arrive in time (a slow-loris upload)."""
+    return JSONResponse({"error": f"{exc}: send it faster"}, status_code=408, headers={"Connection": "close"})
