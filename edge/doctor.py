@@ -48,7 +48,8 @@ LOW_MEMORY = 512 * MiB
 # The base install's requirements when the installed distill-kit's metadata is not readable (a source checkout);
 # mirrors pyproject.toml's `dependencies`.
 BASE_REQUIREMENTS = {"numpy": "1.24", "onnxruntime": "1.17", "opencv-python-headless": "4.8", "fastapi": "0.110",
-                     "uvicorn": "0.29", "python-multipart": "0.0.9", "pyyaml": "6.0", "pydantic": "2.6"}
+                     "uvicorn": "0.29", "python-multipart": "0.0.9", "pyyaml": "6.0", "pydantic": "2.6", "tqdm": "4.66",
+                     "ftfy": "6.1", "regex": "2023.6", "confusable-homoglyphs": "3.3"}
 PYTHON_REQUIRED = ">=3.10"
 ORT_DISTS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml", "onnxruntime-qnn",
              "onnxruntime-silicon")

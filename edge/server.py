@@ -35,6 +35,7 @@ the shared state (kiosk.state), the limits (config, limits, guard, auth), the JS
 server with its connection limits (kiosk.serving); this module only puts them together.
 """
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
@@ -46,6 +47,7 @@ from dkit.edge.judge import Judge
 from dkit.edge.kiosk import admin, leaderboard, pages, prompts, scoring
 from dkit.edge.kiosk.bodies import BodyLimit, BodyTimeout, BodyTooLarge, too_large, too_slow
 from dkit.edge.kiosk.config import KioskConfig
+from dkit.edge.kiosk.decoder import DecoderPool
 from dkit.edge.kiosk.errors import add_handlers
 from dkit.edge.kiosk.headers import SecurityHeaders, page_csp
 from dkit.edge.kiosk.state import MAX_UPLOAD, KioskState, attach, load_page
@@ -72,8 +74,9 @@ def create_app(bundle: str | Path, *, db: str | Path, thumbs: str | Path | None 
         log.warning("removed %d orphan thumbnail(s) left by an interrupted write", store.swept)
     if store.current_prompt() is None:
         store.set_prompt(prompts.first_prompt(judge.cfg, runtime.classes))
+    decoder = DecoderPool(cfg.workers, cfg.decode_timeout, {"max_scans": cfg.max_scans})  # started by _lifespan
     state = KioskState(runtime, judge, store, load_page(), admin_token, max_upload, cfg,
-                       blocklist(cfg, runtime.bundle.source))
+                       blocklist(cfg, runtime.bundle.source), decoder=decoder)
     app = FastAPI(title="Distill Kit kiosk judge", version="1", lifespan=_lifespan,
                   description=f"Scores drawings against a prompt, offline, with the bundle {runtime.bundle.source}.",
                   docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None)
@@ -109,6 +112,13 @@ def blocklist(cfg: KioskConfig, bundle: Path) -> Blocklist:
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI):
+    decoder = app.state.kiosk.decoder
+    if decoder is not None:
+        # the decoder processes, ready before the first request; DecoderUnavailable (none could start) fails the
+        # startup: uvicorn logs it and stops
+        await asyncio.to_thread(decoder.start)
     yield
+    if decoder is not None:
+        await asyncio.to_thread(decoder.close)  # joins processes (seconds): not on the event loop
     app.state.kiosk.store.close()
     app.state.kiosk.runtime.close()

@@ -139,7 +139,15 @@ def cmd_bench_attack(args: argparse.Namespace) -> int:
     import json
 
     from dkit.core.errors import UsageError
-    from dkit.edge.attack_bench import QUICK, AttackBenchError, AttackSettings, bench_attack, format_table, unmeasured
+    from dkit.edge.attack_bench import (
+        QUICK,
+        AttackBenchError,
+        AttackSettings,
+        bench_attack,
+        format_table,
+        select_phases,
+        unmeasured,
+    )
 
     base = QUICK if args.quick else AttackSettings()
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(AttackSettings)
@@ -154,8 +162,12 @@ def cmd_bench_attack(args: argparse.Namespace) -> int:
         sys.stderr.flush()
 
     try:
+        only = select_phases(args.only)
+    except ValueError as e:
+        raise UsageError(f"dkit bench attack --only: {e}") from e
+    try:
         result = bench_attack(args.bundle, settings, serve_set=args.serve_set, threads=args.threads,
-                              progress=progress)
+                              progress=progress, only=only, seeds_from=args.climb_seeds_from)
     except AttackBenchError as e:  # not a judge bundle, or the server did not come up: nothing measured
         raise UsageError(str(e)) from e
     sys.stdout.write(format_table(result))
@@ -186,12 +198,32 @@ def _attack_arguments() -> tuple:
         "flood_seconds": "seconds of the single-client disk flood (measurement 3)",
         "combined_seconds": "seconds of attacks 1-3 together, the legit client measured (measurement 4)",
         "settle_seconds": "seconds between phases, for work still in flight to drain",
+        "player_submit_s": "the player's pace in measurements 5-6: a new drawing submitted every N s",
+        "player_score_s": "... and a live score asked every N s",
+        "scan_bomb_seconds": "seconds of the scan bomb (measurement 5)",
+        "scan_bombs": "scan bombs kept in flight from one address",
+        "scan_bomb_side": "the scan bomb's width and height in pixels",
+        "scan_bomb_repeats": "extra copies of the scan bomb's last scan",
+        "slow_seconds": "seconds of the slow readers / trickled uploads / slowloris (measurement 6)",
+        "slow_addresses": "attacking addresses of measurement 6 (127.0.0.10 on)",
+        "slow_per_client": "connections each of them holds",
+        "slow_pipelined": "GET /static/kiosk.js a slow reader pipelines at once",
+        "uploads": "concurrent uploads (measurement 7)",
+        "upload_addresses": "addresses they come from (127.0.2.1 on)",
+        "upload_bytes": "bytes of each uploaded image (a progressive JPEG padded to it)",
+        "upload_megapixels": "the uploaded JPEG's megapixels",
+        "upload_seconds": "the longest an upload waits for its answer",
+        "climb_seeds": "drawings submitted to seed the board before the hill climb (measurement 8)",
+        "climb_queries": "the hill climb's budget of /api/score queries",
     }
+    def show(value: float) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
     out = []
     for f in dataclasses.fields(AttackSettings):
         kind = int if isinstance(f.default, int) else float
         out.append(arg("--" + f.name.replace("_", "-"), type=kind, metavar="N",
-                       help=f"{helps[f.name]} (default: {f.default:g}; --quick: {getattr(QUICK, f.name):g})"))
+                       help=f"{helps[f.name]} (default: {show(f.default)}; --quick: {show(getattr(QUICK, f.name))})"))
     return tuple(out)
 
 
@@ -261,7 +293,7 @@ BENCHMARKS = (
                 arg("--threads", type=int, default=1,
                     help="the server's onnxruntime threads (default: %(default)s)"),
             )),
-    Command("attack", "the kiosk server under attack: memory, idle sockets, disk, legit throughput",
+    Command("attack", "the kiosk server under attack: memory, sockets, disk, scan bombs, uploads, hill climb",
             "Starts `dkit serve` on a judge bundle (its own process, a free loopback port, a fresh database) "
             "and measures, in one run, with stdlib clients bound to their own 127.x source addresses: "
             "(1) the server's RSS peak / idle while clients flood both POST routes with thin strips, "
@@ -270,15 +302,26 @@ BENCHMARKS = (
             "p99 < 100 ms); (3) the growth of the database + WAL + thumbnails during a single-client flood "
             "of distinct valid drawings (goal: within the server's max_disk_mb quota); (4) a paced "
             "legitimate client's successful /api/score per second alone and while attacks 1-3 run at once "
-            "(goal: ratio >= 0.5). Prints progress on stderr, a table with PASS/FAIL goal lines on stdout, "
-            "the figures as JSON with --json. Exit 0 whatever the goals say; 2 when the bundle is not a "
-            "judge bundle or the server does not come up; 1 when the server dies during the run. The "
-            "defaults take about 2.5 minutes; --quick a few seconds per measurement.",
+            "(goal: ratio >= 0.5). Then, each on a fresh server, with a player on 127.0.0.1 submitting a drawing "
+            "every 6 s and asking a live score every second (headline: the share of its requests answered 200, "
+            "and their p99): (5) progressive-JPEG scan bombs kept in flight from one address (goal: share >= "
+            "0.9); (6) slow readers, over-length uploads trickling their bodies and slowloris from 16 addresses, "
+            "each at the per-client cap (goal: share >= 0.9); (7) 500 concurrent 4 MB uploads of a 36-megapixel "
+            "progressive JPEG from 50 addresses: RSS of the server's process tree, peak over idle (goal <= 1.5x); "
+            "(8) a blind stroke-by-stroke hill climb on /api/score against a seeded board: queries to rank 1 "
+            "(goal: none within --climb-queries). Prints progress on stderr, a table with PASS/FAIL goal lines "
+            "on stdout, the figures as JSON with --json. Exit 0 whatever the goals say; 2 when the bundle is "
+            "not a judge bundle or a server does not come up; 1 when a server dies during the run. The "
+            "defaults take about 7 minutes; --quick a few seconds per measurement; --only picks measurements.",
             cmd_bench_attack, arguments=(
                 arg("bundle", metavar="BUNDLE", help="judge bundle folder or .tar.gz"),
                 arg("--quick", action="store_true", help="a few seconds per measurement (a smoke run; "
                     "options given explicitly still apply)"),
                 arg("--json", metavar="PATH", help="write the figures as JSON to PATH"),
+                arg("--only", metavar="LIST", help="only these measurements, comma-separated: rss, healthz, disk, "
+                    "legit (1-4, on one server), scan-bomb, slow, uploads, climb (default: all)"),
+                arg("--climb-seeds-from", metavar="DIR", help="a folder of drawings (images, or Quick, Draw! .npy "
+                    "files) to seed the hill climb's board with (default: the bench's random doodles)"),
                 arg("--serve-set", action="append", default=[], metavar="KEY=VALUE",
                     help="passed on as `dkit serve --set KEY=VALUE`; repeatable (e.g. max_disk_mb=20)"),
                 arg("--threads", type=int, default=1,

@@ -127,10 +127,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace, sock) -> int:
     with edge_errors():
-        from dkit.edge.kiosk.serving import serve
+        from dkit.edge.kiosk.serving import StartupError, serve
         from dkit.edge.server import create_app
 
         bundle = Path(args.bundle)
+        proxies = _proxies(args.proxy)
         db = Path(args.db) if args.db else bundle.resolve().parent / "kiosk" / "kiosk.sqlite"
         token = admin_token(args)
         try:
@@ -139,10 +140,33 @@ def _serve(args: argparse.Namespace, sock) -> int:
         except ValueError as e:  # a bad --set, or the bundle's kiosk settings
             raise UsageError(str(e)) from e
     cfg = app.state.kiosk.cfg
-    log.info("kiosk on http://%s:%d (database %s; admin %s; limits: %s)", args.host, args.port, db,
-             f"on at http://{args.host}:{args.port}/admin" if token else "off", _limits(cfg))
-    serve(app, host=args.host, port=args.port, cfg=cfg, sock=sock)
+    log.info("kiosk on http://%s:%d (database %s; admin %s; limits: %s; X-Forwarded-For %s)", args.host, args.port,
+             db, f"on at http://{args.host}:{args.port}/admin" if token else "off", _limits(cfg),
+             f"from {', '.join(proxies)}" if proxies else "ignored")
+    try:
+        serve(app, host=args.host, port=args.port, cfg=cfg, sock=sock, proxies=proxies)
+    except StartupError as e:  # exit 1: the app could not start (uvicorn logged why)
+        raise DkitError(str(e)) from e
     return 0
+
+
+def _proxies(text: str | None) -> list[str]:
+    """--proxy ADDR[,ADDR]: the proxies allowed to set X-Forwarded-For (none: the header is ignored)."""
+    from dkit.edge.kiosk.serving import proxy_networks
+
+    proxies = [p.strip() for p in (text or "").split(",") if p.strip()]
+    try:
+        proxy_networks(proxies)
+    except ValueError as e:
+        raise UsageError(f"--proxy: {e}") from e
+    return proxies
+
+
+def _kiosk_keys() -> str:
+    """The kiosk limits `dkit serve --set` takes, with their defaults: KEY=VALUE, ... (from KioskConfig itself)."""
+    from dkit.edge.kiosk.config import KioskConfig
+
+    return ", ".join(f"{k}={v:g}" for k, v in KioskConfig().to_dict().items() if isinstance(v, int | float))
 
 
 def admin_token(args: argparse.Namespace) -> str | None:
@@ -262,10 +286,12 @@ SERVE = Command(
             "routes (or set DKIT_ADMIN_TOKEN; neither: admin off, there is no default token)"),
         arg("--admin-token", metavar="TOKEN", help="the token itself (visible in `ps` to every user: prefer the "
             "file or the variable)"),
-        arg("--set", action="append", metavar="KEY=VALUE", help="override one of the bundle's kiosk limits, e.g. "
-            "submit_rate=0.5, submit_burst=5, score_rate=2, workers=2, queue=8, dup_bits=6 (-1: off), keep_top=100, "
-            "keep_last=1000, max_disk_mb=512, header_timeout=10, body_timeout=30, max_connections=512, "
-            "max_connections_per_client=32, blocklist=FILE; repeat it for several"),
+        arg("--set", action="append", metavar="KEY=VALUE", help="override one of the bundle's kiosk limits "
+            f"(dkit.edge.kiosk.config; the README's kiosk section says what each does), the defaults: {_kiosk_keys()}; "
+            "blocklist=FILE; repeat it for several"),
+        arg("--proxy", metavar="ADDR[,ADDR]", help="the reverse proxies (addresses or networks, e.g. 127.0.0.1 or "
+            "10.0.0.0/24) allowed to say who the client is with X-Forwarded-For; the per-client limits, caps and "
+            "bans then apply to the address it names (default: none, the header is ignored: anyone could set it)"),
         arg("--max-upload-mb", type=float, default=4.0, help="largest accepted image (default: %(default)s)"),
         arg("--threads", type=int, default=1, help="onnxruntime threads per request (default: %(default)s: "
             "requests run in parallel instead)"),

@@ -29,6 +29,10 @@ class KioskConfig:
     workers: int = 2
     queue: int = 8
     queue_per_client: int = 2  # places in the work queue (scoring + waiting) one client may hold at once
+    screen_reserve: int = 2  # places of the queue only the kiosk's own screen (loopback) may take
+    # an upload holding a place must arrive at this many bytes/s on average (after BODY_GRACE s), else 408: a place
+    # is never held by a trickled body (0: only body_timeout)
+    min_body_rate: float = 32768.0
     # decoding: every upload is decoded once, in a decoder process killed past `decode_timeout` seconds (400)
     decode_timeout: float = 2.0
     max_scans: int = 100  # scans of a progressive JPEG (counted from its markers before decoding); more: 400
@@ -38,15 +42,19 @@ class KioskConfig:
     score_step: float = 5.0
     score_budget: int = 300
     score_window: float = 3600.0
-    # a submission whose perceptual hash is within `dup_bits` (of 64) of one on its prompt's board is refused (-1: off)
+    # a submission whose shape (dkit.edge.dupes: turned, mirrored, cropped, moved, shrunk, inverted) has cosine >=
+    # `dup_shape` with one of its prompt's best `keep_top` (above 1: off), or with any shown entry of its prompt whose
+    # perceptual hash is within `dup_bits` (of 64), is refused; dup_bits -1 turns every duplicate check off, the
+    # refusal of drawings the operator hid or deleted (on that prompt) too
     dup_bits: int = 6
+    dup_shape: float = 0.95
     # retention: a submission stays while it is in its prompt's top `keep_top` or among the last `keep_last`
     keep_top: int = 100
     keep_last: int = 1000
     max_disk_mb: float = 512.0  # thumbnails + database; past it the oldest unranked entries go, then 507
     # connections: caps (a connection over them is closed at once) and timeouts in seconds
     max_connections: int = 512
-    max_connections_per_client: int = 32
+    max_connections_per_client: int = 16  # a browser opens <= 6 per host; a few devices may share one address
     header_timeout: float = 10.0  # from connecting (or the end of the last response) to a request's full headers
     body_timeout: float = 30.0  # to receive a whole request body
     keep_alive: float = 5.0  # an idle keep-alive connection is closed after this
@@ -106,7 +114,7 @@ class KioskConfig:
 
 
 _FLOORS = {"workers": 1, "max_connections": 1, "max_connections_per_client": 1, "dup_bits": -1, "queue_per_client": 1,
-           "max_scans": 1, "max_header_bytes": 1024, "strikes": 1}
+           "max_scans": 1, "max_header_bytes": 1024, "strikes": 1, "decode_timeout": 0.01}
 
 
 def _parse(key: str, kind: str, text: str) -> Any:

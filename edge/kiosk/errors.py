@@ -1,5 +1,6 @@
 """The kiosk's errors: `ApiError` (a status, a message, and a Retry-After for 429/503) and the handlers that
-answer every error as JSON `{"error": "..."}`, request validation errors included (as 400)."""
+answer every error as JSON `{"error": "..."}`, request validation errors included (as 400), a write the disk refused
+as 507."""
 
 import logging
 
@@ -8,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from dkit.edge.kiosk.limits import retry_after
+from dkit.edge.store import StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,11 @@ async def api_error(request: Request, exc: ApiError):
                         headers={"Retry-After": wait})
 
 
+async def storage_full(request: Request, exc: StorageFull):
+    """507 for a write the disk refused (full, read-only): any route, operator actions included."""
+    return JSONResponse({"error": f"{exc}: the operator must make room"}, status_code=507)
+
+
 async def invalid(request: Request, exc: RequestValidationError):
     first = exc.errors()[0] if exc.errors() else {}
     where = ".".join(str(p) for p in first.get("loc", ()))
@@ -43,5 +50,6 @@ async def internal(request: Request, exc: Exception):
 def add_handlers(app: FastAPI) -> None:
     """Answer ApiError, request validation errors and anything unexpected as JSON."""
     app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(StorageFull, storage_full)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(Exception, internal)

@@ -1,8 +1,10 @@
 """The leaderboard: GET /api/leaderboard?prompt=&limit= (the best stored submissions for a prompt, the current
-one by default, with their thumbnail URLs)."""
+one by default, with their thumbnail URLs). Scores are whole points, as the screen shows them (never the stored
+one-decimal score: dkit.edge.kiosk.budget); the order is the stored score's."""
 
 from fastapi import APIRouter
 
+from dkit.edge.kiosk.budget import whole
 from dkit.edge.kiosk.prompts import prompt_of
 from dkit.edge.kiosk.state import StateDep
 
@@ -15,5 +17,6 @@ router = APIRouter()
 async def leaderboard(state: StateDep, prompt: str | None = None, limit: int = 10):
     text = prompt_of(state, prompt)
     limit = max(1, min(int(limit), MAX_LIMIT))
-    entries = [e | {"thumb_url": f"/thumbs/{e.pop('thumb')}"} for e in state.store.leaderboard(text, limit)]
+    entries = [e | {"score": whole(e["score"]), "thumb_url": f"/thumbs/{e.pop('thumb')}"}
+               for e in state.store.leaderboard(text, limit)]
     return {"prompt": text, "entries": entries}

@@ -1,7 +1,7 @@
 """What a browser fetches besides the API: GET / (the event screen), GET /admin (the operator page: public HTML
 that holds no data; every call it makes needs the admin token), GET /static/{name} (the pages' scripts, style
-sheets and icon: a fixed allow-list of package files, nothing else), GET /thumbs/{name} (a stored submission's
-thumbnail) and GET /healthz (liveness and counts)."""
+sheets and icon: a fixed allow-list of package files, nothing else), GET /thumbs/{name} (a shown submission's
+thumbnail: 404 for one the operator hid; the admin page has its own route) and GET /healthz (liveness and counts)."""
 
 import functools
 import hashlib
@@ -60,7 +60,7 @@ async def static(name: str, request: Request):
 @router.get("/healthz")
 async def healthz(state: StateDep):
     return {"ok": True, "submissions": state.store.count(), "prompt": state.store.current_prompt(),
-            "provider": state.runtime.provider}
+            "provider": state.runtime.provider, "decoders": state.decoder.ready if state.decoder else None}
 
 
 @router.get("/thumbs/{name}", include_in_schema=False)

@@ -2,6 +2,7 @@
 upload limit, the kiosk's limits (config, token buckets, work queue, counters) and the name blocklist, held in one
 small dataclass at `app.state.kiosk` and handed to routes by the `StateDep` dependency."""
 
+import threading
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Annotated
@@ -10,6 +11,7 @@ from fastapi import Depends, FastAPI, Request
 
 from dkit.edge.judge import Judge
 from dkit.edge.kiosk.config import KioskConfig
+from dkit.edge.kiosk.decoder import DecoderPool
 from dkit.edge.kiosk.limits import Buckets, Stats, WorkQueue
 from dkit.edge.names import Blocklist
 from dkit.edge.runtime import Runtime
@@ -35,12 +37,18 @@ class KioskState:
     score_buckets: Buckets = field(init=False)
     submit_buckets: Buckets = field(init=False)
     queue: WorkQueue = field(init=False)
+    score_budgets: Buckets = field(init=False)  # /api/score per client and prompt (dkit.edge.kiosk.budget)
+    board_lock: threading.Lock = field(default_factory=threading.Lock, compare=False)  # duplicate check + insert
+    decoder: DecoderPool | None = None  # the upload decoder processes (create_app's); None: decoded in-process
 
     def __post_init__(self) -> None:
         cfg = self.cfg
         object.__setattr__(self, "score_buckets", Buckets(cfg.score_rate, cfg.score_burst))
         object.__setattr__(self, "submit_buckets", Buckets(cfg.submit_rate, cfg.submit_burst))
-        object.__setattr__(self, "queue", WorkQueue(cfg.workers, cfg.queue))
+        object.__setattr__(self, "queue", WorkQueue(cfg.workers, cfg.queue, cfg.queue_per_client,
+                                                      reserve=cfg.screen_reserve))
+        budget_rate = cfg.score_budget / cfg.score_window if cfg.score_budget and cfg.score_window > 0 else 0.0
+        object.__setattr__(self, "score_budgets", Buckets(budget_rate, max(1.0, float(cfg.score_budget))))
 
     @property
     def max_disk(self) -> int:

@@ -6,6 +6,11 @@ import { $, api, clock, param } from "/static/common.js";
 const KEY = "dkit-admin-token";
 const REFRESH_S = Math.max(1, param("refresh", 3));
 const PAGE = 50;
+// the kiosk's own event screen reaches the server over loopback: every player at the kiosk shares this client, so
+// it is never banned (the server refuses it too); its entries are hidden or deleted instead
+const KIOSK_SCREEN = new Set(["127.0.0.1", "::1"]);
+const SCREEN_NOTE = "the kiosk's own screen (every player there): hide or delete instead of banning";
+const SCREEN_DELETE_NOTE = "the kiosk's own screen (every player there): its entries are deleted, not remembered";
 let token = sessionStorage.getItem(KEY) || "";
 let timer = null, lastCount = -1, paged = false, currentPrompt = "";
 const rows = new Map();   // submission id -> its <li> in the queue
@@ -63,7 +68,7 @@ async function login(candidate) {
     token = candidate; sessionStorage.setItem(KEY, token); $("token").value = "";
     $("login-view").hidden = true; $("panel").hidden = false; $("logout").hidden = false;
     showStats(res.doc); lastCount = -1;
-    await Promise.all([loadPrompt(), loadQueue(), loadBans()]);
+    await Promise.all([loadPrompt(), loadQueue(), loadBans(), loadRemoved()]);
     clearInterval(timer); timer = setInterval(tick, REFRESH_S * 1000);
   } finally { $("login-btn").disabled = false; }
 }
@@ -173,17 +178,30 @@ function button(label, cls, onclick) {
   b.type = "button"; b.textContent = label; b.className = cls; b.onclick = onclick;
   return b;
 }
+/**
+ * Show the thumbnail at `url` (an admin route: it needs the token, so it is fetched, not linked) in `img`, through a
+ * blob: URL that is let go once shown. A newer url for the same img wins.
+ */
+async function thumbnail(img, url) {
+  img.dataset.src = url;
+  const res = await api(url, { token, raw: true });
+  if (!res.ok || img.dataset.src !== url) return;
+  const blobUrl = URL.createObjectURL(await res.res.blob());
+  img.addEventListener("load", () => URL.revokeObjectURL(blobUrl), { once: true });
+  img.addEventListener("error", () => URL.revokeObjectURL(blobUrl), { once: true });
+  img.src = blobUrl;
+}
 function row(e) {
   const li = document.createElement("li");
   li.dataset.id = e.id;
-  const img = document.createElement("img"); img.alt = e.name; img.loading = "lazy";
+  const img = document.createElement("img"); img.alt = e.name;
   const meta = document.createElement("div"); meta.className = "meta";
   const sub = document.createElement("div"); sub.className = "sub";
   const actions = document.createElement("div"); actions.className = "actions";
   li.append(img, meta, sub, actions);
   li.update = (doc) => {
     li.entry = doc;
-    if (img.getAttribute("src") !== doc.thumb_url) img.src = doc.thumb_url;
+    if (img.dataset.src !== doc.thumb_url) thumbnail(img, doc.thumb_url);
     li.classList.toggle("hidden", !!doc.hidden);
     const who = button(doc.name, "who link", () => { $("bulk-name").value = doc.name; $("bulk-name").focus(); });
     who.title = "delete all by this name…";
@@ -193,10 +211,17 @@ function row(e) {
     if (doc.hidden) { const h = document.createElement("span"); h.className = "badge off"; h.textContent = "hidden"; parts.push(h); }
     meta.replaceChildren(...parts);
     const client = button(doc.client || "?", "client link", () => {
-      $("bulk-client").value = doc.client; $("ban-client").value = doc.client; $("bulk-client").focus();
+      $("bulk-client").value = doc.client; $("ban-client").value = KIOSK_SCREEN.has(doc.client) ? "" : doc.client;
+      $("bulk-client").focus();
     });
     client.title = "delete all by this client, or ban it…";
-    sub.replaceChildren(`#${doc.id} · “${doc.prompt}” · ${ago(doc.created)} · `, client);
+    const screen = KIOSK_SCREEN.has(doc.client);
+    const where = [`#${doc.id} · “${doc.prompt}” · ${ago(doc.created)} · `, client];
+    if (screen) {  // why its Ban button is off, said where the operator looks
+      const note = document.createElement("span"); note.className = "screen-note"; note.textContent = ` (${SCREEN_NOTE})`;
+      where.push(note);
+    }
+    sub.replaceChildren(...where);
     if (!actions.children.length) {
       actions.append(
         button("Hide", "hide", () => setHidden(li)),
@@ -204,6 +229,9 @@ function row(e) {
         button("Ban client", "ban danger", (ev) => { if (confirmed(ev.currentTarget)) ban(li.entry.client, `entry #${li.entry.id}`); }));
     }
     actions.querySelector(".hide").textContent = doc.hidden ? "Unhide" : "Hide";
+    const banBtn = actions.querySelector(".ban");
+    banBtn.disabled = screen;
+    banBtn.title = screen ? `Can't ban ${doc.client}: ${SCREEN_NOTE}.` : `ban ${doc.client}: its next drawing is refused`;
   };
   li.update(e);
   return li;
@@ -247,7 +275,7 @@ async function remove(li) {
   const id = li.entry.id;
   const res = await call(`/api/submissions/${id}`, { method: "DELETE" });
   if (res.ok || res.status === 404) { li.remove(); rows.delete(id); $("queue-empty").hidden = rows.size > 0; }
-  if (res.ok) toast(`#${id} deleted.`);
+  if (res.ok) { toast(`#${id} deleted: the same drawing stays refused on its prompt.`); loadRemoved(); }
 }
 async function bulk(field, input, buttonEl) {
   const value = $(input).value.trim();
@@ -255,10 +283,37 @@ async function bulk(field, input, buttonEl) {
   if (!confirmed($(buttonEl))) return;
   const res = await call("/api/admin/delete", { method: "POST", json: { [field]: value } });
   if (res.ok) {
-    toast(`Deleted ${res.doc.deleted} entr${res.doc.deleted === 1 ? "y" : "ies"} by ${field} “${value}”.`);
+    const n = `${res.doc.deleted} entr${res.doc.deleted === 1 ? "y" : "ies"}`;
+    toast(res.doc.remembered === false ? `Deleted ${n}. ${res.doc.note}.`
+      : `Deleted ${n} by ${field} “${value}”: the same drawings stay refused on their prompts.`);
+    loadRemoved();
     for (const [id, li] of rows) if (li.entry[field] === value) { li.remove(); rows.delete(id); }
     $("queue-empty").hidden = rows.size > 0; $(input).value = "";
   }
+}
+
+// ---- remembered deletes: a deleted drawing stays refused on its prompt until the operator allows it again ------
+const remembered = document.createElement("p");
+remembered.className = "hint"; remembered.id = "removed-note";
+const rememberedText = document.createElement("span");
+const allowAll = button("Allow them again", "allow-again", async (ev) => {
+  if (!confirmed(ev.currentTarget)) return;
+  const res = await call("/api/admin/removed", { method: "DELETE" });
+  if (res.ok) { toast(`${res.doc.forgotten} deleted drawing${res.doc.forgotten === 1 ? "" : "s"} may be drawn again.`); loadRemoved(); }
+});
+remembered.append(rememberedText, " ", allowAll);
+document.querySelector("#queue-card .bulk").after(remembered);
+$("bulk-client").addEventListener("input", () => {
+  $("delete-client").title = KIOSK_SCREEN.has($("bulk-client").value.trim()) ? SCREEN_DELETE_NOTE : "";
+});
+async function loadRemoved() {
+  const res = await call("/api/admin/removed?limit=1", { quiet: true });
+  if (!res.ok) return;
+  const n = res.doc.total;
+  rememberedText.textContent = `${n} deleted drawing${n === 1 ? " is" : "s are"} remembered: the same drawing is ` +
+    `refused on its prompt. Deleting all by the kiosk screen's client (${[...KIOSK_SCREEN].join(" / ")}) does not ` +
+    "remember them: those are every player's drawings.";
+  allowAll.hidden = n === 0;
 }
 $("bulk-name-form").addEventListener("submit", (e) => { e.preventDefault(); bulk("name", "bulk-name", "delete-name"); });
 $("bulk-client-form").addEventListener("submit", (e) => { e.preventDefault(); bulk("client", "bulk-client", "delete-client"); });
@@ -273,7 +328,8 @@ async function loadBans() {
     const text = document.createElement("span");
     const who = document.createElement("strong"); who.textContent = b.client;
     const sub = document.createElement("span"); sub.className = "sub";
-    sub.textContent = ` · ${ago(b.created)}${b.reason ? " · " + b.reason : ""}`;
+    sub.textContent = ` · ${ago(b.created)}${b.reason ? " · " + b.reason : ""}` +
+      (KIOSK_SCREEN.has(b.client) ? " · not applied: the kiosk's own screen is never banned" : "");
     text.append(who, sub);
     li.append(text, button("Unban", "unban", () => unban(b.client)));
     return li;
@@ -282,6 +338,7 @@ async function loadBans() {
 }
 async function ban(client, reason = "") {
   if (!client) return;
+  if (KIOSK_SCREEN.has(client)) { toast(`Can't ban ${client}: ${SCREEN_NOTE}.`, true); return; }
   const res = await call("/api/admin/bans", { method: "POST", json: { client, reason } });
   if (res.ok) { toast(`${client} is banned: its next submission is refused.`); loadBans(); }
 }

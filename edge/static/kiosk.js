@@ -1,5 +1,6 @@
 // The event screen: draw (mouse, pen, touch) or show the camera, submit, see the score revealed, the leaderboard,
 // the round's countdown; an attract loop of the best drawings when nobody has touched the screen for a while.
+// The prompt is shown whole however long (an operator may type 300 characters): it wraps and shrinks to fit.
 // Query parameters (for tests and odd screens): ?attract=S seconds idle before the attract loop (0: never),
 // ?slide=S seconds per attract slide, ?poll=S seconds between prompt/leaderboard refreshes.
 import { $, api, clock, param } from "/static/common.js";
@@ -9,6 +10,8 @@ const SLIDE_S = Math.max(1, param("slide", 5));
 const POLL_S = Math.max(1, param("poll", 5));
 const REVEAL_S = 20;        // the score reveal closes by itself after this
 const COUNT_MS = 1200;      // the score's count-up
+const BOARD_LIMIT = 10;    // entries the leaderboard asks for (fewer may fit on a small screen)
+const LONG_PROMPT = 60;     // characters: a longer prompt is not repeated inside the result's sentences
 const COLORS = ["#111111", "#e4572e", "#2e86de", "#17a34a", "#f5b700", "#8e44ad", "#8b5a2b", "#ffffff"];
 
 const canvas = $("canvas"), ctx = canvas.getContext("2d");
@@ -59,6 +62,41 @@ COLORS.forEach((c, i) => {
 $("undo").onclick = () => { strokes.pop(); redraw(); };
 $("clear").onclick = () => { strokes = []; redraw(); };
 
+// ---- the prompt as people read it -----------------------------------------------------------------------------
+// A prompt is often phrased as a template ("a drawing of an apple", "a photo of a cat"): under the screen's own
+// "Draw" heading that would read "Draw a drawing of an apple", so the framing words go, here and only here.
+const FRAMING = /^\s*(?:an?|the)\s+(?:(?:quick|simple|black and white|hand-drawn|rough|small|cartoon)\s+)*(?:drawing|photo|photograph|picture|image|sketch|doodle|painting|illustration|rendering)\s+of\s+/i;
+export function shown(text) {
+  const rest = String(text || "").replace(FRAMING, "");
+  return rest.trim() ? rest : String(text || "");
+}
+
+/** Shrink `el`'s font (from its style sheet's size down to `minPx`) until its box is at most `maxHeight` px tall;
+ *  it wraps, so the whole text stays readable and nothing is cut. Returns the height it takes. */
+function shrinkToFit(el, maxHeight, minPx) {
+  el.style.removeProperty("font-size");
+  let size = parseFloat(getComputedStyle(el).fontSize);
+  while (el.scrollHeight > maxHeight && size > minPx) {
+    size = Math.max(minPx, size * 0.92);
+    el.style.fontSize = `${size}px`;
+  }
+  return el.scrollHeight;
+}
+
+/** Fit the header's prompt, every word shown: wrapped at full size while that fits a third of the screen (the bar
+ *  grows to hold it), else smaller, down to a readable least size at which the bar grows as far as the text needs.
+ *  The attract loop's title likewise, within a fifth of the screen. */
+function fitPrompt() {
+  const root = document.documentElement, top = $("top"), ask = $("ask");
+  root.style.removeProperty("--hdr");
+  const bar = top.clientHeight, pad = bar * 0.12;
+  const minPx = Math.max(14, Math.min(innerWidth, innerHeight) * 0.03);
+  const need = shrinkToFit(ask, Math.max(bar - 2 * pad, innerHeight / 3 - 2 * pad), minPx) + 2 * pad;
+  if (need > bar) root.style.setProperty("--hdr", `${Math.ceil(need)}px`);
+  shrinkToFit($("attract-title"), innerHeight * 0.22, Math.max(14, minPx));
+}
+addEventListener("resize", fitPrompt);
+
 // ---- messages ----------------------------------------------------------------------------------------------
 let noticeTimer = null;
 function notice(text, { seconds = 6, info = false } = {}) {
@@ -93,7 +131,7 @@ function trouble(res) {
     case 503: return cooldown(res.retry || 3, (n) => `The judge is busy — try again in ${n} s`);
     case 409:
       if (/round/i.test(error)) { refreshPrompt(); return notice("This round is over — watch for the next one!"); }
-      return notice("That's almost the same as a drawing already on the board — make it your own!");
+      return notice(duplicateNotice(res.doc));
     case 403: return notice("Sorry — this kiosk isn't taking drawings from this device any more.", { seconds: 10 });
     case 413: return notice("That picture is too big for the judge — try a simpler one.");
     case 404: refreshPrompt(); return notice("The prompt just changed — have a look and draw again!");
@@ -123,8 +161,18 @@ async function post(url, source, extra = {}) {
   return api(url, { method: "POST", body: form });
 }
 
+/** The near-duplicate refusal in plain words: it names the entry it copies only when that one is on screen. */
+function duplicateNotice(doc) {
+  const id = doc.duplicate_of ?? (doc.duplicate && doc.duplicate.id);
+  const rank = id === undefined || id === null ? 0 : onScreenRank(id);
+  return rank
+    ? `That's almost the same as #${rank} on the board — make it your own!`
+    : "That's almost the same as a drawing already entered — make it your own!";
+}
+
 export function sentence(doc) {
-  const p = doc.prompt || prompt, score = Math.round(doc.score || 0);
+  const full = shown(doc.prompt || prompt), score = Math.round(doc.score || 0);
+  const p = full.length > LONG_PROMPT ? "the prompt" : full;   // a long prompt is on the header, not repeated here
   switch (doc.verdict) {
     case "ok":
       if (score >= 80) return `Brilliant — that's ${p} for sure!`;
@@ -139,10 +187,14 @@ export function sentence(doc) {
     default: return "";
   }
 }
+/** What the stored entry's rank means on this screen: "on the leaderboard" only when its row is one shown. */
 function afterword(doc) {
   if (doc.verdict === "blocked" || !doc.stored) return "It wasn't saved.";
-  if (doc.verdict === "text") return "Writing scores less than drawing. You're on the board anyway!";
-  return doc.rank === 1 ? "You're top of the leaderboard!" : "You're on the leaderboard!";
+  const seen = doc.rank >= 1 && doc.rank <= boardCapacity();
+  const where = !(doc.rank >= 1) ? "It's saved."
+    : !seen ? `Rank ${doc.rank} of ${doc.total} — the screen shows the top ${boardCapacity()}.`
+    : doc.rank === 1 ? "You're top of the leaderboard!" : "You're on the leaderboard!";
+  return doc.verdict === "text" ? `Writing scores less than drawing. ${where}` : where;
 }
 
 let revealTimer = null;
@@ -173,7 +225,9 @@ function reveal(doc) {
 }
 function closeReveal() {
   clearTimeout(revealTimer);
+  if ($("result").hidden) return;
   hide($("result"));
+  $("name").value = "";   // their turn is over: the next player does not play under their name
 }
 function hide(overlay) {
   if (overlay.hidden || overlay.classList.contains("leaving")) return;
@@ -211,12 +265,19 @@ $("camera").onclick = async () => {
   } catch (err) { notice("No camera here: " + err.message); return; }
   $("video").srcObject = camera; $("video").hidden = false; $("camera").textContent = "Drawing mode";
   let scoring = false;
+  let pausedUntil = 0;                           // a spent scoring budget (429 with a long Retry-After): wait it out
   liveTimer = setInterval(async () => {           // a live score of the webcam frame, nothing stored
-    if (scoring || !camera) return;
+    if (scoring || !camera || Date.now() < pausedUntil) return;
     scoring = true;
     try {
       const res = await post("/api/score", $("video"));
-      if (!camera || !res.ok) return;             // stopped meanwhile, or refused (busy, too fast): next second
+      if (!camera) return;                        // stopped meanwhile
+      if (res.status === 429 && (res.doc.retry_after || 0) > 10) {
+        pausedUntil = Date.now() + res.doc.retry_after * 1000;
+        $("live").textContent = `live score back in ${Math.ceil(res.doc.retry_after / 60)} min — you can still submit`;
+        return;
+      }
+      if (!res.ok) return;                        // refused (busy, too fast): next second
       $("live").textContent = res.doc.score === null ? "blocked" : `live: ${Math.round(res.doc.score)}`;
     } finally { scoring = false; }
   }, 1000);
@@ -224,8 +285,21 @@ $("camera").onclick = async () => {
 $("video").hidden = true;
 
 // ---- leaderboard, prompt and round -------------------------------------------------------------------------
+/** How many leaderboard rows this screen shows: the board's grid keeps only the rows that fit (columns x rows). */
+function boardCapacity() {
+  const style = getComputedStyle($("board"));
+  const tracks = (list) => list.split(" ").filter((t) => parseFloat(t) > 0).length;
+  const columns = Math.max(1, tracks(style.gridTemplateColumns)), rows = tracks(style.gridTemplateRows);
+  return Math.min(BOARD_LIMIT, columns * rows);
+}
+/** The rank of entry `id` on the leaderboard as shown (1-based), or 0 when it is not on screen. */
+function onScreenRank(id) {
+  const rows = [...$("board").children];
+  const i = rows.findIndex((li) => li.dataset.id === String(id));
+  return i >= 0 && i < boardCapacity() && rows[i].getBoundingClientRect().height > 0 ? i + 1 : 0;
+}
 async function board() {
-  const res = await api("/api/leaderboard?limit=10&prompt=" + encodeURIComponent(prompt));
+  const res = await api(`/api/leaderboard?limit=${BOARD_LIMIT}&prompt=` + encodeURIComponent(prompt));
   if (!res.ok) return;
   const entries = res.doc.entries || [];
   const key = JSON.stringify(entries.map((e) => [e.id, e.score, e.name]));
@@ -233,7 +307,7 @@ async function board() {
   boardKey = key;
   const ol = $("board");
   ol.replaceChildren(...entries.map((e) => {
-    const li = document.createElement("li");
+    const li = document.createElement("li"); li.dataset.id = e.id;
     const img = document.createElement("img"); img.src = e.thumb_url; img.alt = e.name; img.decoding = "async";
     const who = document.createElement("span"); who.className = "who"; who.textContent = e.name;
     const pts = document.createElement("span"); pts.className = "pts"; pts.textContent = Math.round(e.score);
@@ -264,12 +338,13 @@ function showRound(doc) {
 async function refreshPrompt() {
   const res = await api("/api/prompt");
   if (!res.ok) return;
-  const doc = res.doc;
+  const doc = res.doc, hadRound = !!round;
   showRound(doc);
   if (doc.prompt !== prompt) {
     prompt = doc.prompt; boardKey = "";
-    $("prompt").textContent = prompt; $("attract-prompt").textContent = prompt;
-  }
+    $("prompt").textContent = shown(prompt); $("attract-prompt").textContent = shown(prompt);
+    fitPrompt();
+  } else if (hadRound !== !!round) fitPrompt();   // the countdown came or went: the prompt's room changed
   await board();
 }
 
@@ -290,6 +365,7 @@ async function attract() {
   slide = 0;
   const a = $("attract");
   a.classList.remove("leaving"); a.hidden = false;
+  fitPrompt();                                    // the overlay's title is measured now that it shows
   showSlide();
   clearInterval(slideTimer);
   slideTimer = setInterval(async () => {
@@ -299,7 +375,7 @@ async function attract() {
   }, SLIDE_S * 1000);
 }
 async function loadSlides() {
-  const res = await api("/api/leaderboard?limit=10&prompt=" + encodeURIComponent(prompt));
+  const res = await api(`/api/leaderboard?limit=${BOARD_LIMIT}&prompt=` + encodeURIComponent(prompt));
   if (res.ok) slides = res.doc.entries || [];
 }
 function showSlide() {

@@ -181,7 +181,7 @@ REFUSALS = [
     (429, {"error": "too many requests"}, {"Retry-After": "1"}, r"^Slow down — try again in 1 s$"),
     (503, {"error": "the kiosk is busy", "retry_after": 1}, {"Retry-After": "1"}, r"judge is busy — try again in 1 s"),
     (409, {"error": "this image is (almost) the same as one already on the board: draw a new one"}, {},
-     r"almost the same as a drawing already on the board"),
+     r"almost the same as a drawing already entered"),  # no entry named: the copied one may not be on screen
     (409, {"error": "this round is over: wait for the next one"}, {}, r"round is over"),
     (403, {"error": "this device may not take part any more (ask the operator)"}, {}, r"isn't taking drawings"),
     (413, {"error": "the image is over 524,288 bytes"}, {}, r"too big"),

@@ -255,3 +255,135 @@ def test_an_older_database_gains_the_new_columns(tmp_path):
     row = store.recent(1)[0]
     assert (row["client"], row["hidden"]) == ("", 0) and store.swept == 0
     assert store.disk_bytes() >= 123 and store.leaderboard("a cat")[0]["name"] == "ada"
+
+
+# ------------------------------------------------------------------------------------------ connections
+
+
+class Conn:
+    def __init__(self, phase: str = "idle", opened: float = 0.0):
+        self._phase, self.opened = phase, opened
+
+    def phase(self) -> str:
+        return self._phase
+
+
+def test_a_full_server_takes_the_idlest_connection_of_the_biggest_holder_for_a_newcomer():
+    from dkit.edge.kiosk.connections import Registry
+
+    reg = Registry(max_connections=5, max_per_client=3, strikes=2, strike_window=60)
+    big = [Conn("app", 0), Conn("body", 1), Conn("idle", 2)]
+    small = [Conn("idle", 3), Conn("idle", 4)]
+    assert all(reg.admit("10.0.0.1", c) == (None, None) for c in big)
+    assert all(reg.admit("10.0.0.2", c) == (None, None) for c in small)
+    assert reg.admit("10.0.0.1", Conn()) == ("max_per_client", None)
+    assert reg.admit("10.0.0.3", player := Conn()) == (None, big[2])  # the idle one of the client holding 3
+    assert reg.total == 5 and player in reg.by_client["10.0.0.3"]
+    assert reg.admit("10.0.0.2", Conn()) == ("max_connections", None)  # 2 vs 2 (+1): nobody holds more
+    assert reg.admit("10.0.0.4", Conn()) == (None, big[1])  # then the body, never the one in the app first
+    reg.leave(big[0])
+    reg.leave(big[0])  # twice: ignored
+    assert "10.0.0.1" not in reg.by_client and reg.total == 4
+    assert reg.admit("10.0.0.9", Conn(), capped=False) == (None, None)  # a proxy: no per-client cap
+
+
+def test_strikes_refuse_a_client_for_the_window_and_no_other():
+    from dkit.edge.kiosk.connections import Registry
+
+    clock = Clock()
+    reg = Registry(max_connections=10, max_per_client=10, strikes=2, strike_window=60, clock=clock)
+    assert not reg.strike("10.0.0.1")
+    clock.now += 61
+    assert not reg.strike("10.0.0.1")  # the first strike has expired
+    assert reg.strike("10.0.0.1") and reg.refused("10.0.0.1") and not reg.refused("10.0.0.2")
+    assert reg.admit("10.0.0.1", Conn()) == ("struck", None) and reg.admit("10.0.0.2", Conn()) == (None, None)
+    clock.now += 60
+    assert not reg.refused("10.0.0.1") and reg.admit("10.0.0.1", Conn()) == (None, None)
+
+
+def test_one_stall_is_one_strike_at_most_one_per_gap():
+    from dkit.edge.kiosk.connections import Registry
+
+    clock = Clock()
+    reg = Registry(max_connections=10, max_per_client=10, strikes=2, strike_window=60, strike_gap=10, clock=clock)
+    assert not any(reg.strike("10.0.0.1") for _ in range(5))  # five connections cut by one stall: one strike
+    clock.now += 9
+    assert not reg.strike("10.0.0.1") and not reg.refused("10.0.0.1")  # still within the gap of the first
+    clock.now += 1
+    assert reg.strike("10.0.0.1") and reg.refused("10.0.0.1")  # a second incident, 10 s later: the second strike
+
+
+def test_client_key_keys_the_kiosk_lan_and_link_local_by_address_and_the_rest_by_64():
+    from dkit.edge.kiosk.limits import client_key
+
+    lan = "2001:db8:1:2::5"  # the server's own address on the venue's network
+    assert client_key("2001:db8:1:2::9", lan) == "2001:db8:1:2::9"  # a phone on the venue's LAN: itself
+    assert client_key("2001:db8:1:2::a", lan) == "2001:db8:1:2::a"
+    assert client_key("2001:db8:1:3::9", lan) == "2001:db8:1:3::/64"  # another network: its /64
+    assert client_key("2001:db8:1:2::9") == client_key("2001:db8:1:2::9", "::") == "2001:db8:1:2::/64"
+    assert client_key("fe80::1c:7%eth0", "::") == client_key("fe80::1c:7") == "fe80::1c:7"  # link-local: itself
+    assert client_key("::1", lan) == "::1" and client_key("::ffff:10.0.0.7", lan) == "10.0.0.7"
+    assert client_key("10.0.0.7", "10.0.0.1") == "10.0.0.7" and client_key("", lan) == "unknown"
+
+
+def _request(client: tuple[str, int], *, server=("127.0.0.1", 8000), peer=None, headers=()):
+    from starlette.requests import Request
+
+    from dkit.edge.kiosk.serving import PEER
+
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": list(headers), "client": client,
+             "server": server}
+    return Request(scope | ({PEER: peer} if peer is not None else {}))
+
+
+def test_the_kiosk_screen_is_a_loopback_peer_without_a_forwarded_address():
+    from dkit.edge.kiosk.guard import client_of, is_screen
+
+    xff = [(b"x-forwarded-for", b"127.0.0.1")]
+    screen = _request(("127.0.0.1", 5000), peer=("127.0.0.1", False))
+    assert is_screen(screen) and client_of(screen) == "127.0.0.1"
+    # no proxy named: the header is ignored (uvicorn leaves the client alone), the loopback peer is the screen
+    assert is_screen(_request(("127.0.0.1", 5000), peer=("127.0.0.1", False), headers=xff))
+    # through a named proxy, a visitor's forged X-Forwarded-For: 127.0.0.1 is an ordinary, bannable client
+    forged = _request(("127.0.0.1", 0), peer=("10.0.0.2", True), headers=xff)
+    assert not is_screen(forged) and client_of(forged) == "127.0.0.1 (forwarded)"
+    same_host = _request(("127.0.0.1", 0), peer=("127.0.0.1", True), headers=xff)  # a proxy on the device itself
+    assert not is_screen(same_host) and client_of(same_host) == "127.0.0.1 (forwarded)"
+    assert is_screen(_request(("::1", 5000), server=("::1", 8000)))  # without the server's record: the ASGI client
+    assert not is_screen(_request(("10.0.0.7", 5000), peer=("10.0.0.7", False)))
+
+
+def test_client_of_keys_the_kiosk_lan_by_address_from_the_request():
+    from dkit.edge.kiosk.guard import client_of
+
+    server = ("2001:db8:1:2::5", 8000)
+    assert client_of(_request(("2001:db8:1:2::9", 5000), server=server)) == "2001:db8:1:2::9"
+    assert client_of(_request(("2001:db8:7::9", 5000), server=server)) == "2001:db8:7::/64"
+    assert client_of(_request(("fe80::9", 5000), server=("::", 8000))) == "fe80::9"
+
+
+def test_serve_raises_when_the_apps_startup_fails():
+    """uvicorn only logs a failed startup (no decoder process could start, ...) and returns: `serve` raises
+    StartupError then, so `dkit serve` exits 1 instead of 0."""
+    import contextlib
+    import socket
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from fastapi import FastAPI
+
+    from dkit.edge.kiosk.config import KioskConfig
+    from dkit.edge.kiosk.serving import StartupError, serve
+
+    @contextlib.asynccontextmanager
+    async def failing(app):
+        raise RuntimeError("no decoder process could start")
+        yield
+
+    app = FastAPI(lifespan=failing)
+    app.state.kiosk = SimpleNamespace(stats=SimpleNamespace(counts=Counter()))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(StartupError, match="did not start"):
+        serve(app, host="127.0.0.1", port=port, cfg=KioskConfig(), log_level="critical")

@@ -38,3 +38,22 @@ def test_nothing_invisible_survives_any_code_point():
     for k in range(0, len(text), 37):
         out = public_name("a" + text[k:k + 37], limit=200)
         assert not any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn") for c in out), repr(out)
+
+
+@pytest.mark.parametrize("typed", ["\u3164", "\u2800\u2800", "\u115f\u1160", "\uffa0", "\u2000\u2005\u200a", "\u3000",
+                                   "\u034f\u17b4\u180b", "\u3164 \u2800 \u3000"])
+def test_a_name_that_draws_nothing_is_anonymous(typed):
+    assert public_name(typed) == "anonymous"
+    assert public_name("a" + typed + "b") in ("ab", "a b")
+
+
+def test_look_alikes_of_a_blocked_word_are_refused_and_real_names_kept():
+    from dkit.edge.names import Blocklist
+
+    words = Blocklist(("badword", "shit"))
+    for name in ("b\u0430dword", "B\u0410DW\u041eRD", "b\u0251dw\u03bfrd", "\u0455h\u0456t", "S\u041d\u0406T",
+                 "B@dW0rd 99", "b a d w o r d"):
+        assert words.match(public_name(name)) is not None, name
+    for name in ("\u0417\u043e\u044f", "\u0396\u03bf\u03ae", "Nguy\u1ec5n", "shiitake", "Ada"):
+        assert words.match(public_name(name)) is None, name
+    assert Blocklist().match("b\u0430dword") is None  # an empty list never reads the confusables table

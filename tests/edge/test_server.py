@@ -159,7 +159,7 @@ def test_submissions_are_scored_ranked_and_listed(server):
     assert status == 200 and cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape[2] == 3
     # the camera route scores without storing
     status, doc = server.submit(drawing(9), path="/api/score")
-    assert status == 200 and "rank" not in doc and 0 <= doc["raw_score"] <= 100
+    assert status == 200 and "rank" not in doc and 0 <= doc["score"] <= 100 and "raw_score" not in doc
     assert server.request("GET", "/healthz")[1]["submissions"] == before + len(stored)
 
 

@@ -1,6 +1,8 @@
 """dkit.edge.upload's truncation check on real images: every complete JPEG is accepted exactly as cv2.imdecode
 decodes it (baseline, progressive, restart markers, EXIF-rotated, trailer bytes after the end), and a cut one is
-refused with 400 whether or not an end-of-image marker was appended after the cut; cut PNG/GIF/BMP/WebP too.
+refused with 400 whether or not an end-of-image marker was appended after the cut, from one decode; cut
+PNG/GIF/BMP/WebP too. The decode work a file may ask for: scans counted from the markers (a scan bomb refused before
+any decode), JPEGs of several scans bounded in pixels and pixels x scans, animated images as their first frame.
 
 Run: .venv/bin/pytest tests/edge/test_upload.py   (skips without ../shared/assets)
 """
@@ -63,13 +65,18 @@ def as_cv2_decodes(data: bytes) -> np.ndarray:
 
 
 def refusal(data: bytes) -> str | None:
-    """The 400 message decode_upload gives, or None when it accepts the bytes."""
-    try:
-        decode_upload(data)
-    except UploadError as e:
-        assert e.status == 400, e.message
-        return e.message
-    return None
+    """The 400 message decode_upload gives, or None when it accepts the bytes; the same in both of its ways of
+    telling a cut JPEG (one decode reading libjpeg's warning on fd 2, or two decodes with the filler probe)."""
+    messages = []
+    for watch in (True, False):
+        try:
+            decode_upload(data, watch_stderr=watch)
+            messages.append(None)
+        except UploadError as e:
+            assert e.status == 400, e.message
+            messages.append(e.message)
+    assert (messages[0] is None) == (messages[1] is None), messages
+    return messages[0]
 
 
 # ------------------------------------------------------------------------------------------ complete files
@@ -204,14 +211,113 @@ def test_other_cut_formats_are_refused(real, fmt):
 # ------------------------------------------------------------------------------------------ cost
 
 
-def test_a_jpeg_costs_two_decodes_and_other_formats_one(real, monkeypatch):
+def _counted(monkeypatch) -> list[int]:
     calls = []
     imdecode = upload.cv2.imdecode
     monkeypatch.setattr(upload.cv2, "imdecode", lambda *a: calls.append(1) or imdecode(*a))
-    decode_upload(pil_jpeg(real[0], progressive=True))
+    return calls
+
+
+def test_a_jpeg_costs_one_decode_and_a_cut_one_is_refused_from_it(real, monkeypatch):
+    """Watching fd 2 (as the kiosk's decoder processes do): one imdecode per upload, JPEG or not; a cut JPEG (an end
+    marker appended) is refused from libjpeg's first warning of that one decode, no second decode needed. Without
+    it (the default: a process with other threads), a JPEG costs two decodes, the filler probe's."""
+    calls = _counted(monkeypatch)
+    decode_upload(pil_jpeg(real[0], progressive=True), watch_stderr=True)
+    assert len(calls) == 1
+    decode_upload(cv2.imencode(".png", real[0])[1].tobytes(), watch_stderr=True)
     assert len(calls) == 2
-    decode_upload(cv2.imencode(".png", real[0])[1].tobytes())
-    assert len(calls) == 3
+    for encoding in ("baseline", "restart markers"):
+        data = ENCODINGS[encoding](real[1])
+        with pytest.raises(UploadError, match="only part of the image was decoded"):
+            decode_upload(data[: len(data) // 2] + EOI, watch_stderr=True)
+    assert len(calls) == 4
+    decode_upload(pil_jpeg(real[0], progressive=True))
+    assert len(calls) == 6
+
+
+def test_a_first_warning_that_is_not_a_cut_is_decided_by_the_filler_probe(real, monkeypatch):
+    """libjpeg prints only its first warning: when that is another one (here an unknown JFIF revision, 2.01), a
+    truncation after it stays unsaid, so the filler probe decides with a second decode: the complete file is
+    accepted as OpenCV decodes it, the cut one refused."""
+    data = pil_jpeg(real[2])
+    at = data.index(b"JFIF\x00") + 5
+    data = data[:at] + b"\x02" + data[at + 1 :]
+    assert upload._decode_watched(data, cv2.IMREAD_COLOR)[1] == b"Warning: unknown JFIF revision number 2.01"
+    expected = as_cv2_decodes(data)
+    calls = _counted(monkeypatch)
+    assert np.array_equal(decode_upload(data, watch_stderr=True), expected) and len(calls) == 2
+    with pytest.raises(UploadError, match="only part of the image was decoded"):
+        decode_upload(data[: len(data) // 2] + EOI, watch_stderr=True)
+
+
+# ------------------------------------------------------------------------------------------ decode work
+
+
+def scan_bomb(w: int, h: int, scans: int) -> bytes:
+    """A grey progressive JPEG whose last scan is repeated until it has `scans` scans (valid, and decodable)."""
+    ok, jpg = cv2.imencode(".jpg", np.full((h, w), 128, np.uint8), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    data = jpg.tobytes()
+    last, eoi = data.rindex(b"\xff\xda"), data.rindex(EOI)
+    return data[:eoi] + data[last:eoi] * (scans - data.count(b"\xff\xda")) + EOI
+
+
+def test_scans_are_counted_from_the_markers(real):
+    assert upload.jpeg_scans(pil_jpeg(real[0])).scans == 1
+    progressive = upload.jpeg_scans(pil_jpeg(real[0], progressive=True))
+    assert progressive.progressive and progressive.scans == 10  # libjpeg's progression: 10 scans in colour ...
+    assert upload.jpeg_scans(pil_jpeg(np.ascontiguousarray(real[0][..., 1]), progressive=True)).scans == 6  # 6 grey
+    assert upload.jpeg_scans(scan_bomb(64, 64, 777)).scans == 777
+    assert upload.jpeg_scans(scan_bomb(64, 64, 777), max_scans=100).scans == 777  # counted to the end
+
+
+def test_a_scan_bomb_is_refused_from_its_markers_before_any_decode(monkeypatch):
+    """The audit's bomb (6000x6000 grey, one scan repeated to 2,000: 259 kB, minutes of decoding) is refused from
+    its markers with its count and the limit; a small file of 150 scans passes when the limit allows it."""
+    calls = _counted(monkeypatch)
+    bomb = scan_bomb(6000, 6000, 2000)
+    assert len(bomb) < 300_000
+    with pytest.raises(UploadError, match=r"progressive JPEG has 2,000 scans; at most 100 are accepted"):
+        decode_upload(bomb)
+    small = scan_bomb(640, 480, 150)
+    with pytest.raises(UploadError, match=r"has 150 scans; at most 100"):
+        decode_upload(small)
+    assert calls == []
+    assert np.array_equal(decode_upload(small, max_scans=200), as_cv2_decodes(small))
+
+
+def test_a_jpeg_of_several_scans_is_bounded_in_pixels_and_in_pixels_times_scans(monkeypatch):
+    """A progressive JPEG keeps its whole coefficient buffer whatever the output scale, so it gets its own pixel
+    bound (MAX_MULTISCAN), and its scans x pixels are bounded (MAX_SCAN_WORK); a baseline JPEG of the same size is
+    still decoded at a reduced scale."""
+    from dkit.edge.upload import MAX_MULTISCAN, MAX_SCAN_WORK
+
+    grey = np.full((3100, 4100), 200, np.uint8)
+    progressive = cv2.imencode(".jpg", grey, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    baseline = cv2.imencode(".jpg", grey)[1].tobytes()
+    many = scan_bomb(3000, 3000, 20)
+    calls = _counted(monkeypatch)
+    with pytest.raises(UploadError, match=rf"4100x3100 pixels \(12,710,000\); at most {MAX_MULTISCAN:,} are accepted "
+                                          r"for a JPEG of several scans"):
+        decode_upload(progressive)
+    with pytest.raises(UploadError, match=rf"3000x3000 pixels in 20 scans \(180,000,000 pixel-scans to decode\); "
+                                          rf"at most {MAX_SCAN_WORK:,}"):
+        decode_upload(many)
+    assert calls == []
+    assert decode_upload(baseline, watch_stderr=True).shape == (775, 1025, 3) and len(calls) == 1  # 1/4 scale
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_an_animated_gif_or_webp_is_decoded_as_its_first_frame(fmt):
+    """OpenCV decodes the first frame only, so a frame count costs nothing to bound (see dkit.edge.upload)."""
+    from PIL import Image
+
+    frames = [Image.new("RGB", (64, 48), colour) for colour in ((255, 0, 0), (0, 0, 255), (0, 255, 0))]
+    buf = io.BytesIO()
+    frames[0].save(buf, fmt, save_all=True, append_images=frames[1:], duration=50, loop=0,
+                   **({"lossless": True} if fmt == "WEBP" else {}))
+    rgb = decode_upload(buf.getvalue())
+    assert rgb.shape == (48, 64, 3) and (rgb[..., 0] > 200).all() and (rgb[..., 2] < 50).all()
 
 
 @pytest.mark.parametrize("w, h, scale", [(4000, 3000, 4), (4001, 3001, 4), (1100, 900, 1), (6000, 6000, 8)])
