@@ -83,7 +83,7 @@ def create_app(bundle: str | Path, *, db: str | Path, thumbs: str | Path | None 
     attach(app, state)
     add_handlers(app)
     # announced sizes, chunked bodies while read, and the body deadline
-    app.add_middleware(BodyLimit, max_upload=max_upload, body_timeout=cfg.body_timeout)
+    app.add_middleware(BodyLimit, max_upload=max_upload, body_timeout=cfg.body_timeout, min_rate=cfg.min_body_rate)
     app.add_middleware(SecurityHeaders, csp=page_csp(state.page))
     app.add_exception_handler(BodyTooLarge, too_large)
     app.add_exception_handler(BodyTimeout, too_slow)

@@ -180,11 +180,9 @@ async def unban(state: StateDep, request: Request, client: str = Path(min_length
     except ApiError:
         key = client  # not a key a ban is made under today: only an exact match lifts it
     if not (state.store.unban(client) or key != client and state.store.unban(key)):
-        covering = [b["client"] for b in state.store.bans() if banned([b["client"]], key)]  # a /64 holding it
-        if not covering:
-            raise ApiError(404, f"{client!r} is not banned")
-        for ban_ in covering:
-            state.store.unban(ban_)
+        covering = [b["client"] for b in state.store.bans() if banned([b["client"]], key)]  # e.g. a /64 holding it
+        hint = f": it is refused by the ban of {', '.join(covering)}; lift that one" if covering else ""
+        raise ApiError(404, f"{client!r} is not banned itself{hint}")
     return Response(status_code=204)
 
 

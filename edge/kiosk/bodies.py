@@ -32,11 +32,12 @@ class BodyTooLarge(Exception):
 class BodyTimeout(Exception):
     """Raised by the receive channel of BodyLimit when a body is still incomplete at its deadline."""
 
-    def __init__(self, seconds: float):
-        super().__init__(f"the request body did not arrive within {seconds:g} s")
+    def __init__(self, seconds: float, why: str = ""):
+        super().__init__(f"the request body did not arrive within {seconds:g} s{why}")
         self.seconds = seconds
 
 
+BODY_GRACE = 5.0  # seconds every body has before its minimum rate (BodyLimit's min_rate) counts
 DRAIN_FACTOR = 2  # a refused body is read and dropped up to this many limits, then the connection is closed
 DRAIN_SECONDS = 30.0  # ... for at most this long (the body deadline, when there is one)
 
@@ -69,9 +70,10 @@ class BodyLimit:
     past the limit the read raises BodyTooLarge (answered 413 by `too_large`), so no route reads or spools more than
     that, whatever the client announced (a chunked upload has no Content-Length at all)."""
 
-    def __init__(self, app, max_upload: int, slack: int = FORM_SLACK, body_timeout: float | None = None):
+    def __init__(self, app, max_upload: int, slack: int = FORM_SLACK, body_timeout: float | None = None,
+                 min_rate: float = 0.0):
         self.app, self.max_upload, self.limit = app, max_upload, max_upload + slack
-        self.body_timeout = body_timeout
+        self.body_timeout, self.min_rate = body_timeout, min_rate
         self.drain_seconds = DRAIN_SECONDS if body_timeout is None else body_timeout
 
     async def refuse(self, scope, receive, send, length: int) -> None:
@@ -91,19 +93,20 @@ class BodyLimit:
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.limit:
             return await self.refuse(scope, receive, send, int(length))
-        seen, done, deadline = 0, False, None
+        seen, done, started = 0, False, None
 
         async def counted():
-            nonlocal seen, done, deadline
+            nonlocal seen, done, started
             if done or self.body_timeout is None:
                 message = await receive()
-            else:  # the body is still arriving: it has until the deadline
-                loop = asyncio.get_running_loop()
-                deadline = deadline or loop.time() + self.body_timeout
+            else:  # the body is still arriving: it has until the deadline, and must keep up the minimum rate
+                now = asyncio.get_running_loop().time()
+                started = started if started is not None else now
+                due, why = self._due(started, seen)
                 try:
-                    message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+                    message = await asyncio.wait_for(receive(), max(0.0, due - now))
                 except (TimeoutError, asyncio.TimeoutError) as e:  # distinct classes before Python 3.11
-                    raise BodyTimeout(self.body_timeout) from e
+                    raise BodyTimeout(round(due - started, 1), why) from e
             done = done or message["type"] != "http.request" or not message.get("more_body", False)
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
@@ -114,6 +117,17 @@ class BodyLimit:
             return message
 
         return await self.app(scope, counted, send)
+
+    def _due(self, started: float, seen: int) -> tuple[float, str]:
+        """When the next bytes of a body begun at `started` with `seen` bytes so far must have arrived: at the body
+        deadline, and (`min_rate`) by the time the bytes counted so far, plus one, are due at that rate after
+        BODY_GRACE seconds, the bytes actually received, not the length announced. (when, why for the 408)."""
+        due, why = started + self.body_timeout, ""
+        if self.min_rate > 0:
+            by_rate = started + BODY_GRACE + (seen + 1) / self.min_rate
+            if by_rate < due:
+                due, why = by_rate, f" (it came slower than {self.min_rate / 1024:g} KiB/s after {BODY_GRACE:g} s)"
+        return due, why
 
 
 async def too_large(request: Request, exc: BodyTooLarge):

@@ -30,9 +30,9 @@ class KioskConfig:
     queue: int = 8
     queue_per_client: int = 2  # places in the work queue (scoring + waiting) one client may hold at once
     screen_reserve: int = 2  # places of the queue only the kiosk's own screen (loopback) may take
-    # an upload holding a place must arrive at this many bytes/s on average (after BODY_GRACE s), else 408: a place
-    # is never held by a trickled body (0: only body_timeout)
-    min_body_rate: float = 32768.0
+    # a request body must keep arriving at this many bytes/s on average, counted on the bytes received, after a
+    # 5 s grace (bodies.BODY_GRACE), else 408: an upload holding a place in the queue cannot trickle (0: off)
+    min_body_rate: float = 16384.0
     # decoding: every upload is decoded once, in a decoder process killed past `decode_timeout` seconds (400)
     decode_timeout: float = 2.0
     max_scans: int = 100  # scans of a progressive JPEG (counted from its markers before decoding); more: 400

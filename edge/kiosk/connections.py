@@ -32,7 +32,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Protocol
 
-from dkit.edge.kiosk.limits import MAX_CLIENTS
+from dkit.edge.kiosk.limits import MAX_CLIENTS, is_kiosk_screen
 
 # a connection's state, from the cheapest to displace to the dearest (GuardedH11.phase)
 PHASES = ("closing", "idle", "headers", "body", "writing", "app")
@@ -58,6 +58,7 @@ class Registry:
         self.key_of: dict[Held, str] = {}
         self._strikes: OrderedDict[str, deque[float]] = OrderedDict()  # client -> times of its recent strikes
         self._refused_until: OrderedDict[str, float] = OrderedDict()
+        self._uncapped: set[str] = set()  # keys admitted without the per-client cap (trusted proxies): never displaced
 
     @property
     def total(self) -> int:
@@ -70,6 +71,8 @@ class Registry:
         if self.refused(key):
             return "struck", None
         mine = len(self.by_client.get(key, ()))
+        if not capped:
+            self._uncapped.add(key)
         if capped and mine >= self.max_per_client:
             return "max_per_client", None
         victim = None
@@ -83,11 +86,18 @@ class Registry:
         return None, victim
 
     def _victim(self, theirs: int) -> Held | None:
-        """The idlest connection of the client holding the most, if it holds more than `theirs`."""
-        key, held = max(self.by_client.items(), key=lambda kv: len(kv[1]), default=(None, set()))
-        if key is None or len(held) <= theirs:
-            return None
-        return min(held, key=lambda c: (PHASES.index(c.phase()), c.opened))
+        """The idlest connection of the client holding the most, if it holds more than `theirs`: never one of the
+        kiosk's own screen or of a trusted proxy (every player is behind those), never one inside the app (a request
+        being answered)."""
+        for key, held in sorted(self.by_client.items(), key=lambda kv: -len(kv[1])):
+            if len(held) <= theirs:
+                return None
+            if is_kiosk_screen(key) or key in self._uncapped:
+                continue
+            idle = [c for c in held if c.phase() != "app"]
+            if idle:
+                return min(idle, key=lambda c: (PHASES.index(c.phase()), c.opened))
+        return None
 
     def leave(self, conn: Held) -> None:
         """Forget `conn` (closed, or displaced); a connection never admitted is ignored."""

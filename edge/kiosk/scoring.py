@@ -7,10 +7,10 @@ Retry-After when the kiosk already has `workers` images scoring and `queue` wait
 places only the kiosk's own screen may take; 429 with Retry-After when this client already holds `queue_per_client`
 of those places). Such a refusal is answered with `Connection: close` and the body is never read, so at most
 workers + queue uploads are in memory at once, however many arrive. Then the upload is read with its own checks
-(dkit.edge.kiosk.uploads), at `min_body_rate` or faster (408 otherwise: a trickled body cannot hold a place for
-long), the client waits for a running slot (round-robin by client, see dkit.edge.kiosk.limits.WorkQueue), the image
-is decoded once in a decoder process under the time budget `decode_timeout` (dkit.edge.kiosk.decoder: 400 past it),
-and scored.
+(dkit.edge.kiosk.uploads), at `min_body_rate` or faster, counted on the bytes received (408 otherwise, BodyLimit: a
+trickled body cannot hold a place for long), the client waits for a running slot (round-robin by client, see
+dkit.edge.kiosk.limits.WorkQueue), the image is decoded once in a decoder process under the time budget
+`decode_timeout` (dkit.edge.kiosk.decoder: 400 past it), and scored.
 
 /api/score is also charged to the client's scoring budget for its prompt (429, dkit.edge.kiosk.budget) and answers
 the coarse score the screen shows, not the raw cosine. A submission is also refused when its prompt's round is
@@ -33,7 +33,7 @@ from dkit.edge.kiosk.guard import admit, client_of
 from dkit.edge.kiosk.limits import Buckets, Busy, ClientBusy, Place, is_kiosk_screen, retry_after
 from dkit.edge.kiosk.prompts import prompt_of
 from dkit.edge.kiosk.state import KioskState, StateDep
-from dkit.edge.kiosk.uploads import body_deadline, decode_pooled, read_upload
+from dkit.edge.kiosk.uploads import decode_pooled, read_upload
 from dkit.edge.names import public_name
 from dkit.edge.store import Entry
 
@@ -50,7 +50,7 @@ async def score(state: StateDep, request: Request):
             place = await take_place(stack, state, client, state.score_buckets)
         except ApiError as e:
             return unread(e)
-        data, fields = await read_upload(request, state.max_upload, place_deadline(state, request))
+        data, fields = await read_upload(request, state.max_upload)
         prompt = prompt_of(state, fields.get("prompt"))
         charge(state, client, prompt)
         async with place.running():
@@ -69,7 +69,7 @@ async def submit(state: StateDep, request: Request):
             place = await take_place(stack, state, client, state.submit_buckets)
         except ApiError as e:
             return unread(e)
-        data, fields = await read_upload(request, state.max_upload, place_deadline(state, request))
+        data, fields = await read_upload(request, state.max_upload)
         prompt = prompt_of(state, fields.get("prompt"))
         check_round(state, prompt)
         name = player_name(state, fields.get("name"))
@@ -95,12 +95,6 @@ async def take_place(stack: contextlib.AsyncExitStack, state: KioskState, client
     except ClientBusy as e:
         state.stats.count("client_busy")
         raise ApiError(429, f"{e}: wait for an answer, then send the next one", retry_after=BUSY_RETRY) from e
-
-
-def place_deadline(state: KioskState, request: Request) -> float:
-    """Seconds an upload holding a place may take to arrive (uploads.body_deadline with the kiosk's limits)."""
-    cfg = state.cfg
-    return body_deadline(request, state.max_upload, cfg.body_timeout, cfg.min_body_rate)
 
 
 def unread(e: ApiError) -> JSONResponse:

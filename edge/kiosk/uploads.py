@@ -3,46 +3,27 @@ decoding the bytes to RGB: `decode_pooled` in the kiosk's decoder processes unde
 `decode` in this process (no budget: tests and tools). The request size limit and the body deadline are
 dkit.edge.kiosk.bodies'."""
 
-import asyncio
-
 import numpy as np
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 
-from dkit.edge.kiosk.bodies import FORM_SLACK, BodyTimeout, BodyTooLarge
+from dkit.edge.kiosk.bodies import BodyTimeout, BodyTooLarge
 from dkit.edge.kiosk.decoder import DecoderUnavailable, DecodeTimeout
 from dkit.edge.kiosk.errors import ApiError
 from dkit.edge.kiosk.state import KioskState
 from dkit.edge.upload import UploadError, decode_upload
 
-BODY_GRACE = 2.0  # seconds every upload body has before its minimum rate counts
 DECODER_RETRY = 2.0  # seconds a client is asked to wait when no decoder process is ready
 
 
-def body_deadline(request: Request, max_upload: int, body_timeout: float, min_rate: float) -> float:
-    """Seconds the body of `request` may take to arrive while it holds a place in the work queue: BODY_GRACE plus its
-    announced length (a chunked one: the most it may be) at `min_rate` bytes/s, and never more than `body_timeout`.
-    A drawing of 30 kB has 2.9 s at the default 32 KiB/s, so a client cannot hold a place with a trickled body.
-
-        body_deadline(request, 4 << 20, 30.0, 32768.0)     # 30.0 for a 4 MB upload, 2.9 for 30 kB
-    """
-    if min_rate <= 0:
-        return body_timeout
-    length = request.headers.get("content-length", "")
-    size = int(length) if length.isdigit() else max_upload + FORM_SLACK
-    return min(body_timeout, BODY_GRACE + size / min_rate)
-
-
-async def read_upload(request: Request, max_upload: int, deadline: float | None = None) -> tuple[bytes, dict[str, str]]:
-    """The bytes of the multipart part `image` and the form's text fields; the whole body within `deadline` seconds
-    (BodyTimeout, answered 408, past it; None: only the app's body deadline, BodyLimit's)."""
+async def read_upload(request: Request, max_upload: int) -> tuple[bytes, dict[str, str]]:
+    """The bytes of the multipart part `image` and the form's text fields (its size and its deadlines: BodyLimit's,
+    BodyTooLarge / BodyTimeout raised through)."""
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith("multipart/form-data"):
         raise ApiError(415, f"send the image as multipart/form-data (field 'image'), not {ctype or 'nothing'}")
     try:
-        form = await asyncio.wait_for(request.form(max_files=1, max_fields=8), deadline)
-    except (TimeoutError, asyncio.TimeoutError) as e:  # distinct classes before Python 3.11
-        raise BodyTimeout(deadline) from e
+        form = await request.form(max_files=1, max_fields=8)
     except (BodyTooLarge, BodyTimeout):
         raise
     except Exception as e:  # python-multipart's own errors: malformed body, too many parts

@@ -134,6 +134,7 @@ function trouble(res) {
       return notice(duplicateNotice(res.doc));
     case 403: return notice("Sorry — this kiosk isn't taking drawings from this device any more.", { seconds: 10 });
     case 413: return notice("That picture is too big for the judge — try a simpler one.");
+    case 408: return notice("The connection is too slow right now — please try again.");
     case 404: refreshPrompt(); return notice("The prompt just changed — have a look and draw again!");
     case 507: return notice("The kiosk is out of space — please tell the staff.", { seconds: 10 });
     case 400: case 415:

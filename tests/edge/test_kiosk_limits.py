@@ -287,6 +287,24 @@ def test_a_full_server_takes_the_idlest_connection_of_the_biggest_holder_for_a_n
     assert reg.admit("10.0.0.9", Conn(), capped=False) == (None, None)  # a proxy: no per-client cap
 
 
+def test_displacement_spares_the_kiosk_screen_a_proxy_and_requests_being_answered():
+    """Review of #25: a full server never takes a connection of the kiosk's own screen (every player there) or of a
+    trusted proxy, nor one inside the app; it takes the next biggest holder's instead, or refuses the newcomer."""
+    from dkit.edge.kiosk.connections import Registry
+
+    reg = Registry(max_connections=8, max_per_client=4, strikes=2, strike_window=60)
+    screen = [Conn("idle", i) for i in range(3)]
+    proxy = [Conn("idle", 10 + i) for i in range(2)]
+    busy = [Conn("app", 20), Conn("app", 21)]
+    assert all(reg.admit("127.0.0.1", c) == (None, None) for c in screen)
+    assert all(reg.admit("10.0.0.5", c, capped=False) == (None, None) for c in proxy)
+    assert all(reg.admit("10.0.0.6", c) == (None, None) for c in busy)
+    assert reg.admit("10.0.0.7", Conn("idle", 30)) == (None, None)  # 8: full
+    assert reg.admit("10.0.0.8", Conn()) == ("max_connections", None)  # the screen, the proxy, requests in the app
+    busy[1]._phase = "idle"
+    assert reg.admit("10.0.0.8", Conn()) == (None, busy[1])  # an idle one of a client holding 2: taken
+
+
 def test_strikes_refuse_a_client_for_the_window_and_no_other():
     from dkit.edge.kiosk.connections import Registry
 

@@ -87,7 +87,8 @@ def _lift_all_bans(operator: Client) -> None:
 def test_finding5_an_ipv6_ban_is_kept_by_its_64_and_can_be_lifted(kiosk):
     """An IPv6 ban, of a phone's address or of its /64, matches the key the kiosk gives that client (its /64 from
     outside, its whole address on the kiosk's own link: guard.banned), and is lifted by DELETE with its key
-    percent-encoded (the "/" of a /64 broke the route) or with an address inside it."""
+    percent-encoded (the "/" of a /64 broke the route); an address inside a banned /64 is answered with the ban to
+    lift, never lifts a whole household's ban silently."""
     from dkit.edge.kiosk.guard import banned
 
     operator = Client(kiosk, "127.0.0.2")
@@ -102,7 +103,9 @@ def test_finding5_an_ipv6_ban_is_kept_by_its_64_and_can_be_lifted(kiosk):
     assert operator.admin("POST", "/api/admin/bans", {"client": "2001:db8::/64"})[1]["client"] == "2001:db8::/64"
     assert operator.admin("DELETE", "/api/admin/bans/2001%3Adb8%3A%3A%2F64")[0] == 204  # as admin.js encodes it
     assert operator.admin("POST", "/api/admin/bans", {"client": "2001:db8::/64"})[0] == 200
-    assert operator.admin("DELETE", "/api/admin/bans/2001:db8::9")[0] == 204  # an address of the /64 lifts it too
+    status, doc, _ = operator.admin("DELETE", "/api/admin/bans/2001:db8::9")  # an address of the /64: named
+    assert status == 404 and "refused by the ban of 2001:db8::/64" in doc["error"]
+    assert operator.admin("DELETE", "/api/admin/bans/2001%3Adb8%3A%3A%2F64")[0] == 204
     assert operator.admin("GET", "/api/admin/bans")[1]["bans"] == []
     status, doc, _ = operator.admin("POST", "/api/admin/bans", {"client": "2001:db8::/48"})
     assert status == 400 and "one client" in doc["error"]  # a range wider than one client is refused by name
