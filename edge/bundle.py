@@ -49,6 +49,9 @@ class NoSuchBundleError(BundleError):
 
 @dataclass
 class Bundle:
+    """An opened, verified bundle (from open_bundle, not built by hand): its folder and parsed manifest.
+    Use it as a context manager, or call close(), to remove the private copy an archive was unpacked into."""
+
     root: Path  # the folder the files are in (a private copy for an archive)
     manifest: Manifest  # parsed and validated once, by verify()
     source: Path  # what was opened: the folder or the archive

@@ -45,6 +45,10 @@ PROMPT_CACHE = 256  # prompts whose embedding is kept
 
 @dataclass(frozen=True)
 class Verdict:
+    """The judge's answer for one image and prompt: the 0-100 score after moderation (None when blocked), the score
+    before it, the cosine it came from, the verdict (ok, text, no_match, blocked) with its reason, and the known
+    prompt the image looks most like. `as_dict()` for JSON (the kiosk's admin view; public routes answer less)."""
+
     prompt: str
     score: float | None  # 0-100 after any penalty; None when blocked
     raw_score: float  # 0-100 before moderation
@@ -54,6 +58,7 @@ class Verdict:
     looks_like: str | None  # the known prompt the image is closest to
 
     def as_dict(self) -> dict:
+        """Every field as a plain dict (json.dumps-able)."""
         return asdict(self)
 
 
@@ -169,6 +174,7 @@ class Judge:
     # ------------------------------------------------------------------------------------------ scoring
 
     def to_score(self, cosine: float | np.ndarray) -> float | np.ndarray:
+        """Cosine(s) -> 0-100 through the bundle's calibration curve (before moderation and rounding)."""
         return self.calibration.to_score(cosine)
 
     def score(self, rgb: np.ndarray, prompt: str) -> Verdict:

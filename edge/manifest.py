@@ -136,6 +136,8 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, doc: Mapping, where: str = "preprocess.") -> Preprocess:
+        """Parse the `preprocess` section (`size` an int or [H, W]); a ManifestError names the key at fault.
+        Keys this version does not read are kept in `extra`, so `to_dict()` writes them back."""
         raw = doc.get("size")
         if isinstance(raw, int) and not isinstance(raw, bool):
             size, as_int = (raw, raw), True
@@ -154,6 +156,7 @@ class Preprocess:
                    extra=_frozen({k: v for k, v in doc.items() if k not in _PREPROCESS_KEYS}))
 
     def to_dict(self) -> dict[str, Any]:
+        """The `preprocess` section as JSON: `size` as it was written, only the keys its resize mode uses."""
         doc: dict[str, Any] = {"resize": self.resize, "size": self.size[0] if self.size_is_int else list(self.size)}
         if self.resize == "letterbox":
             doc["pad_value"] = self.pad_value
@@ -185,6 +188,7 @@ class ModelEntry:
 
     @classmethod
     def from_dict(cls, role: str, doc: Any) -> ModelEntry:
+        """Parse `models.<role>`: `file` required, `format` one of MODEL_FORMATS; other keys (reports) go to `info`."""
         where = f"models.{role}."
         if not isinstance(doc, dict):
             raise ManifestError(f"models.{role}: expected a JSON object")
@@ -198,6 +202,7 @@ class ModelEntry:
                    _frozen({k: v for k, v in doc.items() if k not in known}))
 
     def to_dict(self) -> dict[str, Any]:
+        """The `models.<role>` entry as JSON; `format`, `weights`, `inputs` and `outputs` only when set."""
         return {"file": self.file, "precision": self.precision,
                 **({"format": self.format} if self.format != "onnx" else {}),
                 **({"weights": self.weights} if self.weights else {}), **dict(self.info),
@@ -223,6 +228,8 @@ class Decode:
 
     @classmethod
     def from_dict(cls, doc: Mapping, task: str) -> Decode:
+        """Parse `decode` for `task`; a missing type means the task's decoder, a different one is a ManifestError
+        (this runtime cannot read that model's output)."""
         wanted = DECODERS.get(task)
         kind = _get(doc, "type", str, "decode.", wanted)
         if wanted is not None and kind != wanted:
@@ -231,6 +238,7 @@ class Decode:
         return cls(kind, _frozen({k: v for k, v in doc.items() if k != "type"}))
 
     def to_dict(self) -> dict[str, Any]:
+        """The `decode` section as JSON: `type` and the report keys of `info`."""
         return {"type": self.type, **dict(self.info)}
 
 
@@ -248,10 +256,12 @@ class Thresholds:
 
     @classmethod
     def from_dict(cls, doc: Mapping) -> Thresholds:
+        """Parse `thresholds`; each value must be a number, an absent one takes its default."""
         given = {f.name: _get(doc, f.name, (int, float), "thresholds.", None) for f in fields(cls)}
         return cls(**{k: v for k, v in given.items() if v is not None})
 
     def to_dict(self, task: str) -> dict[str, Any]:
+        """The thresholds `task` uses (USED[task]) as JSON, e.g. `{"conf": 0.25, "top_k": 5}` for classify."""
         return {k: getattr(self, k) for k in self.USED.get(task, ())}
 
 
@@ -265,16 +275,21 @@ class RuntimeHints:
 
     @classmethod
     def from_dict(cls, doc: Mapping) -> RuntimeHints:
+        """Parse `runtime`: providers a list of strings, threads an integer, max_fps a number; absent keys default."""
         return cls(_strings(doc.get("providers") or [], "runtime.providers"),
                    int(_get(doc, "threads", int, "runtime.", 0)), float(_get(doc, "max_fps", (int, float),
                                                                                 "runtime.", 0.0)))
 
     def to_dict(self) -> dict[str, Any]:
+        """The `runtime` section as JSON."""
         return {"providers": list(self.providers), "threads": self.threads, "max_fps": self.max_fps}
 
 
 @dataclass(frozen=True)
 class PromptRow:
+    """One row of prompts.npy (`prompts.rows[i]`): its text and role; a role not in PROMPT_ROLES raises
+    ManifestError on construction."""
+
     text: str
     role: str  # class | background | prompt | text | unsafe
     prompts: tuple[str, ...] | None = None  # class rows: the ontology prompts averaged into it
@@ -296,6 +311,8 @@ class Prompts:
 
     @classmethod
     def from_dict(cls, doc: Mapping) -> Prompts:
+        """Parse `prompts` (file, dim, rows, templates); a ManifestError names the row at fault,
+        e.g. `prompts.rows[3].role`."""
         rows = []
         for i, r in enumerate(_get(doc, "rows", list, "prompts.")):
             if not isinstance(r, dict):
@@ -312,9 +329,11 @@ class Prompts:
                    _get(doc, "ensemble", str, "prompts.", ""))
 
     def texts(self, *roles: str) -> list[str]:
+        """The rows' texts in row order, only those of `roles` when given, e.g. `texts("class")`."""
         return [r.text for r in self.rows if not roles or r.role in roles]
 
     def to_dict(self) -> dict[str, Any]:
+        """The `prompts` section as JSON; a row's `prompts` and `ensemble` only when set."""
         rows = [{"text": r.text, "role": r.role, **({"prompts": list(r.prompts)} if r.prompts is not None else {})}
                 for r in self.rows]
         return {"file": self.file, "dim": self.dim, "rows": rows, "templates": list(self.templates),
@@ -338,30 +357,38 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, doc: Mapping) -> Calibration:
+        """Parse `calibration` (cosine, score knots, method); the free-form report keys go to `info`."""
         known = {"cosine", "score", "method"}
         return cls(_numbers(doc.get("cosine"), "calibration.cosine"), _numbers(doc.get("score"), "calibration.score"),
                    _get(doc, "method", str, "calibration.", "piecewise-linear"),
                    _frozen({k: v for k, v in doc.items() if k not in known}))
 
     def to_score(self, cosine: float | np.ndarray) -> float | np.ndarray:
+        """Map raw cosine similarity (a float or an array) to the 0-100 score; clamped to the end knots outside them."""
         return np.interp(cosine, self.cosine, self.score)
 
     def to_dict(self) -> dict[str, Any]:
+        """The `calibration` section as JSON: method, knots and the report keys of `info`."""
         return {"method": self.method, "cosine": list(self.cosine), "score": list(self.score), **dict(self.info)}
 
 
 @dataclass(frozen=True)
 class TokenizerSpec:
+    """`tokenizer`: the text tokenizer file of a judge bundle (`type` clip-bpe), with the text model's
+    context length; no validation beyond the key types checked by from_dict."""
+
     file: str
     context_length: int = 77
     type: str = "clip-bpe"
 
     @classmethod
     def from_dict(cls, doc: Mapping) -> TokenizerSpec:
+        """Parse `tokenizer`: `file` required, `context_length` (77) and `type` (clip-bpe) default."""
         return cls(_get(doc, "file", str, "tokenizer."), int(_get(doc, "context_length", int, "tokenizer.", 77)),
                    _get(doc, "type", str, "tokenizer.", "clip-bpe"))
 
     def to_dict(self) -> dict[str, Any]:
+        """The `tokenizer` section as JSON."""
         return {"type": self.type, "file": self.file, "context_length": self.context_length}
 
 
@@ -380,10 +407,12 @@ class DeviceChecks:
 
     @classmethod
     def from_dict(cls, doc: Mapping) -> DeviceChecks:
+        """Parse `checks`: reference, min_agreement and machine are all required."""
         return cls(_get(doc, "reference", str, "checks."), float(_get(doc, "min_agreement", (int, float), "checks.")),
                    _get(doc, "machine", str, "checks."))
 
     def to_dict(self) -> dict[str, Any]:
+        """The `checks` section as JSON."""
         return {"reference": self.reference, "min_agreement": self.min_agreement, "machine": self.machine}
 
 
@@ -406,6 +435,8 @@ class JudgeConfig:
 
     @classmethod
     def from_dict(cls, doc: Mapping | None) -> JudgeConfig:
+        """Parse `judge` (None: the defaults); `judge.kiosk` must be valid KioskConfig keys, or a ManifestError
+        names the key at fault."""
         if doc is None:
             return cls()
         w = "judge."
@@ -423,6 +454,7 @@ class JudgeConfig:
                    MappingProxyType(dict(kiosk)))
 
     def to_dict(self) -> dict[str, Any]:
+        """The `judge` section as JSON: every field, `kiosk` only when it has keys."""
         doc = {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
         doc["kiosk"] = dict(self.kiosk)
         if not doc["kiosk"]:
@@ -438,6 +470,10 @@ UNTRAINED_WARNING = ("made from an UNTRAINED (random) teacher: its scores and la
 
 @dataclass(frozen=True)
 class Manifest:
+    """The whole manifest.json of a bundle, validated on construction: a known task, a `models.student`
+    entry, and prompts and calibration for an embed bundle (else ManifestError). Read one with
+    `Manifest.from_dict(json.load(f))`; `to_dict()` gives the JSON document back."""
+
     name: str
     task: str
     teacher: Mapping[str, Any]  # id, random
@@ -469,6 +505,7 @@ class Manifest:
 
     @property
     def judge_config(self) -> JudgeConfig:
+        """The bundle's judge settings, or the JudgeConfig defaults when it has no `judge` section."""
         return self.judge if self.judge is not None else JudgeConfig()
 
     @property
@@ -482,6 +519,7 @@ class Manifest:
         return [p for p in PRECISIONS if self.model(p, fmt) is not None]
 
     def formats(self) -> list[str]:
+        """The model formats (MODEL_FORMATS order) the bundle has at least one student model in."""
         return [f for f in MODEL_FORMATS if self.precisions(f)]
 
     def model(self, precision: str = "fp32", fmt: str = "onnx") -> ModelEntry | None:
@@ -490,6 +528,8 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, doc: Any) -> Manifest:
+        """Parse and validate a manifest document, e.g. `Manifest.from_dict(json.load(f))`; a ManifestError names the
+        key at fault, and a schema_version other than SCHEMA_VERSION is refused. Unknown top-level keys go to `info`."""
         if not isinstance(doc, dict):
             raise ManifestError("expected a JSON object")
         version = doc.get("schema_version")
@@ -519,6 +559,7 @@ class Manifest:
             info=_frozen({k: v for k, v in doc.items() if k not in known}), schema_version=version)
 
     def to_dict(self) -> dict[str, Any]:
+        """The manifest.json document (what dkit.export writes); optional sections only when present."""
         doc: dict[str, Any] = {"schema_version": self.schema_version, "name": self.name, "task": self.task,
                                **dict(self.info), "teacher": dict(self.teacher), "student": dict(self.student),
                                "models": {r: m.to_dict() for r, m in self.models.items()},

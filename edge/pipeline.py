@@ -53,9 +53,14 @@ POLL_S = 0.05  # how long a round waits for a frame before looking at the source
 
 
 class Sink(Protocol):
-    def write(self, frame: Frame, result: Result) -> None: ...
+    """Where a pipeline's results go: `write` is called once per scored frame, `close` once at the end (a sink that
+    writes a file puts it in place there)."""
 
-    def close(self) -> None: ...
+    def write(self, frame: Frame, result: Result) -> None:
+        """Take one scored frame."""
+
+    def close(self) -> None:
+        """Finish: flush, write or release what the sink holds."""
 
 
 class JsonlSink:
@@ -65,13 +70,14 @@ class JsonlSink:
         self.stream, self.classes, self.prompts = stream, runtime.classes, runtime.prompts
 
     def write(self, frame: Frame, result: Result) -> None:
+        """Write the frame's result as one JSON line, flushed."""
         doc = {"source": frame.source, **({"name": frame.name} if frame.name else {}),
                **result.to_json(self.classes, self.prompts)}
         self.stream.write(json.dumps(doc, ensure_ascii=False) + "\n")
         self.stream.flush()
 
     def close(self) -> None:
-        pass
+        """Nothing to do: the stream belongs to the caller."""
 
 
 class CallbackSink:
@@ -81,13 +87,14 @@ class CallbackSink:
         self.fn = fn
 
     def write(self, frame: Frame, result: Result) -> None:
+        """Call the function; an exception is logged, not raised."""
         try:
             self.fn(frame, result)
         except Exception:
             log.exception("sink callback failed on frame %d of %s", frame.id, frame.source)
 
     def close(self) -> None:
-        pass
+        """Nothing to do."""
 
 
 class VideoSink:
@@ -121,6 +128,8 @@ class VideoSink:
         self._pending: list[tuple[float, np.ndarray]] = []  # (capture time, BGR) while the rate is measured
 
     def write(self, frame: Frame, result: Result) -> None:
+        """Draw the result on the frame and append it to the video (the first frames wait while a live source's
+        rate is measured)."""
         image = annotate(frame.rgb, result, self.runtime)  # BGR, drawn at the frame's own size: boxes stay put
         if self.writer is None and self.fps is None:
             self._pending.append((frame.timestamp, image))
@@ -160,6 +169,8 @@ class VideoSink:
         self.writer.write(image)
 
     def close(self) -> None:
+        """Write what waits, close the video and rename it into place (nothing is left under the final name when
+        no frame came)."""
         if self._pending:
             self._flush_pending()
         if self.writer is not None:
@@ -259,11 +270,13 @@ class WindowSink:
             raise RuntimeConfigError(f"--show {SHOW_NEEDS}") from e
 
     def write(self, frame: Frame, result: Result) -> None:
+        """Show the annotated frame; q or Esc calls `on_quit`."""
         cv2.imshow(self.title, annotate(frame.rgb, result, self.runtime))
         if cv2.waitKey(1) & 0xFF in (ord("q"), 27) and self.on_quit is not None:
             self.on_quit()
 
     def close(self) -> None:
+        """Close the window."""
         cv2.destroyWindow(self.title)
 
 
@@ -297,6 +310,10 @@ def _color(i: int) -> tuple[int, int, int]:
 
 
 class Pipeline:
+    """Sources -> runtime -> sinks in rounds (the module docstring says how), until every source ends, `max_frames`
+    frames are scored or `stop()` is called; `run()` returns the stats (frames, fps, latency percentiles, source
+    counters). RuntimeConfigError without a source."""
+
     def __init__(self, runtime: Runtime, sources: list[Source], sinks: list[Sink], *, max_fps: float = 0.0,
                  max_frames: int = 0):
         if not sources:
@@ -323,6 +340,8 @@ class Pipeline:
             signal.signal(sig, self.stop)
 
     def run(self) -> dict:
+        """Score rounds until the sources end or the pipeline is stopped; the sinks are closed and the sources too;
+        returns `stats()`."""
         self.started = time.perf_counter()
         active = list(self.sources)
         next_round = time.perf_counter()
@@ -381,6 +400,7 @@ class Pipeline:
         return frames
 
     def stats(self) -> dict:
+        """Frames, seconds, fps, the latency percentiles (whole, wait, infer) and the sources' counters so far."""
         seconds = time.perf_counter() - self.started if self.started else 0.0
         totals = {"read": 0, "dropped_stale": 0, "corrupt": 0, "reconnects": 0, "disconnects": 0}
         for source in self.sources:

@@ -76,6 +76,9 @@ class Result:
     infer_ms: float | None = None  # pre-processing + model + post-processing of its batch
 
     def to_json(self, classes: list[str], prompts: list[str] | None = None) -> dict[str, Any]:
+        """The result as `dkit run` prints it (one JSON line per frame): frame id, time, latencies, and the
+        detections, top classes or prompt scores, class names from `classes` (the runtime's), prompt texts from
+        `prompts`; rounded for reading."""
         doc: dict[str, Any] = {"frame": self.frame_id, "ts": round(self.timestamp, 6),
                                "latency_ms": round(self.latency_ms, 3),
                                **({} if self.wait_ms is None else {"wait_ms": round(self.wait_ms, 3)}),
@@ -96,6 +99,15 @@ class Result:
 
 
 class Runtime:
+    """A verified bundle ready to score frames: its backend (onnxruntime, OpenVINO or NCNN), the manifest's pre- and
+    post-processing and thresholds. Call it on an (H, W, 3) uint8 RGB frame for a Result, or `batch` several; close
+    it (or use `with`) to release the model. `Runtime.load(path)` opens and verifies a bundle folder or .tar.gz; the
+    module docstring lists every option.
+
+        with Runtime.load("runs/coco128/bundle", backend="auto") as rt:
+            print(rt(rgb).detections)
+    """
+
     def __init__(self, bundle: Bundle, *, backend: str = "onnxruntime", providers: list[str] | None = None,
                  threads: int | None = None, precision: str = "fp32", letterbox: str | None = None,
                  conf: float | None = None, iou: float | None = None, max_det: int | None = None,
@@ -209,6 +221,8 @@ class Runtime:
 
     @classmethod
     def load(cls, path: str | os.PathLike, **kwargs) -> Runtime:
+        """Open and verify the bundle at `path` (a folder or .tar.gz: dkit.edge.bundle.open_bundle), then build the
+        runtime with `kwargs` (the constructor's options); the bundle is closed again if that fails."""
         bundle = open_bundle(path)
         try:
             return cls(bundle, **kwargs)
@@ -217,6 +231,7 @@ class Runtime:
             raise
 
     def close(self) -> None:
+        """Release the backend and the bundle (a .tar.gz bundle's extracted folder)."""
         self.backend.close()
         self.bundle.close()
 
@@ -229,9 +244,11 @@ class Runtime:
     # ------------------------------------------------------------------------------------------ stages
 
     def preprocess(self, rgb: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        """(H, W, 3) uint8 RGB -> the model's (1, 3, H, W) float32 input and the letterbox that maps boxes back."""
         return preprocess(rgb, self.spec)  # (1, 3, H, W)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
+        """The backend on a preprocessed (N, 3, H, W) batch: the model's first output, undecoded."""
         return self.backend.run(x)  # (N, 3, H, W) -> the model's first output
 
     def postprocess(self, raw: np.ndarray, boxes: list[Letterbox], frame_ids: list[int], timestamps: list[float],
@@ -261,6 +278,7 @@ class Runtime:
     # ------------------------------------------------------------------------------------------ whole frames
 
     def __call__(self, rgb: np.ndarray, frame_id: int = 0, timestamp: float = 0.0) -> Result:
+        """Score one (H, W, 3) uint8 RGB frame (`timestamp`: its capture time, time.time(), for the latency)."""
         return self.batch([rgb], [frame_id], [timestamp])[0]
 
     def batch(self, frames: list[np.ndarray], frame_ids: list[int] | None = None,

@@ -27,6 +27,9 @@ class RecordError(DkitError):
 
 @dataclass(frozen=True)
 class LabelRecord:
+    """One image's entry in labels.jsonl (what the teacher said about it). Construction checks `split` is
+    one of SPLITS and `video` is {file, t} or None, else RecordError."""
+
     image: str  # path relative to the labelled folder
     source: str  # absolute path of the original file
     sha256: str  # of the file's bytes (the teacher cache key)
@@ -60,6 +63,8 @@ class LabelRecord:
 
     @classmethod
     def from_dict(cls, doc: Any, where: str = "label record") -> LabelRecord:
+        """Parse one JSON line, e.g. `LabelRecord.from_dict(json.loads(line), "labels.jsonl:12")`; image, source,
+        sha256 and teacher are required, unknown keys are kept in `extra`. A RecordError names `where` and the key."""
         if not isinstance(doc, dict):
             raise RecordError(f"{where}: expected a JSON object")
         names = {f.name for f in fields(cls)} - {"extra"}
@@ -75,6 +80,7 @@ class LabelRecord:
             raise RecordError(f"{where}: {e}") from e
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON line (what dkit.distill.label writes), `extra` keys included; `video` only for a video frame."""
         doc = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         doc["labels"], doc["topk"] = [dict(x) for x in self.labels], [dict(x) for x in self.topk]
         if self.video is None:

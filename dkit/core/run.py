@@ -31,6 +31,9 @@ from dkit.core.records import LabelRecord
 
 @dataclass(frozen=True)
 class RunDir:
+    """The paths of one run folder, e.g. `RunDir("runs/coco128").labels_jsonl`; `root` becomes a Path on
+    construction. Nothing is created or checked until a method reads (records, trained_weights)."""
+
     root: Path
 
     def __post_init__(self):
@@ -45,14 +48,17 @@ class RunDir:
     # labels
     @property
     def labels(self) -> Path:
+        """labels/: the labelled data set, labels.jsonl, pool.jsonl, report.html, split.json."""
         return self.root / "labels"
 
     @property
     def labels_jsonl(self) -> Path:
+        """labels/labels.jsonl: one LabelRecord per image (`dkit label`)."""
         return self.labels / "labels.jsonl"
 
     @property
     def cache_db(self) -> Path:
+        """cache/teacher.sqlite: the teacher's answers, keyed by image and teacher (a rerun reuses them)."""
         return self.root / "cache" / "teacher.sqlite"
 
     def records(self) -> list[LabelRecord]:
@@ -66,6 +72,7 @@ class RunDir:
 
     @property
     def pool_jsonl(self) -> Path:
+        """labels/pool.jsonl: the unlabeled pool's LabelRecords (split "pool")."""
         return self.labels / "pool.jsonl"
 
     def pool_records(self) -> list[LabelRecord]:
@@ -84,14 +91,17 @@ class RunDir:
     # student
     @property
     def student(self) -> Path:
+        """student/: the trained student (`dkit train`)."""
         return self.root / "student"
 
     @property
     def student_weights(self) -> Path:
+        """student/weights/best.pt: the best epoch's weights."""
         return self.student / "weights" / "best.pt"
 
     @property
     def last_weights(self) -> Path:
+        """student/weights/last.pt: the last epoch's weights (a resume starts there)."""
         return self.student / "weights" / "last.pt"
 
     def trained_weights(self) -> Path:
@@ -103,16 +113,20 @@ class RunDir:
     # evaluation and export
     @property
     def eval_json(self) -> Path:
+        """eval.json: `dkit eval`'s figures."""
         return self.root / "eval.json"
 
     @property
     def eval_md(self) -> Path:
+        """eval.md: `dkit eval`'s report."""
         return self.root / "eval.md"
 
     @property
     def bundle(self) -> Path:
+        """bundle/: the exported bundle (`dkit export`)."""
         return self.root / "bundle"
 
     @property
     def archive(self) -> Path:
+        """bundle.tar.gz: the bundle as one file to copy to the device."""
         return self.root / "bundle.tar.gz"
