@@ -301,6 +301,7 @@ const allowAll = button("Allow them again", "allow-again", async (ev) => {
   const res = await call("/api/admin/removed", { method: "DELETE" });
   if (res.ok) { toast(`${res.doc.forgotten} deleted drawing${res.doc.forgotten === 1 ? "" : "s"} may be drawn again.`); loadRemoved(); }
 });
+allowAll.hidden = true;  // shown by loadRemoved once the count is known (and not 0)
 remembered.append(rememberedText, " ", allowAll);
 document.querySelector("#queue-card .bulk").after(remembered);
 $("bulk-client").addEventListener("input", () => {
