@@ -92,7 +92,8 @@ test: setup chromium layers compat
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow" -q
 
-# The layer contracts (.importlinter) over the installed shape of the package: edge/, distill/ and export/ install
+# The layer contracts (.importlinter) and the import-cycle check (tools/import_cycles.py: no two modules import each
+# other, function-level imports included) over the installed shape of the package: edge/, distill/ and export/ install
 # as dkit.edge, dkit.distill and dkit.export, so they are checked in a throwaway install of the package itself.
 LAYERS := build/layers
 layers: setup
@@ -100,10 +101,11 @@ layers: setup
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation --no-compile \
 	  --target $(LAYERS) . 2>&1 | grep -v "^WARNING: Location" || true
 	cd $(LAYERS) && PYTHONPATH=. $(abspath $(BIN))/lint-imports $(abspath .importlinter) --no-cache
+	cd $(LAYERS) && PYTHONPATH=. $(abspath $(BIN))/python $(abspath tools/import_cycles.py) dkit
 
 # Python versions, statically (vermin): what a base install imports (the edge runtime, dkit.core, the CLI:
 # dkit run/serve/doctor) must run on 3.10; the training side (distill/, export/) on 3.11 (e.g. datetime.UTC).
-COMPAT_BASE := edge dkit
+COMPAT_BASE := edge devtools dkit
 COMPAT_TRAINING := distill export
 VERMIN = $(BIN)/vermin --no-tips --violations --eval-annotations --no-parse-comments -q
 compat: setup

@@ -81,7 +81,7 @@ def ultralytics_predictor(model_file, task: str, imgsz, conf: float, iou: float,
 
 class UltralyticsReference:
     """`dkit bench runtime --matrix`'s reference row: YOLO(fp32 onnx).predict with its defaults, timed in the same
-    round-robin as the runtime's configurations (dkit.edge.bench_matrix)."""
+    round-robin as the runtime's configurations (dkit.devtools.bench_matrix)."""
 
     def __init__(self, model_file, task: str, imgsz, conf: float, iou: float, max_det: int):
         self.predict = ultralytics_predictor(model_file, task, imgsz, conf, iou, max_det, rect=True)

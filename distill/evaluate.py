@@ -18,7 +18,7 @@ eval.json is a stable contract for CI and dashboards (version 1):
   classify:   student.top1_agreement (with the teacher's labels), accuracy (against ground truth, or null)
   embed:      student.cosine_mean, spearman_mean, top1_agreement, moderation_agreement; baseline {...}
               moderation_agreement: the share of (held-out image, judge prompt) pairs on which student and teacher
-              get the same verdict from the device's rule (dkit.edge.moderation, the kit's margins): blocked, text
+              get the same verdict from the device's rule (dkit.edge.infer.moderation, the kit's margins): blocked, text
               or neither (no_match needs the score calibration, made at export: see the bundle's calibration);
               the judge prompts are judge.prompt and judge.prompts (else the ontology's prompts), as in the
               bundle's calibration.agreement.moderation, whose moderation_agreement is this same figure

@@ -48,7 +48,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from dkit.core.errors import UsageError
-from dkit.edge.alpha import over_white
+from dkit.edge.images.alpha import over_white
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +346,7 @@ def _to_rgb(image: Image.Image, notes: list[str]) -> np.ndarray:
 
 def _drop_alpha(rgba: Image.Image, notes: list[str]) -> np.ndarray:
     """Composite over white, as a viewer shows a transparent image on a white page: the device's own rule
-    (dkit.edge.alpha.over_white), so a transparent PNG gives the same pixels in training and on the device."""
+    (dkit.edge.images.alpha.over_white), so a transparent PNG gives the same pixels in training and on the device."""
     notes.append("alpha dropped")
     return over_white(np.asarray(rgba, dtype=np.uint8))
 

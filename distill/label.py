@@ -50,7 +50,7 @@ from dkit.distill.engines import engine
 from dkit.distill.images import LoadedImage, iter_images, scan
 from dkit.distill.split import assign_split, write_summary
 from dkit.distill.teachers import Teacher, build_teacher
-from dkit.distill.video import expand_videos, is_video
+from dkit.distill.video import as_video_frames, expand_videos, is_video
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def label_images(kit, run_dir: Path, *, store=None, teacher: Teacher | None = No
                 pool = label_pool(kit, teacher, cache, run_dir, kit_shas={r.sha256 for r in records if r.sha256},
                                   npy_start=npy_start, staging=tmp / ".pool-staging", progress=progress, store=store)
         if frames is not None:
-            records = as_video_frames(records, frames, teacher)
+            records = as_video_frames(records, frames, teacher.id)
             counts |= {"videos": len(frames.stats) + len(frames.skipped), "frames_sampled":
                        sum(v["sampled"] for v in frames.stats), "near_duplicates":
                        sum(v["near_duplicates"] for v in frames.stats), "frames_kept": len(frames.images)}
@@ -174,23 +174,6 @@ def _inputs(root: Path) -> tuple[list[Path], Path]:
     if root.is_file():
         return [Path(os.path.abspath(root))], Path(os.path.abspath(root)).parent
     return scan(root), root
-
-
-def as_video_frames(records: list[LabelRecord], frames, teacher: Teacher) -> list[LabelRecord]:
-    """Each frame's record named after its video and time (`street/cam1.mp4#t=12.500`, a media fragment), with
-    `video` saying where it came from; a video that could not be read is a skipped record like a bad image."""
-    out = []
-    for rec in records:
-        origin = frames.origin.get(Path(rec.source).name) if Path(rec.source).parent == frames.out else None
-        if not origin:
-            out.append(rec)
-            continue
-        (video, t), *also = origin
-        out.append(dataclasses.replace(rec, image=f"{video}#t={t:.3f}", video={
-            "file": video, "t": t, **({"also": [{"file": v, "t": tt} for v, tt in also]} if also else {})}))
-    out += [LabelRecord(image=video, source=video, sha256=None, teacher=teacher.id, skipped=why)
-            for video, why in frames.skipped]
-    return out
 
 
 # ------------------------------------------------------------------------------------------ labeling

@@ -42,7 +42,7 @@ from dkit.distill.engines import engine
 from dkit.distill.images import scan
 from dkit.distill.quickdraw import npy_files, render_folder
 from dkit.distill.teachers import Teacher
-from dkit.distill.video import expand_videos, is_video
+from dkit.distill.video import as_video_frames, expand_videos, is_video
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +75,9 @@ def label_pool(kit, teacher: Teacher, cache: TeacherCache, run_dir: Path, *, kit
         paths = paths[: kit.data.unlabeled_max]
     log.info("unlabeled pool: %d images to run the teacher on", len(paths))
     records, counts = engine(kit.label.engine)(kit, teacher, cache, root, paths, staging, progress, store=store)
-    from dkit.distill.label import as_video_frames
 
     for video_frames in frames:  # each entry's videos: records named video#t=SECONDS
-        records = as_video_frames(records, video_frames, teacher)
+        records = as_video_frames(records, video_frames, teacher.id)
     kept, seen = [], set()
     counts = {"files": len(paths) + over, "cached": counts["cached"], "inferred": counts["inferred"],
               "skipped": 0, "in_kit": 0, "duplicates": 0, "over_max": over, "held_out": 0}

@@ -9,8 +9,8 @@ A group is a set of images that are not independent of each other, so a held-out
 while another is trained on would be optimistic:
 - byte-identical files (one sha256);
 - frames of one video (`LabelRecord.video`: the video, and any other video a shared frame also came from);
-- near-duplicates: images whose 64-bit perceptual hashes (dkit.edge.phash) are within
-  `data.split_near_duplicate` bits (default dkit.edge.phash.NEAR = 6: a re-encode, a resize, a small shift;
+- near-duplicates: images whose 64-bit perceptual hashes (dkit.edge.images.phash) are within
+  `data.split_near_duplicate` bits (default dkit.edge.images.phash.NEAR = 6: a re-encode, a resize, a small shift;
   different photos are at least 14 bits apart there); -1 turns this grouping off.
 Groups are joined transitively (an image near two others joins both). Each group is ranked by a hash of
 (`data.seed`, the smallest sha256 in it), which depends on neither the order nor the names of the files, and
@@ -41,7 +41,7 @@ import numpy as np
 from dkit.core.errors import UsageError
 from dkit.core.files import atomic_write
 from dkit.core.records import LabelRecord
-from dkit.edge.phash import phash
+from dkit.edge.images.phash import phash
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def _popcount(x: np.ndarray) -> np.ndarray:
 
 
 def image_hashes(records: list[LabelRecord], workers: int = 0) -> list[int | None]:
-    """The perceptual hash (dkit.edge.phash) of each record's image; None where it cannot be read any more."""
+    """The perceptual hash (dkit.edge.images.phash) of each record's image; None where it cannot be read any more."""
     threads = max(1, min(len(records), workers or os.cpu_count() or 1, 8))
     if threads == 1:
         return [_hash(r) for r in records]

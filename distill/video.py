@@ -11,7 +11,7 @@ written once as a JPEG named by its content, with the videos and timestamps it c
 
 Sampling: OpenCV reads the file (its FFmpeg build: .mp4, .mov, .mkv, .avi, .webm, ...); every frame is grabbed,
 and one is decoded whenever its timestamp reaches the next multiple of 1/fps. A sampled frame whose perceptual
-hash (dkit.edge.phash, 64 bits) is within `near_duplicate` bits of a frame already kept from the same video is
+hash (dkit.edge.images.phash, 64 bits) is within `near_duplicate` bits of a frame already kept from the same video is
 skipped: a parked camera's hour of the same street gives a handful of frames, not 3,600. Bounds, checked before
 decoding: `max_pixels` per frame (from the stream's header, and again per decoded frame) and `max_frames`
 sampled per video. Kept frames are JPEG quality 95, named by the sha256 of their bytes, so a frame identical in
@@ -21,6 +21,7 @@ video by its content sha256 and settings, so a rerun decodes nothing it has alre
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -33,8 +34,9 @@ import cv2
 import numpy as np
 
 from dkit.core.files import atomic_write
-from dkit.edge.hashing import sha256_file
-from dkit.edge.phash import phash
+from dkit.core.records import LabelRecord
+from dkit.edge.bundle.hashing import sha256_file
+from dkit.edge.images.phash import phash
 
 log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv"})
@@ -178,3 +180,20 @@ def _read_index(path: Path) -> dict:
 
 
 __all__ = ["VIDEO_SUFFIXES", "VideoFrames", "expand_videos", "is_video"]
+
+
+def as_video_frames(records: list[LabelRecord], frames, teacher_id: str) -> list[LabelRecord]:
+    """Each frame's record named after its video and time (`street/cam1.mp4#t=12.500`, a media fragment), with
+    `video` saying where it came from; a video that could not be read is a skipped record like a bad image."""
+    out = []
+    for rec in records:
+        origin = frames.origin.get(Path(rec.source).name) if Path(rec.source).parent == frames.out else None
+        if not origin:
+            out.append(rec)
+            continue
+        (video, t), *also = origin
+        out.append(dataclasses.replace(rec, image=f"{video}#t={t:.3f}", video={
+            "file": video, "t": t, **({"also": [{"file": v, "t": tt} for v, tt in also]} if also else {})}))
+    out += [LabelRecord(image=video, source=video, sha256=None, teacher=teacher_id, skipped=why)
+            for video, why in frames.skipped]
+    return out

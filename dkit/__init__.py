@@ -15,9 +15,9 @@ The Python API (README.md, "Python API") is a few names of this package, each im
     kit = dkit.load_kit("kit.yaml", overrides={"student.epochs": 1})
     dkit.label(kit); dkit.train(kit); dkit.evaluate(kit)       # dkit.api: the training side (distill extra)
     bundle = dkit.export_bundle(kit)["bundle"]                 # `dkit export` (export extra)
-    rt = dkit.Runtime.load(bundle)                             # dkit.edge.runtime: the device side
+    rt = dkit.Runtime.load(bundle)                             # dkit.edge.infer.runtime: the device side
     result = rt(dkit.read_image("photo.jpg"))
-    dkit.Judge(rt).score(dkit.read_image("drawing.png"), "a cat")   # judge bundles (dkit.edge.judge)
+    dkit.Judge(rt).score(dkit.read_image("drawing.png"), "a cat")   # judge bundles (dkit.edge.infer.judge)
 
 Importing `dkit` imports nothing else, so `dkit.edge` works on a base install, and `dkit.Runtime` and
 `dkit.Judge` need nothing but it.
@@ -37,8 +37,8 @@ _LAZY = {
     "evaluate": "dkit.api",
     "export_bundle": "dkit.api",
     "read_image": "dkit.api",
-    "Runtime": "dkit.edge.runtime",
-    "Judge": "dkit.edge.judge",
+    "Runtime": "dkit.edge.infer.runtime",
+    "Judge": "dkit.edge.infer.judge",
 }
 
 __all__ = [name for name in _LAZY if name != "__version__"]

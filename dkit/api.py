@@ -93,12 +93,12 @@ def export_bundle(kit, run_dir: PathLike | None = None, *, store=None) -> dict:
 
 def read_image(path: PathLike):
     """The image file at `path` as (H, W, 3) uint8 RGB, what `Runtime` and `Judge.score` take (OpenCV, as the
-    device decodes, transparency composited over white as in training: dkit.edge.upload.decode_image; no Pillow
+    device decodes, transparency composited over white as in training: dkit.edge.images.decode.decode_image; no Pillow
     needed). Raises UsageError when the file cannot be read or decoded."""
     import numpy as np
 
     from dkit.core.errors import UsageError
-    from dkit.edge.upload import decode_image
+    from dkit.edge.images.decode import decode_image
 
     try:
         data = np.fromfile(path, dtype=np.uint8)  # imdecode(fromfile) also reads non-ASCII paths

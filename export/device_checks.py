@@ -8,7 +8,7 @@
 model's input size), the edge runtime's fp32 onnxruntime results on the decoded pixels into
 checks/reference.json, and the manifest's `checks` names it with the accuracy guard and this machine's
 CPU architecture. A device of another architecture runs a reduced-precision model against it before
-`--precision auto` uses it (dkit.edge.device_check). The same check is run here on every reduced-precision model
+`--precision auto` uses it (dkit.edge.infer.device_check). The same check is run here on every reduced-precision model
 this install can run, and its figures are kept in the manifest's `device_checks` report (the device's reference
 point: on the export machine a model agrees this well).
 """
@@ -24,8 +24,8 @@ import numpy as np
 
 from dkit.core.errors import DkitError
 from dkit.core.files import atomic_write, write_json
-from dkit.edge.backends.base import RuntimeConfigError
-from dkit.edge.manifest import DeviceChecks, Manifest
+from dkit.edge.bundle.manifest import DeviceChecks, Manifest
+from dkit.edge.infer.backends.base import RuntimeConfigError
 
 log = logging.getLogger(__name__)
 CHECKS = "checks"
@@ -36,8 +36,8 @@ JPEG_QUALITY = 95  # about 40 kB a 320 px photo (PNG: 250 kB); the reference is 
 def write_checks(bundle_dir: Path, kit, manifest: Manifest, held_out: list[np.ndarray]) -> Manifest:
     """Write checks/ into bundle_dir (already holding a verified manifest); return the manifest naming them."""
     from dkit.edge.bundle import open_bundle
-    from dkit.edge.device_check import load_image, result_doc
-    from dkit.edge.runtime import Runtime
+    from dkit.edge.infer.device_check import load_image, result_doc
+    from dkit.edge.infer.runtime import Runtime
     from dkit.export.manifest import write_manifest
 
     images = held_out[:kit.export.device_checks]
@@ -65,8 +65,8 @@ def write_checks(bundle_dir: Path, kit, manifest: Manifest, held_out: list[np.nd
 def _figures_here(bundle_dir: Path) -> dict[str, float]:
     """The on-device check of every reduced-precision candidate here, run here: {"ncnn/int8": 0.97, ...}."""
     from dkit.edge.bundle import open_bundle
-    from dkit.edge.device_check import check
-    from dkit.edge.select import candidates
+    from dkit.edge.infer.device_check import check
+    from dkit.edge.infer.select import candidates
 
     out = {}
     with open_bundle(bundle_dir, announce=False) as bundle:

@@ -11,7 +11,7 @@ Writes into bundle_dir:
   largest output difference (<= export.parity_atol) and cosine to the PyTorch student (mean >= accuracy_guard).
 - `text.onnx`: the teacher's text encoder, (N, 77) int64 token ids -> (N, D) normalised, so the device embeds a
   new prompt itself. Parity: on every prompt the bundle ships and a table of kiosk-like prompts, the device's
-  tokenizer (dkit.edge.tokenizer, with the vocab file below) must give open_clip's ids exactly, and the ONNX
+  tokenizer (dkit.edge.infer.tokenizer, with the vocab file below) must give open_clip's ids exactly, and the ONNX
   embedding must match open_clip's encode_text (largest difference, cosine).
 - `bpe_simple_vocab_16e6.txt.gz`: the tokenizer's vocabulary (open_clip's own file).
 - `prompts.npy`: (P, D) float32, one row per prompt the kit names (ontology classes as template ensembles,
@@ -23,7 +23,7 @@ Score calibration: a raw cosine means little on its own (CLIP cosines sit in a n
 model), so it is mapped to 0-100 by a piecewise-linear curve through percentiles of the similarities actually
 produced on the kit's images, against prompts embedded exactly as the device embeds a typed prompt: every prompt
 of every ontology class on its own (one prompt x the bundle's templates), through the bundle's own tokenizer and
-text.onnx (`dkit.edge.judge.PromptEncoder`, or the shipped embedding where the judge would use it:
+text.onnx (`dkit.edge.infer.judge.PromptEncoder`, or the shipped embedding where the judge would use it:
 `typed_prompt_embeddings`), never the class ensembles (several prompts averaged, which raises cosines). So
 `no_match_score` and the anchors mean the same for every prompt a kiosk is given. The fit uses the TRAINING split
 only (up to CALIBRATION_IMAGES images); each image's class is the teacher's closest ontology class. For each image,
@@ -48,12 +48,12 @@ import numpy as np
 from dkit.core.errors import DkitError, UsageError, require
 from dkit.core.run import RunDir
 from dkit.core.workers import decode_workers
-from dkit.edge.judge import PromptEncoder, shipped_prompts, typed_prompt_embeddings
-from dkit.edge.manifest import Calibration, Prompts
-from dkit.edge.moderation import VERDICTS
-from dkit.edge.moderation import agreement as verdict_agreement
-from dkit.edge.preprocess import preprocess
-from dkit.edge.tokenizer import VOCAB_NAME, Tokenizer
+from dkit.edge.bundle.manifest import Calibration, Prompts
+from dkit.edge.infer.judge import PromptEncoder, shipped_prompts, typed_prompt_embeddings
+from dkit.edge.infer.moderation import VERDICTS
+from dkit.edge.infer.moderation import agreement as verdict_agreement
+from dkit.edge.infer.preprocess import preprocess
+from dkit.edge.infer.tokenizer import VOCAB_NAME, Tokenizer
 from dkit.export.exporters import Exported
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def export_judge(kit, run_dir: Path, bundle_dir: Path, *, store) -> dict:
         calibration["teacher"])
     calibration |= {"source": "student", "split": "train", "images": len(fit), "prompts": texts,
                     "prompt": "each ontology prompt alone x the templates, as the device embeds a typed prompt "
-                              "(dkit.edge.judge.PromptEncoder)"}
+                              "(dkit.edge.infer.judge.PromptEncoder)"}
     return {
         "student": student, "text": text, "preprocess": spec,
         "tokenizer": {"type": "clip-bpe", "file": VOCAB_NAME, "context_length": context},
@@ -344,7 +344,7 @@ def score(cosines: np.ndarray, calibration: dict) -> np.ndarray:
 def verdict_agreement_report(student: np.ndarray, teacher: np.ndarray, sets: tuple, s_cal: dict,
                              t_cal: dict) -> dict:
     """Student vs teacher kiosk verdicts over (held-out image, judge prompt) pairs, with the device's moderation rule
-    (dkit.edge.moderation) and each one's own score calibration.
+    (dkit.edge.infer.moderation) and each one's own score calibration.
 
     student, teacher: (N, D) embeddings of the held-out images; sets: `moderation_sets(kit, teacher)` (the judge
     prompts, text and unsafe prompts as the bundle ships them, the device's JudgeConfig), the same prompt set

@@ -1,4 +1,4 @@
-"""The manifest `dkit export` writes: built as a typed dkit.edge.manifest.Manifest, then written with the sha256
+"""The manifest `dkit export` writes: built as a typed dkit.edge.bundle.manifest.Manifest, then written with the sha256
 of every file of the bundle.
 
     from dkit.export.manifest import build_manifest, write_manifest
@@ -21,9 +21,8 @@ from typing import Any
 from dkit.core.files import write_json
 from dkit.core.run import RunDir
 from dkit.core.version import __version__
-from dkit.edge.bundle import MANIFEST
-from dkit.edge.hashing import sha256_file
-from dkit.edge.manifest import (
+from dkit.edge.bundle.hashing import sha256_file
+from dkit.edge.bundle.manifest import (
     SCHEMA_VERSION,
     Calibration,
     Decode,
@@ -35,6 +34,7 @@ from dkit.edge.manifest import (
     Thresholds,
     TokenizerSpec,
 )
+from dkit.edge.bundle.verifier import MANIFEST
 
 
 def write_manifest(root: Path, manifest: Manifest | Mapping[str, Any]) -> Manifest:

@@ -7,7 +7,7 @@ model on the kit's held-out images before they are shipped.
 
 - A YOLO detector is exported up to its head's raw convolutions (`pnnx.export` of the torch model, traced at the
   square size and at a 16:9 frame's minimal letterbox), with no anchor grid in the graph: the entry's `head`
-  (strides, reg_max) tells the device to decode in numpy (dkit.edge.yolo_head), and NCNN then takes any
+  (strides, reg_max) tells the device to decode in numpy (dkit.edge.infer.yolo_head), and NCNN then takes any
   stride-aligned input, the minimal letterbox included. (Ultralytics' own NCNN export bakes the export size's
   anchor count in, and a dynamic head's grid becomes pnnx.Expression layers NCNN cannot load.)
 - A YOLO classifier goes through Ultralytics' own NCNN export; a clip-embed image encoder through `pnnx.export`.
@@ -38,8 +38,8 @@ import numpy as np
 
 from dkit.core.errors import DkitError, UsageError, require
 from dkit.core.run import RunDir
-from dkit.edge.manifest import Preprocess
-from dkit.edge.preprocess import preprocess
+from dkit.edge.bundle.manifest import Preprocess
+from dkit.edge.infer.preprocess import preprocess
 
 log = logging.getLogger(__name__)
 KINDS = ("yolo-detect", "yolo-cls", "clip-embed")
@@ -232,8 +232,8 @@ def _stdout_to(path: Path):
 
 def _parity(onnx_file: Path, param: Path, weights: Path, precision: str, inputs: list[np.ndarray], kit,
             task: str, head: dict | None = None) -> dict:
-    from dkit.edge.backends.ncnn_backend import NcnnBackend
-    from dkit.edge.backends.ort_backend import OrtBackend
+    from dkit.edge.infer.backends.ncnn_backend import NcnnBackend
+    from dkit.edge.infer.backends.ort_backend import OrtBackend
     from dkit.export.variants import agreement
 
     ref_be = OrtBackend(onnx_file, "", providers=["cpu"])

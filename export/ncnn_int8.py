@@ -81,8 +81,8 @@ def activation_ranges(param: Path, weights: Path, blobs: list[str], inputs: list
     the ncnn 1.0.20261020 wheel)."""
     import ncnn
 
-    from dkit.edge.backends.base import RuntimeConfigError
-    from dkit.edge.backends.ncnn_backend import new_net
+    from dkit.edge.infer.backends.base import RuntimeConfigError
+    from dkit.edge.infer.backends.ncnn_backend import new_net
 
     try:
         net = new_net(param, weights, "fp32", lightmode=False)  # several blobs are read from one forward pass

@@ -4,7 +4,7 @@
 
     text = render_readme(kit, manifest, evaluation)   # -> str, written as bundle/README.md by dkit.export.bundle
 
-`manifest` is the bundle's dkit.edge.manifest.Manifest (its task, classes, teacher, student, models and score
+`manifest` is the bundle's dkit.edge.bundle.manifest.Manifest (its task, classes, teacher, student, models and score
 calibration); `evaluation` is the run's eval.json as a dict (`dkit eval`; {} when there is none). Sections:
 - a header and one paragraph on what the model is (by task), with a warning for an untrained teacher;
 - "Run it": the edge runtime's install and run commands (and `dkit serve` for the kiosk judge);
@@ -15,8 +15,8 @@ calibration); `evaluation` is the run's eval.json as a dict (`dkit eval`; {} whe
 
 from __future__ import annotations
 
-from dkit.edge.extras import install_hint
-from dkit.edge.manifest import Manifest
+from dkit.edge.bundle.manifest import Manifest
+from dkit.edge.infer.extras import install_hint
 
 
 def render_readme(kit, manifest: Manifest, evaluation: dict) -> str:
@@ -132,7 +132,7 @@ def _calibration_line(c: dict) -> str:
 
 
 def _moderation_sentence(m: dict | None) -> str:
-    """The kiosk verdicts (dkit.edge.moderation) of student and teacher compared; '' for an older export."""
+    """The kiosk verdicts (dkit.edge.infer.moderation) of student and teacher compared; '' for an older export."""
     if not m or m.get("agreement") is None:
         return ""
     return (f" Kiosk verdicts (ok / text / no match / blocked, the device's rule) of student and teacher agree on "

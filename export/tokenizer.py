@@ -2,7 +2,7 @@
 
     from dkit.export.tokenizer import vocab_file
 
-    shutil.copy(vocab_file(), bundle_dir / VOCAB_NAME)      # then dkit.edge.tokenizer.Tokenizer.from_file reads it
+    shutil.copy(vocab_file(), bundle_dir / VOCAB_NAME)  # dkit.edge.infer.tokenizer.Tokenizer.from_file reads it
 
 The file is the one open_clip's own tokenizer reads (bpe_simple_vocab_16e6.txt.gz inside the installed
 open_clip package), so the device tokenizes prompts with exactly the merges the teacher was trained with.
@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dkit.core.errors import DkitError, require
-from dkit.edge.tokenizer import VOCAB_NAME
+from dkit.edge.infer.tokenizer import VOCAB_NAME
 
 
 def vocab_file() -> Path:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from dkit.core.errors import require
-from dkit.edge.preprocess import preprocess
+from dkit.edge.infer.preprocess import preprocess
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,9 @@ def backend_checks(fp32: Path, variant: Path, precision: str, images: list[np.nd
     outputs: {backend: {"agreement": ..., "refused": why?}}. A backend below the guard is refused for this model:
     `dkit run --backend auto` never runs it there (measured: OpenVINO 2026.4 on this project's QDQ int8 detector
     gives boxes hundreds of pixels off, mAP50 0.0, where onnxruntime keeps 0.963). A backend missing here is
-    absent from the result, and auto then leaves it out for this model too (dkit.edge.select)."""
-    from dkit.edge.backends import BACKENDS, open_onnx_file
-    from dkit.edge.backends.base import short_reason
+    absent from the result, and auto then leaves it out for this model too (dkit.edge.infer.select)."""
+    from dkit.edge.infer.backends import BACKENDS, open_onnx_file
+    from dkit.edge.infer.backends.base import short_reason
 
     checks = {"onnxruntime": {"agreement": round(ort_agreement["agreement"], 4)}}
     others = [b for b, p in BACKENDS.items() if p.format == "onnx" and b != "onnxruntime" and p.importable()]

@@ -6,12 +6,12 @@
     entry, names = export_classifier(kit, run_dir, bundle_dir)  # and its class names in output order (model.names)
 
 The graph comes from Ultralytics' exporter (opset from the kit, dynamic batch, simplified with onnxslim).
-Detector parity: the same letterboxed images (dkit.edge.preprocess, what the device will do) go through the
+Detector parity: the same letterboxed images (dkit.edge.infer.preprocess, what the device will do) go through the
 PyTorch student and through onnxruntime; the raw outputs' largest absolute difference must stay within
 `export.parity_atol`, and after Ultralytics' NMS at the kit's edge thresholds the boxes must agree one to one
-(same class, IoU >= 0.9, each ONNX box claiming one PyTorch box: dkit.edge.map50.match) at least
+(same class, IoU >= 0.9, each ONNX box claiming one PyTorch box: dkit.edge.infer.map50.match) at least
 `export.accuracy_guard` of the time.
-Classifier parity: the device's input (dkit.edge.preprocess: shortest side, centre crop, Pillow's bilinear
+Classifier parity: the device's input (dkit.edge.infer.preprocess: shortest side, centre crop, Pillow's bilinear
 in numpy) against Ultralytics' own torchvision transform of the same image (largest difference, expected
 0), the ONNX probabilities against the PyTorch student's on that input (within `export.parity_atol`), and
 the top-1 class of the whole device path against Ultralytics' whole path (at least `export.accuracy_guard`).
@@ -28,8 +28,8 @@ import numpy as np
 
 from dkit.core.errors import DkitError, UsageError, require
 from dkit.core.run import RunDir
-from dkit.edge.map50 import match
-from dkit.edge.preprocess import preprocess
+from dkit.edge.infer.map50 import match
+from dkit.edge.infer.preprocess import preprocess
 from dkit.export.exporters import Exported
 
 log = logging.getLogger(__name__)

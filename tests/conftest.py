@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 # Every test (and every `dkit` subprocess it starts) gets a model store of its own, never the user's ~/.cache/dkit:
-# `dkit run` keeps its measured backend choice there (dkit.edge.select), the store keeps weights.
+# `dkit run` keeps its measured backend choice there (dkit.edge.infer.select), the store keeps weights.
 _HOME = tempfile.mkdtemp(prefix="dkit-test-home-")
 os.environ["DKIT_HOME"] = _HOME
 atexit.register(shutil.rmtree, _HOME, True)

@@ -13,8 +13,9 @@ import dkit
 from tests.conftest import ROOT
 
 # the Python API (dkit.__all__) and the objects it returns: runtime, results, pipeline, judge, bundle, manifest, run
-API_FILES = ("dkit/api.py", "edge/runtime.py", "edge/pipeline.py", "edge/judge.py", "edge/bundle.py",
-             "edge/manifest.py", "dkit/core/run.py", "dkit/core/records.py")
+API_FILES = ("dkit/api.py", "edge/infer/runtime.py", "edge/infer/model.py", "edge/infer/result.py",
+             "edge/stream/pipeline.py", "edge/infer/judge.py", "edge/bundle/verifier.py", "edge/bundle/manifest.py",
+             "dkit/core/run.py", "dkit/core/records.py")
 
 
 def undocumented(path) -> list[str]:

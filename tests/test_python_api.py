@@ -99,12 +99,12 @@ print(json.dumps({{"before": before, "undocumented": names, "after_api": after_a
 def test_the_names_are_the_stages_and_the_edge_classes():
     import dkit
     import dkit.api
-    import dkit.edge.judge
-    import dkit.edge.runtime
+    import dkit.edge.infer.judge
+    import dkit.edge.infer.runtime
     import dkit.export.bundle  # the subpackage dkit.export must not shadow the API's export function
     from dkit.core.errors import DkitError
 
-    assert dkit.Runtime is dkit.edge.runtime.Runtime and dkit.Judge is dkit.edge.judge.Judge
+    assert dkit.Runtime is dkit.edge.infer.runtime.Runtime and dkit.Judge is dkit.edge.infer.judge.Judge
     assert dkit.DkitError is DkitError
     assert dkit.export_bundle is dkit.api.export_bundle and callable(dkit.export_bundle)
     assert all(getattr(dkit, name).__doc__ for name in API_NAMES if getattr(dkit, name).__module__ == "dkit.api")
@@ -205,7 +205,7 @@ def test_readme_python_api_examples_run_as_a_plain_script(assets, tmp_path):
 
 # Module docstrings whose indented block is not Python to paste (a table, a formula, shell commands).
 NOT_PYTHON = {"distill/report.py", "edge/kiosk/admin.py", "distill/students/clip_embed/training.py",
-              "distill/engines/ray_data.py", "dkit/cli/device_pack.py", "edge/home.py", "edge/names.py"}
+              "distill/engines/ray_data.py", "dkit/cli/device_pack.py", "edge/bundle/home.py", "edge/kiosk/names.py"}
 
 
 def test_docstring_snippets_say_what_to_import():

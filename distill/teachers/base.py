@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from dkit.edge.hashing import sha256_file
+from dkit.edge.bundle.hashing import sha256_file
 
 Raw = dict[str, np.ndarray]  # one image's teacher outputs, as stored in the cache
 

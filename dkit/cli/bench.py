@@ -42,7 +42,7 @@ def cmd_bench_runtime(args: argparse.Namespace) -> int:
     import json
 
     from dkit.core.errors import UsageError
-    from dkit.edge.bench import DEFAULT_MAX_SPREAD, BenchError, bench_runtime
+    from dkit.devtools.bench import DEFAULT_MAX_SPREAD, BenchError, bench_runtime
 
     _check_runtime_options(args)
     spread = DEFAULT_MAX_SPREAD if args.max_spread is None else args.max_spread
@@ -91,8 +91,8 @@ def _matrix(args: argparse.Namespace, with_ultralytics: bool) -> dict:
     import os
     import platform
 
-    from dkit.edge.bench import load_frames
-    from dkit.edge.bench_matrix import bench_matrix, format_table, wide_frames
+    from dkit.devtools.bench import load_frames
+    from dkit.devtools.bench_matrix import bench_matrix, format_table, wide_frames
     from dkit.edge.bundle import open_bundle
 
     backends = [b.strip() for b in args.backends.split(",")] if args.backends else None
@@ -123,7 +123,7 @@ def _matrix(args: argparse.Namespace, with_ultralytics: bool) -> dict:
 def cmd_bench_serve(args: argparse.Namespace) -> int:
     import json
 
-    from dkit.edge.bench import bench_serve
+    from dkit.devtools.bench import bench_serve
 
     try:
         result = bench_serve(args.bundle, submissions=args.submissions, concurrency=args.concurrency,
@@ -139,7 +139,7 @@ def cmd_bench_attack(args: argparse.Namespace) -> int:
     import json
 
     from dkit.core.errors import UsageError
-    from dkit.edge.attack_bench import (
+    from dkit.devtools.attack_bench import (
         QUICK,
         AttackBenchError,
         AttackSettings,
@@ -183,7 +183,7 @@ def cmd_bench_attack(args: argparse.Namespace) -> int:
 
 def _attack_arguments() -> tuple:
     """One option per AttackSettings field, its default and --quick value in the help."""
-    from dkit.edge.attack_bench import QUICK, AttackSettings
+    from dkit.devtools.attack_bench import QUICK, AttackSettings
 
     helps = {
         "warmup": "/api/score requests before idle RSS is read",
@@ -270,7 +270,7 @@ BENCHMARKS = (
                          "has them); not with --matrix"),
                 arg("--max-spread", type=float, metavar="X",
                     help="the largest per-round ratio over the smallest above which the rounds disagree "
-                         "(default: 1.25, dkit.edge.bench.DEFAULT_MAX_SPREAD; at least 1); not with --matrix"),
+                         "(default: 1.25, dkit.devtools.bench.DEFAULT_MAX_SPREAD; at least 1); not with --matrix"),
                 arg("--matrix", action="store_true",
                     help="instead: every backend x precision x letterbox this install and bundle allow, on the "
                          "photos and on 16:9 crops of them, round-robin in one run, each with fps, bare fps, "

@@ -165,8 +165,8 @@ def edge_errors() -> Iterator[None]:
     dkit.core.errors dependency of its own)."""
     from dkit.core.errors import UsageError
     from dkit.edge.bundle import BundleError, NoSuchBundleError
-    from dkit.edge.runtime import RuntimeConfigError
-    from dkit.edge.sources import SourceError
+    from dkit.edge.infer.runtime import RuntimeConfigError
+    from dkit.edge.stream.sources import SourceError
 
     # the first match wins: a path that is no bundle is a wrong argument (2), a broken bundle a failure (1)
     errors = {NoSuchBundleError: UsageError, BundleError: DkitError, RuntimeConfigError: UsageError,

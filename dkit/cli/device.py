@@ -21,9 +21,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     import json
 
     with edge_errors():
-        from dkit.edge.pipeline import JsonlSink, Pipeline, VideoSink, WindowSink, check_window
-        from dkit.edge.runtime import Runtime
-        from dkit.edge.sources import open_source
+        from dkit.edge.infer.runtime import Runtime
+        from dkit.edge.stream.pipeline import JsonlSink, Pipeline, VideoSink, WindowSink, check_window
+        from dkit.edge.stream.sources import open_source
 
         if args.max_fps is not None and not args.max_fps >= 0:  # before the model loads (NaN too)
             raise UsageError(f"--max-fps {args.max_fps:g}: expected a rate >= 0 (0: as fast as frames come)")
@@ -127,8 +127,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace, sock) -> int:
     with edge_errors():
+        from dkit.edge.kiosk.server import create_app
         from dkit.edge.kiosk.serving import StartupError, serve
-        from dkit.edge.server import create_app
 
         bundle = Path(args.bundle)
         proxies = _proxies(args.proxy)
@@ -164,7 +164,7 @@ def _proxies(text: str | None) -> list[str]:
 
 def _kiosk_keys() -> str:
     """The kiosk limits `dkit serve --set` takes, with their defaults: KEY=VALUE, ... (from KioskConfig itself)."""
-    from dkit.edge.kiosk.config import KioskConfig
+    from dkit.edge.bundle.kiosk_config import KioskConfig
 
     return ", ".join(f"{k}={v:g}" for k, v in KioskConfig().to_dict().items() if isinstance(v, int | float))
 
@@ -287,7 +287,8 @@ SERVE = Command(
         arg("--admin-token", metavar="TOKEN", help="the token itself (visible in `ps` to every user: prefer the "
             "file or the variable)"),
         arg("--set", action="append", metavar="KEY=VALUE", help="override one of the bundle's kiosk limits "
-            f"(dkit.edge.kiosk.config; the README's kiosk section says what each does), the defaults: {_kiosk_keys()}; "
+            "(dkit.edge.bundle.kiosk_config; the README's kiosk section says what each does), the defaults: "
+            f"{_kiosk_keys()}; "
             "blocklist=FILE; repeat it for several"),
         arg("--proxy", metavar="ADDR[,ADDR]", help="the reverse proxies (addresses or networks, e.g. 127.0.0.1 or "
             "10.0.0.0/24) allowed to say who the client is with X-Forwarded-For; the per-client limits, caps and "

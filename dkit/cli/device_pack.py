@@ -6,7 +6,7 @@
     dkit device-pack --target linux_aarch64 --python 3.12 --out DIR
     dkit device-pack --check                            # every base dependency has wheels for 3.10-3.13?
 
-The work is dkit.core.wheelhouse's; this module parses the arguments and prints progress (stderr) and the check's
+The work is dkit.release.wheelhouse's; this module parses the arguments and prints progress (stderr) and the check's
 table (stdout). docs/DEVICE.md is the guide.
 """
 
@@ -21,7 +21,7 @@ from dkit.core.errors import UsageError
 
 
 def cmd_device_pack(args: argparse.Namespace) -> int:
-    from dkit.core import wheelhouse as wh
+    from dkit.release import wheelhouse as wh
 
     def progress(line: str) -> None:
         if args.quiet == 0:

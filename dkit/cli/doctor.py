@@ -1,7 +1,7 @@
 """`dkit doctor [BUNDLE]`: the first command on a new device. What this machine is and whether the edge runtime can
-run here (dkit.edge.doctor does the checks), as a table or JSON, with advice for every problem found.
+run here (dkit.devtools.doctor does the checks), as a table or JSON, with advice for every problem found.
 
-Runs on a base install: dkit.edge.doctor is imported inside the handler and imports numpy, onnxruntime and OpenCV
+Runs on a base install: dkit.devtools.doctor is imported inside the handler and imports numpy, onnxruntime and OpenCV
 only inside its checks, so a broken one is reported rather than fatal. Exit 0 when no check failed (warnings are
 printed with their advice), 1 when one did (`--strict`: warnings too).
 """
@@ -16,7 +16,7 @@ from dkit.cli.common import Command, Parents, arg, register_commands
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from dkit.edge.doctor import WARN, diagnose
+    from dkit.devtools.doctor import WARN, diagnose
 
     providers = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
     report = diagnose(args.bundle, cameras=not args.no_cameras, camera_timeout=args.camera_timeout,

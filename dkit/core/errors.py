@@ -64,7 +64,7 @@ class MissingExtraError(DkitError):
     exit_code = 4
 
     def __init__(self, what: str, module: str, extra: str):
-        from dkit.edge.extras import install_hint
+        from dkit.edge.infer.extras import install_hint
 
         self.what, self.module, self.extra = what, module, extra
         super().__init__(

@@ -28,7 +28,7 @@ from pydantic import BeforeValidator, ConfigDict, Field, Strict, StringConstrain
 from pydantic.dataclasses import dataclass
 
 from dkit.core.errors import KitError, UsageError
-from dkit.edge.manifest import MAX_PROMPT_CHARS, JudgeConfig, Thresholds
+from dkit.edge.bundle.manifest import MAX_PROMPT_CHARS, JudgeConfig, Thresholds
 
 DEVICE_THRESHOLDS, DEVICE_JUDGE = Thresholds(), JudgeConfig()
 
@@ -304,7 +304,7 @@ class Export:
 class Edge:
     """Defaults the device runtime starts with (all overridable on the device)."""
 
-    conf: Fraction = DEVICE_THRESHOLDS.conf  # the defaults are the device's own (dkit.edge.manifest)
+    conf: Fraction = DEVICE_THRESHOLDS.conf  # the defaults are the device's own (dkit.edge.bundle.manifest)
     iou: Fraction = DEVICE_THRESHOLDS.iou
     max_det: PosInt = DEVICE_THRESHOLDS.max_det
     providers: list[Text] = dataclasses.field(default_factory=list)  # empty: TensorRT > CUDA > ... > CPU
@@ -317,7 +317,7 @@ class Edge:
 
 def _kiosk_settings(value: Any) -> dict[str, Any]:
     """The kit's `judge.kiosk:` mapping, checked against the kiosk's own settings (KioskConfig)."""
-    from dkit.edge.kiosk.config import KioskConfig
+    from dkit.edge.bundle.kiosk_config import KioskConfig
 
     if not isinstance(value, dict):
         raise ValueError("expected a mapping of kiosk settings")
@@ -335,13 +335,14 @@ class Judge:
         default_factory=lambda: ["text", "handwriting", "written words", "letters of the alphabet"]
     )
     unsafe_prompts: OptPrompts = dataclasses.field(default_factory=list)
-    # the thresholds' defaults are the device judge's own (dkit.edge.manifest.JudgeConfig)
+    # the thresholds' defaults are the device judge's own (dkit.edge.bundle.manifest.JudgeConfig)
     text_penalty: Fraction = DEVICE_JUDGE.text_penalty  # score multiplier when a drawing looks more like writing
     text_margin: Annotated[float, Strict(), Field(ge=-1.0, le=1.0)] = DEVICE_JUDGE.text_margin  # cosine lead needed
     unsafe_margin: Annotated[float, Strict(), Field(ge=-1.0, le=1.0)] = DEVICE_JUDGE.unsafe_margin  # by an unsafe one
     no_match_score: Annotated[float, Strict(), Field(ge=0.0, le=100.0)] = DEVICE_JUDGE.no_match_score  # "no match"
-    # the kiosk's limits (dkit.edge.kiosk.config.KioskConfig: rates, queue, retention, quota, timeouts; `blocklist`:
-    # a file of words refused in player names, relative to the kit file, carried into the bundle as its words)
+    # the kiosk's limits (dkit.edge.bundle.kiosk_config.KioskConfig: rates, queue, retention, quota, timeouts;
+    # `blocklist`: a file of words refused in player names, relative to the kit file, carried into the bundle as its
+    # words)
     kiosk: Annotated[dict[str, Any], BeforeValidator(_kiosk_settings)] = dataclasses.field(default_factory=dict)
 
     def device_config(self) -> JudgeConfig:
@@ -380,7 +381,7 @@ class Kit:
             self._check_judge_prompts()
 
     def _check_judge_prompts(self) -> None:
-        """Every prompt a judge bundle embeds fits what the device accepts (dkit.edge.judge.check_prompt)."""
+        """Every prompt a judge bundle embeds fits what the device accepts (dkit.edge.infer.judge.check_prompt)."""
         judge = self.judge or Judge()
         named = [(f"ontology.classes.{name}[{i}]", p) for name, ps in self.ontology.classes.items()
                  for i, p in enumerate(ps)]
@@ -577,7 +578,7 @@ def _resolve_pool(entries: list[Path], base: Path, where: str, sources: dict[str
 
 def _read_blocklist(kiosk: dict, base: Path, where: str, sources: dict[str, str]) -> dict:
     """`judge.kiosk.blocklist` (a file, relative to the kit) read into `blocked_names`, which the bundle carries."""
-    from dkit.edge.names import Blocklist
+    from dkit.edge.kiosk.names import Blocklist
 
     path = (base / kiosk["blocklist"]).resolve()
     try:

@@ -39,9 +39,9 @@ from pathlib import Path
 
 from dkit.core.errors import DownloadError, NotInStoreError, UsageError, require
 from dkit.core.kit import CHECKPOINT_SUFFIXES, RANDOM
-from dkit.edge.bundle import extract_tar
-from dkit.edge.hashing import sha256_file
-from dkit.edge.home import dkit_home
+from dkit.edge.bundle.hashing import sha256_file
+from dkit.edge.bundle.home import dkit_home
+from dkit.edge.bundle.verifier import extract_tar
 
 log = logging.getLogger(__name__)
 

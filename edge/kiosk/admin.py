@@ -33,13 +33,13 @@ from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 
+from dkit.edge.bundle.manifest import UNTRAINED_WARNING
 from dkit.edge.kiosk.auth import require_admin
 from dkit.edge.kiosk.errors import ApiError
 from dkit.edge.kiosk.guard import ban_key, banned
 from dkit.edge.kiosk.limits import is_kiosk_screen
 from dkit.edge.kiosk.prompts import checked_prompt, round_doc, set_prompt
 from dkit.edge.kiosk.state import KioskState, StateDep
-from dkit.edge.manifest import UNTRAINED_WARNING
 
 router = APIRouter()
 MAX_ID = 2**63 - 1  # SQLite's largest rowid: a bigger id is a 400, not an overflow inside the database driver

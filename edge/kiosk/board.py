@@ -2,7 +2,7 @@
 
 - refused (409) when the operator took the same drawing off this prompt's board (hidden, or deleted with `delete`
   / `delete_by` and remembered; not retention pruning), from any address; another prompt's removals do not count;
-- refused (409) when it is a near-duplicate of an entry on its prompt's board: a shape (dkit.edge.dupes) with
+- refused (409) when it is a near-duplicate of an entry on its prompt's board: a shape (dkit.edge.kiosk.dupes) with
   cosine >= `dup_shape` to one of the prompt's best `keep_top` (a flipped, turned, cropped, moved, shrunk or
   inverted copy), or to any shown entry whose perceptual hash is within `dup_bits` (a re-encoded copy of one
   further down). Every refusal needs the shape: a pHash alone refused 1-3% of honest same-class doodles.
@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from dkit.edge import dupes
+from dkit.edge.images.phash import distance, phash, to_signed
+from dkit.edge.kiosk import dupes
 from dkit.edge.kiosk.errors import ApiError
 from dkit.edge.kiosk.state import KioskState
-from dkit.edge.phash import distance, phash, to_signed
-from dkit.edge.store import Entry, Prints, QuotaFull, StorageFull
+from dkit.edge.kiosk.store import Entry, Prints, QuotaFull, StorageFull
 
 THUMB_SIDE = 256
 TAKEN_OFF = "the operator took this drawing off the board: draw a new one"

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 
-from dkit.edge.judge import Verdict
+from dkit.edge.infer.judge import Verdict
 from dkit.edge.kiosk.errors import ApiError
 from dkit.edge.kiosk.limits import is_kiosk_screen
 from dkit.edge.kiosk.state import KioskState

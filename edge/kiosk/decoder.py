@@ -10,8 +10,9 @@ no file holds a scoring slot longer than `timeout` seconds, whatever it makes th
     pool.close()
 
 Each worker is a process of its own, started with 'forkserver' (else 'spawn'; never 'fork': the server holds
-onnxruntime's threads) from a server process that has numpy, OpenCV and dkit.edge.upload imported already, so a new
-one costs milliseconds. It runs dkit.edge.upload.decode_upload (every header and marker check, then one decode: a
+onnxruntime's threads) from a server process that has numpy, OpenCV and dkit.edge.images.decode imported already, so
+a new
+one costs milliseconds. It runs dkit.edge.images.decode.decode_upload (every header and marker check, then one decode: a
 worker is single-threaded, so its reading of libjpeg's first warning is exact) on one upload at a time, under an
 address-space limit of `memory` bytes above what it holds idle (RLIMIT_AS; a decode past it fails with 400).
 Past `timeout` seconds from the moment the upload was handed over, the worker is killed (SIGKILL), the upload is
@@ -39,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from dkit.edge.upload import MAX_PIXELS, UploadError, decode_upload
+from dkit.edge.images.decode import MAX_PIXELS, UploadError, decode_upload
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ class DecoderPool:
 
 def _context(preload: bool = True) -> multiprocessing.context.BaseContext:
     """'forkserver', else 'spawn'. `preload`: the forkserver imports this module (so numpy, OpenCV,
-    dkit.edge.upload) once, and a new worker costs milliseconds. Python has one forkserver per process, and its
+    dkit.edge.images.decode) once, and a new worker costs milliseconds. Python has one forkserver per process, and its
     preload list is a setting of the whole process (set_forkserver_preload, effective when the forkserver starts):
     the kiosk server's process is the pool's own, so it sets it; a pool in a process that has other uses of the
     forkserver (a test run) passes preload=False, and each worker imports the module itself."""

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from dkit.edge.kiosk.limits import retry_after
-from dkit.edge.store import StorageFull
+from dkit.edge.kiosk.store import StorageFull
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 
     app.add_middleware(SecurityHeaders, csp=page_csp(page))
 
-The kiosk's pages (the event screen and the operator page, edge/static/) hold no inline script or style: their
+The kiosk's pages (the event screen and the operator page, edge/kiosk/static/) hold no inline script or style: their
 scripts and style sheets are /static files of the kiosk's own origin, so the policy is `script-src 'self';
 style-src 'self'` with no hash and no 'unsafe-inline': an injected script or style never runs. Images come from
 the kiosk (thumbnails) or are data:/blob: URLs; fetches go to the kiosk only. Framing is refused (clickjacking),

@@ -16,7 +16,8 @@ from dkit.edge.kiosk.state import StateDep
 
 _THUMB_NAME = re.compile(r"[0-9a-f]{32}\.jpg")
 
-# the only files GET /static/{name} serves (edge/static/, package data of dkit.edge), with their content types
+# the only files GET /static/{name} serves (edge/kiosk/static/, package data of dkit.edge.kiosk), with their
+# content types
 STATIC = {
     "common.js": "text/javascript; charset=utf-8",
     "kiosk.js": "text/javascript; charset=utf-8",
@@ -31,8 +32,8 @@ router = APIRouter()
 
 @functools.cache
 def static_file(name: str) -> tuple[bytes, str]:
-    """The bytes of edge/static/`name` and their ETag (read once per process)."""
-    data = resources.files("dkit.edge").joinpath("static", name).read_bytes()
+    """The bytes of edge/kiosk/static/`name` and their ETag (read once per process)."""
+    data = resources.files("dkit.edge.kiosk").joinpath("static", name).read_bytes()
     return data, '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
 
 

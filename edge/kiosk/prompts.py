@@ -11,11 +11,11 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
-from dkit.edge.judge import check_prompt
+from dkit.edge.bundle.manifest import JudgeConfig
+from dkit.edge.infer.judge import check_prompt
 from dkit.edge.kiosk.auth import require_admin
 from dkit.edge.kiosk.errors import ApiError
 from dkit.edge.kiosk.state import KioskState, StateDep
-from dkit.edge.manifest import JudgeConfig
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ async def put_prompt(state: StateDep, body: PromptIn, request: Request):
 
 
 def checked_prompt(text: str) -> str:
-    """`text` as a prompt (dkit.edge.judge.check_prompt), or ApiError(400) saying what is wrong with it."""
+    """`text` as a prompt (dkit.edge.infer.judge.check_prompt), or ApiError(400) saying what is wrong with it."""
     try:
         return check_prompt(text)
     except ValueError as e:

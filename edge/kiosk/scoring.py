@@ -31,11 +31,11 @@ from dkit.edge.kiosk.budget import charge, public_score, public_submission
 from dkit.edge.kiosk.errors import ApiError
 from dkit.edge.kiosk.guard import admit, client_of
 from dkit.edge.kiosk.limits import Buckets, Busy, ClientBusy, Place, is_kiosk_screen, retry_after
+from dkit.edge.kiosk.names import public_name
 from dkit.edge.kiosk.prompts import prompt_of
 from dkit.edge.kiosk.state import KioskState, StateDep
+from dkit.edge.kiosk.store import Entry
 from dkit.edge.kiosk.uploads import decode_pooled, read_upload
-from dkit.edge.names import public_name
-from dkit.edge.store import Entry
 
 BUSY_RETRY = 2.0  # seconds a client is asked to wait when the work queue (or its share of it) is full
 
@@ -116,7 +116,7 @@ def check_round(state: KioskState, prompt: str) -> None:
 
 
 def player_name(state: KioskState, text: str | None) -> str:
-    """The submitted name as the public screen may show it (dkit.edge.names); 400 when it is on the blocklist."""
+    """The submitted name as the public screen may show it (dkit.edge.kiosk.names); 400 when it is on the blocklist."""
     name = public_name(text)
     if state.blocklist.match(name):
         state.stats.count("name_refused")

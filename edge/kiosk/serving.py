@@ -1,7 +1,7 @@
 """The kiosk's HTTP server: uvicorn with its h11 protocol, plus the connection limits it lacks, so slow, half-open,
 non-reading or too many sockets cannot starve the kiosk.
 
-    from dkit.edge.kiosk.config import KioskConfig
+    from dkit.edge.bundle.kiosk_config import KioskConfig
     from dkit.edge.kiosk.serving import serve
 
     serve(app, host="0.0.0.0", port=8000, cfg=KioskConfig(), proxies=["10.0.0.2"])
@@ -55,7 +55,7 @@ from collections.abc import Sequence
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from dkit.edge.kiosk.config import KioskConfig
+from dkit.edge.bundle.kiosk_config import KioskConfig
 from dkit.edge.kiosk.connections import Registry
 from dkit.edge.kiosk.limits import client_key, is_kiosk_screen
 

@@ -9,13 +9,13 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
 
-from dkit.edge.judge import Judge
-from dkit.edge.kiosk.config import KioskConfig
+from dkit.edge.bundle.kiosk_config import KioskConfig
+from dkit.edge.infer.judge import Judge
+from dkit.edge.infer.runtime import Runtime
 from dkit.edge.kiosk.decoder import DecoderPool
 from dkit.edge.kiosk.limits import Buckets, Stats, WorkQueue
-from dkit.edge.names import Blocklist
-from dkit.edge.runtime import Runtime
-from dkit.edge.store import Store
+from dkit.edge.kiosk.names import Blocklist
+from dkit.edge.kiosk.store import Store
 
 MAX_UPLOAD = 4 << 20  # bytes of one uploaded image
 
@@ -57,8 +57,8 @@ class KioskState:
 
 
 def load_page() -> str:
-    """The kiosk page (edge/static/kiosk.html, package data of dkit.edge)."""
-    return resources.files("dkit.edge").joinpath("static/kiosk.html").read_text(encoding="utf-8")
+    """The kiosk page (edge/kiosk/static/kiosk.html, package data of dkit.edge.kiosk)."""
+    return resources.files("dkit.edge.kiosk").joinpath("static/kiosk.html").read_text(encoding="utf-8")
 
 
 def attach(app: FastAPI, state: KioskState) -> None:

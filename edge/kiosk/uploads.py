@@ -7,11 +7,11 @@ import numpy as np
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 
+from dkit.edge.images.decode import UploadError, decode_upload
 from dkit.edge.kiosk.bodies import BodyTimeout, BodyTooLarge
 from dkit.edge.kiosk.decoder import DecoderUnavailable, DecodeTimeout
 from dkit.edge.kiosk.errors import ApiError
 from dkit.edge.kiosk.state import KioskState
-from dkit.edge.upload import UploadError, decode_upload
 
 DECODER_RETRY = 2.0  # seconds a client is asked to wait when no decoder process is ready
 

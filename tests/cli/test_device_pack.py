@@ -1,4 +1,4 @@
-"""`dkit device-pack`: the offline wheelhouse for a device (dkit.core.wheelhouse).
+"""`dkit device-pack`: the offline wheelhouse for a device (dkit.release.wheelhouse).
 
 The fast tests run the pieces against fake `pip download`s that write real (tiny) wheels; the slow ones make a
 real wheelhouse from the package registry and install it into a new virtual environment with `--no-index`.
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from dkit.core import wheelhouse as wh
 from dkit.core.errors import UsageError
+from dkit.release import wheelhouse as wh
 from tests.conftest import RECIPES, ROOT, run_dkit
 
 
@@ -222,7 +222,7 @@ def test_the_project_wheel_is_built_from_a_copy_of_the_checkout(tmp_path):
     assert "Requires-Python: >=3.10" in meta
     assert {wh.requirement_name(r) for r in wh.base_requirements(meta)} >= {"numpy", "onnxruntime", "fastapi"}
     with zipfile.ZipFile(wheel) as zf:
-        assert "dkit/edge/bundle.py" in zf.namelist() and "dkit/core/wheelhouse.py" in zf.namelist()
+        assert "dkit/edge/bundle/verifier.py" in zf.namelist() and "dkit/release/wheelhouse.py" in zf.namelist()
     assert sorted(p.name for p in ROOT.iterdir()) == before  # nothing written into the working tree
 
 
@@ -285,7 +285,8 @@ def test_a_real_wheelhouse_installs_offline_and_runs(python, tmp_path):
                            text=True, cwd=tmp_path)
     assert check.returncode == 0, check.stderr
     py = tmp_path / "dkit" / "bin" / "python"
-    probe = ("import importlib.util as u, io, json, sys, tarfile, tempfile; from dkit.edge.bundle import extract_tar;"
+    probe = ("import importlib.util as u, io, json, sys, tarfile, tempfile; "
+             "from dkit.edge.bundle.verifier import extract_tar;"
              "b = io.BytesIO(); t = tarfile.open(fileobj=b, mode='w'); i = tarfile.TarInfo('x/manifest.json');"
              "t.addfile(i, io.BytesIO(b'')); t.close(); b.seek(0); extract_tar(tarfile.open(fileobj=b), "
              "tempfile.mkdtemp()); import cv2, numpy, onnxruntime, fastapi, uvicorn; print(json.dumps("

@@ -41,8 +41,8 @@ def _codes(help_text: str) -> set[int]:
 
 
 def test_finding12_untrained_bundle_is_said_by_doctor_and_the_bundle_log(judge_run, monkeypatch, caplog):
-    from dkit.edge import bundle as bundle_module
-    from dkit.edge.doctor import WARN, check_bundle
+    from dkit.devtools.doctor import WARN, check_bundle
+    from dkit.edge.bundle import verifier as bundle_module
 
     _, run, _, _ = judge_run
     # announced once per process: a fresh record of it
@@ -187,7 +187,7 @@ def test_finding14c_a_backend_refusal_is_one_line_with_the_full_text_at_debug(mo
     import numpy as np
 
     from dkit.core.kit import load_kit
-    from dkit.edge import backends
+    from dkit.edge.infer import backends
     from dkit.export import variants
 
     class Reference:
@@ -222,7 +222,7 @@ def test_finding14c_a_backend_refusal_is_one_line_with_the_full_text_at_debug(mo
 def test_finding15_the_make_venv_passes_its_own_doctor_opencv_check():
     if not (Path(sys.prefix) / ".installed").is_file():
         pytest.skip("not the venv `make` made (its .installed stamp is absent)")
-    from dkit.edge.doctor import OK, check_packages
+    from dkit.devtools.doctor import OK, check_packages
 
     opencv = next(c for c in check_packages() if c.name == "opencv")
     assert opencv.status == OK, (opencv.result, opencv.advice)
@@ -232,7 +232,7 @@ def test_finding15_the_make_venv_passes_its_own_doctor_opencv_check():
 
 
 def test_finding15_device_pack_for_a_pi_packs_ncnn(tmp_path, monkeypatch):
-    from dkit.core import wheelhouse as wh
+    from dkit.release import wheelhouse as wh
     from tests.cli.test_device_pack import INDEX, FakeIndex, _wheel
 
     assert wh.TARGETS["pi"].extras == ("ncnn",) and wh.target_for("pi", "3.12").extras == ("ncnn",)
@@ -257,8 +257,8 @@ def test_finding15_device_pack_for_a_pi_packs_ncnn(tmp_path, monkeypatch):
 
 def test_finding15_install_hints_say_what_works(monkeypatch):
     from dkit.core.errors import MissingExtraError
-    from dkit.edge import backends
-    from dkit.edge.backends.base import RuntimeConfigError
+    from dkit.edge.infer import backends
+    from dkit.edge.infer.backends.base import RuntimeConfigError
 
     label = str(MissingExtraError("dkit label", "PIL", "distill"))
     assert "distill-kit[" not in label and "pip install -c constraints.txt '.[distill]'" in label

@@ -136,7 +136,7 @@ def _archive(tmp_path: Path, *members: tuple[tarfile.TarInfo, bytes]) -> Path:
 @pytest.mark.parametrize("has_filter", [True, False], ids=["data-filter", "python-without-it"])
 def test_extract_tar_on_pythons_with_and_without_the_data_filter(has_filter, tmp_path, monkeypatch):
     """Debian Bookworm's Python 3.11.2 (Raspberry Pi OS) and 3.10 before 3.10.12 have no `filter=` argument."""
-    from dkit.edge.bundle import extract_tar
+    from dkit.edge.bundle.verifier import extract_tar
 
     if not has_filter:
         monkeypatch.delattr(tarfile, "data_filter", raising=False)

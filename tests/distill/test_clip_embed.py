@@ -26,7 +26,7 @@ from dkit.core.kit import load_kit  # noqa: E402
 from dkit.core.store import ModelStore  # noqa: E402
 from dkit.distill.label import label_images  # noqa: E402
 from dkit.distill.students import clip_embed, student_module  # noqa: E402
-from dkit.edge.manifest import JudgeConfig  # noqa: E402
+from dkit.edge.bundle.manifest import JudgeConfig  # noqa: E402
 from tests.conftest import ASSETS  # noqa: E402
 
 log = logging.getLogger(__name__)

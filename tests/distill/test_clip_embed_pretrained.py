@@ -21,7 +21,7 @@ from dkit.core.store import ModelStore  # noqa: E402
 from dkit.distill.label import label_images  # noqa: E402
 from dkit.distill.students import clip_embed  # noqa: E402
 from dkit.distill.students.clip_embed import training  # noqa: E402
-from dkit.edge.hashing import sha256_file  # noqa: E402
+from dkit.edge.bundle.hashing import sha256_file  # noqa: E402
 from tests.conftest import link_images  # noqa: E402
 from tests.distill.test_clip_embed import make_kit  # noqa: E402
 

@@ -17,7 +17,7 @@ import pytest
 
 from dkit.core.kit import load_kit
 from dkit.core.records import LabelRecord
-from dkit.edge.phash import NEAR, distance, phash
+from dkit.edge.images.phash import NEAR, distance, phash
 from tests.conftest import ASSETS, link_images
 
 KIT = """\

@@ -19,7 +19,7 @@ from dkit.core.errors import KitError
 from dkit.core.kit import load_kit
 from dkit.core.records import LabelRecord
 from dkit.distill.label import _assign_split
-from dkit.edge.phash import distance, phash
+from dkit.edge.images.phash import distance, phash
 from tests.conftest import ASSETS, RECIPES
 
 SEEDS = range(40)

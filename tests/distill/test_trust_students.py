@@ -90,7 +90,7 @@ def test_finding9e_clip_embed_training_view_is_one_resize_from_the_source_pixels
         pytest.skip(f"real test assets not found at {ASSETS}")
     from dkit.distill.images import load_image
     from dkit.distill.students.clip_embed import data
-    from dkit.edge.preprocess import normalize, resize
+    from dkit.edge.infer.preprocess import normalize, resize
 
     photo = ASSETS / "data" / "photos" / "cat_720p.jpg"
     li = load_image(photo, photo.parent)

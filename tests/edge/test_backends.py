@@ -1,4 +1,4 @@
-"""The backends (dkit.edge.backends) against onnxruntime, and the minimal letterbox against Ultralytics' own."""
+"""The backends (dkit.edge.infer.backends) against onnxruntime, and the minimal letterbox against Ultralytics' own."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dkit.edge import backends
-from dkit.edge.manifest import Preprocess
-from dkit.edge.preprocess import letterbox, preprocess
-from dkit.edge.runtime import Runtime, RuntimeConfigError
+from dkit.edge.bundle.manifest import Preprocess
+from dkit.edge.infer import backends
+from dkit.edge.infer.preprocess import letterbox, preprocess
+from dkit.edge.infer.runtime import Runtime, RuntimeConfigError
 from tests.conftest import ASSETS
 from tests.edge.test_runtime import _rgb, exact_resize
 
@@ -126,7 +126,7 @@ def test_unknown_and_uninstalled_backends_are_named(detect_bundle, monkeypatch):
 
 
 def test_a_fixed_shape_backend_keeps_the_square_letterbox(detect_bundle, monkeypatch, caplog):
-    from dkit.edge.backends.ort_backend import OrtBackend
+    from dkit.edge.infer.backends.ort_backend import OrtBackend
 
     monkeypatch.setattr(OrtBackend, "dynamic_shape", property(lambda self: False, lambda self, v: None))
     with caplog.at_level("INFO"), Runtime.load(detect_bundle, letterbox="minimal") as rt:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from dkit.edge.bundle import MANIFEST, SCHEMA_VERSION, BundleError, open_bundle
-from dkit.edge.hashing import sha256_file
-from dkit.edge.manifest import Manifest, Preprocess
+from dkit.edge.bundle.hashing import sha256_file
+from dkit.edge.bundle.manifest import Manifest, Preprocess
+from dkit.edge.bundle.verifier import MANIFEST, SCHEMA_VERSION, BundleError, open_bundle
 from dkit.export.manifest import write_manifest
 
 BASE = {

@@ -1,4 +1,4 @@
-"""The on-device accuracy check (dkit.edge.device_check): a reduced-precision model exported on another CPU
+"""The on-device accuracy check (dkit.edge.infer.device_check): a reduced-precision model exported on another CPU
 architecture is run against the export's fp32 results before auto uses it; a forced one is checked and warned."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import types
 
 import pytest
 
-from dkit.edge import device_check, select
 from dkit.edge.bundle import open_bundle
-from dkit.edge.manifest import ModelEntry
-from dkit.edge.runtime import Runtime, RuntimeConfigError
+from dkit.edge.bundle.manifest import ModelEntry
+from dkit.edge.infer import device_check, select
+from dkit.edge.infer.runtime import Runtime, RuntimeConfigError
 from tests.conftest import ASSETS
 from tests.edge.test_runtime import _rgb
 from tests.edge.test_select import fake_timings

@@ -8,11 +8,11 @@ import sqlite3
 
 import pytest
 
-from dkit.edge.kiosk.config import KioskConfig
+from dkit.edge.bundle.kiosk_config import KioskConfig
+from dkit.edge.bundle.manifest import JudgeConfig, ManifestError
 from dkit.edge.kiosk.limits import Buckets, Busy, Stats, WorkQueue, retry_after
-from dkit.edge.manifest import JudgeConfig, ManifestError
-from dkit.edge.names import Blocklist
-from dkit.edge.store import Entry, QuotaFull, Store
+from dkit.edge.kiosk.names import Blocklist
+from dkit.edge.kiosk.store import Entry, QuotaFull, Store
 
 # ------------------------------------------------------------------------------------------ settings
 
@@ -390,7 +390,7 @@ def test_serve_raises_when_the_apps_startup_fails():
 
     from fastapi import FastAPI
 
-    from dkit.edge.kiosk.config import KioskConfig
+    from dkit.edge.bundle.kiosk_config import KioskConfig
     from dkit.edge.kiosk.serving import StartupError, serve
 
     @contextlib.asynccontextmanager

@@ -11,7 +11,7 @@ test_server.py's relaxed server) with the legitimate player on 127.0.0.1 alongsi
   (a real 16 MB tmpfs holds the kiosk's data; the read-only disk is a read-only bind mount of its thumbnail folder:
   root ignores chmod, so mounts are used; both skip where mounting is not allowed).
 
-The shape check itself (dkit.edge.dupes) is measured here on real Quick, Draw! doodles rendered the kiosk way.
+The shape check itself (dkit.edge.kiosk.dupes) is measured here on real Quick, Draw! doodles rendered the kiosk way.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ EDITS = {
 
 def _unit_rows(blob: bytes) -> np.ndarray:
     """A stored shape blob (dupes.shapes) as unit rows."""
-    from dkit.edge import dupes
+    from dkit.edge.kiosk import dupes
 
     rows = np.frombuffer(blob, np.int8).reshape(-1, dupes.DIMS).astype(np.float32)
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
@@ -112,7 +112,7 @@ def refused_per_submission(images: list[np.ndarray], board: int = 100) -> float:
     random: exact over every draw, by counting each drawing's matches among the others)."""
     from math import comb
 
-    from dkit.edge import dupes
+    from dkit.edge.kiosk import dupes
 
     n = len(images)
     turned = np.stack([dupes.variants(x) for x in images]).reshape(n * 8, -1)  # (n * 8, D)
@@ -129,7 +129,7 @@ def refused_per_submission(images: list[np.ndarray], board: int = 100) -> float:
 
 
 def test_finding4_every_edit_is_caught_and_honest_same_class_drawings_are_not_refused():
-    """dkit.edge.dupes on real doodles: every edit of EDITS of 15 doodles per class is caught; a new doodle is
+    """dkit.edge.kiosk.dupes on real doodles: every edit of EDITS of 15 doodles per class is caught; a new doodle is
     refused by a same-class board of 100 (the kiosk compares with its prompt's best `keep_top` = 100, and a board
     holds one prompt) less than 0.5% of the time, for every class (120 doodles per class here).
 
@@ -138,7 +138,7 @@ def test_finding4_every_edit_is_caught_and_honest_same_class_drawings_are_not_re
     crop >= 0.970, a 75% shrink >= 0.993, flips, turns and inverts >= 0.996, the combinations >= 0.952); refused per
     submission: apple 0.0%, bicycle 0.0%, diamond 0.0%, eye 0.22%. Before (a 16 x 16 grid, 3 crops): 0.22%, 0.33%,
     0.52%, 3.36%, and a pHash within 6 bits alone refused 1.34%, 0.0%, 3.3%, 0.63% (the kiosk now needs the shape)."""
-    from dkit.edge import dupes
+    from dkit.edge.kiosk import dupes
 
     for cls in CLASSES:
         images = [doodle(i, cls) for i in range(120)]
@@ -159,7 +159,7 @@ def board(judge_run, tmp_path_factory):
     here are not floods), and a /api/score budget of BUDGET per client and prompt."""
     import dataclasses
 
-    from dkit.edge.kiosk.config import KioskConfig
+    from dkit.edge.bundle.kiosk_config import KioskConfig
 
     _, run, _, _ = judge_run
     budget = (f"score_budget={BUDGET}", "score_window=3600", "score_step=5")
@@ -348,9 +348,9 @@ def test_finding5_deleting_all_of_the_kiosk_screen_does_not_remember_its_drawing
 
 def test_the_removed_table_keeps_the_newest_and_forgets_on_request(tmp_path, monkeypatch):
     """`removed` holds at most REMOVED_CAP rows (the newest); forget() by id, by prompt or all."""
-    from dkit.edge import dupes
-    from dkit.edge import store as store_module
-    from dkit.edge.store import Entry, Store
+    from dkit.edge.kiosk import dupes
+    from dkit.edge.kiosk import store as store_module
+    from dkit.edge.kiosk.store import Entry, Store
 
     monkeypatch.setattr(store_module, "REMOVED_CAP", 3)
     store = Store(tmp_path / "kiosk.sqlite", tmp_path / "thumbs")
@@ -367,8 +367,8 @@ def test_the_removed_table_keeps_the_newest_and_forgets_on_request(tmp_path, mon
 
 def test_retention_pruning_is_not_an_operator_delete(tmp_path):
     """A drawing that retention pruned (not the operator) may come back: the store does not remember it."""
-    from dkit.edge import dupes
-    from dkit.edge.store import Entry, Store
+    from dkit.edge.kiosk import dupes
+    from dkit.edge.kiosk.store import Entry, Store
 
     store = Store(tmp_path / "kiosk.sqlite", tmp_path / "thumbs")
     store.set_prompt("a cat")
@@ -468,9 +468,9 @@ def test_the_score_budget_and_the_coarse_score_in_process():
     other prompts and the kiosk's own screen are not charged; the public score is what the screen shows."""
     from types import SimpleNamespace
 
-    from dkit.edge.judge import Verdict
+    from dkit.edge.bundle.kiosk_config import KioskConfig
+    from dkit.edge.infer.judge import Verdict
     from dkit.edge.kiosk.budget import charge, coarse, public_score
-    from dkit.edge.kiosk.config import KioskConfig
     from dkit.edge.kiosk.errors import ApiError
     from dkit.edge.kiosk.limits import Buckets, Stats
 
@@ -496,7 +496,7 @@ def test_the_score_budget_and_the_coarse_score_in_process():
 def test_board_prints_read_the_top_and_the_near_hashes_only(tmp_path):
     """A shape is compared with the prompt's best `top` and with any shown entry whose hash is near (a re-encoded
     copy of one further down); the others' shapes are not read."""
-    from dkit.edge.store import Entry, Store
+    from dkit.edge.kiosk.store import Entry, Store
 
     store = Store(tmp_path / "kiosk.sqlite", tmp_path / "thumbs")
     store.set_prompt("a cat")

@@ -36,7 +36,7 @@ def kiosk(judge_run, tmp_path_factory):
     """One kiosk with small caps and 2 s deadlines, shared by the tests here (each attacks from its own address)."""
     import dataclasses
 
-    from dkit.edge.kiosk.config import KioskConfig
+    from dkit.edge.bundle.kiosk_config import KioskConfig
 
     _, run, _, _ = judge_run
     known = {f.name for f in dataclasses.fields(KioskConfig)}  # (a kiosk without a setting: its rule is absent)
@@ -348,7 +348,7 @@ def _admitted(peers: list[str], local: str, scopes: list | None = None) -> list[
     import uvicorn
     from uvicorn.server import ServerState
 
-    from dkit.edge.kiosk.config import KioskConfig
+    from dkit.edge.bundle.kiosk_config import KioskConfig
     from dkit.edge.kiosk.serving import guarded
 
     class Transport(asyncio.Transport):

@@ -44,7 +44,7 @@ def _known(settings: tuple[str, ...]) -> tuple[str, ...]:
     """The settings this kiosk knows (one without a setting lacks its rule: the test then shows what happens)."""
     import dataclasses
 
-    from dkit.edge.kiosk.config import KioskConfig
+    from dkit.edge.bundle.kiosk_config import KioskConfig
 
     known = {f.name for f in dataclasses.fields(KioskConfig)}
     return tuple(s for s in settings if s.partition("=")[0] in known)
@@ -438,7 +438,7 @@ def test_review4_the_lifespan_closes_the_decoder_off_the_event_loop():
     """Shutdown: decoder.close (which joins processes) runs in a thread, not on the event loop."""
     from types import SimpleNamespace
 
-    from dkit.edge.server import _lifespan
+    from dkit.edge.kiosk.server import _lifespan
 
     threads = {}
 
@@ -516,7 +516,7 @@ def test_review3_a_jpeg_is_still_decoded_when_no_temporary_file_can_be_made(monk
     import os
     import tempfile
 
-    from dkit.edge.upload import UploadError, decode_upload
+    from dkit.edge.images.decode import UploadError, decode_upload
 
     def refused(*args, **kwargs):
         raise OSError(28, "No space left on device (test)")
@@ -542,7 +542,7 @@ def test_review1_the_kiosk_does_not_start_when_no_decoder_can(judge_run, tmp_pat
     from fastapi.testclient import TestClient
 
     from dkit.edge.kiosk.decoder import DecoderUnavailable
-    from dkit.edge.server import create_app
+    from dkit.edge.kiosk.server import create_app
 
     _failing_starts(monkeypatch, [True] * 100)
     _, run, _, _ = judge_run

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from dkit.edge.manifest import Calibration, JudgeConfig, Manifest, ManifestError, Preprocess, Thresholds
+from dkit.edge.bundle.manifest import Calibration, JudgeConfig, Manifest, ManifestError, Preprocess, Thresholds
 
 DETECT = {
     "schema_version": 1, "name": "toy", "task": "detect", "created": "2026-12-01T00:00:00+00:00",
@@ -82,7 +82,7 @@ def _broken(doc: dict, path: str, value=KeyError) -> dict:
 
 def test_one_set_of_defaults_the_kit_and_the_device_share():
     """A manifest without thresholds starts from the device's defaults, which are the kit's (dkit.core.kit takes
-    them from dkit.edge.manifest): no second copy that could say max_det 300 where the kit says 100."""
+    them from dkit.edge.bundle.manifest): no second copy that could say max_det 300 where the kit says 100."""
     from dkit.core.kit import Edge, Judge
 
     m = Manifest.from_dict(_broken(DETECT, "thresholds"))

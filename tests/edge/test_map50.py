@@ -1,11 +1,12 @@
-"""dkit.edge.map50 (the device's mAP50, numpy only) against Ultralytics' matching and AP (dkit.distill.metrics)."""
+"""dkit.edge.infer.map50 (the device's mAP50, numpy only) against Ultralytics' matching and AP
+(dkit.distill.metrics)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from dkit.edge.map50 import map50, match
+from dkit.edge.infer.map50 import map50, match
 
 
 def _boxes(rng, n: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The one moderation rule (dkit.edge.moderation): its order and margins, broadcasting over images and prompts,
+"""The one moderation rule (dkit.edge.infer.moderation): its order and margins, broadcasting over images and prompts,
 and the device judge giving the same verdicts as the array function the evaluation uses."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dkit.edge.manifest import JudgeConfig
-from dkit.edge.moderation import agreement, moderate, penalise
+from dkit.edge.bundle.manifest import JudgeConfig
+from dkit.edge.infer.moderation import agreement, moderate, penalise
 
 NONE = np.zeros((0,))
 
@@ -48,8 +48,8 @@ def test_the_device_judge_uses_the_same_rule(judge_run):
     """Judge.judge (one frame) and moderate (arrays, as the evaluation calls it) agree on every image and prompt."""
     import cv2
 
-    from dkit.edge.judge import Judge
-    from dkit.edge.runtime import Runtime
+    from dkit.edge.infer.judge import Judge
+    from dkit.edge.infer.runtime import Runtime
     from tests.conftest import ASSETS
 
     _, run, _, _ = judge_run

@@ -1,4 +1,4 @@
-"""Names on the public screen (dkit.edge.names): what a hostile visitor types is cleaned, a real name is kept."""
+"""Names on the public screen (dkit.edge.kiosk.names): what a hostile visitor types is cleaned, a real name is kept."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import unicodedata
 
 import pytest
 
-from dkit.edge.names import MAX_MARKS, MAX_NAME, public_name
+from dkit.edge.kiosk.names import MAX_MARKS, MAX_NAME, public_name
 
 ZALGO = "Z" + "\u0336\u0353\u0317" * 13  # 39 combining marks on one letter
 
@@ -48,7 +48,7 @@ def test_a_name_that_draws_nothing_is_anonymous(typed):
 
 
 def test_look_alikes_of_a_blocked_word_are_refused_and_real_names_kept():
-    from dkit.edge.names import Blocklist
+    from dkit.edge.kiosk.names import Blocklist
 
     words = Blocklist(("badword", "shit"))
     for name in ("b\u0430dword", "B\u0410DW\u041eRD", "b\u0251dw\u03bfrd", "\u0455h\u0456t", "S\u041d\u0406T",

@@ -1,4 +1,4 @@
-"""dkit.edge.phash against imagehash.phash (the library it replaces) on real images, and the near-duplicate
+"""dkit.edge.images.phash against imagehash.phash (the library it replaces) on real images, and the near-duplicate
 bound it is used with: re-encoded, resized and shifted copies fall within NEAR bits, different real pictures do not.
 
 Run: .venv/bin/pytest tests/edge/test_phash.py   (skips without ../shared/assets; needs imagehash, a dev extra)
@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from dkit.edge.phash import NEAR, distance, from_signed, phash, to_signed
+from dkit.edge.images.phash import NEAR, distance, from_signed, phash, to_signed
 from tests.conftest import ASSETS
 
 DATA = ASSETS / "data"

@@ -13,10 +13,10 @@ import cv2
 import numpy as np
 import pytest
 
-from dkit.edge import pipeline as pipeline_module
-from dkit.edge.pipeline import CallbackSink, Pipeline, VideoSink, annotate, letterbox_into, window_problem
-from dkit.edge.runtime import Runtime, RuntimeConfigError
-from dkit.edge.sources import Frame, open_source
+from dkit.edge.infer.runtime import Runtime, RuntimeConfigError
+from dkit.edge.stream import pipeline as pipeline_module
+from dkit.edge.stream.pipeline import CallbackSink, Pipeline, VideoSink, annotate, letterbox_into, window_problem
+from dkit.edge.stream.sources import Frame, open_source
 from tests.conftest import ASSETS
 
 COCO = ASSETS / "data" / "coco128" / "images" / "train2017"

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dkit.edge.postprocess import Detections, cosine_scores, decode_yolo, nms, softmax, topk
-from dkit.edge.preprocess import Letterbox, preprocess
+from dkit.edge.infer.postprocess import Detections, cosine_scores, decode_yolo, nms, softmax, topk
+from dkit.edge.infer.preprocess import Letterbox, preprocess
 from tests.conftest import ASSETS, ROOT
 
 SPEC = {"resize": "letterbox", "size": [320, 320], "pad_value": 114, "interpolation": "linear", "channels": "RGB",
@@ -89,7 +89,7 @@ def test_end_to_end_matches_ultralytics_predict(yolo_onnx, conf, iou, monkeypatc
 
     from tests.edge.test_runtime import exact_resize
 
-    exact_resize(monkeypatch)  # the device's letterbox is OpenCV's bit-exact bilinear (dkit.edge.preprocess)
+    exact_resize(monkeypatch)  # the device's letterbox is OpenCV's bit-exact bilinear (dkit.edge.infer.preprocess)
     model = YOLO(str(yolo_onnx), task="detect")
     session = ort.InferenceSession(str(yolo_onnx), providers=["CPUExecutionProvider"])
     paths = [ASSETS / "data" / "photos" / name for name in PHOTOS]
@@ -109,7 +109,7 @@ def test_end_to_end_matches_ultralytics_predict(yolo_onnx, conf, iou, monkeypatc
 
 
 def test_imports_without_the_training_stack():
-    code = ("import sys, dkit.edge.postprocess; "
+    code = ("import sys, dkit.edge.infer.postprocess; "
             "print(sorted({'torch', 'torchvision', 'ultralytics', 'open_clip', 'onnx'} & set(sys.modules)))")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONSTARTUP"}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)

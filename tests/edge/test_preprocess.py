@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dkit.edge.preprocess import letterbox, preprocess
+from dkit.edge.infer.preprocess import letterbox, preprocess
 
 
 def _photos(assets: Path) -> list[Path]:
@@ -67,7 +67,7 @@ SIZES = [(1, 1, 1, 1), (5, 7, 3, 9), (7, 5, 9, 3), (33, 77, 64, 149), (100, 50, 
 def test_pil_bilinear_is_pillow_bit_for_bit(h, w, new_h, new_w):
     from PIL import Image
 
-    from dkit.edge.preprocess import pil_bilinear
+    from dkit.edge.infer.preprocess import pil_bilinear
 
     rng = np.random.default_rng(h * 1000 + w)
     for _ in range(5):
@@ -80,7 +80,7 @@ def test_pil_bilinear_random_sizes_both_pass_orders():
     """Pillow runs the vertical pass first when the height shrinks much more than the width: both orders occur."""
     from PIL import Image
 
-    from dkit.edge.preprocess import pil_bilinear
+    from dkit.edge.infer.preprocess import pil_bilinear
 
     rng = np.random.default_rng(7)
     for _ in range(300):
@@ -113,7 +113,7 @@ def test_shortest_side_and_center_crop_geometry_match_torchvision(h, w):
     import torch
     from torchvision.transforms import CenterCrop, InterpolationMode, Resize
 
-    from dkit.edge.preprocess import center_crop, shortest_side
+    from dkit.edge.infer.preprocess import center_crop, shortest_side
 
     rgb = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
     theirs = CenterCrop(224)(Resize(224, InterpolationMode.NEAREST)(torch.from_numpy(rgb).permute(2, 0, 1)))

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dkit.edge.pipeline import CallbackSink, JsonlSink, Pipeline, VideoSink
-from dkit.edge.runtime import PROVIDER_ORDER, Runtime, RuntimeConfigError, choose_providers
-from dkit.edge.sources import open_source
+from dkit.edge.infer.runtime import PROVIDER_ORDER, Runtime, RuntimeConfigError, choose_providers
+from dkit.edge.stream.pipeline import CallbackSink, JsonlSink, Pipeline, VideoSink
+from dkit.edge.stream.sources import open_source
 from tests.conftest import ASSETS, ROOT, run_dkit
 
 HEAVY = ("torch", "torchvision", "ultralytics", "open_clip", "onnx", "onnxslim", "timm", "dkit.distill", "dkit.export")
@@ -37,8 +37,9 @@ def _rgb(path: Path) -> np.ndarray:
 def test_the_whole_edge_layer_imports_without_the_training_stack():
     import dkit.edge
 
-    modules = sorted(f"dkit.edge.{m.name}" for m in pkgutil.iter_modules(dkit.edge.__path__))
-    assert {f"dkit.edge.{m}" for m in ("runtime", "pipeline", "sources", "postprocess", "tokenizer")} <= set(modules)
+    modules = sorted(m.name for m in pkgutil.walk_packages(dkit.edge.__path__, "dkit.edge."))  # sub-packages too
+    assert {f"dkit.edge.{m}" for m in ("infer.runtime", "stream.pipeline", "stream.sources", "infer.postprocess",
+                                       "infer.tokenizer", "kiosk.server", "bundle.manifest")} <= set(modules)
     code = f"import importlib, json, sys\nfor m in {modules!r}: importlib.import_module(m)\n" \
            f"print(json.dumps(sorted(k for k in sys.modules if k.split('.')[0] in {HEAVY!r} or " \
            f"'.'.join(k.split('.')[:2]) in {HEAVY!r})))"
@@ -75,8 +76,9 @@ def test_an_unavailable_provider_is_named():
 
 
 def exact_resize(monkeypatch):
-    """Make OpenCV's INTER_LINEAR mean its bit-exact bilinear, as the device's letterbox uses (dkit.edge.preprocess:
-    the SIMD one differs between x86 and aarch64), so Ultralytics' own pipeline can be compared exactly."""
+    """Make OpenCV's INTER_LINEAR mean its bit-exact bilinear, as the device's letterbox uses
+    (dkit.edge.infer.preprocess: the SIMD one differs between x86 and aarch64), so Ultralytics' own pipeline can be
+    compared exactly."""
     import cv2
 
     real = cv2.resize
@@ -294,8 +296,8 @@ def test_pipeline_memory_stays_flat_over_a_long_run(monkeypatch):
     both runs fill it): traced memory does not grow with the count."""
     import tracemalloc
 
-    import dkit.edge.pipeline as pipeline_module
-    from dkit.edge.runtime import Result
+    import dkit.edge.stream.pipeline as pipeline_module
+    from dkit.edge.infer.runtime import Result
 
     window = 100
     monkeypatch.setattr(pipeline_module, "LATENCY_WINDOW", window)  # (10,000 in production) both runs go past it

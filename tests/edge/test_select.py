@@ -1,4 +1,4 @@
-"""`--backend auto` / `--precision auto` (dkit.edge.select): candidates, the fastest wins, cached per device."""
+"""`--backend auto` / `--precision auto` (dkit.edge.infer.select): candidates, the fastest wins, cached per device."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from dkit.edge import select
 from dkit.edge.bundle import open_bundle
-from dkit.edge.runtime import Runtime, RuntimeConfigError
+from dkit.edge.infer import select
+from dkit.edge.infer.runtime import Runtime, RuntimeConfigError
 
 
 @pytest.fixture
@@ -120,7 +120,7 @@ def test_each_letterbox_is_measured_at_its_own_input_and_cached_apart(two_precis
 
 
 def test_a_candidate_that_fails_on_a_frame_is_left_out(two_precisions, home, monkeypatch, caplog):
-    from dkit.edge.backends.ort_backend import OrtBackend
+    from dkit.edge.infer.backends.ort_backend import OrtBackend
 
     real = OrtBackend.run
 
@@ -150,7 +150,7 @@ def test_the_runtime_measures_for_real_and_logs_the_choice(two_precisions, home,
 
 
 def test_only_backends_the_export_checked_run_a_reduced_precision_model():
-    from dkit.edge.manifest import ModelEntry
+    from dkit.edge.bundle.manifest import ModelEntry
 
     old = ModelEntry("student_int8", "s.onnx", "int8")  # exported before the per-backend record
     assert select.verified(old, "onnxruntime") and not select.verified(old, "openvino")

@@ -252,9 +252,9 @@ def test_bad_input_is_refused_clearly_and_nothing_is_stored(server, case, send, 
 
 def test_moderation_paths(judge_run):
     """Blocked, penalised for writing, no match, ok: the judge's rules on embeddings placed where each applies."""
-    from dkit.edge.judge import Judge
-    from dkit.edge.manifest import Calibration
-    from dkit.edge.runtime import Runtime
+    from dkit.edge.bundle.manifest import Calibration
+    from dkit.edge.infer.judge import Judge
+    from dkit.edge.infer.runtime import Runtime
 
     _, run, _, _ = judge_run
     with Runtime.load(run / "bundle") as rt:
@@ -284,8 +284,8 @@ def test_moderation_paths(judge_run):
 
 
 def test_a_new_prompt_is_embedded_like_the_shipped_ones(judge_run):
-    from dkit.edge.judge import Judge
-    from dkit.edge.runtime import Runtime
+    from dkit.edge.infer.judge import Judge
+    from dkit.edge.infer.runtime import Runtime
 
     _, run, _, _ = judge_run
     with Runtime.load(run / "bundle") as rt:
@@ -326,7 +326,7 @@ def test_kill_9_loses_no_acknowledged_submission(judge_run, tmp_path):
 @pytest.mark.parametrize(("w", "h", "ok"), [(800, 100, True), (100, 800, True), (801, 100, False), (1, 9, False)])
 def test_the_aspect_bound_is_checked_before_decoding(w, h, ok, monkeypatch):
     """8:1 passes, anything thinner is refused from the header alone: cv2.imdecode never runs on it."""
-    from dkit.edge import upload
+    from dkit.edge.images import decode as upload
 
     calls = []
     real = upload.cv2.imdecode
@@ -345,7 +345,7 @@ def test_a_portrait_phone_photo_is_turned_upright_not_refused(server):
 
     from PIL import Image
 
-    from dkit.edge.upload import decode_upload
+    from dkit.edge.images.decode import decode_upload
 
     img = Image.new("RGB", (300, 100), (255, 0, 0))
     img.paste((0, 0, 255), (0, 0, 150, 100))  # stored: blue left half, red right half
@@ -427,7 +427,7 @@ def test_every_response_carries_the_security_headers_and_docs_are_off(server):
 def test_an_unexpected_failure_is_a_json_500_without_details(judge_run, tmp_path):
     from fastapi.testclient import TestClient
 
-    from dkit.edge.server import create_app
+    from dkit.edge.kiosk.server import create_app
 
     _, run, _, _ = judge_run
     app = create_app(run / "bundle", db=tmp_path / "k.sqlite")

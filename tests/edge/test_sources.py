@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import pytest
 
-from dkit.edge.sources import MAX_STUCK_READERS, Frame, SourceError, open_source
+from dkit.edge.stream.sources import MAX_STUCK_READERS, Frame, SourceError, open_source
 
 FRAME_HW = (24, 32)
 FAST = {"stall_timeout": 0.2, "backoff": (0.02, 0.08), "jitter": 0.0}  # short enough for tests
@@ -494,7 +494,7 @@ class NeverThere:
 def test_a_source_that_never_opens_is_given_up_after_open_tries(tries, caplog):
     camera, waits = NeverThere(), []
     counted = "1 try" if tries == 1 else f"{tries} tries"
-    with caplog.at_level(logging.WARNING, logger="dkit.edge.sources"):
+    with caplog.at_level(logging.WARNING, logger="dkit.edge.stream.sources"):
         source = open_source("7", capture_factory=camera, clock=FakeClock(), open_tries=tries, **FAST,
                              backoff_wait=lambda stop, seconds: waits.append(seconds))  # no real waiting
         with pytest.raises(SourceError, match=rf"^camera 7: no frame after {counted} \(open failed\); check the index"):
@@ -569,7 +569,7 @@ def build_video(tmp_path: Path) -> tuple[Path, list[tuple[None, tuple[int, int, 
 def test_file_sources_deliver_every_frame_in_order_then_end(tmp_path, caplog, build, kind, corrupt):
     path, want = build(tmp_path)
     events: list[tuple[str, str]] = []
-    with caplog.at_level(logging.WARNING, logger="dkit.edge.sources"):
+    with caplog.at_level(logging.WARNING, logger="dkit.edge.stream.sources"):
         with open_source(str(path), on_event=lambda k, d: events.append((k, d))) as source:
             assert not source.live and source.kind == kind
             frames = list(source)
@@ -640,7 +640,7 @@ def test_bad_arguments_say_what_was_expected(kwargs, message):
 
 def test_stream_credentials_never_reach_frames_logs_or_errors(caplog):
     camera = SyntheticCamera([("frames", 2), ("fail", 0)], period=0.002)
-    with caplog.at_level(logging.INFO, logger="dkit.edge.sources"):
+    with caplog.at_level(logging.INFO, logger="dkit.edge.stream.sources"):
         with open_source("rtsp://admin:hunter2@10.0.0.7/live", capture_factory=camera, **FAST) as source:
             assert source.kind == "stream" and source.live
             frames = [source.read(timeout=3) for _ in range(4)]

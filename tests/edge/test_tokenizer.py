@@ -1,4 +1,4 @@
-"""dkit.edge.tokenizer gives exactly open_clip's token ids, reads only a sound vocab file, and imports no torch.
+"""dkit.edge.infer.tokenizer gives exactly open_clip's token ids, reads only a sound vocab file, and imports no torch.
 
 The comparison tests need open_clip (the `distill` extra) for the reference tokenizer and the vocab file;
 the error, mechanics and import tests run on a base install too.
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dkit.edge.tokenizer import CONTEXT_LENGTH, NUM_MERGES, VOCAB_NAME, VOCAB_SIZE, Tokenizer, TokenizerError
+from dkit.edge.infer.tokenizer import CONTEXT_LENGTH, NUM_MERGES, VOCAB_NAME, VOCAB_SIZE, Tokenizer, TokenizerError
 from tests.conftest import ROOT
 
 
@@ -289,7 +289,7 @@ def test_well_formed_fake_vocab_loads(tmp_path: Path):
 def test_import_pulls_in_no_torch_or_open_clip():
     script = (
         "import json, sys\n"
-        "import dkit.edge.tokenizer\n"
+        "import dkit.edge.infer.tokenizer\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'torch', 'open_clip', 'ultralytics', 'onnx', 'torchvision'})))\n"
     )

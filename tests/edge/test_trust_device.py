@@ -78,9 +78,9 @@ def test_finding7_transparent_png_decodes_black_on_white_on_device_and_in_traini
     API's read_image) gives black on white, and exactly the pixels training's decoder gives."""
     import dkit
     from dkit.distill.images import load_image
+    from dkit.edge.images.decode import decode_upload
     from dkit.edge.kiosk.uploads import decode as kiosk_decode
-    from dkit.edge.sources import open_source
-    from dkit.edge.upload import decode_upload
+    from dkit.edge.stream.sources import open_source
 
     data = _png_variants()[kind]
     path = tmp_path / "drawing.png"
@@ -105,7 +105,7 @@ def test_finding7_transparent_png_decodes_black_on_white_on_device_and_in_traini
 def test_finding7_alpha_rule_is_one_function_exact_at_every_level():
     """over_white is the composite over white, rounded: every (colour, alpha) pair of 8 bits, against the float
     formula; the channel order is kept; 16-bit keeps the high byte first."""
-    from dkit.edge.alpha import over_white
+    from dkit.edge.images.alpha import over_white
 
     c, a = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
     image = np.stack([c, 255 - c, c // 2, a], axis=-1).astype(np.uint8)  # (256, 256, 4)
@@ -124,7 +124,7 @@ def test_finding7_transparent_file_with_exif_orientation_is_upright_as_in_traini
     from PIL import Image
 
     from dkit.distill.images import load_image
-    from dkit.edge.upload import decode_image, decode_upload
+    from dkit.edge.images.decode import decode_image, decode_upload
 
     rgba = np.random.default_rng(1).integers(0, 256, (24, 40, 4)).astype(np.uint8)  # not square: 5-8 swap sides
     for orientation in range(1, 9):
@@ -149,8 +149,8 @@ def test_finding7_alpha_decode_memory_stays_bounded_for_a_16_bit_upload(monkeypa
     16 (8 decoded + 3 out + the blocks' few MB: 13.5 here). The block boundaries change no pixel."""
     import tracemalloc
 
-    from dkit.edge import alpha
-    from dkit.edge.upload import decode_upload
+    from dkit.edge.images import alpha
+    from dkit.edge.images.decode import decode_upload
 
     w, h = 2048, 1024
     rgba = np.zeros((h, w, 4), np.uint16)
@@ -173,7 +173,7 @@ def test_finding7_alpha_decode_memory_stays_bounded_for_a_16_bit_upload(monkeypa
 def test_finding7_opaque_files_decode_as_before(tmp_path):
     """Files without transparency keep OpenCV's colour decode (EXIF orientation included): a JPEG and an opaque
     PNG give what IMREAD_COLOR gives."""
-    from dkit.edge.upload import decode_image
+    from dkit.edge.images.decode import decode_image
 
     photo = next((ROOT.parent / "shared" / "assets" / "data" / "coco128" / "images" / "train2017").glob("*.jpg"),
                  None)
@@ -228,9 +228,9 @@ def test_finding11_dkit_run_save_records_a_video_at_its_own_rate(detect_bundle, 
 def test_finding11_live_recording_rate_is_measured_from_capture_times(tmp_path):
     """A live source has no file rate: the sink holds back its first frames and takes the rate from their capture
     timestamps (12.5 fps here, injected), then writes every frame at it."""
-    from dkit.edge.pipeline import VideoSink
-    from dkit.edge.runtime import Result
-    from dkit.edge.sources import Frame
+    from dkit.edge.infer.runtime import Result
+    from dkit.edge.stream.pipeline import VideoSink
+    from dkit.edge.stream.sources import Frame
 
     class Runtime:  # what annotate() reads
         classes, prompts = ["x"], None
@@ -323,7 +323,7 @@ def test_finding10_close_after_a_signal_handlers_close_still_joins(tmp_path):
     told to stop; `running` says when it is gone."""
     import threading
 
-    from dkit.edge.sources import open_source
+    from dkit.edge.stream.sources import open_source
 
     release = threading.Event()
 
@@ -343,7 +343,7 @@ def test_finding10_ctrl_c_while_the_main_thread_holds_the_sources_lock_does_not_
     on a helper thread standing in for the main one, so that a regression fails instead of hanging the suite."""
     import threading
 
-    from dkit.edge.sources import open_source
+    from dkit.edge.stream.sources import open_source
 
     release = threading.Event()
 
@@ -373,8 +373,8 @@ def test_finding7_alpha_header_walk_is_bounded_whatever_the_upload(monkeypatch):
     import struct
     import zlib
 
-    from dkit.edge import alpha
-    from dkit.edge.upload import decode_upload
+    from dkit.edge.images import alpha
+    from dkit.edge.images.decode import decode_upload
 
     def chunk(kind: bytes, payload: bytes = b"") -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))

@@ -1,5 +1,5 @@
 """Issue #24: the device judge and every figure computed from its verdicts compare the same score with
-no_match_score (the shown one, rounded by dkit.edge.moderation.shown_score)."""
+no_match_score (the shown one, rounded by dkit.edge.infer.moderation.shown_score)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from dkit.edge import moderation
-from dkit.edge.manifest import Calibration, JudgeConfig
-from dkit.edge.moderation import moderate
+from dkit.edge.bundle.manifest import Calibration, JudgeConfig
+from dkit.edge.infer import moderation
+from dkit.edge.infer.moderation import moderate
 
 NONE = np.zeros((0,))
 
@@ -30,8 +30,8 @@ def test_finding9b_no_match_rounding_device_judge_agrees_with_unrounded_callers(
     give the same verdict for a score just under no_match_score."""
     import cv2
 
-    from dkit.edge.judge import Judge
-    from dkit.edge.runtime import Runtime
+    from dkit.edge.infer.judge import Judge
+    from dkit.edge.infer.runtime import Runtime
     from tests.conftest import ASSETS
 
     _, run, _, _ = judge_run

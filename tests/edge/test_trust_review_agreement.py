@@ -1,4 +1,5 @@
-"""#24 review: the device's detection agreement (`dkit bench runtime --matrix`, dkit.edge.agreement) matches boxes one
+"""#24 review: the device's detection agreement (`dkit bench runtime --matrix`, dkit.edge.infer.agreement) matches
+boxes one
 to one, as the mAP50 it stands beside: a candidate that keeps one box where the reference has two is not 100% in
 agreement.
 
@@ -13,10 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from dkit.edge.agreement import agreement
-from dkit.edge.postprocess import Detections, decode_yolo
-from dkit.edge.preprocess import preprocess
-from dkit.edge.runtime import Result
+from dkit.edge.infer.agreement import agreement
+from dkit.edge.infer.postprocess import Detections, decode_yolo
+from dkit.edge.infer.preprocess import preprocess
+from dkit.edge.infer.runtime import Result
 from tests.conftest import ASSETS
 
 SPEC = {"resize": "letterbox", "size": [320, 320], "pad_value": 114, "interpolation": "linear", "channels": "RGB",

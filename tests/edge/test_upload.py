@@ -1,4 +1,4 @@
-"""dkit.edge.upload's truncation check on real images: every complete JPEG is accepted exactly as cv2.imdecode
+"""dkit.edge.images.decode's truncation check on real images: every complete JPEG is accepted exactly as cv2.imdecode
 decodes it (baseline, progressive, restart markers, EXIF-rotated, trailer bytes after the end), and a cut one is
 refused with 400 whether or not an end-of-image marker was appended after the cut, from one decode; cut
 PNG/GIF/BMP/WebP too. The decode work a file may ask for: scans counted from the markers (a scan bomb refused before
@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 import pytest
 
-from dkit.edge import upload
-from dkit.edge.upload import UploadError, decode_upload
+from dkit.edge.images import decode as upload
+from dkit.edge.images.decode import UploadError, decode_upload
 from tests.conftest import ASSETS
 
 COCO = ASSETS / "data" / "coco128" / "images" / "train2017"
@@ -290,7 +290,7 @@ def test_a_jpeg_of_several_scans_is_bounded_in_pixels_and_in_pixels_times_scans(
     """A progressive JPEG keeps its whole coefficient buffer whatever the output scale, so it gets its own pixel
     bound (MAX_MULTISCAN), and its scans x pixels are bounded (MAX_SCAN_WORK); a baseline JPEG of the same size is
     still decoded at a reduced scale."""
-    from dkit.edge.upload import MAX_MULTISCAN, MAX_SCAN_WORK
+    from dkit.edge.images.decode import MAX_MULTISCAN, MAX_SCAN_WORK
 
     grey = np.full((3100, 4100), 200, np.uint8)
     progressive = cv2.imencode(".jpg", grey, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
@@ -309,7 +309,7 @@ def test_a_jpeg_of_several_scans_is_bounded_in_pixels_and_in_pixels_times_scans(
 
 @pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
 def test_an_animated_gif_or_webp_is_decoded_as_its_first_frame(fmt):
-    """OpenCV decodes the first frame only, so a frame count costs nothing to bound (see dkit.edge.upload)."""
+    """OpenCV decodes the first frame only, so a frame count costs nothing to bound (see dkit.edge.images.decode)."""
     from PIL import Image
 
     frames = [Image.new("RGB", (64, 48), colour) for colour in ((255, 0, 0), (0, 0, 255), (0, 255, 0))]
@@ -324,7 +324,7 @@ def test_an_animated_gif_or_webp_is_decoded_as_its_first_frame(fmt):
 def test_a_large_jpeg_is_decoded_at_a_reduced_scale_and_a_large_png_is_refused(w, h, scale):
     """Memory: a big photo is decoded by libjpeg at 1/2-1/8 scale (short side >= 512), not at full size; a lossless
     image is bounded at MAX_LOSSLESS pixels (it has no cheap reduced decode)."""
-    from dkit.edge.upload import MAX_LOSSLESS, jpeg_scale
+    from dkit.edge.images.decode import MAX_LOSSLESS, jpeg_scale
 
     rng = np.random.default_rng(0)
     img = cv2.resize(rng.integers(0, 255, (h // 50 + 1, w // 50 + 1, 3), dtype=np.uint8), (w, h))

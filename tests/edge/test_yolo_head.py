@@ -1,11 +1,11 @@
-"""dkit.edge.yolo_head (the NCNN detector's head decoding in numpy) against Ultralytics' own Detect decoding."""
+"""dkit.edge.infer.yolo_head (the NCNN detector's head decoding in numpy) against Ultralytics' own Detect decoding."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from dkit.edge.yolo_head import decode_head
+from dkit.edge.infer.yolo_head import decode_head
 
 torch = pytest.importorskip("torch")
 

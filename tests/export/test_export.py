@@ -78,7 +78,7 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 import cv2, numpy as np, onnxruntime as ort
 from dkit.edge.bundle import open_bundle
-from dkit.edge.preprocess import preprocess
+from dkit.edge.infer.preprocess import preprocess
 with open_bundle(sys.argv[1]) as b:
     m = b.manifest.to_dict()  # the JSON document the device reads
     rgb = cv2.cvtColor(cv2.imread(sys.argv[2]), cv2.COLOR_BGR2RGB)
@@ -217,7 +217,7 @@ def test_ncnn_models_are_exported_checked_against_onnx_and_run_on_the_edge(train
     """`export.backends: [onnx, ncnn]`: fp32 and fp16 NCNN models with their agreement, run by the ncnn backend."""
     import cv2
 
-    from dkit.edge.runtime import Runtime
+    from dkit.edge.infer.runtime import Runtime
 
     kit, run = trained
     result = export_bundle(kit("export.backends=[onnx, ncnn]", "export.precisions=[fp32, int8]",
@@ -285,8 +285,8 @@ def test_a_judge_image_encoder_goes_to_ncnn_with_its_cosine(judge_run, tmp_path)
     import shutil
 
     from dkit.core.run import RunDir
-    from dkit.edge.backends.ncnn_backend import NcnnBackend
-    from dkit.edge.preprocess import preprocess
+    from dkit.edge.infer.backends.ncnn_backend import NcnnBackend
+    from dkit.edge.infer.preprocess import preprocess
     from dkit.export.bundle import _split_images
     from dkit.export.ncnn import export_ncnn
 

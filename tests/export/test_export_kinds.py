@@ -106,8 +106,8 @@ def test_judge_bundle_embeds_prompts_on_the_edge_alone(judge):
     code = BLOCK + f"""
 import cv2, numpy as np, onnxruntime as ort
 from dkit.edge.bundle import open_bundle
-from dkit.edge.preprocess import preprocess
-from dkit.edge.tokenizer import Tokenizer
+from dkit.edge.infer.preprocess import preprocess
+from dkit.edge.infer.tokenizer import Tokenizer
 with open_bundle({str(run / "bundle")!r}) as b:
     m = b.manifest.to_dict()  # the JSON document the device reads
     tok = Tokenizer.from_file(b.path(m["tokenizer"]["file"]), m["tokenizer"]["context_length"])
@@ -156,7 +156,7 @@ def test_classifier_bundle_parity_and_edge_run(classifier):
     code = BLOCK + f"""
 import cv2, numpy as np, onnxruntime as ort
 from dkit.edge.bundle import open_bundle
-from dkit.edge.preprocess import preprocess
+from dkit.edge.infer.preprocess import preprocess
 with open_bundle({str(run / "bundle")!r}) as b:
     s = ort.InferenceSession(str(b.path("student.onnx")), providers=["CPUExecutionProvider"])
     rgb = cv2.cvtColor(cv2.imread({str(image)!r}), cv2.COLOR_BGR2RGB)
@@ -171,8 +171,8 @@ with open_bundle({str(run / "bundle")!r}) as b:
 
 def test_bench_runtime_compares_a_classifier_with_ultralytics(classifier):
     """The runtime benchmark with Ultralytics' predict as the reference runs on a classifier bundle too."""
+    from dkit.devtools.bench import bench_runtime
     from dkit.distill.bench import ultralytics_predictor
-    from dkit.edge.bench import bench_runtime
 
     _, run, _, _ = classifier
     result = bench_runtime(run / "bundle", ASSETS / "data/imagenet-sample", images=4, repeat=1,

@@ -13,9 +13,9 @@ import pytest
 pytest.importorskip("open_clip")
 pytest.importorskip("onnx")
 
-from dkit.edge.judge import Judge  # noqa: E402
-from dkit.edge.manifest import Calibration  # noqa: E402
-from dkit.edge.runtime import Runtime  # noqa: E402
+from dkit.edge.bundle.manifest import Calibration  # noqa: E402
+from dkit.edge.infer.judge import Judge  # noqa: E402
+from dkit.edge.infer.runtime import Runtime  # noqa: E402
 from tests.conftest import ASSETS, link_images  # noqa: E402
 
 

@@ -7,7 +7,7 @@ The bundle used to name output 0 after the kit's first class ("toothbrush" here)
 renamed, nothing failing.
 
 The export's box parity (ONNX against PyTorch after NMS) matches boxes one to one, as mAP50 does
-(dkit.edge.map50.match): one ONNX box at IoU >= 0.9 with two PyTorch boxes is one agreement, not two (possible
+(dkit.edge.infer.map50.match): one ONNX box at IoU >= 0.9 with two PyTorch boxes is one agreement, not two (possible
 where `edge.iou` is 0.8 or more, so that NMS keeps two boxes that close).
 """
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dkit.edge.postprocess import box_iou  # the x86 venv runs this script, with dkit installed
+from dkit.edge.infer.postprocess import box_iou  # the x86 venv runs this script, with dkit installed
 
 BOUND = 0.9
 

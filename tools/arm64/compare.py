@@ -109,8 +109,8 @@ def same_input_detections(x, a, images: Path | None) -> dict:
     """The detections decoded (dkit.edge's decode, the bundle's thresholds) from the x86 raw output and from the
     arm64 model's output on the x86 input tensors: the inference alone, preprocessing taken out. Boxes in image
     pixels (input pixels / the letterbox scale, from the image's size)."""
-    from dkit.edge.postprocess import decode_yolo
-    from dkit.edge.sources import _decode
+    from dkit.edge.infer.postprocess import decode_yolo
+    from dkit.edge.stream.sources import _decode
 
     differ, max_box, max_conf = 0, 0.0, 0.0
     for i, name in enumerate(x["names"]):

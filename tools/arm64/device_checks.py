@@ -1,4 +1,4 @@
-"""The on-device accuracy check (dkit.edge.device_check) of every reduced-precision model of a bundle, here.
+"""The on-device accuracy check (dkit.edge.infer.device_check) of every reduced-precision model of a bundle, here.
 
     python device_checks.py BUNDLE [--out FILE.json] [--only ncnn/int8,onnxruntime/int8]
 
@@ -22,10 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="also write the JSON report here")
     ap.add_argument("--only", default="", help="comma-separated backend/precision pairs to check (default: all)")
     args = ap.parse_args(argv)
-    from dkit.edge.backends import BACKENDS
     from dkit.edge.bundle import open_bundle
-    from dkit.edge.device_check import check, needs_check
-    from dkit.edge.select import candidates
+    from dkit.edge.infer.backends import BACKENDS
+    from dkit.edge.infer.device_check import check, needs_check
+    from dkit.edge.infer.select import candidates
 
     report = {"machine": platform.machine(), "checks": {}}
     with open_bundle(args.bundle) as b:

@@ -30,7 +30,7 @@ umount_root; trap - EXIT
 import json, sys
 from pathlib import Path
 import numpy as np
-from dkit.edge.postprocess import decode_yolo
+from dkit.edge.infer.postprocess import decode_yolo
 out, n = Path(sys.argv[1]), int(sys.argv[2])
 x = np.load(out / "x86" / "detect.npz")
 rows = {}

@@ -24,9 +24,9 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from dkit.edge.judge import Judge
-from dkit.edge.runtime import Runtime
-from dkit.edge.sources import _decode
+from dkit.edge.infer.judge import Judge
+from dkit.edge.infer.runtime import Runtime
+from dkit.edge.stream.sources import _decode
 
 NEW_PROMPT = "a purple giraffe riding a bicycle"
 
@@ -127,7 +127,7 @@ def main() -> int:
     env = {"machine": platform.machine(), "python": platform.python_version(), "numpy": np.__version__,
            "onnxruntime": ort.__version__, "opencv": cv2.__version__, "cpu_features": cpu_features(),
            "hwcaps": hwcaps(), "qemu_cpu": os.environ.get("QEMU_CPU", ""),
-           "dkit_file": sys.modules["dkit.edge.runtime"].__file__,
+           "dkit_file": sys.modules["dkit.edge.infer.runtime"].__file__,
            "packages": {d.metadata["Name"].lower(): d.version for d in md.distributions()}}
     (a.out / "env.json").write_text(json.dumps(env, indent=1, sort_keys=True))
     print(f"probe: {env['machine']} python {env['python']} numpy {env['numpy']} onnxruntime {env['onnxruntime']} "  # noqa: T201 - a command-line tool's output

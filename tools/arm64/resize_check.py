@@ -1,5 +1,5 @@
 """The preprocessing resizes alone, on this machine: a sha256 per (image, interpolation) of cv2.resize to the
-detector's letterbox size (INTER_LINEAR, INTER_LINEAR_EXACT, INTER_AREA) and of dkit.edge.preprocess.pil_bilinear
+detector's letterbox size (INTER_LINEAR, INTER_LINEAR_EXACT, INTER_AREA) and of dkit.edge.infer.preprocess.pil_bilinear
 (numpy), written as JSON: `python resize_check.py IMAGES OUT.json`. Compare the two machines' files."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dkit.edge.preprocess import pil_bilinear
-from dkit.edge.sources import _decode
+from dkit.edge.infer.preprocess import pil_bilinear
+from dkit.edge.stream.sources import _decode
 
 MODES = {"linear": cv2.INTER_LINEAR, "linear_exact": cv2.INTER_LINEAR_EXACT, "area": cv2.INTER_AREA}
 

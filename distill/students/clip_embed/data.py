@@ -32,8 +32,8 @@ from dkit.core.run import RunDir
 from dkit.distill.cache import TeacherCache
 from dkit.distill.images import iter_images, load_image
 from dkit.distill.students.clip_embed.model import _backbone_mean_std
-from dkit.edge.preprocess import center_crop, normalize, resize, shortest_side
-from dkit.edge.preprocess import preprocess as edge_preprocess
+from dkit.edge.infer.preprocess import center_crop, normalize, resize, shortest_side
+from dkit.edge.infer.preprocess import preprocess as edge_preprocess
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ def preprocess_spec(kit) -> dict:
     """The student's input transform as data: what the bundle manifest carries to the device."""
     mean, std = _backbone_mean_std(kit.student.model)
     return {
-        "resize": "shortest",  # shorter side to `size`, longer side int(long * size / short) (dkit.edge.preprocess)
+        # shorter side to `size`, longer side int(long * size / short) (dkit.edge.infer.preprocess)
+        "resize": "shortest",
         "size": kit.student.imgsz,
         "crop": "center",  # size x size at (round((H - size) / 2), round((W - size) / 2))
         "interpolation": "area",  # cv2.INTER_AREA (shrinking and enlarging alike)
@@ -61,12 +62,13 @@ def preprocess_spec(kit) -> dict:
 
 
 def resize_shortest(rgb: np.ndarray, spec: dict) -> np.ndarray:
-    """(H, W, 3) uint8 -> (h, w, 3) uint8 with min(h, w) == spec["size"]: the device's resize (dkit.edge.preprocess)."""
+    """(H, W, 3) uint8 -> (h, w, 3) uint8 with min(h, w) == spec["size"]: the device's resize
+    (dkit.edge.infer.preprocess)."""
     return shortest_side(rgb, spec["size"], spec["interpolation"])
 
 
 def preprocess(rgb: np.ndarray, spec: dict) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (3, S, S) float32: the exact transform the device repeats (dkit.edge.preprocess)."""
+    """(H, W, 3) uint8 RGB -> (3, S, S) float32: the exact transform the device repeats (dkit.edge.infer.preprocess)."""
     return edge_preprocess(rgb, spec)[0][0]
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from dkit.edge.manifest import JudgeConfig
-from dkit.edge.moderation import agreement as verdict_agreement
-from dkit.edge.moderation import moderate
+from dkit.edge.bundle.manifest import JudgeConfig
+from dkit.edge.infer.moderation import agreement as verdict_agreement
+from dkit.edge.infer.moderation import moderate
 
 
 def ontology_prompts(kit) -> tuple[list[str], np.ndarray]:
@@ -53,7 +53,7 @@ def prompt_embeddings(kit, teacher) -> np.ndarray:
 
 def moderation_agreement(student: np.ndarray, teacher: np.ndarray, prompts: np.ndarray, text: np.ndarray,
                          unsafe: np.ndarray, cfg: JudgeConfig) -> float | None:
-    """Share of (image, prompt) pairs whose moderation verdict (dkit.edge.moderation, the device's rule with the
+    """Share of (image, prompt) pairs whose moderation verdict (dkit.edge.infer.moderation, the device's rule with the
     kit's margins: blocked, text or neither) is the same for student and teacher.
 
     student, teacher: (N, D) normalised image embeddings; prompts: (P, D); text: (T, D) and unsafe: (U, D)
@@ -68,7 +68,7 @@ def moderation_agreement(student: np.ndarray, teacher: np.ndarray, prompts: np.n
 
 def moderation_verdicts(emb: np.ndarray, prompts: np.ndarray, text: np.ndarray, unsafe: np.ndarray,
                         cfg: JudgeConfig, *, score: np.ndarray | None = None) -> np.ndarray:
-    """(N, P) the device's verdicts (dkit.edge.moderation.moderate) of N images against P prompts; `score` (N, P)
+    """(N, P) the device's verdicts (dkit.edge.infer.moderation.moderate) of N images against P prompts; `score` (N, P)
     the 0-100 scores (None: no calibration, so no `no_match`)."""
     return moderate(emb @ prompts.T, (emb @ text.T)[:, None, :], (emb @ unsafe.T)[:, None, :], cfg, score=score)
 

@@ -60,7 +60,7 @@ from dkit.distill.students.clip_embed.outputs import _checkpoint, _load_state, _
 from dkit.distill.students.clip_embed.prompts import prompt_embeddings
 from dkit.distill.teachers import build_teacher
 from dkit.distill.teachers.base import resolve_device
-from dkit.edge.hashing import sha256_file
+from dkit.edge.bundle.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
