@@ -27,6 +27,7 @@ import numpy as np
 
 from dkit.core.errors import NotInStoreError, UsageError, require
 from dkit.core.files import atomic_write, read_json, write_json
+from dkit.core.logfile import PlainFormatter
 from dkit.core.run import RunDir
 from dkit.core.workers import decode_workers
 from dkit.distill.evaluate import profile, profile_teacher, timed_median
@@ -216,7 +217,7 @@ def _plot_curves(results: Path, png: Path) -> None:
 def _attach_log(path: Path, ultralytics) -> logging.Handler:
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    handler.setFormatter(PlainFormatter("%(asctime)s %(message)s"))  # no colour codes in the file
     for logger in (logging.getLogger("ultralytics"), log):  # Ultralytics' lines and our epoch lines
         logger.addHandler(handler)
     return handler
