@@ -32,6 +32,7 @@ import sys
 
 from dkit.cli import bench, device, device_pack, doctor, kit_commands, service, stages
 from dkit.cli.common import EPILOG, Parents, kit_arguments
+from dkit.cli.run_log import setup_terminal
 from dkit.core.errors import DkitError
 from dkit.core.version import __version__
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("YOLO_OFFLINE", "true")  # no update checks or telemetry calls from the CLI
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose - args.quiet)
+    setup_terminal(args.verbose - args.quiet)
     try:
         return args.handler(args) or 0
     except DkitError as e:
@@ -68,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     verbosity = argparse.ArgumentParser(add_help=False)
-    verbosity.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    verbosity.add_argument("-v", "--verbose", action="count", default=0,
+                           help="more log output: the kit's debug lines, and the libraries' own lines "
+                                "(Ultralytics, open_clip, warnings) on the terminal too")
     verbosity.add_argument("-q", "--quiet", action="count", default=0, help="only warnings and errors")
     parser.set_defaults(verbose=0, quiet=0)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
@@ -77,9 +80,3 @@ def build_parser() -> argparse.ArgumentParser:
         module.register(sub, parents)
     return parser
 
-
-def _setup_logging(level: int) -> None:
-    """Log to stderr; leaves alone a process that configured logging itself (an app, pytest)."""
-    lvl = logging.WARNING if level < 0 else logging.INFO if level == 0 else logging.DEBUG
-    logging.basicConfig(level=lvl, format="dkit: %(levelname)s: %(message)s", stream=sys.stderr)
-    logging.getLogger().setLevel(lvl)

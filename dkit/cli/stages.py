@@ -7,10 +7,13 @@ extra, and a base install without it gets a one-line error (exit 4) instead of a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
 from dkit.cli.common import Command, Parents, arg, import_stage, load, register_commands
+from dkit.cli.run_log import run_log
+from dkit.core.run import RunDir
 
 
 def cmd_label(args: argparse.Namespace) -> int:
@@ -20,8 +23,9 @@ def cmd_label(args: argparse.Namespace) -> int:
     args.overrides = [*args.overrides, *([f"label.engine={args.engine}"] if args.engine else []),
                       *([f"label.address={args.address}"] if args.address else [])]
     kit = load(args)
-    result = label_images(kit, kit.run_dir(args.out), ground_truth=args.ground_truth, progress=args.quiet == 0,
-                          kit_arg=_kit_arg(args))  # a missing file: `dkit fetch` with these same arguments
+    with _logged(args, kit, "label"):
+        result = label_images(kit, kit.run_dir(args.out), ground_truth=args.ground_truth, progress=args.quiet == 0,
+                              kit_arg=_kit_arg(args))  # a missing file: `dkit fetch` with these same arguments
     c = result.counts
     labelled = sum(1 for r in result.records if r.labels)
     abstained = sum(1 for r in result.records if r.abstained)
@@ -58,6 +62,13 @@ def cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def _logged(args: argparse.Namespace, kit, stage: str) -> contextlib.AbstractContextManager:
+    """The stage's log scope (dkit.cli.run_log): RUN_DIR/logs/STAGE.log gets everything, the terminal the kit's own
+    lines (and, with -v, the libraries')."""
+    return run_log(RunDir(kit.run_dir(args.out)).log_file(stage), verbosity=args.verbose - args.quiet,
+                   title=f"dkit {stage} {_kit_arg(args)}")
+
+
 def _kit_arg(args: argparse.Namespace) -> str:
     """The kit as given on the command line, with its --data/--set: what `dkit fetch` needs to see the same kit."""
     import shlex
@@ -72,8 +83,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     student_plugin = import_stage("dkit.distill.students", what="dkit train", extra="distill").student_plugin
     kit = load(args)
-    summary = student_plugin(kit).train(kit, kit.run_dir(args.out), store=ModelStore(), restart=args.restart,
-                                        progress=args.quiet == 0)
+    with _logged(args, kit, "train"):
+        summary = student_plugin(kit).train(kit, kit.run_dir(args.out), store=ModelStore(), restart=args.restart,
+                                            progress=args.quiet == 0)
     if os.environ.get("RANK", "0") != "0":  # under torchrun: one summary, from rank 0
         return 0
     how = ("already trained" if summary["already_trained"]
@@ -90,7 +102,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     kit = load(args)
     run_dir = kit.run_dir(args.out)
-    result = student_plugin(kit).evaluate(kit, run_dir, store=ModelStore(), ground_truth=args.ground_truth)
+    with _logged(args, kit, "eval"):
+        result = student_plugin(kit).evaluate(kit, run_dir, store=ModelStore(), ground_truth=args.ground_truth)
     json_path, md_path = write_eval(run_dir, result)
     sys.stdout.write(md_path.read_text() + f"\nwritten: {json_path}, {md_path}\n")
     return 0
@@ -101,7 +114,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     export_bundle = import_stage("dkit.export.bundle", what="dkit export", extra="export").export_bundle
 
     kit = load(args)
-    result = export_bundle(kit, kit.run_dir(args.out), store=ModelStore())
+    with _logged(args, kit, "export"):
+        result = export_bundle(kit, kit.run_dir(args.out), store=ModelStore())
     lines = [f"bundle: {result['bundle']}"] + ([f"archive: {result['archive']}"] if result["archive"] else [])
     what = {"detect": "boxes agreeing after NMS", "classify": "top-1 agreeing with Ultralytics' predict",
             "embed": "mean cosine"}[result["task"]]

@@ -7,6 +7,7 @@
     run.cache_db                                       # the content-keyed teacher cache (cache/teacher.sqlite)
     run.student / run.student_weights / run.last_weights
     run.eval_json, run.bundle, run.archive
+    run.log_file("train")                              # logs/train.log: everything `dkit train` logged
 
     RUN_DIR/
       labels/          data set (data.yaml, images/, labels/ or class folders), labels.jsonl, report.html,
@@ -16,6 +17,8 @@
       student/         weights/best.pt, weights/last.pt, student.json, curves.png, train.log
       eval.json, eval.md
       bundle/, bundle.tar.gz
+      logs/            label.log, train.log, eval.log, export.log: each stage's full log (the libraries' lines
+                       included), appended run after run
 """
 
 from __future__ import annotations
@@ -130,3 +133,9 @@ class RunDir:
     def archive(self) -> Path:
         """bundle.tar.gz: the bundle as one file to copy to the device."""
         return self.root / "bundle.tar.gz"
+
+    # logs
+    def log_file(self, stage: str) -> Path:
+        """logs/STAGE.log: the full log of a stage's runs, e.g. `RunDir("runs/toy").log_file("label")` ->
+        runs/toy/logs/label.log (dkit.core.logfile.LogFile writes it)."""
+        return self.root / "logs" / f"{stage}.log"
