@@ -90,7 +90,7 @@ def assign_split(records: list[LabelRecord], kit) -> tuple[list[LabelRecord], Sp
     (None when no image can be held out: one usable image)."""
     # A classifier trains on labelled images only; a clip-embed student reproduces the teacher's embedding
     # of every image it saw, abstained ones too (they are left out of the class folders, not of the split).
-    embed = kit.student.kind == "clip-embed"
+    embed = kit.student.spec.task == "embed"
     usable = [i for i, r in enumerate(records)
               if r.skipped is None and (embed or not (kit.task == "classify" and r.abstained))]
     if not usable:

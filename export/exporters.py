@@ -1,5 +1,6 @@
 """Exporters, keyed by the kit's `student.kind` like the student plugins (dkit.distill.students): each turns that
-kind's trained student into model files in the bundle folder and the manifest pieces that describe them.
+kind's trained student into model files in the bundle folder and the manifest pieces that describe them. Which
+function exports a kind is part of its declaration (dkit.core.student_kinds.StudentKind.exporter).
 
     exported = exporter_for(kit)(kit, run, bundle_dir, store)     # -> Exported(entry, classes, parts)
 
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 
 from dkit.core.errors import UsageError
 from dkit.core.run import RunDir
+from dkit.core.student_kinds import KindView
 
 
 @dataclass(frozen=True)
@@ -30,16 +32,19 @@ class Exporter(Protocol):
     def __call__(self, kit, run: RunDir, bundle_dir: Path, store) -> Exported: ...
 
 
-EXPORTERS = {
-    "yolo-detect": "dkit.export.yolo:export_yolo_detect",
-    "yolo-cls": "dkit.export.yolo:export_yolo_cls",
-    "clip-embed": "dkit.export.judge:export_clip_embed",
-}
+EXPORTERS = KindView(lambda kind: kind.exporter)  # kind -> "module:function", for every declared kind (a live view)
 
 
 def exporter_for(kit) -> Exporter:
+    """The exporter of the kit's student kind. Raises UsageError for a kind that has none."""
     try:
-        module, name = EXPORTERS[kit.student.kind].split(":")
+        target = EXPORTERS[kit.student.kind]
     except KeyError as e:
         raise UsageError(f"no exporter for student kind {kit.student.kind!r}; known: {', '.join(EXPORTERS)}") from e
+    return resolve(target)
+
+
+def resolve(target: str):
+    """The function a declaration names as "module:function" (StudentKind.exporter, .ncnn), imported now."""
+    module, name = target.split(":")
     return getattr(importlib.import_module(module), name)

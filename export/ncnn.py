@@ -11,6 +11,8 @@ model on the kit's held-out images before they are shipped.
   stride-aligned input, the minimal letterbox included. (Ultralytics' own NCNN export bakes the export size's
   anchor count in, and a dynamic head's grid becomes pnnx.Expression layers NCNN cannot load.)
 - A YOLO classifier goes through Ultralytics' own NCNN export; a clip-embed image encoder through `pnnx.export`.
+  Which converter a student kind uses is part of its declaration (dkit.core.student_kinds.StudentKind.ncnn; a kind
+  without one has no NCNN model): `convert(kit, run, bundle_dir, stem, *, half) -> (param, weights, head | None)`.
 
 Two models: `student_ncnn` (fp32 weights; the device runs it in fp32) and `student_ncnn_fp16` (fp16 weights, half
 the size; the device switches on NCNN's fp16 storage and arithmetic, which Arm v8.2+ CPUs such as the Raspberry
@@ -38,23 +40,31 @@ import numpy as np
 
 from dkit.core.errors import DkitError, UsageError, require
 from dkit.core.run import RunDir
+from dkit.core.student_kinds import student_kinds
 from dkit.edge.bundle.manifest import Preprocess
 from dkit.edge.infer.preprocess import preprocess
+from dkit.export.exporters import resolve
 
 log = logging.getLogger(__name__)
-KINDS = ("yolo-detect", "yolo-cls", "clip-embed")
+
+
+def ncnn_kinds() -> list[str]:
+    """The declared student kinds that have an NCNN converter (StudentKind.ncnn)."""
+    return [key for key, kind in student_kinds().items() if kind.ncnn]
 
 
 def export_ncnn(kit, run: RunDir, bundle_dir: Path, entry: dict, held_out: list[np.ndarray], task: str,
                 calibration: list[np.ndarray] | None = None) -> dict:
     """{role: manifest entry} of the NCNN models written into bundle_dir (a refused one has `refused`); with
     `calibration` images and int8 in export.precisions, a detector's int8 NCNN model too (dkit.export.ncnn_int8)."""
-    if kit.student.kind not in KINDS:
-        raise UsageError(f"export.backends: ncnn is exported for {', '.join(KINDS)} students; "
+    kind = kit.student.spec
+    if kind.ncnn is None:
+        raise UsageError(f"export.backends: ncnn is exported for {', '.join(ncnn_kinds())} students; "
                          f"this kit's student.kind is {kit.student.kind}")
     require("pnnx", what="the NCNN export (export.backends: ncnn)", extra="export")
     require("ncnn", what="checking the NCNN model", extra="export")
-    detector = kit.student.kind == "yolo-detect"
+    convert = resolve(kind.ncnn)
+    detector = kind.task == "detect"
     spec = Preprocess.from_dict(entry["preprocess"])  # a detector keeps the bundle's letterbox (any input size)
     spec = spec if detector else replace(spec, letterbox="square")
     inputs = [preprocess(rgb, spec)[0] for rgb in held_out]  # (1, 3, H, W) each
@@ -62,10 +72,7 @@ def export_ncnn(kit, run: RunDir, bundle_dir: Path, entry: dict, held_out: list[
     for precision in ("fp32", "fp16"):
         role = "student_ncnn" if precision == "fp32" else "student_ncnn_fp16"
         stem = "student" if precision == "fp32" else "student-fp16"
-        if detector:
-            param, weights, head = _convert_detector(kit, run, bundle_dir, stem, half=precision == "fp16")
-        else:
-            (param, weights), head = _convert(kit, run, bundle_dir, stem, half=precision == "fp16"), None
+        param, weights, head = convert(kit, run, bundle_dir, stem, half=precision == "fp16")
         size = ["height", "width"] if head else list(spec.size)
         doc = {"file": param.name, "weights": weights.name, "format": "ncnn", "precision": precision,
                **({"checked_on": platform.machine()} if precision != "fp32" else {}),
@@ -107,9 +114,10 @@ def _guard(doc: dict, kit, param: Path, weights: Path) -> dict:
     return doc
 
 
-def _convert_detector(kit, run: RunDir, bundle_dir: Path, stem: str, *, half: bool) -> tuple[Path, Path, dict]:
-    """A YOLO detector up to its head's raw convolutions (no anchor grid in the graph, so NCNN takes any input
-    size), through `pnnx.export` traced at two shapes; returns the files and the head the device decodes."""
+def convert_yolo_detect(kit, run: RunDir, bundle_dir: Path, stem: str, *, half: bool) -> tuple[Path, Path, dict]:
+    """The `yolo-detect` NCNN converter: a YOLO detector up to its head's raw convolutions (no anchor grid in the
+    graph, so NCNN takes any input size), through `pnnx.export` traced at two shapes; returns the files and the
+    head the device decodes."""
     import types
 
     import torch
@@ -136,10 +144,8 @@ def _convert_detector(kit, run: RunDir, bundle_dir: Path, stem: str, *, half: bo
     return bundle_dir / f"{stem}.ncnn.param", bundle_dir / f"{stem}.ncnn.bin", head
 
 
-def _convert(kit, run: RunDir, bundle_dir: Path, stem: str, *, half: bool) -> tuple[Path, Path]:
-    """The trained student through pnnx -> bundle_dir/<stem>.ncnn.param, .bin."""
-    if kit.student.kind == "clip-embed":
-        return _convert_module(kit, run, bundle_dir, stem, half=half)
+def convert_yolo_cls(kit, run: RunDir, bundle_dir: Path, stem: str, *, half: bool) -> tuple[Path, Path, None]:
+    """The `yolo-cls` NCNN converter: Ultralytics' own NCNN export (pnnx) -> bundle_dir/<stem>.ncnn.param, .bin."""
     ultralytics = require("ultralytics", what="exporting a YOLO student", extra="distill")
     best = run.trained_weights()
     quiet = logging.getLogger("ultralytics")
@@ -163,11 +169,12 @@ def _convert(kit, run: RunDir, bundle_dir: Path, stem: str, *, half: bool) -> tu
         shutil.move(str(folder / "model.ncnn.bin"), weights)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return param, weights
+    return param, weights, None
 
 
-def _convert_module(kit, run: RunDir, bundle_dir: Path, stem: str, *, half: bool) -> tuple[Path, Path]:
-    """A clip-embed student's image encoder (a torch module) through `pnnx.export`, traced at its input size."""
+def convert_clip_embed(kit, run: RunDir, bundle_dir: Path, stem: str, *, half: bool) -> tuple[Path, Path, None]:
+    """The `clip-embed` NCNN converter: the student's image encoder (a torch module) through `pnnx.export`, traced
+    at its input size."""
     import torch
 
     from dkit.distill.students import clip_embed
@@ -176,7 +183,7 @@ def _convert_module(kit, run: RunDir, bundle_dir: Path, stem: str, *, half: bool
     model, ckpt = clip_embed.load_student(best)
     size = ckpt["preprocess"]["size"]
     _pnnx_export(model.float().eval(), best, bundle_dir, stem, half, torch.zeros(1, 3, size, size))
-    return bundle_dir / f"{stem}.ncnn.param", bundle_dir / f"{stem}.ncnn.bin"
+    return bundle_dir / f"{stem}.ncnn.param", bundle_dir / f"{stem}.ncnn.bin", None
 
 
 def _pnnx_export(module, best: Path, bundle_dir: Path, stem: str, half: bool, x, x2=None) -> None:

@@ -54,7 +54,7 @@ def train(kit, run_dir: Path, *, store, restart: bool = False, progress: bool = 
                         resumed=False, already_trained=True, seconds=0.0)
 
     start = time.perf_counter()
-    task = "detect" if kit.student.kind == "yolo-detect" else "classify"
+    task = kit.task  # detect | classify: yolo-detect, yolo-cls
     data = str(labels / "data.yaml") if task == "detect" else str(labels)
     file_log = _attach_log(out / "train.log", ultralytics)
     level = log.level
@@ -259,7 +259,7 @@ def evaluate(kit, run_dir: Path, *, store, ground_truth: Path | None = None) -> 
     s_params, s_gflops = profile(student.model, (1, 3, s.imgsz, s.imgsz))
     t_params, t_gflops = profile_teacher(teacher, kit.teacher.imgsz)
     result = {
-        "task": "detect" if s.kind == "yolo-detect" else "classify", "split": "val", "images": len(records),
+        "task": kit.task, "split": "val", "images": len(records),
         "kit": kit.name, "random_teacher": teacher.random,
         "ground_truth": None if ground_truth is None else str(ground_truth),
         "student": {"kind": s.kind, "weights": str(best), "imgsz": s.imgsz, "params": s_params,
@@ -267,7 +267,7 @@ def evaluate(kit, run_dir: Path, *, store, ground_truth: Path | None = None) -> 
         "teacher": {"id": teacher.id, "imgsz": kit.teacher.imgsz, "augment": kit.teacher.augment, "params": t_params,
                     "gflops": t_gflops, "ms_per_image": t_ms},
     }
-    if s.kind == "yolo-detect":
+    if kit.task == "detect":
         _detection_metrics(result, kit, run, records, s_out, t_out, teacher, ground_truth)
         validator = _validator_map50(student, kit, run)
         result["student"]["validator_map50_vs_teacher"] = validator

@@ -11,6 +11,8 @@ is never a string, a boolean is never "yes"); every problem becomes one `KitErro
 file, the key path and what was expected. Paths in a kit resolve relative to the kit file; `--data`
 is relative to the current directory. `--set KEY.PATH=VALUE` values are parsed as YAML scalars or
 flow lists (`--set export.precisions=[fp32,int8]`) and validated exactly like the file.
+`student.kind` is a kind declared in dkit.core.student_kinds; that declaration answers the cross-checks (which
+teachers, image-size multiple, multi-GPU, unlabeled pool, judge) and its model checks `student.train_args`.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 import pydantic
 import yaml
-from pydantic import BeforeValidator, ConfigDict, Field, Strict, StringConstraints
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, Strict, StringConstraints
 from pydantic.dataclasses import dataclass
 
 from dkit.core.errors import KitError, UsageError
+from dkit.core.student_kinds import StudentKind, TrainArgs, student_kind, student_kinds
 from dkit.edge.bundle.manifest import MAX_PROMPT_CHARS, JudgeConfig, Thresholds
 
 DEVICE_THRESHOLDS, DEVICE_JUDGE = Thresholds(), JudgeConfig()
@@ -35,8 +38,6 @@ DEVICE_THRESHOLDS, DEVICE_JUDGE = Thresholds(), JudgeConfig()
 RANDOM = "random"  # teacher.pretrained value that builds an untrained teacher: tests only
 CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 BACKBONE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")  # student.pretrained: timm checkpoints
-TEACHERS = ("clip", "yolo")
-STUDENTS = ("yolo-detect", "yolo-cls", "clip-embed")
 
 # Sections are plain mappings in YAML; scalars are strict: 640 is an integer, "640" is not, "yes" is no boolean.
 _STRICT = ConfigDict(extra="forbid")
@@ -70,6 +71,16 @@ def _device(value: Any) -> Any:
 
 
 Device = Annotated[Text | GpuList, BeforeValidator(_device)]
+
+
+def _known_kind(value: str) -> str:
+    """student.kind: a declared student kind (dkit.core.student_kinds)."""
+    if value not in student_kinds():
+        raise _Invalid("", "one of " + _either([repr(k) for k in student_kinds()]), value)
+    return value
+
+
+StudentKindKey = Annotated[str, Strict(), AfterValidator(_known_kind)]
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -234,7 +245,7 @@ class Teacher:
 class Student:
     """The small model trained on the teacher's labels."""
 
-    kind: Literal["yolo-detect", "yolo-cls", "clip-embed"]
+    kind: StudentKindKey  # a declared kind (dkit.core.student_kinds): yolo-detect, yolo-cls, clip-embed
     model: Text  # yolo: yolov8n.pt (pretrained, from the store) or yolov8n.yaml (from scratch); clip-embed: backbone
     imgsz: PosInt = 320
     epochs: PosInt = 50
@@ -245,23 +256,42 @@ class Student:
     # clip-embed: a timm checkpoint file (.safetensors/.pth/.pt/.bin) in the model store, by file name, that the
     # backbone starts from; None: from scratch. (YOLO students take pretrained weights through `model`.)
     pretrained: Text | None = None
-    train_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # passed on to Ultralytics' train()
+    # the kind's own training settings, as written; validated against its model (`args`) when the kit loads.
+    # YOLO: any Ultralytics training argument, passed on to its train(); clip-embed: lr, weight_decay, ...
+    train_args: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.kind.startswith("yolo") and self.imgsz % 32:
-            raise _Invalid("imgsz", "a multiple of 32 for a YOLO student", self.imgsz)
-        if isinstance(self.device, list) and not self.kind.startswith("yolo"):
-            raise _Invalid("device", "one device ('auto', 'cpu', 'cuda:0') for a clip-embed student: a list of "
-                           "devices is for YOLO students (multi-GPU clip-embed training is launched with torchrun: "
-                           "torchrun --nproc_per_node N -m dkit train KIT, one GPU a process)", self.device)
+        spec = self.spec
+        if self.imgsz % spec.imgsz_multiple:
+            raise _Invalid("imgsz", f"a multiple of {spec.imgsz_multiple} for a {spec.name} student", self.imgsz)
+        if isinstance(self.device, list) and spec.multi_gpu != "device-list":
+            lists = _either(list(dict.fromkeys(k.name for k in student_kinds().values()
+                                               if k.multi_gpu == "device-list")), "and")
+            how = (f" (multi-GPU {spec.name} training is launched with torchrun: torchrun --nproc_per_node N -m dkit "
+                   "train KIT, one GPU a process)" if spec.multi_gpu == "torchrun" else "")
+            raise _Invalid("device", f"one device ('auto', 'cpu', 'cuda:0') for a {spec.name} student: a list of "
+                           f"devices is for {lists} students{how}", self.device)
         if self.pretrained is not None:
-            if self.kind.startswith("yolo"):
-                raise _Invalid("pretrained", "no student.pretrained for a YOLO student: its pretrained weights are "
-                               "student.model (yolov8n.pt, from the model store)", self.pretrained)
+            if spec.model_file:
+                raise _Invalid("pretrained", f"no student.pretrained for a {spec.name} student: its pretrained "
+                               "weights are student.model (a weights file such as yolov8n.pt, from the model store)",
+                               self.pretrained)
             if _looks_like_path(self.pretrained, require_sep=True) or not self.pretrained.lower().endswith(
                     BACKBONE_SUFFIXES):
                 raise _Invalid("pretrained", "the file name of a timm checkpoint in the model store ("
                                + ", ".join(BACKBONE_SUFFIXES) + "), not a path", self.pretrained)
+
+        _check_train_args(spec.config, self.train_args)
+
+    @property
+    def spec(self) -> StudentKind:
+        """The declaration of this student's kind (dkit.core.student_kinds): task, traits, implementations."""
+        return student_kind(self.kind)
+
+    @property
+    def args(self) -> TrainArgs:
+        """`train_args` validated by the kind's model, its defaults filled in (`.model_dump()`: a dict)."""
+        return self.spec.config.model_validate(self.train_args)
 
     @property
     def single_device(self) -> str:
@@ -367,17 +397,19 @@ class Kit:
     label: Label = dataclasses.field(default_factory=Label)
 
     def __post_init__(self) -> None:
-        if self.student.kind == "clip-embed" and self.teacher.kind != "clip":
-            raise _Invalid("student.kind", "a yolo-detect or yolo-cls student for a yolo teacher", "clip-embed")
-        if self.teacher.kind == "yolo" and self.student.kind == "yolo-cls":
-            raise _Invalid("student.kind", "yolo-detect for a yolo (detector) teacher", self.student.kind)
-        if self.data.unlabeled and self.student.kind != "clip-embed":
-            raise _Invalid("data.unlabeled", "no unlabeled pool unless student.kind is clip-embed (a detector or "
-                           "classifier learns from labels; the pool has none)", [str(p) for p in self.data.unlabeled])
-        if self.judge is not None and self.student.kind != "clip-embed":
-            raise _Invalid("judge", "no judge section unless student.kind is clip-embed", "a judge section")
+        spec, teacher = self.student.spec, self.teacher.kind
+        if teacher not in spec.teachers:
+            fits = _either([k for k, s in student_kinds().items() if teacher in s.teachers])
+            raise _Invalid("student.kind", f"a {fits} student for a {teacher} teacher", self.student.kind)
+        if self.data.unlabeled and not spec.unlabeled_pool:
+            pools = _either([k for k, s in student_kinds().items() if s.unlabeled_pool])
+            raise _Invalid("data.unlabeled", f"no unlabeled pool unless student.kind is {pools} (a {spec.key} "
+                           "student learns from labels; the pool has none)", [str(p) for p in self.data.unlabeled])
+        if self.judge is not None and spec.task != "embed":
+            judges = _either([k for k, s in student_kinds().items() if s.task == "embed"])
+            raise _Invalid("judge", f"no judge section unless student.kind is {judges}", "a judge section")
         self._check_abstain()
-        if self.student.kind == "clip-embed":
+        if spec.task == "embed":
             self._check_judge_prompts()
 
     def _check_judge_prompts(self) -> None:
@@ -421,7 +453,7 @@ class Kit:
     @property
     def task(self) -> Literal["detect", "classify"]:
         """What the labels are: boxes for a detector student, one class per image otherwise."""
-        return "detect" if self.student.kind == "yolo-detect" else "classify"
+        return self.student.spec.label_task
 
     def run_dir(self, out: str | os.PathLike | None = None) -> Path:
         """Where this kit's artefacts go: `--out`, or `runs/<name>/` under the current directory."""
@@ -555,7 +587,7 @@ def _resolve_paths(kit: Kit, base: Path, where: str, sources: dict[str, str]) ->
         teacher = dataclasses.replace(teacher, model=str((base / teacher.model).resolve()))
 
     student = kit.student
-    if student.kind.startswith("yolo") and _looks_like_path(student.model, require_sep=True):
+    if student.spec.model_file and _looks_like_path(student.model, require_sep=True):
         student = dataclasses.replace(student, model=str((base / student.model).resolve()))
     judge = kit.judge
     if judge is not None and judge.kiosk.get("blocklist"):
@@ -599,15 +631,32 @@ def _is_hex(text: str) -> bool:
     return all(c in "0123456789abcdefABCDEF" for c in text)
 
 
+def _either(items: list[str], word: str = "or") -> str:
+    """'a', 'a or b', 'a, b or c'."""
+    return f" {word} ".join([", ".join(items[:-1]), items[-1]] if len(items) > 1 else items)
+
+
 # --------------------------------------------------------------------------------------------- errors
 
 
 class _Invalid(ValueError):
-    """Raised in __post_init__: `key` is relative to the dataclass being validated."""
+    """Raised in __post_init__: `key` is relative to the dataclass being validated; `problem` replaces
+    "expected ..., got ..." when the value is not wrong but out of place (an unknown key)."""
 
-    def __init__(self, key: str, expected: str, got: object = ...):
-        self.key, self.expected, self.got = key, expected, got
-        super().__init__(f"{key}: expected {expected}")
+    def __init__(self, key: str, expected: str | None, got: object = ..., problem: str | None = None):
+        self.key, self.expected, self.got, self.problem = key, expected, got, problem
+        super().__init__(f"{key}: {problem or f'expected {expected}'}")
+
+
+def _check_train_args(config: type[TrainArgs], train_args: dict[str, Any]) -> None:
+    """`student.train_args` against its kind's model; the first problem as an _Invalid naming train_args.KEY."""
+    try:
+        config.model_validate(train_args)
+    except pydantic.ValidationError as e:
+        first = max(e.errors(include_url=False), key=lambda err: len(_loc(err)))
+        loc, expected, got, problem = _describe(first, lambda at: [] if at else list(config.model_fields))
+        key = ".".join(["train_args", *(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc)])
+        raise _Invalid(key.replace(".[", "["), expected, got, problem) from None
 
 
 _EXPECTED = {
@@ -630,16 +679,27 @@ def _kit_error(err: pydantic.ValidationError, where: str, sources: dict[str, str
     errors = err.errors(include_url=False)
     # A union (e.g. judge: Judge | None) reports one error per member; the most specific is the deepest.
     first = max(errors, key=lambda e: len(_loc(e)))
+    loc, expected, got, problem = _describe(first, _allowed_keys)
+
+    key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
+    # the option that set this key, a key inside it, or (a misspelt section: --set studnet.epochs=2) a key below it
+    source = next((src for k, src in sources.items() if key == k or key.startswith((k + ".", k + "["))
+                   or (key and k.startswith((key + ".", key + "[")))), None)
+    return KitError(where, key, expected, got, problem=problem, source=source)
+
+
+def _describe(first: dict[str, Any], allowed_keys) -> tuple[list[str | int], str | None, object, str | None]:
+    """One pydantic error as (key path, expected, got, problem); `allowed_keys(loc)` lists the keys at a location
+    (for "did you mean")."""
     loc = _loc(first)
     kind, ctx, got = first["type"], first.get("ctx") or {}, first.get("input", ...)
-
     problem, expected = None, None
     if isinstance(ctx.get("error"), _Invalid):
         inv = ctx["error"]
         loc = [*loc, *inv.key.split(".")] if inv.key else loc
-        expected, got = inv.expected, inv.got
+        expected, got, problem = inv.expected, inv.got, inv.problem
     elif kind in ("extra_forbidden", "unexpected_keyword_argument"):
-        allowed = _allowed_keys(loc[:-1])
+        allowed = allowed_keys(loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         problem = "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
         problem += f"; the keys here are: {', '.join(allowed)}" if allowed else ""
@@ -657,12 +717,7 @@ def _kit_error(err: pydantic.ValidationError, where: str, sources: dict[str, str
         expected = "a name of letters, digits, '.', '_' or '-' (it names runs/<name>/)"
     else:
         expected = _EXPECTED.get(kind, first["msg"][0].lower() + first["msg"][1:])
-
-    key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
-    # the option that set this key, a key inside it, or (a misspelt section: --set studnet.epochs=2) a key below it
-    source = next((src for k, src in sources.items() if key == k or key.startswith((k + ".", k + "["))
-                   or (key and k.startswith((key + ".", key + "[")))), None)
-    return KitError(where, key, expected, got, problem=problem, source=source)
+    return loc, expected, got, problem
 
 
 def _loc(error: dict[str, Any]) -> list[str | int]:

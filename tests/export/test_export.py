@@ -262,9 +262,9 @@ def test_an_ncnn_model_below_the_guard_is_refused_not_shipped(trained, monkeypat
         files = bundle_dir / f"{stem}.ncnn.param", bundle_dir / f"{stem}.ncnn.bin"
         for f in files:
             f.write_text("x")
-        return files
+        return (*files, None)
 
-    monkeypatch.setattr(ncnn_export, "_convert", convert)
+    monkeypatch.setattr(ncnn_export, "convert_yolo_detect", convert)  # the coco128 kit's kind's (StudentKind.ncnn)
     monkeypatch.setattr(ncnn_export, "_parity", lambda *a: {"metric": "mAP50", "agreement": 0.5, "images": 4,
                                                              "max_abs_diff": 1.0})
     entry = {"file": "student.onnx", "preprocess": {"resize": "letterbox", "size": [64, 64]}}

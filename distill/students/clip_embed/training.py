@@ -8,7 +8,8 @@ background prompts and judge prompts; k: teacher.logit_scale):
 Optimiser and schedule: AdamW (no weight decay on norms and biases), linear warm-up (one epoch at most)
 then cosine decay to 1% of lr, per step; `student.epochs` epochs of `student.batch` images; early stopping
 on the held-out cosine after `student.patience` epochs without improvement. `student.train_args` may set:
-lr (2e-3), weight_decay (0.05), kd_weight (1.0), seed (0), workers (decoding processes; 0: one per spare core).
+lr (2e-3), weight_decay (0.05), kd_weight (1.0), seed (0), workers (decoding processes; 0: one per spare core):
+the kind's model, dkit.core.student_kinds.ClipEmbedTrainArgs, checks them when the kit loads.
 
 The training images are the labelled train split plus a kit's unlabeled pool (labels/pool.jsonl,
 dkit.distill.pool: the teacher's embeddings of images nobody labelled); the held-out cosine is on the val split.
@@ -44,6 +45,7 @@ from dkit.core.errors import UsageError
 from dkit.core.files import duration
 from dkit.core.records import LabelRecord
 from dkit.core.run import RunDir
+from dkit.core.student_kinds import ClipEmbedTrainArgs
 from dkit.core.workers import decode_workers
 from dkit.distill.images import workers_can_start
 from dkit.distill.students.clip_embed.data import (
@@ -64,7 +66,7 @@ from dkit.edge.bundle.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ARGS = {"lr": 2e-3, "weight_decay": 0.05, "kd_weight": 1.0, "seed": 0, "workers": 0}
+DEFAULT_ARGS = ClipEmbedTrainArgs().model_dump()  # {"lr": 2e-3, "weight_decay": 0.05, "kd_weight": 1.0, ...}
 CURVES_EVERY_S = 30.0  # curves.png is redrawn after an epoch at most this often, and after the last one
 _FINGERPRINT = {"student": "student settings", "pretrained": "backbone checkpoint (student.pretrained)",
                 "teacher": "teacher", "prompts": "prompts", "images": "labelled (or unlabeled-pool) images"}
@@ -74,18 +76,9 @@ _FINGERPRINT = {"student": "student settings", "pretrained": "backbone checkpoin
 
 
 def _train_args(kit) -> dict:
-    unknown = sorted(set(kit.student.train_args) - set(DEFAULT_ARGS))
-    if unknown:
-        raise UsageError(f"student.train_args: unknown key(s) {', '.join(unknown)} for a {KIND} student; "
-                         f"the keys are: {', '.join(DEFAULT_ARGS)}")
-    args = {**DEFAULT_ARGS, **kit.student.train_args}
-    for key, default in DEFAULT_ARGS.items():
-        value = args[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (
-                isinstance(default, int) and not isinstance(value, int)):
-            kind = "an integer >= 0" if isinstance(default, int) else "a number >= 0"
-            raise UsageError(f"student.train_args.{key}: expected {kind}, got {value!r}")
-    return args
+    """student.train_args over their defaults (validated when the kit loaded: ClipEmbedTrainArgs), values as
+    written (an integer stays one: the dict is part of the run's fingerprint)."""
+    return kit.student.args.model_dump()
 
 
 @dataclasses.dataclass(frozen=True)
