@@ -6,7 +6,7 @@ kit's cross-checks ask about, and the dotted paths of its implementations (train
 exporter and an NCNN converter in dkit.export), which those layers import only when the kind is used. So
 `dkit.core` never imports the training or export stack, and a kind's heavy imports stay inside its plugin.
 
-    from dkit.core.student_kinds import StudentKind, TrainArgs, register_student_kind
+    from dkit.core.student_kinds import NonNegative, StudentKind, TrainArgs, register_student_kind
 
     class TinyArgs(TrainArgs):
         lr: NonNegative = 1e-3
