@@ -132,12 +132,13 @@ class Data:
 class Label:
     """Where `dkit label` runs the teacher: this process (`local`) or a Ray cluster (`ray`, dkit.distill.engines)."""
 
-    engine: Literal["local", "ray"] = "local"
+    engine: Literal["local", "ray"] = "local"  # local: this process; ray: Ray Data and teacher actors; `--engine`
     # ray: "auto" (the cluster `ray start` runs on this machine), "ray://HOST:10001" (a remote one); unset: a Ray
     # started for this run on this machine and stopped after it; `--address`
     address: Text | None = None
     # ray: teacher actors; 0: one per GPU, else one per cpus_per_actor CPUs (one CPU left for decoding)
     actors: Annotated[int, Strict(), Field(ge=0)] = 0
+    # ray: CPUs each teacher actor reserves
     cpus_per_actor: Annotated[float, Strict(), Field(gt=0.0, le=256.0, allow_inf_nan=False)] = 1.0  # also its threads
     # GPUs per teacher actor; unset: 1 when the cluster has GPUs, else 0
     gpus_per_actor: Annotated[float, Strict(), Field(ge=0.0, le=8.0, allow_inf_nan=False)] | None = None
@@ -151,8 +152,8 @@ class Ontology:
     teacher they are the teacher's own class names that map onto the class (unmapped ones are dropped).
     """
 
-    classes: dict[Text, Prompts]
-    background: OptPrompts = dataclasses.field(default_factory=list)
+    classes: dict[Text, Prompts]  # class name -> its prompts (one string or a list); at least one class
+    background: OptPrompts = dataclasses.field(default_factory=list)  # prompts meaning "none of these" (CLIP)
 
     def __post_init__(self) -> None:
         if not self.classes:
@@ -192,7 +193,7 @@ class Abstain:
 class Proposer:
     """Where a CLIP teacher looks for objects: each proposed box is cropped and verified by CLIP."""
 
-    kind: Literal["yolo", "sliding"] = "yolo"
+    kind: Literal["yolo", "sliding"] = "yolo"  # yolo: a class-agnostic detector's boxes; sliding: windows, no weights
     model: Text = "yolov8n.pt"  # yolo: any Ultralytics detector, used class-agnostically
     conf: Fraction = 0.05  # yolo: objectness floor of a proposal
     scales: Annotated[list[Annotated[float, Strict(), Field(gt=0.0, le=1.0)]], Field(min_length=1)] = (
@@ -212,21 +213,21 @@ class Proposer:
 class Teacher:
     """The big zero-shot model that labels the images."""
 
-    kind: Literal["clip", "yolo"]
+    kind: Literal["clip", "yolo"]  # clip: open_clip with the ontology's text prompts; yolo: an Ultralytics detector
     model: Text  # clip: open_clip architecture (ViT-B-32); yolo: weights file name or path (yolov8n.pt)
     pretrained: Text | None = None  # clip: open_clip tag, local checkpoint path, or "random" (tests only)
     templates: OptPrompts = dataclasses.field(default_factory=lambda: ["{}"])  # clip prompt templates
     imgsz: PosInt = 640  # yolo teacher and proposer inference size; a CLIP model uses its own input size
-    conf: Fraction = 0.25
-    iou: Fraction = 0.7
-    batch: PosInt = 16
+    conf: Fraction = 0.25  # yolo teacher and proposer: confidence floor of a box
+    iou: Fraction = 0.7  # IoU of class-wise NMS on the kit's classes
+    batch: PosInt = 16  # images per teacher forward pass
     augment: Bool = False  # test-time augmentation: labeling is offline, quality beats speed
     max_det: PosInt = 300  # boxes per image at most
     min_box: Annotated[float, Strict(), Field(ge=0.0)] = 4.0  # boxes with a side shorter than this (pixels) are dropped
     abstain: Abstain = dataclasses.field(default_factory=Abstain)
     proposer: Proposer = dataclasses.field(default_factory=Proposer)  # clip teacher, detection students
     review_below: Fraction = 0.5  # report.html lists labels less confident than this for review
-    device: Text = "auto"
+    device: Text = "auto"  # "auto" (a GPU when there is one), "cpu", "cuda:0", ...
 
     def __post_init__(self) -> None:
         if self.kind == "clip" and self.pretrained is None:
@@ -245,11 +246,13 @@ class Teacher:
 class Student:
     """The small model trained on the teacher's labels."""
 
-    kind: StudentKindKey  # a declared kind (dkit.core.student_kinds): yolo-detect, yolo-cls, clip-embed
+    # yolo-detect: a YOLO detector; yolo-cls: a YOLO classifier; clip-embed: an image encoder reproducing the CLIP
+    # teacher's embeddings (the kiosk judge)
+    kind: StudentKindKey  # a declared kind (dkit.core.student_kinds)
     model: Text  # yolo: yolov8n.pt (pretrained, from the store) or yolov8n.yaml (from scratch); clip-embed: backbone
-    imgsz: PosInt = 320
-    epochs: PosInt = 50
-    batch: PosInt = 16
+    imgsz: PosInt = 320  # input size in pixels (a multiple of 32 for a YOLO student)
+    epochs: PosInt = 50  # training epochs at most (early stopping may end sooner)
+    batch: PosInt = 16  # images per training step
     patience: PosInt = 20  # early stopping: epochs without improvement
     # "auto", "cpu", "cuda:0", ...; YOLO students also take a list of GPU indices ([0, 1]: Ultralytics' own DDP)
     device: Device = "auto"
@@ -303,11 +306,12 @@ class Student:
 class Export:
     """What goes into the bundle."""
 
+    # model precisions in the bundle; fp16 and int8 are checked against fp32 on the held-out images
     precisions: Annotated[list[Literal["fp32", "fp16", "int8"]], Field(min_length=1)] = dataclasses.field(
         default_factory=lambda: ["fp32"]
     )
     tensorrt: Bool = False  # build an engine when TensorRT and a GPU are present, else document the command
-    opset: Annotated[int, Strict(), Field(ge=17)] = 17
+    opset: Annotated[int, Strict(), Field(ge=17)] = 17  # ONNX opset of the exported models
     calibration_images: PosInt = 64  # int8 calibration: the kit's own images
     # int8 signedness (activations, weights), QDQ: s8s8 is onnxruntime's first choice, what its Arm kernels (dot
     # product instructions: Raspberry Pi 5, Jetson) and TensorRT run; u8s8 is faster on x86 AVX2 without VNNI
@@ -334,9 +338,10 @@ class Export:
 class Edge:
     """Defaults the device runtime starts with (all overridable on the device)."""
 
-    conf: Fraction = DEVICE_THRESHOLDS.conf  # the defaults are the device's own (dkit.edge.bundle.manifest)
-    iou: Fraction = DEVICE_THRESHOLDS.iou
-    max_det: PosInt = DEVICE_THRESHOLDS.max_det
+    # the defaults of conf, iou and max_det are the device's own (dkit.edge.bundle.manifest.Thresholds)
+    conf: Fraction = DEVICE_THRESHOLDS.conf  # detectors: confidence floor of a box
+    iou: Fraction = DEVICE_THRESHOLDS.iou  # detectors: IoU of class-wise NMS
+    max_det: PosInt = DEVICE_THRESHOLDS.max_det  # detectors: boxes per frame at most
     providers: list[Text] = dataclasses.field(default_factory=list)  # empty: TensorRT > CUDA > ... > CPU
     threads: Annotated[int, Strict(), Field(ge=0)] = 0  # 0: onnxruntime's default
     max_fps: Annotated[float, Strict(), Field(ge=0.0)] = 0.0  # 0: as fast as frames come
@@ -361,10 +366,11 @@ class Judge:
 
     prompt: Text | None = None  # the prompt the kiosk starts with
     prompts: OptPrompts = dataclasses.field(default_factory=list)  # embedded into the bundle
+    # prompts meaning "text / handwriting": a drawing closer to them than to its prompt is penalised (text_penalty)
     text_prompts: OptPrompts = dataclasses.field(
         default_factory=lambda: ["text", "handwriting", "written words", "letters of the alphabet"]
     )
-    unsafe_prompts: OptPrompts = dataclasses.field(default_factory=list)
+    unsafe_prompts: OptPrompts = dataclasses.field(default_factory=list)  # a drawing closer to one is blocked
     # the thresholds' defaults are the device judge's own (dkit.edge.bundle.manifest.JudgeConfig)
     text_penalty: Fraction = DEVICE_JUDGE.text_penalty  # score multiplier when a drawing looks more like writing
     text_margin: Annotated[float, Strict(), Field(ge=-1.0, le=1.0)] = DEVICE_JUDGE.text_margin  # cosine lead needed
@@ -384,7 +390,7 @@ class Judge:
 class Kit:
     """One kit YAML, validated."""
 
-    name: Name
+    name: Name  # the kit's name: runs/<name>/ and the bundle's name
     ontology: Ontology
     teacher: Teacher
     student: Student

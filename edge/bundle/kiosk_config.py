@@ -20,14 +20,21 @@ from typing import Any
 
 @dataclass(frozen=True)
 class KioskConfig:
+    """The kiosk's limits and thresholds, one field each; the defaults suit one kiosk at an event.
+
+    A kit sets its own under `judge.kiosk:` (carried into the bundle's manifest), `dkit serve --set KEY=VALUE`
+    overrides one for a run: `KioskConfig.from_dict(manifest.judge.kiosk).with_overrides(["submit_rate=0.5"])`.
+    A rate of 0 turns its limit off; a value under its floor is a ValueError naming the key.
+    """
+
     # per-client token buckets (by IP address): a bucket of `burst` requests refilled at `rate` per second
     score_rate: float = 2.0  # POST /api/score: camera mode's live score asks once a second
-    score_burst: float = 10.0
+    score_burst: float = 10.0  # POST /api/score: requests a client may make at once before its rate applies
     submit_rate: float = 0.2  # POST /api/submissions: one every 5 s on average ...
     submit_burst: float = 5.0  # ... after a burst of 5
     # the work queue: images scored at once, and how many more may wait (beyond that: 503 + Retry-After)
     workers: int = 2
-    queue: int = 8
+    queue: int = 8  # images that may wait for a worker
     queue_per_client: int = 2  # places in the work queue (scoring + waiting) one client may hold at once
     screen_reserve: int = 2  # places of the queue only the kiosk's own screen (loopback) may take
     # a request body must keep arriving at this many bytes/s on average, counted on the bytes received, after a
@@ -40,17 +47,23 @@ class KioskConfig:
     # most `score_budget` times per client and prompt in `score_window` seconds (0: no budget); the kiosk's own
     # screen (loopback) has no budget
     score_step: float = 5.0
+<<<<<<< HEAD:edge/bundle/kiosk_config.py
     score_budget: int = 300
     score_window: float = 3600.0
     # a submission whose shape (dkit.edge.kiosk.dupes: turned, mirrored, cropped, moved, shrunk, inverted) has cosine >=
+=======
+    score_budget: int = 300  # /api/score answers per client and prompt in `score_window` (0: no budget)
+    score_window: float = 3600.0  # seconds the score budget is counted over
+    # a submission whose shape (dkit.edge.kiosk.dupes: turned, mirrored, cropped, moved, shrunk, inverted) has cosine >=
+>>>>>>> b20e5e3 (Kit and kiosk fields described where they were not (#26): a comment on every kit key and kiosk setting, a KioskConfig docstring (descriptions only; docs/KIT.md and docs/KIOSK.md are generated from them)):edge/bundle/kiosk_config.py
     # `dup_shape` with one of its prompt's best `keep_top` (above 1: off), or with any shown entry of its prompt whose
     # perceptual hash is within `dup_bits` (of 64), is refused; dup_bits -1 turns every duplicate check off, the
     # refusal of drawings the operator hid or deleted (on that prompt) too
     dup_bits: int = 6
-    dup_shape: float = 0.95
+    dup_shape: float = 0.95  # shape cosine at or above which a drawing is a near-duplicate (above 1: off)
     # retention: a submission stays while it is in its prompt's top `keep_top` or among the last `keep_last`
     keep_top: int = 100
-    keep_last: int = 1000
+    keep_last: int = 1000  # the newest submissions kept whatever their rank
     max_disk_mb: float = 512.0  # thumbnails + database; past it the oldest unranked entries go, then 507
     # connections: caps (a connection over them is closed at once) and timeouts in seconds
     max_connections: int = 512
@@ -61,7 +74,7 @@ class KioskConfig:
     write_timeout: float = 10.0  # a response the client does not read (its socket buffer full) is cut off after this
     max_header_bytes: int = 16384  # a request's headers (all of them): more is answered 431
     strikes: int = 4  # connections of one client closed for a deadline within `strike_window` s: then it is refused
-    strike_window: float = 60.0
+    strike_window: float = 60.0  # seconds strikes are counted over, and how long a struck client is refused
     blocklist: str | None = None  # a text file of words refused in player names (one per line, # comments)
     blocked_names: tuple[str, ...] = ()  # words refused in names, carried in the manifest (a kit's blocklist file)
 
