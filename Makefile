@@ -28,12 +28,12 @@ KIT_ARGS = $(KIT) $(if $(DATA),--data $(DATA)) $(if $(OUT),--out $(OUT)) $(forea
 STAMP := $(VENV)/.installed
 
 .PHONY: setup one-opencv check-python distill label train eval export test layers test-all chromium bench bench-label bench-runtime bench-serve \
-        serve lint clean distclean help compat wheels-check test-arm64 test-arm64-backends
+        serve lint clean distclean help compat wheels-check test-arm64 test-arm64-backends docs
 
 help:
 	@awk '!/^#/{exit} {sub(/^# ?/, ""); print}' Makefile
 	@echo "targets: setup distill (label train eval) export test test-all bench (bench-label bench-runtime)" \
-	      "bench-serve serve lint clean distclean compat wheels-check test-arm64 test-arm64-backends"
+	      "bench-serve serve lint docs clean distclean compat wheels-check test-arm64 test-arm64-backends"
 
 setup: $(STAMP)
 
@@ -161,6 +161,11 @@ serve: setup
 
 lint: setup layers
 	$(BIN)/ruff check .
+
+# The generated reference pages (docs/KIT.md, the settings table of docs/KIOSK.md), rewritten from the code's own
+# definitions (dkit/core/kit.py, edge/bundle/kiosk_config.py); tests/test_docs.py fails when one is not current.
+docs: setup
+	$(BIN)/python tools/gendocs.py
 
 clean:
 	rm -rf runs build dist *.egg-info .pytest_cache .ruff_cache

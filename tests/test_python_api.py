@@ -1,11 +1,11 @@
-"""The Python API (`import dkit`, dkit.api): lazy names, a script without a main guard, and the README's examples.
+"""The Python API (`import dkit`, dkit.api): lazy names, a script without a main guard, and the examples of its page.
 
-The `## Python API` section of README.md is the API's documentation; its ```python blocks are run here as written,
+docs/PYTHON_API.md is the API's documentation (README.md links to it); its ```python blocks are run here as written,
 one after the other, as one plain script without a main guard (so dkit.label decodes in that process), in a folder
-holding what the section says (images/, photo.jpg, drawing.png and the section's kit.yaml).
+holding what the page says (images/, photo.jpg, drawing.png and the page's kit.yaml).
 
     .venv/bin/python -m pytest tests/test_python_api.py -x -q
-    DKIT_README=path/to/draft.md .venv/bin/python -m pytest tests/test_python_api.py -x -q   # check a draft
+    DKIT_API_PAGE=path/to/draft.md .venv/bin/python -m pytest tests/test_python_api.py -x -q   # check a draft
 """
 
 from __future__ import annotations
@@ -22,20 +22,17 @@ import pytest
 
 from tests.conftest import ROOT, link_images
 
-SECTION = "## Python API"
+PAGE = ROOT / "docs" / "PYTHON_API.md"
 API_NAMES = ("load_kit", "label", "train", "evaluate", "export_bundle", "read_image", "Runtime", "Judge", "DkitError")
 HEAVY = ("torch", "open_clip", "ultralytics", "PIL", "onnx", "onnxruntime", "cv2", "dkit.api", "dkit.distill")
 
 
-def readme_section() -> str:
-    """The `## Python API` section of README.md (or of $DKIT_README), up to the next `## ` heading."""
-    readme = Path(os.environ.get("DKIT_README") or ROOT / "README.md")
-    lines = readme.read_text(encoding="utf-8").splitlines()
-    if SECTION not in lines:
-        pytest.fail(f"{readme} has no {SECTION!r} section: the Python API must be documented there")
-    start = lines.index(SECTION) + 1
-    end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
-    return "\n".join(lines[start:end]) + "\n"
+def api_page() -> str:
+    """The Python API's page, docs/PYTHON_API.md (or $DKIT_API_PAGE, a draft of it), whole."""
+    page = Path(os.environ.get("DKIT_API_PAGE") or PAGE)
+    if not page.is_file():
+        pytest.fail(f"{page} is missing: the Python API must be documented there")
+    return page.read_text(encoding="utf-8")
 
 
 def code_blocks(text: str, language: str) -> list[str]:
@@ -55,7 +52,7 @@ def python(code: str, cwd: Path, timeout: float = 300, **env: str) -> subprocess
 
 
 def demo_folder(assets: Path, tmp: Path, kit_yaml: str, count: int = 12) -> Path:
-    """What the README's examples expect in their folder: images/, photo.jpg, drawing.png and kit.yaml."""
+    """What the page's examples expect in their folder: images/, photo.jpg, drawing.png and kit.yaml."""
     link_images(assets / "data/imagenet-sample", "*.JPEG", count, tmp / "images")
     (tmp / "photo.jpg").symlink_to(assets / "data/photos/cat_720p.jpg")
     import cv2
@@ -114,7 +111,7 @@ def test_load_kit_overrides_as_a_mapping_or_set_strings(tmp_path):
     import dkit
 
     (tmp_path / "images").mkdir()
-    kit_yaml = code_blocks(readme_section(), "yaml")[0]
+    kit_yaml = code_blocks(api_page(), "yaml")[0]
     (tmp_path / "kit.yaml").write_text(kit_yaml)
     mapping = dkit.load_kit(tmp_path / "kit.yaml", overrides={"student.epochs": 3, "judge.prompt": "yes",
                                                               "export.precisions": ["fp32", "int8"]})
@@ -167,7 +164,7 @@ def test_workers_start_when_no_main_script_is_run_again(monkeypatch):
     assert not workers_can_start()
 
 
-# --- the README's examples -----------------------------------------------------------------------------
+# --- the page's examples -----------------------------------------------------------------------------
 
 # A plain script, as a reader would paste the examples into one: no main guard, so its decode workers would run
 # it again (dkit.distill.images.workers_can_start); each block gets fresh globals, so it must import what it uses.
@@ -178,17 +175,17 @@ with open("body-ran.txt", "a") as f:  # each run of this script's body leaves a 
     f.write("ran\\n")
 for i, code in enumerate(json.load(open("blocks.json")), 1):
     print(f"--- block {i}", flush=True)
-    exec(compile(code, f"README.md, Python API, block {i}", "exec"), {"__name__": "__main__"})
+    exec(compile(code, f"docs/PYTHON_API.md, block {i}", "exec"), {"__name__": "__main__"})
 print("--- all blocks ran", flush=True)
 """
 
 
-def test_readme_python_api_examples_run_as_a_plain_script(assets, tmp_path):
+def test_python_api_page_examples_run_as_a_plain_script(assets, tmp_path):
     pytest.importorskip("open_clip")
     pytest.importorskip("onnx")
-    section = readme_section()
-    blocks = code_blocks(section, "python")
-    yaml_blocks = code_blocks(section, "yaml")
+    page = api_page()
+    blocks = code_blocks(page, "python")
+    yaml_blocks = code_blocks(page, "yaml")
     assert 5 <= len(blocks) <= 9 and len(yaml_blocks) == 1, "expected 5-9 python examples and one kit.yaml"
     for i, code in enumerate(blocks, 1):
         assert re.search(r"^import dkit$", code, flags=re.MULTILINE), f"block {i} does not import dkit"

@@ -47,15 +47,9 @@ class KioskConfig:
     # most `score_budget` times per client and prompt in `score_window` seconds (0: no budget); the kiosk's own
     # screen (loopback) has no budget
     score_step: float = 5.0
-<<<<<<< HEAD:edge/bundle/kiosk_config.py
-    score_budget: int = 300
-    score_window: float = 3600.0
-    # a submission whose shape (dkit.edge.kiosk.dupes: turned, mirrored, cropped, moved, shrunk, inverted) has cosine >=
-=======
     score_budget: int = 300  # /api/score answers per client and prompt in `score_window` (0: no budget)
     score_window: float = 3600.0  # seconds the score budget is counted over
     # a submission whose shape (dkit.edge.kiosk.dupes: turned, mirrored, cropped, moved, shrunk, inverted) has cosine >=
->>>>>>> b20e5e3 (Kit and kiosk fields described where they were not (#26): a comment on every kit key and kiosk setting, a KioskConfig docstring (descriptions only; docs/KIT.md and docs/KIOSK.md are generated from them)):edge/bundle/kiosk_config.py
     # `dup_shape` with one of its prompt's best `keep_top` (above 1: off), or with any shown entry of its prompt whose
     # perceptual hash is within `dup_bits` (of 64), is refused; dup_bits -1 turns every duplicate check off, the
     # refusal of drawings the operator hid or deleted (on that prompt) too
