@@ -13,7 +13,7 @@ The files: the teacher's weights, a CLIP teacher's YOLO box proposer (detection 
 weights (optional: it trains from scratch without them), a clip-embed backbone checkpoint (student.pretrained)
 and the images (data.images, or the data.url archive). `require_files` raises one NotInStoreError (exit 3)
 naming every missing required file, what to run (`dkit fetch KIT` where there is a network) and the local-files
-route (README "Offline"), instead of stopping at the first one.
+route (docs/WORKFLOW.md, "Offline: the model store"), instead of stopping at the first one.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def require_files(kit, store, kit_arg: str) -> list[KitFile]:
             f"  -> on a machine with a network run `dkit fetch {kit_arg}`, then copy {store.root} here (or set "
             "DKIT_HOME to the copy); or run on local files: place the weights as named above and pass --data DIR, "
             "e.g. `make distill KIT=datasets/coco128/kit.yaml DATA=DIR` with yolov8n.pt in the store (README: "
-            "Set-up, Offline)")
+            "Set-up; docs/WORKFLOW.md: Offline)")
     return files
 
 

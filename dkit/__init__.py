@@ -8,7 +8,7 @@ One namespace, layered bottom to top (docs/ARCHITECTURE.md; enforced by import-l
     dkit.export   trained student -> verified bundle (repo folder export/)
     dkit.cli      the `dkit` command (dkit/cli/); dkit.api, the same stages as Python functions
 
-The Python API (README.md, "Python API") is a few names of this package, each imported on first use:
+The Python API (docs/PYTHON_API.md) is a few names of this package, each imported on first use:
 
     import dkit
 

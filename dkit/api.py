@@ -1,4 +1,4 @@
-"""The Python API: the `dkit` commands as functions, for a script or a notebook (README.md, "Python API").
+"""The Python API: the `dkit` commands as functions, for a script or a notebook (docs/PYTHON_API.md).
 
     import dkit
 

@@ -1,7 +1,7 @@
 """The `ray` labeling engine: Ray Data decodes the images in tasks and runs the teacher in an actor pool.
 
     dkit label KIT --engine ray                      # a Ray started on this machine for the run, then stopped
-    dkit label KIT --engine ray --address auto       # the cluster `ray start --head` runs (see README: cluster)
+    dkit label KIT --engine ray --address auto       # the cluster `ray start --head` runs (see docs/WORKFLOW.md: Ray)
     dkit label KIT --engine ray --address ray://head:10001
 
 Pipeline (one row per input file, in blocks of `teacher.batch` files):

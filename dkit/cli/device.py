@@ -287,7 +287,7 @@ SERVE = Command(
         arg("--admin-token", metavar="TOKEN", help="the token itself (visible in `ps` to every user: prefer the "
             "file or the variable)"),
         arg("--set", action="append", metavar="KEY=VALUE", help="override one of the bundle's kiosk limits "
-            "(dkit.edge.bundle.kiosk_config; the README's kiosk section says what each does), the defaults: "
+            "(dkit.edge.bundle.kiosk_config; docs/KIOSK.md says what each does), the defaults: "
             f"{_kiosk_keys()}; "
             "blocklist=FILE; repeat it for several"),
         arg("--proxy", metavar="ADDR[,ADDR]", help="the reverse proxies (addresses or networks, e.g. 127.0.0.1 or "

@@ -7,7 +7,7 @@
     rec.to_dict()                                    # the JSON line (what dkit.distill.label writes)
 
 `dkit.distill.label` writes every line through this class, and every reader (the students, evaluation, export)
-gets these objects from dkit.core.run.RunDir.records(); the fields are documented in README.md (Label).
+gets these objects from dkit.core.run.RunDir.records(); the fields are documented in docs/WORKFLOW.md (2. Label).
 """
 
 from __future__ import annotations

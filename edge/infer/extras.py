@@ -5,7 +5,7 @@
     install_hint("ncnn")      # "pip install 'ncnn>=1.0.20240410' (the ncnn extra; ... dkit device-pack --extra ncnn)"
     install_hint("distill")   # "from a distill-kit checkout: pip install -c constraints.txt '.[distill]' ..."
 
-distill-kit is not on PyPI (README, "Run on a device"), so `pip install 'distill-kit[EXTRA]'` fails. A device
+distill-kit is not on PyPI (docs/WORKFLOW.md, "Run on a device"), so `pip install 'distill-kit[EXTRA]'` fails. A device
 backend's extra (ncnn, openvino) is only its packages: they are named, with the versions the installed distill-kit
 asks for (its metadata, else the copy below), and the offline route (`dkit device-pack --extra`). The training
 extras need the checkout (`make` installs every extra), with constraints.txt's torch pin. Every hint the kit prints
