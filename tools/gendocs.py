@@ -269,14 +269,14 @@ def kit_page(current: str = "") -> str:
 
 def kiosk_table() -> str:
     """The generated part of docs/KIOSK.md: every KioskConfig setting with its type, floor, default and comment."""
-    from dkit.edge.kiosk import config
+    from dkit.edge.bundle import kiosk_config as config
 
     def kind(f: dataclasses.Field, hint: Any) -> str:
         if hint in (int, float):
             return f"{type_text(hint)} >= {config._FLOORS.get(f.name, 0)}"
         return type_text(hint)
 
-    out = [BEGIN.format(source="dkit/edge/kiosk/config.py (KioskConfig)"), "",
+    out = [BEGIN.format(source="edge/bundle/kiosk_config.py (KioskConfig)"), "",
            class_doc(config.KioskConfig), "",
            *field_table(config.KioskConfig, "", lambda cls: f"`{cls.__name__}`", kind), "", END]
     return "\n".join(out)
