@@ -213,7 +213,7 @@ def test_docstring_snippets_say_what_to_import():
     from tests.conftest import ROOT
 
     lacking = []
-    for folder in ("edge", "distill", "export", "dkit"):
+    for folder in ("edge", "devtools", "distill", "export", "dkit"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             rel = path.relative_to(ROOT).as_posix()
             doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""

@@ -1,5 +1,7 @@
 """The student-kind registry: key -> `StudentKind`, and the live views every layer derives from it.
 
+    from dkit.core.student_kinds import register_student_kind, student_kind, student_kinds
+
     register_student_kind(spec)          # StudentKindError when the key is taken
     student_kind("yolo-detect")          # the declaration; UsageError naming the known kinds otherwise
     student_kinds()                      # read-only {key: StudentKind}
