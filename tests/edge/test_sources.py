@@ -64,7 +64,7 @@ def wait_until_waiting_in_read(thread: threading.Thread) -> None:
         while frame is not None and len(stack) < 3:
             stack.append((frame.f_code.co_name, Path(frame.f_code.co_filename).name))
             frame = frame.f_back
-        return stack == [("wait", "threading.py"), ("get", "sources.py"), ("read", "sources.py")]
+        return stack == [("wait", "threading.py"), ("get", "source.py"), ("read", "source.py")]
 
     wait_for(waiting, f"{thread.name} to wait in read()")
 
