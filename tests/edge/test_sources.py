@@ -13,6 +13,7 @@ import gc
 import inspect
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
@@ -27,7 +28,7 @@ import cv2
 import numpy as np
 import pytest
 
-from dkit.edge.stream.sources import MAX_STUCK_READERS, Frame, SourceError, open_source
+from dkit.edge.stream.sources import MAX_STUCK_READERS, Frame, SourceError, SourceState, open_source
 
 FRAME_HW = (24, 32)
 FAST = {"stall_timeout": 0.2, "backoff": (0.02, 0.08), "jitter": 0.0}  # short enough for tests
@@ -526,6 +527,80 @@ def test_open_tries_must_not_be_negative():
         open_source("0", capture_factory=NeverThere(), open_tries=-1)
 
 
+class FedCamera:
+    """A camera whose opens and reads the test hands out one at a time, so every state is seen where it holds.
+
+    Open number n waits for `may_open` and then is opened or not as `opened[n]` says; each read waits for the next
+    item `feed()` puts: "frame" (a good frame) or "fail" (read returns False). Nothing sleeps."""
+
+    def __init__(self, opened: list[bool]) -> None:
+        self.opened, self.opens = deque(opened), 0
+        self.may_open = threading.Event()
+        self.reads: queue.Queue[str] = queue.Queue()
+        self.counter = 0
+
+    def __call__(self, spec: str) -> FakeCapture:
+        assert self.may_open.wait(PATIENCE)
+        self.opens += 1
+        return FakeCapture(self, self.opened.popleft() if self.opened else True)
+
+    def feed(self, *items: str) -> None:
+        for item in items:
+            self.reads.put(item)
+
+    def next_read(self) -> tuple[bool, object]:
+        if self.reads.get(timeout=PATIENCE) == "fail":
+            return False, None
+        self.counter += 1
+        return True, make_bgr(self.counter)
+
+
+def test_a_live_source_moves_through_its_states_as_its_capture_fails_and_recovers():
+    """CONNECTING (first open under way) -> RETRYING (it failed, no frame yet) -> UP (a frame) -> DOWN (a read
+    failed) -> UP (reopened, a frame) -> CLOSED. The state after each failure is taken where the supervisor backs
+    off (the injected backoff_wait, which returns at once); after each frame, where read() returns it."""
+    camera = FedCamera(opened=[False, True, True])
+    at_backoff: queue.Queue[SourceState] = queue.Queue()
+    holder: list = []
+    source = open_source("0", capture_factory=camera, stall_timeout=PATIENCE, backoff=(0.01, 0.01),
+                         backoff_wait=lambda stop, seconds: at_backoff.put(holder[0].state))
+    holder.append(source)
+    try:
+        assert source.state is SourceState.CONNECTING  # the first open waits for may_open
+        camera.may_open.set()
+        assert at_backoff.get(timeout=PATIENCE) is SourceState.RETRYING  # open 1 failed before any frame
+        camera.feed("frame")
+        assert counter_of(source.read(timeout=PATIENCE)) == 1 and source.state is SourceState.UP
+        assert (source.stats.disconnects, source.stats.reconnects) == (1, 1)  # the failed first open is an outage
+        camera.feed("fail")
+        assert at_backoff.get(timeout=PATIENCE) is SourceState.DOWN  # it had worked: an outage, not a retry
+        camera.feed("frame")
+        assert counter_of(source.read(timeout=PATIENCE)) == 2 and source.state is SourceState.UP
+        assert (source.stats.disconnects, source.stats.reconnects) == (2, 2) and camera.opens == 3
+    finally:
+        source.close(timeout=0)
+        camera.feed("fail")  # the capture thread waiting in read() returns, abandoned
+        source.close(timeout=PATIENCE)
+    assert source.state is SourceState.CLOSED and not source.running and at_backoff.empty()
+
+
+def test_a_live_source_that_never_delivers_ends_given_up_and_stays_so():
+    camera = FedCamera(opened=[False, False])
+    states: list[SourceState] = []
+    holder: list = []
+    source = open_source("0", capture_factory=camera, open_tries=2, stall_timeout=PATIENCE, backoff=(0.01, 0.01),
+                         backoff_wait=lambda stop, seconds: states.append(holder[0].state))
+    holder.append(source)
+    camera.may_open.set()
+    with pytest.raises(SourceError, match="no frame after 2 tries"):
+        source.read(timeout=PATIENCE)
+    assert states == [SourceState.RETRYING] and source.state is SourceState.GAVE_UP
+    source.close(timeout=PATIENCE)
+    assert source.state is SourceState.GAVE_UP and source.closed  # close() does not hide why it ended
+    with pytest.raises(SourceError, match="no frame after 2 tries"):
+        source.read(timeout=0)
+
+
 # ---- real files --------------------------------------------------------------------------------------------------
 
 
@@ -573,7 +648,8 @@ def test_file_sources_deliver_every_frame_in_order_then_end(tmp_path, caplog, bu
         with open_source(str(path), on_event=lambda k, d: events.append((k, d))) as source:
             assert not source.live and source.kind == kind
             frames = list(source)
-            assert source.read() is None  # stays ended
+            assert source.read() is None and source.state is SourceState.ENDED  # stays ended
+    assert source.state is SourceState.CLOSED
     assert [f.id for f in frames] == list(range(len(want)))
     assert [f.name for f in frames] == [name for name, _ in want]
     for frame, (_, rgb) in zip(frames, want, strict=True):
