@@ -86,6 +86,7 @@ class Model:
         m = self.manifest = bundle.manifest  # a dkit.edge.bundle.manifest.Manifest: typed, validated when opened
         self.task = m.task
         self.classes: list[str] = list(m.classes)
+        self._class_names = tuple(self.classes)  # shared by every Result (Result.classes): a reference, not a copy
         self.threads = m.runtime.threads if threads is None else threads
         self.providers = providers or list(m.runtime.providers) or None
 
@@ -117,6 +118,7 @@ class Model:
             self.prompt_embeddings = table.astype(np.float32)
             self.prompts = m.prompts.texts()
             self.calibration = m.calibration
+        self._prompt_names = None if self.prompts is None else tuple(self.prompts)  # Result.prompts, shared
         for _ in range(warmup):
             self.infer(preprocess(np.zeros((64, 64, 3), np.uint8) + 114, self.spec)[0])
 
@@ -162,17 +164,19 @@ class Model:
 
     def _results(self, raw: np.ndarray, boxes: list[Letterbox], frame_ids: list[int], timestamps: list[float],
                  latency: list[float]) -> list[Result]:
+        names = {"classes": self._class_names, "prompts": self._prompt_names}  # the same tuples in every Result
         if self.task == "detect":
             dets = decode_yolo(raw, self.conf, self.iou, self.max_det)
-            return [Result(f, t, ms, "detect", detections=d.scaled(b))
+            return [Result(f, t, ms, "detect", detections=d.scaled(b), **names)
                     for d, b, f, t, ms in zip(dets, boxes, frame_ids, timestamps, latency, strict=True)]
         if self.task == "classify":
             idx, val = topk(raw, min(self.top_k, raw.shape[-1]))
-            return [Result(f, t, ms, "classify", top=[(int(i), float(v)) for i, v in zip(ii, vv, strict=True)])
+            return [Result(f, t, ms, "classify", top=[(int(i), float(v)) for i, v in zip(ii, vv, strict=True)],
+                           **names)
                     for ii, vv, f, t, ms in zip(idx, val, frame_ids, timestamps, latency, strict=True)]
         cos = cosine_scores(raw, self.prompt_embeddings)  # (N, P)
         scores = self.calibration.to_score(cos)
-        return [Result(f, t, ms, "embed", embedding=e, cosine=c, scores=s)
+        return [Result(f, t, ms, "embed", embedding=e, cosine=c, scores=s, **names)
                 for e, c, s, f, t, ms in zip(raw, cos, scores, frame_ids, timestamps, latency, strict=True)]
 
     # ------------------------------------------------------------------------------------------ whole frames

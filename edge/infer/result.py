@@ -4,11 +4,13 @@
 
     r = rt(rgb)                           # a dkit.edge.infer.runtime.Runtime on one frame
     r.detections.xyxy                     # detect: (N, 4) boxes in image pixels
-    r.to_json(rt.classes)                 # the line `dkit run` prints
+    r.to_json()                           # the line `dkit run` prints, with the bundle's class (or prompt) names
+    r.classes, r.prompts                  # those names: one tuple shared by every Result of a model, not a copy
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +27,10 @@ class Result:
     latency_ms is capture -> result; wait_ms is capture (or, for files, decode) -> the start of processing: time
     spent in a camera's slot or a folder's prefetch queue and waiting for the previous round; infer_ms is
     pre-processing + model + post-processing of the batch the frame was scored in.
+
+    `classes` and `prompts` are the names the indices refer to (the bundle's classes; an embed bundle's prompt
+    texts, in `scores` order): the model's own tuples, shared by every Result it makes; empty (and None) in a
+    Result made by hand.
     """
 
     frame_id: int
@@ -39,11 +45,22 @@ class Result:
     extra: dict[str, Any] = field(default_factory=dict)
     wait_ms: float | None = None  # capture -> start of processing (0 when the capture time is unknown)
     infer_ms: float | None = None  # pre-processing + model + post-processing of its batch
+    classes: tuple[str, ...] = field(default=(), repr=False)  # class names, by class index
+    prompts: tuple[str, ...] | None = field(default=None, repr=False)  # embed: prompt texts, in `scores` order
 
-    def to_json(self, classes: list[str], prompts: list[str] | None = None) -> dict[str, Any]:
+    def to_json(self, classes: Sequence[str] | None = None, prompts: Sequence[str] | None = None) -> dict[str, Any]:
         """The result as `dkit run` prints it (one JSON line per frame): frame id, time, latencies, and the
-        detections, top classes or prompt scores, class names from `classes` (the runtime's), prompt texts from
-        `prompts`; rounded for reading."""
+        detections, top classes or prompt scores; rounded for reading.
+
+        Class names come from `classes`, prompt texts from `prompts`; each left out (None) is the Result's own
+        (`self.classes`, `self.prompts`). A class index without a name is written as its number; an embed result's
+        scores are written only when there are prompt texts.
+
+            result.to_json()                          # the names the model gave the result
+            result.to_json(rt.classes, rt.prompts)    # the same, named explicitly (the earlier form)
+        """
+        classes = self.classes if classes is None else classes
+        prompts = self.prompts if prompts is None else prompts
         doc: dict[str, Any] = {"frame": self.frame_id, "ts": round(self.timestamp, 6),
                                "latency_ms": round(self.latency_ms, 3),
                                **({} if self.wait_ms is None else {"wait_ms": round(self.wait_ms, 3)}),
