@@ -8,7 +8,7 @@
     dkit.evaluate(kit)                # dkit eval:   runs/<kit name>/eval.json and eval.md
     result = dkit.export_bundle(kit)  # dkit export: runs/<kit name>/bundle/
     with dkit.Runtime.load(result["bundle"]) as rt:                     # the device side (dkit.edge)
-        print(rt(dkit.read_image("photo.jpg")).to_json(rt.classes, rt.prompts))
+        print(rt(dkit.read_image("photo.jpg")).to_json())
 
 Each function is the CLI's stage (dkit.cli.stages) without the printing: it takes the kit and the run folder
 (`run_dir`, default `runs/<kit name>/` under the current directory, as `--out`), and returns what the stage

@@ -39,11 +39,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                 runtime.manifest.runtime.max_fps)
             sinks = []  # checked before any capture thread starts
             if args.jsonl:
-                sinks.append(JsonlSink(sys.stdout, runtime))
-            video = VideoSink(args.save, runtime, fps=None) if args.save else None  # its rate: the sources'
+                sinks.append(JsonlSink(sys.stdout))
+            video = VideoSink(args.save, fps=None) if args.save else None  # its rate: the sources'
             if video is not None:
                 sinks.append(video)
-            window = WindowSink(runtime) if args.show else None  # before any capture starts
+            window = WindowSink() if args.show else None  # before any capture starts
             sources = []
             try:
                 for spec in args.source:

@@ -4,7 +4,8 @@
     from dkit.edge.stream.pipeline import Pipeline, JsonlSink, VideoSink
 
     pipeline = Pipeline(runtime, [open_source("0"), open_source("rtsp://cam2/stream")],
-                        [JsonlSink(sys.stdout, runtime), VideoSink("out.mp4", runtime)], max_fps=15)
+                        [JsonlSink(sys.stdout), VideoSink("out.mp4"), lambda frame, result: print(result.top)],
+                        max_fps=15)
     stats = pipeline.run()          # {"frames": ..., "fps": ..., "p50_ms": ..., "infer_p50_ms": ..., ...}
 
 Each round takes the newest frame of every source that has one (live sources keep only their latest frame,
@@ -17,7 +18,15 @@ p50_ms / p95_ms / p99_ms are that whole latency; wait_p50_ms / wait_p95_ms the p
 infer_p50_ms / infer_p95_ms the part in pre-processing + model + post-processing, the figure a benchmark
 quotes. Statistics keep a bounded window of each, so memory stays flat however long it runs.
 
-Sinks: JsonlSink (one JSON object per frame: frame id, source, timestamp, latency_ms, wait_ms, infer_ms,
+Sinks are plain callables, `sink(frame, result)` once per scored frame (an object with the earlier
+`write(frame, result)` works too); one with a `close()` is closed at the end. They are isolated from each other
+(as Roboflow's multi_sink): a sink that raises neither stops the others nor the run; its error is logged with the
+traceback the first time, then at most every SINK_LOG_S seconds with how many so far, and counted (`sink_errors`
+in the stats, per sink in `Pipeline.sink_errors`). Two errors still end the run: RuntimeConfigError (a sink that
+can never work here, e.g. a video OpenCV cannot write) and BrokenPipeError (the output pipe was closed). Class and
+prompt names come from the Result (Result.classes, Result.prompts), so a sink needs no runtime.
+
+Built-in sinks: JsonlSink (one JSON object per frame: frame id, source, timestamp, latency_ms, wait_ms, infer_ms,
 detections / classes / scores), VideoSink (annotated video, written to a temporary file and renamed on close;
 the video is the first frame's size, and a frame of another size is scaled to fit, aspect kept, and padded; it
 plays at the rate given, a video file's own, or measured from the first frames' capture times for a live source),
@@ -36,7 +45,8 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -50,48 +60,59 @@ log = logging.getLogger(__name__)
 
 LATENCY_WINDOW = 10_000  # latencies kept for the percentiles (the most recent)
 POLL_S = 0.05  # how long a round waits for a frame before looking at the sources again
+SINK_LOG_S = 10.0  # a failing sink's error is logged at most this often after its first time
+
+Sink = Callable[[Frame, Result], object]  # called once per scored frame; `close()`, when it has one, at the end
 
 
-class Sink(Protocol):
-    """Where a pipeline's results go: `write` is called once per scored frame, `close` once at the end (a sink that
-    writes a file puts it in place there)."""
+class Names(Protocol):
+    """What a sink may take its names from when a Result carries none (one made by hand): a Runtime, or anything
+    with `classes` and `prompts`."""
 
-    def write(self, frame: Frame, result: Result) -> None:
-        """Take one scored frame."""
+    classes: Sequence[str]
+    prompts: Sequence[str] | None
 
-    def close(self) -> None:
-        """Finish: flush, write or release what the sink holds."""
+
+def names(result: Result, fallback: Names | None = None) -> tuple[Sequence[str], Sequence[str] | None]:
+    """(class names, prompt texts) for `result`: its own (Result.classes, Result.prompts), or, for a Result that
+    carries none (made by hand), `fallback`'s."""
+    if result.classes or result.prompts is not None or fallback is None:
+        return result.classes, result.prompts
+    return fallback.classes, fallback.prompts
 
 
 class JsonlSink:
-    """One JSON object per scored frame, one per line, flushed at once (pipe it into anything)."""
+    """One JSON object per scored frame, one per line, flushed at once (pipe it into anything). Names come from the
+    Result; `runtime` (optional) only names a Result made by hand that carries none."""
 
-    def __init__(self, stream: IO[str], runtime: Runtime):
-        self.stream, self.classes, self.prompts = stream, runtime.classes, runtime.prompts
+    def __init__(self, stream: IO[str], runtime: Names | None = None):
+        self.stream, self.runtime = stream, runtime
 
-    def write(self, frame: Frame, result: Result) -> None:
+    def __call__(self, frame: Frame, result: Result) -> None:
         """Write the frame's result as one JSON line, flushed."""
         doc = {"source": frame.source, **({"name": frame.name} if frame.name else {}),
-               **result.to_json(self.classes, self.prompts)}
+               **result.to_json(*names(result, self.runtime))}
         self.stream.write(json.dumps(doc, ensure_ascii=False) + "\n")
         self.stream.flush()
+
+    write = __call__  # the earlier sink protocol's name
 
     def close(self) -> None:
         """Nothing to do: the stream belongs to the caller."""
 
 
 class CallbackSink:
-    """Calls `fn(frame, result)` for every scored frame; an exception in it is logged, the pipeline goes on."""
+    """Calls `fn(frame, result)` for every scored frame (a plain function is a sink already: this names one). In a
+    pipeline an exception in it is logged and counted, and the pipeline goes on."""
 
     def __init__(self, fn: Callable[[Frame, Result], None]):
         self.fn = fn
 
-    def write(self, frame: Frame, result: Result) -> None:
-        """Call the function; an exception is logged, not raised."""
-        try:
-            self.fn(frame, result)
-        except Exception:
-            log.exception("sink callback failed on frame %d of %s", frame.id, frame.source)
+    def __call__(self, frame: Frame, result: Result) -> None:
+        """Call the function."""
+        self.fn(frame, result)
+
+    write = __call__  # the earlier sink protocol's name
 
     def close(self) -> None:
         """Nothing to do."""
@@ -106,13 +127,14 @@ class VideoSink:
     of the first frames written (live sources: what the camera or stream delivered, after --max-fps and any frame
     dropped while the model was busy). Measuring holds back the first MEASURE_FRAMES frames (or MEASURE_S seconds
     of them); a run that ends sooner uses what it has, or `fallback` for a single frame. `why` says where the
-    rate came from; the rate and why are logged when the file is opened."""
+    rate came from; the rate and why are logged when the file is opened. Names come from the Result; `runtime`
+    (optional) only names a Result made by hand that carries none."""
 
     FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v", ".mov": "mp4v"}
     MEASURE_FRAMES = 10
     MEASURE_S = 1.0
 
-    def __init__(self, path: str | os.PathLike, runtime: Runtime, fps: float | None = 15.0,
+    def __init__(self, path: str | os.PathLike, runtime: Names | None = None, fps: float | None = 15.0,
                  pad: tuple[int, int, int] = (0, 0, 0), *, why: str = "", fallback: float = 15.0):
         self.path = Path(path)
         if self.path.suffix.lower() not in self.FOURCC:
@@ -127,7 +149,7 @@ class VideoSink:
         self.size: tuple[int, int] | None = None
         self._pending: list[tuple[float, np.ndarray]] = []  # (capture time, BGR) while the rate is measured
 
-    def write(self, frame: Frame, result: Result) -> None:
+    def __call__(self, frame: Frame, result: Result) -> None:
         """Draw the result on the frame and append it to the video (the first frames wait while a live source's
         rate is measured)."""
         image = annotate(frame.rgb, result, self.runtime)  # BGR, drawn at the frame's own size: boxes stay put
@@ -139,6 +161,8 @@ class VideoSink:
             self._flush_pending()
             return
         self._write(image)
+
+    write = __call__  # the earlier sink protocol's name
 
     def _flush_pending(self) -> None:
         """Decide the measured rate from the held-back frames, open the file and write them."""
@@ -259,9 +283,10 @@ def _gui_backend() -> str:
 
 class WindowSink:
     """A live window with the annotated frames (q or Esc closes it and stops the pipeline). Raises
-    RuntimeConfigError when no window can open here (window_problem), before touching OpenCV's GUI."""
+    RuntimeConfigError when no window can open here (window_problem), before touching OpenCV's GUI. Names come from
+    the Result; `runtime` (optional) only names a Result made by hand that carries none."""
 
-    def __init__(self, runtime: Runtime, title: str = "dkit", on_quit: Callable[[], None] | None = None):
+    def __init__(self, runtime: Names | None = None, title: str = "dkit", on_quit: Callable[[], None] | None = None):
         self.runtime, self.title, self.on_quit = runtime, title, on_quit
         check_window()
         try:
@@ -269,20 +294,25 @@ class WindowSink:
         except cv2.error as e:
             raise RuntimeConfigError(f"--show {SHOW_NEEDS}") from e
 
-    def write(self, frame: Frame, result: Result) -> None:
+    def __call__(self, frame: Frame, result: Result) -> None:
         """Show the annotated frame; q or Esc calls `on_quit`."""
         cv2.imshow(self.title, annotate(frame.rgb, result, self.runtime))
         if cv2.waitKey(1) & 0xFF in (ord("q"), 27) and self.on_quit is not None:
             self.on_quit()
+
+    write = __call__  # the earlier sink protocol's name
 
     def close(self) -> None:
         """Close the window."""
         cv2.destroyWindow(self.title)
 
 
-def annotate(rgb: np.ndarray, result: Result, runtime: Runtime) -> np.ndarray:
-    """(H, W, 3) BGR copy of the frame with the result drawn on it: boxes, top classes or best prompt scores."""
+def annotate(rgb: np.ndarray, result: Result, runtime: Names | None = None) -> np.ndarray:
+    """(H, W, 3) BGR copy of the frame with the result drawn on it: boxes, top classes or best prompt scores, named
+    by the Result's own names (`runtime`'s for a Result made by hand that carries none; a class without a name shows
+    its index)."""
     image = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    classes, prompts = names(result, runtime)
     lines: list[str] = []
     if result.detections is not None:
         d = result.detections
@@ -290,13 +320,13 @@ def annotate(rgb: np.ndarray, result: Result, runtime: Runtime) -> np.ndarray:
             x1, y1, x2, y2 = (int(round(v)) for v in box)
             color = _color(int(cls))
             cv2.rectangle(image, (x1, y1), (x2, y2), color, 2)
-            label = f"{runtime.classes[int(cls)] if int(cls) < len(runtime.classes) else cls} {conf:.2f}"
+            label = f"{classes[int(cls)] if int(cls) < len(classes) else cls} {conf:.2f}"
             cv2.putText(image, label, (x1, max(y1 - 4, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1, cv2.LINE_AA)
     elif result.top is not None:
-        lines = [f"{runtime.classes[i] if i < len(runtime.classes) else i} {p:.2f}" for i, p in result.top[:3]]
-    elif result.scores is not None and runtime.prompts is not None:
+        lines = [f"{classes[i] if i < len(classes) else i} {p:.2f}" for i, p in result.top[:3]]
+    elif result.scores is not None and prompts is not None:
         best = np.argsort(-result.scores)[:3]
-        lines = [f"{runtime.prompts[i]}: {result.scores[i]:.0f}" for i in best]
+        lines = [f"{prompts[i]}: {result.scores[i]:.0f}" for i in best]
     for n, text in enumerate(lines):
         cv2.putText(image, text, (8, 22 + 22 * n), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
     cv2.putText(image, f"{result.latency_ms:.0f} ms", (8, image.shape[0] - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
@@ -309,10 +339,27 @@ def _color(i: int) -> tuple[int, int, int]:
     return tuple(int(v) for v in rng.integers(64, 256, 3))  # type: ignore[return-value]
 
 
+@dataclass
+class _SinkHealth:
+    """One sink's errors in a pipeline: how many, and when the last was logged."""
+
+    name: str
+    errors: int = 0
+    logged_at: float | None = None
+
+
+def _sink_name(sink: object) -> str:
+    """A sink's name for the log: a function's (a CallbackSink's function's) qualified name, else its class's."""
+    fn = getattr(sink, "fn", sink)
+    return getattr(fn, "__qualname__", None) or type(sink).__name__
+
+
 class Pipeline:
     """Sources -> runtime -> sinks in rounds (the module docstring says how), until every source ends, `max_frames`
     frames are scored or `stop()` is called; `run()` returns the stats (frames, fps, latency percentiles, source
-    counters). RuntimeConfigError without a source."""
+    counters, sink errors). RuntimeConfigError without a source. Each sink is isolated from the others (the module
+    docstring says how); `sink_errors` counts each one's errors.
+    """
 
     def __init__(self, runtime: Runtime, sources: list[Source], sinks: list[Sink], *, max_fps: float = 0.0,
                  max_frames: int = 0):
@@ -327,6 +374,7 @@ class Pipeline:
         self.frames = 0
         self.rounds = 0
         self.started = 0.0
+        self._health: dict[int, _SinkHealth] = {}  # id(sink) -> its errors, for the sinks that failed
 
     def stop(self, *_args) -> None:
         """Stop after the current round; safe from a signal handler or another thread."""
@@ -354,8 +402,7 @@ class Pipeline:
                                              [f.timestamp for f in frames])
                 for frame, result in zip(frames, results, strict=True):
                     self._timing(result)
-                    for sink in self.sinks:
-                        sink.write(frame, result)
+                    self._deliver(frame, result)
                 self.frames += len(frames)
                 self.rounds += 1
                 if self.max_frames and self.frames >= self.max_frames:
@@ -370,11 +417,70 @@ class Pipeline:
         except BrokenPipeError:
             log.info("the output pipe was closed: stopping")
         finally:
-            for sink in self.sinks:
-                sink.close()
-            for source in self.sources:
-                source.close()
+            try:
+                self._close_sinks()
+            finally:
+                for source in self.sources:
+                    source.close()
         return self.stats()
+
+    @property
+    def sink_errors(self) -> dict[str, int]:
+        """Errors so far of each sink that raised, by its name (a function's, else its class's; "#2", "#3" after
+        a name that repeats)."""
+        return {health.name: health.errors for health in self._health.values()}
+
+    def _deliver(self, frame: Frame, result: Result) -> None:
+        """Hand one scored frame to every sink, each isolated from the others (Roboflow's multi_sink): an error is
+        logged (rate-limited) and counted, and the next sink gets the frame; RuntimeConfigError and BrokenPipeError
+        end the run (a sink that cannot work here; the output pipe closed)."""
+        for sink in self.sinks:
+            try:
+                (sink if callable(sink) else sink.write)(frame, result)
+            except (RuntimeConfigError, BrokenPipeError):
+                raise
+            except Exception as e:
+                self._sink_failed(sink, f"on frame {frame.id} of {frame.source}", e)
+
+    def _close_sinks(self) -> None:
+        """Close every sink that has a close(), each isolated as in _deliver; the first RuntimeConfigError or
+        BrokenPipeError is raised once all are closed."""
+        fatal: Exception | None = None
+        for sink in self.sinks:
+            close = getattr(sink, "close", None)
+            if close is None:
+                continue
+            try:
+                close()
+            except (RuntimeConfigError, BrokenPipeError) as e:
+                fatal = fatal or e
+            except Exception as e:
+                self._sink_failed(sink, "on close", e)
+        if fatal is not None:
+            raise fatal
+
+    def _sink_failed(self, sink: object, where: str, error: Exception) -> None:
+        """Count a sink's error; log it with its traceback the first time, then at most every SINK_LOG_S s."""
+        health = self._health.get(id(sink))
+        if health is None:
+            name = _sink_name(sink)
+            taken = {h.name for h in self._health.values()}
+            n = 1
+            while name in taken:
+                n += 1
+                name = f"{_sink_name(sink)} #{n}"
+            health = self._health[id(sink)] = _SinkHealth(name)
+        health.errors += 1
+        now = time.monotonic()
+        if health.logged_at is None:
+            log.error("sink %s failed %s: %s: %s (the other sinks and the run go on; logged again at most every "
+                      "%g s)", health.name, where, type(error).__name__, error, SINK_LOG_S, exc_info=error)
+        elif now - health.logged_at >= SINK_LOG_S:
+            log.error("sink %s failed %s: %s: %s (%d errors so far)", health.name, where, type(error).__name__,
+                      error, health.errors)
+        else:
+            return
+        health.logged_at = now
 
     def _timing(self, result: Result) -> None:
         self.latencies.append(result.latency_ms)
@@ -400,7 +506,8 @@ class Pipeline:
         return frames
 
     def stats(self) -> dict:
-        """Frames, seconds, fps, the latency percentiles (whole, wait, infer) and the sources' counters so far."""
+        """Frames, seconds, fps, the latency percentiles (whole, wait, infer), the sources' counters and the sinks'
+        errors (sink_errors: all sinks together) so far."""
         seconds = time.perf_counter() - self.started if self.started else 0.0
         totals = {"read": 0, "dropped_stale": 0, "corrupt": 0, "reconnects": 0, "disconnects": 0}
         for source in self.sources:
@@ -413,7 +520,8 @@ class Pipeline:
                 "p99_ms": _pct(self.latencies, 99),
                 "wait_p50_ms": _pct(self.waits, 50), "wait_p95_ms": _pct(self.waits, 95),
                 "infer_p50_ms": _pct(self.infers, 50), "infer_p95_ms": _pct(self.infers, 95),
-                **totals, "provider": self.runtime.provider, "stopped": self.stopped.is_set()}
+                **totals, "provider": self.runtime.provider, "stopped": self.stopped.is_set(),
+                "sink_errors": sum(health.errors for health in self._health.values())}
 
 
 def _pct(values: deque[float], q: float) -> float | None:
