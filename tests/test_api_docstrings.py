@@ -14,7 +14,8 @@ from tests.conftest import ROOT
 
 # the Python API (dkit.__all__) and the objects it returns: runtime, results, pipeline, judge, bundle, manifest, run
 API_FILES = ("dkit/api.py", "edge/infer/runtime.py", "edge/infer/model.py", "edge/infer/result.py",
-             "edge/stream/pipeline.py", "edge/infer/judge.py", "edge/bundle/verifier.py", "edge/bundle/manifest.py",
+             "edge/stream/pipeline.py", "edge/stream/sources.py", "edge/stream/source.py", "edge/stream/live.py",
+             "edge/stream/files.py", "edge/infer/judge.py", "edge/bundle/verifier.py", "edge/bundle/manifest.py",
              "dkit/core/run.py", "dkit/core/records.py")
 
 

@@ -7,7 +7,10 @@
             handle(frame.rgb)
         print(source.stats.as_dict())                # read, delivered, dropped_stale, corrupt, reconnects, ...
 
-Two policies, picked by `live` (default: camera and stream are live, files are not):
+Two policies, picked by `live` (default: camera and stream are live, files are not): LiveSource
+(dkit.edge.stream.live) and FileSource (dkit.edge.stream.files), over the buffer and consumer's side they share
+(dkit.edge.stream.source). `source.state` (SourceState) says where one is: CONNECTING, RETRYING, UP, DOWN,
+GAVE_UP (live), UP, ENDED (files), CLOSED; dkit.edge.stream.source draws the transitions.
 
 - LIVE: a capture thread keeps only the latest frame in a slot of one; a newer frame replaces an unread
   one (counted as `dropped_stale`), so a slow consumer always gets the newest frame and latency never
