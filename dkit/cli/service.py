@@ -23,13 +23,13 @@ import re
 import shlex
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from dkit.cli.common import Arg, Command, Parents, add_command, arg, epilog_for, register_commands
 from dkit.cli.device import RUN, SERVE
 from dkit.core.errors import UsageError
+from dkit.core.files import atomic_write
 
 STATE_DIR = "/var/lib/dkit"  # StateDirectory=dkit: created by systemd, owned by the service user, writable
 SAFE = re.compile(r"[A-Za-z0-9_@+=:,./-]+")
@@ -311,34 +311,9 @@ def instructions(kind: str, args: argparse.Namespace, *, name: str, folder: str,
 
 
 def write_atomically(folder: Path, files: list[GeneratedFile]) -> list[Path]:
-    """Each file into `folder` via a temporary file in the same folder, fsync, then rename: a reader sees the old
-    file or the new one, never half of one."""
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for f in files:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{f.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(f.text)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(tmp, f.mode)
-            os.replace(tmp, folder / f.name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        written.append(folder / f.name)
-    try:
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return written
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-    return written
+    """Each file into `folder` with its mode, durably (dkit.core.files.atomic_write: a temporary file in the same
+    folder, fsync, rename, fsync the folder): a reader sees the old file or the new one, never half of one."""
+    return [atomic_write(folder / f.name, f.text, mode=f.mode, durable=True) for f in files]
 
 
 # ------------------------------------------------------------------------------------------ the handler

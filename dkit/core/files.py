@@ -3,6 +3,7 @@
     from dkit.core.files import atomic_write, write_json, read_json, duration
 
     atomic_write(path, "text" or b"bytes")   # a temp file beside `path`, then os.replace: never half a file
+                                             # (dkit.edge.bundle.files.atomic_write, the one writer)
     write_json(path, doc); read_json(path)   # read_json gives {} for a missing file
     duration(3725) == "1h02m"
 """
@@ -11,24 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 from pathlib import Path
 
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write `data` to a temp file beside `path`, then rename it over `path`: readers see the old or the new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies, as for any file (mkstemp: 0600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+from dkit.edge.bundle.files import atomic_write
 
 
 def write_json(path: Path, doc: dict) -> None:
@@ -68,3 +55,6 @@ def new_tmp_dir(parent: Path, prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     path.chmod(0o755)
     return path
+
+
+__all__ = ["atomic_write", "duration", "new_tmp_dir", "read_json", "replace_dir", "write_json"]

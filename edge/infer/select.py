@@ -28,14 +28,13 @@ import logging
 import os
 import platform
 import statistics
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from dkit.edge.bundle.files import atomic_write
 from dkit.edge.bundle.home import dkit_home
 from dkit.edge.bundle.manifest import PRECISIONS
 from dkit.edge.infer.backends import BACKENDS, available, load_backend
@@ -312,24 +311,15 @@ def _cache_lock():
 
 
 def _cache_write(key: str, value: dict) -> None:
-    """Add one entry (a temp file of its own, then rename; a device that cannot write there measures again next
-    time)."""
+    """Add one entry (atomic_write: a temp file of its own, then rename; owner-only, 0600, as the cache always
+    was; a device that cannot write there measures again next time)."""
     path = cache_path()
     doc = _cache_read()
     doc[key] = value
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1)
-        os.replace(tmp, path)
-        tmp = None
+        atomic_write(path, json.dumps(doc, indent=1), mode=0o600)
     except OSError as e:
         log.warning("could not keep the backend choice in %s (%s); it is measured again next start", path, e)
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 __all__ = ["Choice", "candidates", "checked_here", "choose", "device_fingerprint", "measure"]

@@ -45,6 +45,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from dkit.edge.bundle.files import TMP_SUFFIX, atomic_write
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS prompts (
     text TEXT PRIMARY KEY,
@@ -187,7 +189,8 @@ class Store:
             known = {r[0] for r in self.conn.execute("SELECT thumb FROM submissions")}
         gone = 0
         for path in self.thumbs.iterdir():
-            if path.is_file() and path.name not in known and (path.suffix == ".jpg" or path.name.endswith(".part")):
+            stale = path.suffix == ".part" or path.name.startswith(".") and path.suffix == TMP_SUFFIX  # .part: older
+            if path.is_file() and path.name not in known and (path.suffix == ".jpg" or stale):
                 path.unlink(missing_ok=True)
                 gone += 1
         return gone
@@ -253,17 +256,8 @@ class Store:
         if max_bytes is not None and self.disk_bytes() + len(thumbnail_jpeg) > max_bytes:
             raise QuotaFull(f"the kiosk's storage quota ({max_bytes:,} bytes) is full")
         thumb = f"{uuid.uuid4().hex}.jpg"
-        part = self.thumbs / f".{thumb}.part"
         with writing("store the thumbnail"):
-            try:
-                with open(part, "wb") as f:
-                    f.write(thumbnail_jpeg)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(part, self.thumbs / thumb)
-                _fsync_dir(self.thumbs)
-            finally:
-                part.unlink(missing_ok=True)
+            atomic_write(self.thumbs / thumb, thumbnail_jpeg, durable=True)
         try:
             with writing("store the submission"), self.lock:
                 cur = self.conn.execute(
@@ -508,17 +502,3 @@ def _prints(rows: list, top: int) -> Prints:
     """Prints of (phash, shape) rows."""
     return Prints([None if r[0] is None else int(r[0]) for r in rows],
                   [None if r[1] is None else bytes(r[1]) for r in rows], top)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename inside `folder` durable (POSIX: fsync the directory); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -218,10 +218,11 @@ def test_orphan_thumbnails_are_swept_when_the_store_opens(tmp_path):
     keep = _add(store, 50)
     store.close()
     (tmp_path / "thumbs" / ("0" * 32 + ".jpg")).write_bytes(b"orphan")  # a crash between the file and the row
-    (tmp_path / "thumbs" / ".abc.jpg.part").write_bytes(b"half")
+    (tmp_path / "thumbs" / ".abc.jpg.part").write_bytes(b"half")  # an older version's temporary file
+    (tmp_path / "thumbs" / ".def.jpg.123.0a1b2c3d.tmp").write_bytes(b"half")  # atomic_write's
     (tmp_path / "thumbs" / "notes.txt").write_text("not ours")
     again = Store(tmp_path / "kiosk.sqlite", tmp_path / "thumbs")
-    assert again.swept == 2 and again.get(keep) is not None
+    assert again.swept == 3 and again.get(keep) is not None
     assert sorted(p.name for p in (tmp_path / "thumbs").iterdir()) == sorted([again.get(keep)["thumb"], "notes.txt"])
 
 
