@@ -52,18 +52,20 @@ class ClipTeacher(Teacher):
         # (QuickGELU, mean/std, resize mode) must travel with the weights when they load from a store file
         is_tag = not self.random and not Path(cfg.pretrained).is_absolute()
         tag_cfg = open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained) if is_tag else {}
-        if self.random:
-            torch.manual_seed(0)  # the same untrained weights every run, so the cache stays valid
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            cfg.model,
-            pretrained=str(checkpoint) if checkpoint is not None else None,
-            force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
-            image_mean=tag_cfg.get("mean"),
-            image_std=tag_cfg.get("std"),
-            image_interpolation=tag_cfg.get("interpolation"),
-            image_resize_mode=tag_cfg.get("resize_mode"),
-            device=self.device,
-        )
+        # random: the same untrained weights every run (seed 0), so the cache stays valid; the caller's RNG untouched
+        with torch.random.fork_rng(devices=[], enabled=self.random):
+            if self.random:
+                torch.manual_seed(0)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                cfg.model,
+                pretrained=str(checkpoint) if checkpoint is not None else None,
+                force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+                image_mean=tag_cfg.get("mean"),
+                image_std=tag_cfg.get("std"),
+                image_interpolation=tag_cfg.get("interpolation"),
+                image_resize_mode=tag_cfg.get("resize_mode"),
+                device=self.device,
+            )
         self.model, self.preprocess, self.torch = model.eval(), preprocess, torch
         self.tokenizer = open_clip.get_tokenizer(cfg.model)
         self.logit_scale = float(model.logit_scale.exp().item())

@@ -33,15 +33,12 @@ class YoloTeacher(Teacher):
         cfg = self.cfg = kit.teacher
         self.random = cfg.is_random
         if self.random:  # the architecture, untrained: tests only
-            import torch
-
-            torch.manual_seed(0)
             weights = str(Path(cfg.model).with_suffix(".yaml").name)
             digest = "random-seed0"
         else:
             weights = store.yolo_weights(cfg.model)
             digest = file_digest(weights)
-        self.model = ultralytics.YOLO(weights, task="detect")
+        self.model = _load(ultralytics, weights, seed=0 if self.random else None)
         self.device = resolve_device(cfg.device)
         self.mapping = _map_classes(self.model.names, kit.ontology.classes, by_order=self.random, weights=weights)
         self.num_classes = len(kit.ontology.classes)
@@ -102,3 +99,15 @@ def _map_classes(names: dict[int, str], ontology: dict[str, list[str]], *, by_or
                 raise UsageError(f"ontology: the teacher class {prompt!r} is mapped to two classes")
             mapping[t] = o
     return mapping
+
+
+def _load(ultralytics, weights: str, seed: int | None):
+    """ultralytics.YOLO(weights); with `seed`, its untrained weights drawn from torch's RNG seeded so, in a fork of
+    it: the caller's global RNG is left as it was."""
+    if seed is None:
+        return ultralytics.YOLO(weights, task="detect")
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ultralytics.YOLO(weights, task="detect")

@@ -183,3 +183,24 @@ def test_quality_numbers_by_hand(tmp_path):
     # cat: found at rank 1 -> AP ~1 (Ultralytics' 101-point interpolation gives 0.995); dog: never found -> 0
     assert q["map50"] == pytest.approx(0.995 / 2, abs=1e-3)
     assert q["map50_95"] == pytest.approx(0.995 / 2, abs=1e-3)  # the exact box matches at every IoU threshold
+
+
+@pytest.mark.parametrize("teacher_line", [
+    "teacher: {kind: clip, model: ViT-S-32, pretrained: random}\nstudent: {kind: yolo-cls, model: yolov8n-cls.yaml}",
+    "teacher: {kind: yolo, model: yolov8n.pt, pretrained: random, device: cpu}\n"
+    "student: {kind: yolo-detect, model: yolov8n.yaml}",
+])
+def test_a_random_teacher_is_the_same_every_time_and_leaves_the_global_rng_alone(tmp_path, teacher_line):
+    pytest.importorskip("ultralytics")
+    path = tmp_path / "kit.yaml"
+    path.write_text(KIT.split("teacher:")[0] + teacher_line + "\n")
+    kit = load_kit(path)
+    torch.manual_seed(1234)
+    state = torch.random.get_rng_state()
+    first = build_teacher(kit, ModelStore(offline=True))
+    assert torch.equal(torch.random.get_rng_state(), state)  # library code seeds no global generator
+    second = build_teacher(kit, ModelStore(offline=True))
+    weights = [dict(t.model.named_parameters()) if hasattr(t.model, "named_parameters") else
+               dict(t.model.model.named_parameters()) for t in (first, second)]
+    assert weights[0].keys() == weights[1].keys() and weights[0]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
