@@ -73,12 +73,6 @@ class MissingExtraError(DkitError):
         )
 
 
-class NotBuiltError(DkitError):
-    """A command that exists in the CLI but whose stage is not implemented yet."""
-
-    exit_code = 1
-
-
 def _short(value: object, limit: int = 80) -> str:
     """repr(value), shortened in the middle past `limit` characters: a long path keeps its file name."""
     text = repr(value)

@@ -44,7 +44,6 @@ _STRICT = ConfigDict(extra="forbid")
 Int = Annotated[int, Strict()]
 Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]  # strict float still takes an integer
 Bool = Annotated[bool, Strict()]
-Str = Annotated[str, Strict()]
 
 
 def _as_list(value: Any) -> Any:

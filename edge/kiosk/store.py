@@ -493,10 +493,6 @@ class Store:
         with self.lock:
             return [dict(r) for r in self.conn.execute("SELECT client, created, reason FROM bans ORDER BY created")]
 
-    def is_banned(self, client: str) -> bool:
-        with self.lock:
-            return self.conn.execute("SELECT 1 FROM bans WHERE client = ?", (client,)).fetchone() is not None
-
 
 def _prints(rows: list, top: int) -> Prints:
     """Prints of (phash, shape) rows."""
