@@ -76,8 +76,6 @@ import selectors
 import shutil
 import socket
 import struct
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -87,6 +85,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from dkit.devtools.serve_process import ServeProcess, ServeStartError
 
 HOST = "127.0.0.1"
 LEGIT, IDLE, DISK, FLOOD, WARMUP = "127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"
@@ -1115,69 +1115,32 @@ def quota_mb(bundle_kiosk: dict | None, serve_set: Sequence[str]) -> tuple[float
         return None, None
 
 
-class Server:
-    """`dkit serve BUNDLE` in its own process on a free loopback port; stderr goes to a file (a pipe nobody reads
-    would block the server once full), whose tail explains a failed start."""
+class Server(ServeProcess):
+    """`dkit serve BUNDLE` (dkit.devtools.serve_process) on a free loopback port, its data under `work/data`, its
+    stderr in `work/serve.stderr` (whose tail explains a failed start), the admin routes off."""
 
     def __init__(self, bundle: str | os.PathLike, work: Path, *, threads: int = 1, serve_set: Sequence[str] = (),
                  port: int = 0, extra: Sequence[str] = ()):
-        self.port = port or _free_port()
         self.data = work / "data"
-        self.log = work / "serve.stderr"
-        self.args = [sys.executable, "-m", "dkit", "serve", str(bundle), "--port", str(self.port), "--db",
-                     str(self.data / "kiosk.sqlite"), "--threads", str(threads), "-q"]
+        args = ["--db", str(self.data / "kiosk.sqlite"), "--threads", str(threads), "-q"]
         for item in serve_set:
-            self.args += ["--set", item]
-        self.args += list(extra)
-        work.mkdir(parents=True, exist_ok=True)
+            args += ["--set", item]
         env = {k: v for k, v in os.environ.items() if k != "DKIT_ADMIN_TOKEN"}  # admin routes off
-        with open(self.log, "wb") as err:
-            self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=err, env=env)
-
-    def stderr_tail(self, chars: int = 2000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+        super().__init__(bundle, [*args, *extra], port=port, host=HOST, env=env, log=work / "serve.stderr")
 
     def wait_up(self, timeout: float = 120.0) -> float:
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            if self.proc.poll() is not None:
-                raise AttackBenchError(f"dkit serve exited {self.proc.returncode} on start "
-                                       f"({' '.join(self.args[3:])}):\n{self.stderr_tail()}")
-            status, _, _ = Client(self.port, HOST, timeout=2, keep_alive=False).request("GET", "/healthz")
-            if status == 200:
-                return time.monotonic() - start
-            time.sleep(0.2)
-        self.stop()
-        raise AttackBenchError(f"dkit serve did not answer on port {self.port} within {timeout:.0f} s:\n"
-                               f"{self.stderr_tail()}")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
+        """Seconds until /healthz answered; AttackBenchError (with the stderr tail) if it never did."""
+        try:
+            return super().wait_up(timeout)
+        except ServeStartError as e:
+            raise AttackBenchError(str(e)) from e
 
     def submissions(self) -> int | None:
+        """The stored submissions /healthz reports (None when it does not answer)."""
         status, data, _ = Client(self.port, HOST, timeout=10, keep_alive=False).request("GET", "/healthz")
         with contextlib.suppress(ValueError, AttributeError):
             return int(json.loads(data)["submissions"]) if status == 200 else None
         return None
-
-    def stop(self) -> None:
-        """Terminate; kill if it has not exited within 15 s."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def _raise_nofile(need: int) -> dict:

@@ -37,10 +37,7 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -51,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dkit.devtools.serve_process import ServeProcess
 from dkit.edge.infer.runtime import Runtime
 from dkit.edge.stream.pipeline import Pipeline
 from dkit.edge.stream.sources import open_source
@@ -227,16 +225,16 @@ def bench_serve(bundle: str | os.PathLike, *, submissions: int = 10_000, concurr
     memory before and after. The server runs in its own process, as on a kiosk, with a fresh database."""
     images = _bench_images(source)
     work = tempfile.mkdtemp(prefix="dkit-bench-serve-")
-    port = port or _free_port()
     server = _start_server(bundle, port, Path(work) / "kiosk.sqlite", threads)
     try:
-        _wait_up(server, port)
-        rss_before = _rss_mb(server.pid)
+        server.wait_up(timeout=180.0)
+        port = server.port
+        rss_before = _rss_mb(server.proc.pid)
         tally = _Tally()
         seconds = _run_clients(port, images, submissions, concurrency, tally)
-        rss_after = _rss_mb(server.pid)
+        rss_after = _rss_mb(server.proc.pid)
     finally:
-        _stop_server(server)
+        server.close(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
     lat = np.asarray(tally.latencies)
     return {
@@ -251,30 +249,12 @@ def bench_serve(bundle: str | os.PathLike, *, submissions: int = 10_000, concurr
     }
 
 
-def _free_port() -> int:
-    """A loopback port free at the moment of asking."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_server(bundle: str | os.PathLike, port: int, db: Path, threads: int) -> subprocess.Popen:
-    """`dkit serve` in its own process, quiet, its stderr kept for _wait_up's error message. The per-client rate
+def _start_server(bundle: str | os.PathLike, port: int, db: Path, threads: int) -> ServeProcess:
+    """`dkit serve` in its own process, quiet (its stderr kept for wait_up's error message). The per-client rate
     limit and the near-duplicate refusal are off (the bench's clients are one address sending the same few images:
     it measures capacity); the work queue, retention and quota stay as configured."""
-    return subprocess.Popen([sys.executable, "-m", "dkit", "serve", str(bundle), "--port", str(port), "--db",
-                             str(db), "--threads", str(threads), "-q", "--set", "submit_rate=0", "--set",
-                             "dup_bits=-1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def _stop_server(server: subprocess.Popen) -> None:
-    """Terminate, and kill if it has not exited within 30 s."""
-    server.terminate()
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.kill()
+    return ServeProcess(bundle, ["--db", str(db), "--threads", str(threads), "-q", "--set", "submit_rate=0",
+                                 "--set", "dup_bits=-1"], port=port, log=db.with_name("serve.stderr"))
 
 
 class _Tally:
@@ -358,21 +338,6 @@ def _bench_images(source: str | os.PathLike | None, count: int = 64) -> list[byt
             cv2.polylines(canvas, [pts.astype(np.int32)], False, (20, 20, 20), int(rng.integers(3, 14)), cv2.LINE_AA)
         out.append(cv2.imencode(".png", canvas)[1].tobytes())
     return out
-
-
-def _wait_up(server, port: int, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"dkit serve exited {server.returncode}: {server.stderr.read().decode()[-2000:]}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/healthz")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"dkit serve did not answer on port {port} within {timeout:.0f} s")
 
 
 def _rss_mb(pid: int) -> float | None:

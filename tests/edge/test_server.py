@@ -10,11 +10,7 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import struct
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -25,6 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
+from dkit.devtools.serve_process import ServeProcess
 from tests.conftest import ASSETS, ROOT
 
 TOKEN = "test-" + uuid.uuid4().hex
@@ -34,35 +31,17 @@ MAX_UPLOAD_MB = 0.5
 RELAXED = ("score_rate=0", "submit_rate=0", "dup_bits=-1")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`dkit serve` in a subprocess; requests with urllib; JSON in and out."""
+class Server(ServeProcess):
+    """`dkit serve` in a subprocess (dkit.devtools.serve_process, up when constructed); requests with urllib; JSON in
+    and out."""
 
     def __init__(self, bundle: Path, db: Path, *, token: str | None = TOKEN, settings: tuple[str, ...] = RELAXED,
                  host: str = "127.0.0.1"):
-        self.bundle, self.db, self.token = bundle, db, token
-        self.port = _free_port()
-        self.url = f"http://{host}:{self.port}"
-        args = [sys.executable, "-m", "dkit", "serve", str(bundle), "--port", str(self.port), "--db", str(db),
-                "--host", host, "--max-upload-mb", str(MAX_UPLOAD_MB), *(f"--set={s}" for s in settings)]
-        env = {**os.environ, "DKIT_ADMIN_TOKEN": token or ""}
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"dkit serve exited {self.proc.returncode}: {self.proc.stderr.read()}")
-            try:
-                if self.request("GET", "/healthz")[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.2)
-        raise AssertionError("dkit serve did not come up in 120 s")
+        self.db, self.token = db, token
+        args = ["--db", str(db), "--host", host, "--max-upload-mb", str(MAX_UPLOAD_MB),
+                *(f"--set={s}" for s in settings)]
+        super().__init__(bundle, args, host=host, env={**os.environ, "DKIT_ADMIN_TOKEN": token or ""}, cwd=ROOT)
+        self.wait_up(timeout=120)
 
     def request(self, method: str, path: str, *, body: bytes | None = None, headers: dict | None = None,
                 admin: bool = False) -> tuple[int, dict | bytes]:
@@ -82,10 +61,6 @@ class Server:
         fields = {"name": name} | ({"prompt": prompt} if prompt else {})
         body, ctype = multipart(fields, {"image": (filename, part_type, image)})
         return self.request("POST", path, body=body, headers={"Content-Type": ctype})
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        self.proc.send_signal(sig)
-        self.proc.wait(timeout=30)
 
 
 def multipart(fields: dict[str, str], files: dict[str, tuple[str, str, bytes]]) -> tuple[bytes, str]:

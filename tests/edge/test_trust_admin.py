@@ -46,7 +46,7 @@ def test_finding12_untrained_bundle_banner_on_admin_not_on_the_event_screen(kios
         assert event.query_selector("#untrained-banner") is None
     assert errors == []
     kiosk.kill(signal.SIGTERM)
-    log = kiosk.proc.stderr.read()
+    log = kiosk.stderr_text()
     said = [line for line in log.splitlines() if "UNTRAINED" in line]
     assert len(said) == 1 and said[0].startswith("dkit: WARNING: ") and str(kiosk.bundle) in said[0]
     assert log.index("UNTRAINED") < log.index("kiosk on http://")  # before the kiosk says where it is
