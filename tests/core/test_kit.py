@@ -9,19 +9,9 @@ import pytest
 from dkit.core.errors import KitError, UsageError
 from dkit.core.kit import Kit, load_kit
 from tests.conftest import RECIPES, run_dkit
+from tests.kits import TOY_KIT
 
-GOOD = """\
-name: toy
-data: {images: imgs, val: 0.25}
-ontology:
-  classes:
-    cat: [a cat, a kitten]
-    dog: a dog
-  background: [an empty room]
-teacher: {kind: clip, model: ViT-B-32, pretrained: random}
-student: {kind: clip-embed, model: mobilenetv3_small_100, imgsz: 224}
-judge: {prompt: a cat}
-"""
+GOOD = TOY_KIT  # tests/kits.py: the one toy kit
 
 
 @pytest.fixture

@@ -27,16 +27,7 @@ from dkit.distill.students import STUDENTS, student_plugin
 from dkit.export.exporters import EXPORTERS, Exported, exporter_for, resolve
 from dkit.export.ncnn import ncnn_kinds
 from tests.conftest import RECIPES
-
-KIT = """\
-name: toy
-data: {images: imgs}
-ontology:
-  classes: {cat: [a cat], dog: [a dog]}
-teacher: {kind: clip, model: ViT-B-32, pretrained: random}
-student: {kind: %s, model: tiny, imgsz: 64, train_args: %s}
-"""
-
+from tests.kits import toy_kit
 
 # ------------------------------------------------------------------------- a new kind, all in one place
 
@@ -82,7 +73,7 @@ def kinds(monkeypatch):
 def write_kit(tmp_path: Path, kind: str, train_args: str = "{}") -> Path:
     (tmp_path / "imgs").mkdir(exist_ok=True)
     path = tmp_path / "kit.yaml"
-    path.write_text(KIT % (kind, train_args))
+    path.write_text(toy_kit(student=f"{{kind: {kind}, model: tiny, imgsz: 64, train_args: {train_args}}}", judge=None))
     return path
 
 

@@ -19,25 +19,20 @@ from dkit.distill.label import label_images  # noqa: E402
 from dkit.distill.teachers import build_teacher  # noqa: E402
 from tests.conftest import RECIPES, link_images, run_dkit  # noqa: E402
 from tests.conftest import yolo_store as make_yolo_store  # noqa: E402
+from tests.kits import toy_kit  # noqa: E402
 
-CLIP_KIT = """\
-name: toy
-data: {{images: {images}, val: 0.25, seed: {seed}, workers: {workers}}}
-ontology:
-  classes:
-    animal: [an animal, a bird]
-    food: [food]
-    person: [a person]
-  background: [an empty background]
-teacher: {{kind: clip, model: ViT-S-32, pretrained: random, templates: ["a photo of {{}}."], batch: 4}}
-student: {{kind: {student}, model: {model}, imgsz: 224}}
-"""
+# the toy kit (tests/kits.py) with the classes of the real photos and a small random CLIP teacher
+PHOTO_CLASSES = "\n  classes:\n    animal: [an animal, a bird]\n    food: [food]\n    person: [a person]\n" \
+                "  background: [an empty background]\n"
+PHOTO_TEACHER = '{kind: clip, model: ViT-S-32, pretrained: random, templates: ["a photo of {}."], batch: 4}'
 
 
 def clip_kit(tmp_path: Path, images: Path, *, student="yolo-cls", model="yolov8n-cls.yaml", seed=0, workers=0,
              overrides=()):
     path = tmp_path / "kit.yaml"
-    path.write_text(CLIP_KIT.format(images=images, seed=seed, workers=workers, student=student, model=model))
+    path.write_text(toy_kit(data=f"{{images: {images}, val: 0.25, seed: {seed}, workers: {workers}}}",
+                            ontology=PHOTO_CLASSES, teacher=PHOTO_TEACHER,
+                            student=f"{{kind: {student}, model: {model}, imgsz: 224}}", judge=None))
     return load_kit(path, overrides=list(overrides))
 
 
