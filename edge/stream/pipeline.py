@@ -31,8 +31,8 @@ detections / classes / scores), VideoSink (annotated video, written to a tempora
 the video is the first frame's size, and a frame of another size is scaled to fit, aspect kept, and padded; it
 plays at the rate given, a video file's own, or measured from the first frames' capture times for a live source),
 WindowSink (a live window; needs an OpenCV build with GUI support and, on Linux, a display: DISPLAY or
-WAYLAND_DISPLAY, checked before any window is made, since a GUI OpenCV without one aborts the process),
-CallbackSink (any function: the kiosk server uses it)."""
+WAYLAND_DISPLAY, checked before any window is made, since a GUI OpenCV without one aborts the process). A sink
+is any object with `write(frame, result)` and `close()` (the Sink protocol)."""
 
 from __future__ import annotations
 
@@ -99,23 +99,6 @@ class JsonlSink:
 
     def close(self) -> None:
         """Nothing to do: the stream belongs to the caller."""
-
-
-class CallbackSink:
-    """Calls `fn(frame, result)` for every scored frame (a plain function is a sink already: this names one). In a
-    pipeline an exception in it is logged and counted, and the pipeline goes on."""
-
-    def __init__(self, fn: Callable[[Frame, Result], None]):
-        self.fn = fn
-
-    def __call__(self, frame: Frame, result: Result) -> None:
-        """Call the function."""
-        self.fn(frame, result)
-
-    write = __call__  # the earlier sink protocol's name
-
-    def close(self) -> None:
-        """Nothing to do."""
 
 
 class VideoSink:
@@ -349,7 +332,7 @@ class _SinkHealth:
 
 
 def _sink_name(sink: object) -> str:
-    """A sink's name for the log: a function's (a CallbackSink's function's) qualified name, else its class's."""
+    """A sink's name for the log: a function's qualified name (or a wrapper's `fn`'s), else its class's."""
     fn = getattr(sink, "fn", sink)
     return getattr(fn, "__qualname__", None) or type(sink).__name__
 

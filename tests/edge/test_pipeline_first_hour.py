@@ -15,9 +15,10 @@ import pytest
 
 from dkit.edge.infer.runtime import Runtime, RuntimeConfigError
 from dkit.edge.stream import pipeline as pipeline_module
-from dkit.edge.stream.pipeline import CallbackSink, Pipeline, VideoSink, annotate, letterbox_into, window_problem
+from dkit.edge.stream.pipeline import Pipeline, VideoSink, annotate, letterbox_into, window_problem
 from dkit.edge.stream.sources import Frame, open_source
 from tests.conftest import ASSETS
+from tests.edge.test_runtime import CallbackSink
 
 COCO = ASSETS / "data" / "coco128" / "images" / "train2017"
 PHOTOS = ASSETS / "data" / "photos"
