@@ -50,8 +50,7 @@ from dkit.core.run import RunDir
 from dkit.core.workers import decode_workers
 from dkit.edge.bundle.manifest import Calibration, Prompts
 from dkit.edge.infer.judge import PromptEncoder, shipped_prompts, typed_prompt_embeddings
-from dkit.edge.infer.moderation import VERDICTS
-from dkit.edge.infer.moderation import agreement as verdict_agreement
+from dkit.edge.infer.moderation import VERDICTS, verdict_agreement
 from dkit.edge.infer.preprocess import preprocess
 from dkit.edge.infer.tokenizer import VOCAB_NAME, Tokenizer
 from dkit.export.exporters import Exported

@@ -17,7 +17,7 @@ model on the kit's held-out images before they are shipped.
 Two models: `student_ncnn` (fp32 weights; the device runs it in fp32) and `student_ncnn_fp16` (fp16 weights, half
 the size; the device switches on NCNN's fp16 storage and arithmetic, which Arm v8.2+ CPUs such as the Raspberry
 Pi 5's run natively). Each is run through dkit.edge's own NCNN backend on the inputs the ONNX model gets and
-compared with the variants' metric (dkit.export.variants.agreement: mAP50 against the ONNX detections, top-1
+compared with the variants' metric (dkit.export.variants.output_agreement: mAP50 against the ONNX detections, top-1
 agreement, or the mean cosine of the embeddings); below `export.accuracy_guard` it is refused, listed under
 `refused_variants`, and not shipped.
 With int8 in `export.precisions`, a detector also gets `student_ncnn_int8` (dkit.export.ncnn_int8: the format
@@ -241,13 +241,13 @@ def _parity(onnx_file: Path, param: Path, weights: Path, precision: str, inputs:
             task: str, head: dict | None = None) -> dict:
     from dkit.edge.infer.backends.ncnn_backend import NcnnBackend
     from dkit.edge.infer.backends.ort_backend import OrtBackend
-    from dkit.export.variants import agreement
+    from dkit.export.variants import output_agreement
 
     ref_be = OrtBackend(onnx_file, "", providers=["cpu"])
     got_be = NcnnBackend(param, weights, precision, head=head)
     ref = [ref_be.run(x) for x in inputs]
     got = [got_be.run(x) for x in inputs]
-    result = agreement(ref, got, kit, task)
+    result = output_agreement(ref, got, kit, task)
     log.info("NCNN %s against ONNX on %d images: %s %.3f, max abs diff %.2e", precision, len(inputs),
              result["metric"], result["agreement"], result["max_abs_diff"])
     return result

@@ -80,7 +80,7 @@ def backend_checks(fp32: Path, variant: Path, precision: str, images: list[np.nd
     for name in others:
         try:
             be = open_onnx_file(name, variant, precision)
-            got = agreement(ref, [be.run(x) for x in inputs], kit, task)
+            got = output_agreement(ref, [be.run(x) for x in inputs], kit, task)
         except Exception as e:  # noqa: BLE001 - an optional backend that cannot run the model is refused there
             # one line (a native library's text can be dozens: OpenVINO's C++ exception chain); all of it at debug
             # level and in the manifest's report (`error`)
@@ -188,11 +188,12 @@ def compare(fp32: Path, variant: Path, images: list[np.ndarray], spec: dict, kit
             outs[k].append(session.run(None, {name: x})[0])
             times[k].append((time.perf_counter() - start) * 1000)
     (ref, got), (ms_ref, ms_got) = outs, (float(np.median(t)) for t in times)
-    return agreement(ref, got, kit, task) | {"ms_per_image_fp32": round(ms_ref, 2), "ms_per_image": round(ms_got, 2),
-                                             "speedup_vs_fp32": round(ms_ref / ms_got, 3) if ms_got else None}
+    return output_agreement(ref, got, kit, task) | {
+        "ms_per_image_fp32": round(ms_ref, 2), "ms_per_image": round(ms_got, 2),
+        "speedup_vs_fp32": round(ms_ref / ms_got, 3) if ms_got else None}
 
 
-def agreement(ref: list[np.ndarray], got: list[np.ndarray], kit, task: str) -> dict:
+def output_agreement(ref: list[np.ndarray], got: list[np.ndarray], kit, task: str) -> dict:
     """How far outputs `got` agree with `ref` (the same inputs, in order), by METRICS[task]."""
     result = {"images": len(ref), "metric": METRICS[task]}
     if task == "detect":

@@ -209,7 +209,7 @@ class Proposer:
 
 
 @dataclass(frozen=True, config=_STRICT)
-class Teacher:
+class TeacherSection:
     """The big zero-shot model that labels the images."""
 
     kind: Literal["clip", "yolo"]  # clip: open_clip with the ontology's text prompts; yolo: an Ultralytics detector
@@ -360,7 +360,7 @@ def _kiosk_settings(value: Any) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, config=_STRICT)
-class Judge:
+class JudgeSection:
     """The kiosk judge (clip-embed students): prompts, moderation prompts and thresholds."""
 
     prompt: Text | None = None  # the prompt the kiosk starts with
@@ -391,14 +391,14 @@ class Kit:
 
     name: Name  # the kit's name: runs/<name>/ and the bundle's name
     ontology: Ontology
-    teacher: Teacher
+    teacher: TeacherSection
     student: Student
     data: Annotated[Data, BeforeValidator(lambda v: {"images": v} if isinstance(v, str) else v)] = (
         dataclasses.field(default_factory=Data)
     )
     export: Export = dataclasses.field(default_factory=Export)
     edge: Edge = dataclasses.field(default_factory=Edge)
-    judge: Judge | None = None
+    judge: JudgeSection | None = None
     label: Label = dataclasses.field(default_factory=Label)
 
     def __post_init__(self) -> None:
@@ -419,7 +419,7 @@ class Kit:
 
     def _check_judge_prompts(self) -> None:
         """Every prompt a judge bundle embeds fits what the device accepts (dkit.edge.infer.judge.check_prompt)."""
-        judge = self.judge or Judge()
+        judge = self.judge or JudgeSection()
         named = [(f"ontology.classes.{name}[{i}]", p) for name, ps in self.ontology.classes.items()
                  for i, p in enumerate(ps)]
         named += [(f"ontology.background[{i}]", p) for i, p in enumerate(self.ontology.background)]
@@ -682,7 +682,7 @@ _EXPECTED = {
 def _kit_error(err: pydantic.ValidationError, where: str, sources: dict[str, str]) -> KitError:
     """Turn pydantic's first error into one KitError line."""
     errors = err.errors(include_url=False)
-    # A union (e.g. judge: Judge | None) reports one error per member; the most specific is the deepest.
+    # A union (e.g. judge: JudgeSection | None) reports one error per member; the most specific is the deepest.
     first = max(errors, key=lambda e: len(_loc(e)))
     loc, expected, got, problem = _describe(first, _allowed_keys)
 

@@ -496,7 +496,9 @@ def readme_text(target: Target, wheels: dict[str, str], notes: Sequence[str]) ->
 # --- the check: every base dependency has wheels for CPython 3.10-3.13 on aarch64 and x86_64 -----------------------
 
 @dataclass
-class Check:
+class WheelCheck:
+    """The wheel check's answer: the base dependencies, their pins, and one resolution per (Python, platform)."""
+
     requirements: list[str]  # the base dependencies, as the project's wheel states them
     constraints: list[str]  # the lines of constraints.txt that pin one of them
     rows: list[Resolution]  # one per (Python, platform)
@@ -508,7 +510,7 @@ class Check:
 
 def check_wheels(*, pythons: Sequence[str] = PYTHONS, arches: Sequence[str] = CHECK_ARCHES,
                  glibc: tuple[int, int] = CHECK_GLIBC, source: Path | None = None, progress: Progress = lambda s: None,
-                 download=pip_download) -> Check:
+                 download=pip_download) -> WheelCheck:
     """Resolve the base dependencies (with the constraints) for every (Python, platform); nothing is kept."""
     root = project_root(source)
     with tempfile.TemporaryDirectory(prefix="dkit-wheels-check-") as tmp:
@@ -525,7 +527,7 @@ def check_wheels(*, pythons: Sequence[str] = PYTHONS, arches: Sequence[str] = CH
                               download=download)
                 shutil.rmtree(dest, ignore_errors=True)
                 rows.append(row)
-    return Check(requirements, constraints, rows)
+    return WheelCheck(requirements, constraints, rows)
 
 
 def format_table(rows: Sequence[Resolution], requirements: Sequence[str] = ()) -> str:

@@ -58,6 +58,6 @@ def penalise(score: np.ndarray | float, verdicts: np.ndarray, cfg: JudgeConfig) 
     return np.where(verdicts == "blocked", np.nan, np.where(verdicts == "text", score * cfg.text_penalty, score))
 
 
-def agreement(a: np.ndarray, b: np.ndarray) -> float | None:
+def verdict_agreement(a: np.ndarray, b: np.ndarray) -> float | None:
     """The share of equal verdicts between two verdict arrays (student vs teacher); None when empty."""
     return None if np.size(a) == 0 else float(np.mean(np.asarray(a) == np.asarray(b)))

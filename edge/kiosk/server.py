@@ -53,7 +53,7 @@ from dkit.edge.kiosk.errors import add_handlers
 from dkit.edge.kiosk.headers import SecurityHeaders, page_csp
 from dkit.edge.kiosk.names import Blocklist
 from dkit.edge.kiosk.state import MAX_UPLOAD, KioskState, attach, load_page
-from dkit.edge.kiosk.store import Store
+from dkit.edge.kiosk.store import KioskStore
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def create_app(bundle: str | Path, *, db: str | Path, thumbs: str | Path | None 
     judge = Judge(runtime)
     cfg = kiosk_config(runtime, settings)
     db = Path(db)
-    store = Store(db, thumbs if thumbs is not None else db.parent / "thumbs")
+    store = KioskStore(db, thumbs if thumbs is not None else db.parent / "thumbs")
     if store.swept:
         log.warning("removed %d orphan thumbnail(s) left by an interrupted write", store.swept)
     if store.current_prompt() is None:

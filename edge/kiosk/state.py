@@ -15,7 +15,7 @@ from dkit.edge.infer.runtime import Runtime
 from dkit.edge.kiosk.decoder import DecoderPool
 from dkit.edge.kiosk.limits import Buckets, Stats, WorkQueue
 from dkit.edge.kiosk.names import Blocklist
-from dkit.edge.kiosk.store import Store
+from dkit.edge.kiosk.store import KioskStore
 
 MAX_UPLOAD = 4 << 20  # bytes of one uploaded image
 
@@ -26,7 +26,7 @@ class KioskState:
 
     runtime: Runtime
     judge: Judge
-    store: Store
+    store: KioskStore
     page: str  # the kiosk page's HTML
     admin_token: str | None = None  # None or empty: the admin routes answer 403
     max_upload: int = MAX_UPLOAD  # bytes of one uploaded image

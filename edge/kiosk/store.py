@@ -1,9 +1,9 @@
 """The kiosk's storage: submissions, prompts, rounds and bans in SQLite (WAL), thumbnails on disk, nothing
 acknowledged ever lost, and the disk use bounded.
 
-    from dkit.edge.kiosk.store import Store, Entry
+    from dkit.edge.kiosk.store import KioskStore, Entry
 
-    store = Store("kiosk.sqlite", thumbs="thumbs/")
+    store = KioskStore("kiosk.sqlite", thumbs="thumbs/")
     sid = store.add(Entry(prompt, score, verdict, name, client, phash), jpeg_bytes)   # durable when it returns
     store.leaderboard(prompt, limit=10), store.rank(prompt, score, sid), store.delete(sid)
     store.prune(keep_top=100, keep_last=1000, max_bytes=512 << 20)                    # retention and the quota
@@ -145,7 +145,10 @@ class Prints:
     top: int
 
 
-class Store:
+class KioskStore:
+    """The kiosk's submissions, prompts, rounds, bans and thumbnails (the module docstring says how it stays
+    durable and bounded); not the model store (dkit.core.store.ModelStore)."""
+
     def __init__(self, db: str | os.PathLike, thumbs: str | os.PathLike):
         self.db_path = Path(db)
         self.thumbs = Path(thumbs)

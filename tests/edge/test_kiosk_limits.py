@@ -12,7 +12,7 @@ from dkit.edge.bundle.kiosk_config import KioskConfig
 from dkit.edge.bundle.manifest import JudgeConfig, ManifestError
 from dkit.edge.kiosk.limits import Buckets, Busy, Stats, WorkQueue, retry_after
 from dkit.edge.kiosk.names import Blocklist
-from dkit.edge.kiosk.store import Entry, QuotaFull, Store
+from dkit.edge.kiosk.store import Entry, KioskStore, QuotaFull
 
 # ------------------------------------------------------------------------------------------ settings
 
@@ -153,8 +153,8 @@ def test_the_blocklist_catches_disguises_without_banning_innocent_names(tmp_path
 # ------------------------------------------------------------------------------------------ the store
 
 
-def _store(tmp_path) -> Store:
-    store = Store(tmp_path / "kiosk.sqlite", tmp_path / "thumbs")
+def _store(tmp_path) -> KioskStore:
+    store = KioskStore(tmp_path / "kiosk.sqlite", tmp_path / "thumbs")
     store.set_prompt("a cat")
     return store
 
@@ -220,7 +220,7 @@ def test_orphan_thumbnails_are_swept_when_the_store_opens(tmp_path):
     (tmp_path / "thumbs" / ".abc.jpg.part").write_bytes(b"half")  # an older version's temporary file
     (tmp_path / "thumbs" / ".def.jpg.123.0a1b2c3d.tmp").write_bytes(b"half")  # atomic_write's
     (tmp_path / "thumbs" / "notes.txt").write_text("not ours")
-    again = Store(tmp_path / "kiosk.sqlite", tmp_path / "thumbs")
+    again = KioskStore(tmp_path / "kiosk.sqlite", tmp_path / "thumbs")
     assert again.swept == 3 and again.get(keep) is not None
     assert sorted(p.name for p in (tmp_path / "thumbs").iterdir()) == sorted([again.get(keep)["thumb"], "notes.txt"])
 
@@ -251,7 +251,7 @@ def test_an_older_database_gains_the_new_columns(tmp_path):
     """)
     conn.commit()
     conn.close()
-    store = Store(db, tmp_path / "thumbs")
+    store = KioskStore(db, tmp_path / "thumbs")
     row = store.recent(1)[0]
     assert (row["client"], row["hidden"]) == ("", 0) and store.swept == 0
     assert store.disk_bytes() >= 123 and store.leaderboard("a cat")[0]["name"] == "ada"

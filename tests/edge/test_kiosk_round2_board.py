@@ -350,10 +350,10 @@ def test_the_removed_table_keeps_the_newest_and_forgets_on_request(tmp_path, mon
     """`removed` holds at most REMOVED_CAP rows (the newest); forget() by id, by prompt or all."""
     from dkit.edge.kiosk import dupes
     from dkit.edge.kiosk import store as store_module
-    from dkit.edge.kiosk.store import Entry, Store
+    from dkit.edge.kiosk.store import Entry, KioskStore
 
     monkeypatch.setattr(store_module, "REMOVED_CAP", 3)
-    store = Store(tmp_path / "kiosk.sqlite", tmp_path / "thumbs")
+    store = KioskStore(tmp_path / "kiosk.sqlite", tmp_path / "thumbs")
     store.set_prompt("a cat")
     shape = dupes.shapes(doodle(0))
     for k in range(5):
@@ -368,9 +368,9 @@ def test_the_removed_table_keeps_the_newest_and_forgets_on_request(tmp_path, mon
 def test_retention_pruning_is_not_an_operator_delete(tmp_path):
     """A drawing that retention pruned (not the operator) may come back: the store does not remember it."""
     from dkit.edge.kiosk import dupes
-    from dkit.edge.kiosk.store import Entry, Store
+    from dkit.edge.kiosk.store import Entry, KioskStore
 
-    store = Store(tmp_path / "kiosk.sqlite", tmp_path / "thumbs")
+    store = KioskStore(tmp_path / "kiosk.sqlite", tmp_path / "thumbs")
     store.set_prompt("a cat")
     rgb = doodle(0)
     for score in (10.0, 20.0):
@@ -496,9 +496,9 @@ def test_the_score_budget_and_the_coarse_score_in_process():
 def test_board_prints_read_the_top_and_the_near_hashes_only(tmp_path):
     """A shape is compared with the prompt's best `top` and with any shown entry whose hash is near (a re-encoded
     copy of one further down); the others' shapes are not read."""
-    from dkit.edge.kiosk.store import Entry, Store
+    from dkit.edge.kiosk.store import Entry, KioskStore
 
-    store = Store(tmp_path / "kiosk.sqlite", tmp_path / "thumbs")
+    store = KioskStore(tmp_path / "kiosk.sqlite", tmp_path / "thumbs")
     store.set_prompt("a cat")
     for score, phash in ((90.0, 100), (50.0, 7), (40.0, 2000)):
         store.add(Entry("a cat", score, "ok", "ada", "10.0.0.1", phash, bytes([phash % 256]) * 4), b"jpeg")

@@ -83,13 +83,13 @@ def _broken(doc: dict, path: str, value=KeyError) -> dict:
 def test_one_set_of_defaults_the_kit_and_the_device_share():
     """A manifest without thresholds starts from the device's defaults, which are the kit's (dkit.core.kit takes
     them from dkit.edge.bundle.manifest): no second copy that could say max_det 300 where the kit says 100."""
-    from dkit.core.kit import Edge, Judge
+    from dkit.core.kit import Edge, JudgeSection
 
     m = Manifest.from_dict(_broken(DETECT, "thresholds"))
     edge = Edge()
     assert (m.thresholds.conf, m.thresholds.iou, m.thresholds.max_det) == (edge.conf, edge.iou, edge.max_det)
     assert m.to_dict()["thresholds"] == {"conf": edge.conf, "iou": edge.iou, "max_det": edge.max_det}
-    judge, device = Judge(), JudgeConfig()
+    judge, device = JudgeSection(), JudgeConfig()
     assert [getattr(judge, k) for k in ("text_penalty", "text_margin", "unsafe_margin", "no_match_score")] == \
            [getattr(device, k) for k in ("text_penalty", "text_margin", "unsafe_margin", "no_match_score")]
 

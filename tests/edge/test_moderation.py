@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dkit.edge.bundle.manifest import JudgeConfig
-from dkit.edge.infer.moderation import agreement, moderate, penalise
+from dkit.edge.infer.moderation import moderate, penalise, verdict_agreement
 
 NONE = np.zeros((0,))
 
@@ -34,8 +34,8 @@ def test_broadcasts_over_images_and_prompts():
     unsafe = np.array([[0.0], [0.8]])[:, None, :]  # (N, 1, U)
     got = moderate(prompt, text, unsafe, JudgeConfig())
     assert got.tolist() == [["ok", "text"], ["blocked", "blocked"]]
-    assert agreement(got, np.array([["ok", "ok"], ["blocked", "blocked"]])) == 0.75
-    assert agreement(got[:0], got[:0]) is None
+    assert verdict_agreement(got, np.array([["ok", "ok"], ["blocked", "blocked"]])) == 0.75
+    assert verdict_agreement(got[:0], got[:0]) is None
 
 
 def test_penalty_applies_to_text_and_blocked_has_no_score():

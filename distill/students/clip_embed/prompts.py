@@ -11,8 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from dkit.edge.bundle.manifest import JudgeConfig
-from dkit.edge.infer.moderation import agreement as verdict_agreement
-from dkit.edge.infer.moderation import moderate
+from dkit.edge.infer.moderation import moderate, verdict_agreement
 
 
 def ontology_prompts(kit) -> tuple[list[str], np.ndarray]:

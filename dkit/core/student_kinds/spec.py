@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, Strict
 from pydantic_core import PydanticCustomError
 
 TASKS = ("detect", "classify", "embed")  # what a bundle does on the device (dkit.edge.bundle.manifest.TASKS)
-TEACHER_KINDS = ("clip", "yolo")  # dkit.core.kit.Teacher.kind
+TEACHER_KINDS = ("clip", "yolo")  # dkit.core.kit.TeacherSection.kind
 MULTI_GPU = ("device-list", "torchrun", "none")
 _KEY = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")  # yolo-detect, clip-embed
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
