@@ -38,7 +38,8 @@ from dkit.core.files import atomic_write, new_tmp_dir, read_json, replace_dir
 from dkit.core.run import RunDir
 from dkit.distill.students import student_plugin
 from dkit.edge.bundle import open_bundle
-from dkit.export.exporters import exporter_for
+from dkit.edge.bundle.manifest import ModelEntry
+from dkit.export.exporters import Built, Exported, exporter_for
 from dkit.export.manifest import build_manifest, write_manifest
 from dkit.export.readme import render_readme
 
@@ -56,7 +57,7 @@ def export_bundle(kit, run_dir: Path, *, store=None) -> dict:
     tmp = new_tmp_dir(run.root, f".bundle-{os.getpid()}-")
     try:
         exported = exporter_for(kit)(kit, run, tmp, store or ModelStore())
-        entry = exported.entry
+        model, spec = exported.model, exported.preprocess
         variants = {}
         later = [p for p in dict.fromkeys(kit.export.precisions) if p != "fp32"]
         ncnn = "ncnn" in kit.export.backends
@@ -66,17 +67,16 @@ def export_bundle(kit, run_dir: Path, *, store=None) -> dict:
             # int8 scales from the training images: the held-out ones judge the result
             calibration = _split_images(run.root, "train", kit.export.calibration_images)
             for precision in later:
-                variants[precision] = make_variant(precision, tmp / entry["file"], tmp, kit, held_out, calibration,
-                                                   entry["preprocess"], task)
+                variants[precision] = make_variant(precision, tmp / model.file, tmp, kit, held_out, calibration,
+                                                   spec, task)
         formats = {}
         if ncnn:
             from dkit.export.ncnn import export_ncnn
 
-            formats = export_ncnn(kit, run, tmp, entry, held_out, task,
+            formats = export_ncnn(kit, run, tmp, model, spec, held_out, task,
                                   calibration if "int8" in kit.export.precisions else None)
-        engines = _engines(kit, tmp, entry, variants)
-        manifest = build_manifest(kit, run, task, entry, variants, exported.classes, exported.parts,
-                                  engines | formats)
+        engines = _engines(kit, tmp, exported, variants)
+        manifest = build_manifest(kit, run, task, exported, variants.values(), (engines | formats).values())
         manifest = write_manifest(tmp, manifest)
         if any(m.precision != "fp32" for m in manifest.models.values()):
             manifest = _device_checks(kit, tmp, manifest, held_out)
@@ -92,7 +92,8 @@ def export_bundle(kit, run_dir: Path, *, store=None) -> dict:
     return {"bundle": str(run.bundle), "archive": None if archive is None else str(archive), "task": task,
             "models": {k: v.file for k, v in manifest.models.items()},
             "parity": {k: dict(v.info["parity"]) for k, v in manifest.models.items() if "parity" in v.info},
-            "variants": variants, "formats": formats, "calibration": None if manifest.calibration is None
+            "variants": {p: v.to_dict() for p, v in variants.items()},
+            "formats": {r: v.to_dict() for r, v in formats.items()}, "calibration": None if manifest.calibration is None
             else manifest.calibration.to_dict(), "device_checks": _device_check_figures(manifest)}
 
 
@@ -142,7 +143,7 @@ def _split_images(run_dir: Path, split: str, limit: int) -> list:
         return kit_images(run_dir, split=None, limit=limit)
 
 
-def _engines(kit, bundle_dir: Path, entry: dict, variants: dict) -> dict:
+def _engines(kit, bundle_dir: Path, exported: Exported, variants: dict[str, Built]) -> dict[str, ModelEntry]:
     """TensorRT engines built here when possible (dkit.export.tensorrt), else none: the README has the command."""
     if not kit.export.tensorrt:
         return {}
@@ -151,7 +152,7 @@ def _engines(kit, bundle_dir: Path, entry: dict, variants: dict) -> dict:
         return {}
     from dkit.export.tensorrt import build_engines
 
-    return build_engines(kit, bundle_dir, entry, variants)
+    return build_engines(kit, bundle_dir, exported.model, exported.preprocess, variants)
 
 
 def _tensorrt_here() -> bool:

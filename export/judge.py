@@ -3,7 +3,7 @@
     from dkit.core.store import ModelStore
     from dkit.export.judge import export_judge
 
-    parts = export_judge(kit, run_dir, bundle_dir, store=ModelStore())
+    exported = export_judge(kit, run_dir, bundle_dir, store=ModelStore())   # an Exported with its JudgeParts
 
 Writes into bundle_dir:
 - `student.onnx`: the student image encoder, (N, 3, S, S) -> (N, D) L2-normalised embedding (torch.onnx,
@@ -38,6 +38,7 @@ set `dkit eval`'s moderation_agreement uses).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import warnings
@@ -48,12 +49,12 @@ import numpy as np
 from dkit.core.errors import DkitError, UsageError, require
 from dkit.core.run import RunDir
 from dkit.core.workers import decode_workers
-from dkit.edge.bundle.manifest import Calibration, Prompts
+from dkit.edge.bundle.manifest import Calibration, Decode, ModelEntry, Preprocess, Prompts, TokenizerSpec
 from dkit.edge.infer.judge import PromptEncoder, shipped_prompts, typed_prompt_embeddings
 from dkit.edge.infer.moderation import VERDICTS, verdict_agreement
 from dkit.edge.infer.preprocess import preprocess
 from dkit.edge.infer.tokenizer import VOCAB_NAME, Tokenizer
-from dkit.export.exporters import Exported
+from dkit.export.exporters import Exported, JudgeParts
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,12 @@ EXTRA_PROMPTS = ("a raccoon driving a tractor", "A Photo Of A CAT!!", "un café 
 
 def export_clip_embed(kit, run: RunDir, bundle_dir: Path, store) -> Exported:
     """The `clip-embed` exporter (dkit.export.exporters): the judge's files and manifest parts."""
-    parts = export_judge(kit, run.root, bundle_dir, store=store)
-    return Exported(parts["student"] | {"preprocess": parts["preprocess"]}, list(kit.ontology.names), parts)
+    return export_judge(kit, run.root, bundle_dir, store=store)
 
 
-def export_judge(kit, run_dir: Path, bundle_dir: Path, *, store) -> dict:
-    """Write the judge's files into bundle_dir; return the manifest parts (models, text, prompts, calibration)."""
+def export_judge(kit, run_dir: Path, bundle_dir: Path, *, store) -> Exported:
+    """Write the judge's files into bundle_dir; return the image encoder's entry, preprocessing and decoding, the
+    ontology's classes, and the judge's parts (text encoder, tokenizer, prompts, calibration)."""
     require("onnx", what="exporting to ONNX", extra="export")
     from dkit.distill.students import clip_embed
     from dkit.distill.students.clip_embed.prompts import moderation_sets, ontology_prompts
@@ -99,8 +100,9 @@ def export_judge(kit, run_dir: Path, bundle_dir: Path, *, store) -> dict:
     images = held_images + fit_images
 
     student = _export_image_encoder(model, spec, ckpt["dim"], bundle_dir / "student.onnx", kit)
-    student["parity"] = image_parity(model, bundle_dir / "student.onnx", images[:PARITY_IMAGES], spec)
-    _check(student["parity"], kit, "image encoder", best)
+    parity = image_parity(model, bundle_dir / "student.onnx", images[:PARITY_IMAGES], spec)
+    student = dataclasses.replace(student, info=student.info | {"parity": parity})
+    _check(parity, kit, "image encoder", best)
 
     shutil.copyfile(_vocab(), bundle_dir / VOCAB_NAME)
     rows, embeddings = _prompt_table(kit, teacher)
@@ -108,22 +110,23 @@ def export_judge(kit, run_dir: Path, bundle_dir: Path, *, store) -> dict:
     context = int(getattr(teacher.tokenizer, "context_length", 77))
     text = _export_text_encoder(teacher, bundle_dir / "text.onnx", kit, context)
     texts = [t.format(r["text"]) for r in rows for t in teacher.cfg.templates] + list(EXTRA_PROMPTS)
-    text["parity"] = text_parity(teacher, bundle_dir / "text.onnx", Tokenizer.from_file(bundle_dir / VOCAB_NAME,
-                                                                                        context), texts)
-    _check(text["parity"], kit, "text encoder", Path(kit.teacher.model))
-    if text["parity"]["token_agreement"] < 1.0:
+    tokenizer = Tokenizer.from_file(bundle_dir / VOCAB_NAME, context)
+    tparity = text_parity(teacher, bundle_dir / "text.onnx", tokenizer, texts)
+    text = dataclasses.replace(text, info=text.info | {"parity": tparity})
+    _check(tparity, kit, "text encoder", Path(kit.teacher.model))
+    if tparity["token_agreement"] < 1.0:
         raise DkitError(f"the device tokenizer disagrees with {kit.teacher.model}'s open_clip tokenizer on "
-                        f"{text['parity']['token_mismatches']} of {len(texts)} prompts (first: "
-                        f"{text['parity']['first_mismatch']!r}); this teacher's tokenizer is not the CLIP BPE one "
+                        f"{tparity['token_mismatches']} of {len(texts)} prompts (first: "
+                        f"{tparity['first_mismatch']!r}); this teacher's tokenizer is not the CLIP BPE one "
                         "the edge reproduces")
 
-    prompts = {"file": "prompts.npy", "dim": int(embeddings.shape[1]), "rows": rows,
-               "templates": list(teacher.cfg.templates),
-               "ensemble": "each template formatted with the prompt, encoded, normalised, averaged, normalised"}
+    prompts = Prompts.from_dict({
+        "file": "prompts.npy", "dim": int(embeddings.shape[1]), "rows": rows, "templates": list(teacher.cfg.templates),
+        "ensemble": "each template formatted with the prompt, encoded, normalised, averaged, normalised"})
     texts, prompt_class = ontology_prompts(kit)
     encoder = PromptEncoder.from_files(bundle_dir / "text.onnx", bundle_dir / VOCAB_NAME, context,
                                        teacher.cfg.templates)
-    typed = typed_prompt_embeddings(texts, shipped_prompts(Prompts.from_dict(prompts).rows, embeddings), encoder)
+    typed = typed_prompt_embeddings(texts, shipped_prompts(prompts.rows, embeddings), encoder)
 
     def embed(recs: list, ims: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:  # (N, D) student, teacher
         dim = int(embeddings.shape[1])
@@ -142,28 +145,26 @@ def export_judge(kit, run_dir: Path, bundle_dir: Path, *, store) -> dict:
     calibration |= {"source": "student", "split": "train", "images": len(fit), "prompts": texts,
                     "prompt": "each ontology prompt alone x the templates, as the device embeds a typed prompt "
                               "(dkit.edge.infer.judge.PromptEncoder)"}
-    return {
-        "student": student, "text": text, "preprocess": spec,
-        "tokenizer": {"type": "clip-bpe", "file": VOCAB_NAME, "context_length": context},
-        "prompts": prompts,
-        "logit_scale": teacher.logit_scale,
-        "calibration": calibration,
-        "teacher_id": teacher.id,
-    }
+    decode = Decode("embedding", {"output": "(batch, dim)", "normalized": True, "dim": prompts.dim})
+    parts = JudgeParts(text=text, tokenizer=TokenizerSpec(VOCAB_NAME, context, "clip-bpe"), prompts=prompts,
+                       calibration=Calibration.from_dict(calibration), logit_scale=teacher.logit_scale,
+                       teacher_id=teacher.id)
+    return Exported(student, spec, decode, list(kit.ontology.names), parts)
 
 
 # ------------------------------------------------------------------------------------------ encoders
 
 
-def _export_image_encoder(model, spec: dict, dim: int, path: Path, kit) -> dict:
+def _export_image_encoder(model, spec: Preprocess, dim: int, path: Path, kit) -> ModelEntry:
     import torch
 
-    size = spec["size"]
+    size = spec.size[0]
     _onnx_export(model.float().eval(), (torch.zeros(1, 3, size, size),), path, ["images"], ["embedding"],
                  kit.export.opset)
-    return {"file": path.name, "precision": "fp32", "opset": kit.export.opset,
-            "inputs": [{"name": "images", "shape": ["batch", 3, size, size], "dtype": "float32", "layout": "NCHW"}],
-            "outputs": [{"name": "embedding", "shape": ["batch", dim], "normalized": True}]}
+    return ModelEntry(
+        "student", path.name, "fp32", info={"opset": kit.export.opset},
+        inputs=({"name": "images", "shape": ["batch", 3, size, size], "dtype": "float32", "layout": "NCHW"},),
+        outputs=({"name": "embedding", "shape": ["batch", dim], "normalized": True},))
 
 
 def _text_tower(clip):
@@ -181,7 +182,7 @@ def _text_tower(clip):
     return TextTower().eval()
 
 
-def _export_text_encoder(teacher, path: Path, kit, context: int) -> dict:
+def _export_text_encoder(teacher, path: Path, kit, context: int) -> ModelEntry:
     import torch
 
     tower = _text_tower(teacher.model.float().cpu())
@@ -189,9 +190,9 @@ def _export_text_encoder(teacher, path: Path, kit, context: int) -> dict:
     _onnx_export(tower, (tokens,), path, ["tokens"], ["embedding"], kit.export.opset)
     with torch.no_grad():
         dim = int(tower(tokens).shape[1])
-    return {"file": path.name, "precision": "fp32", "opset": kit.export.opset,
-            "inputs": [{"name": "tokens", "shape": ["batch", context], "dtype": "int64"}],
-            "outputs": [{"name": "embedding", "shape": ["batch", dim], "normalized": True}]}
+    return ModelEntry("text", path.name, "fp32", info={"opset": kit.export.opset},
+                      inputs=({"name": "tokens", "shape": ["batch", context], "dtype": "int64"},),
+                      outputs=({"name": "embedding", "shape": ["batch", dim], "normalized": True},))
 
 
 def _onnx_export(module, args: tuple, path: Path, inputs: list[str], outputs: list[str], opset: int) -> None:
@@ -234,7 +235,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
 
 
-def image_parity(model, onnx_path: Path, images: list[np.ndarray], spec: dict) -> dict:
+def image_parity(model, onnx_path: Path, images: list[np.ndarray], spec: Preprocess) -> dict:
     """ONNX vs PyTorch image encoder on the device's preprocessing of the same images."""
     import torch
 

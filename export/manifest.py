@@ -3,7 +3,7 @@ of every file of the bundle.
 
     from dkit.export.manifest import build_manifest, write_manifest
 
-    manifest = build_manifest(kit, run, task, entry, variants, classes, parts, engines)   # a Manifest
+    manifest = build_manifest(kit, run, task, exported, variants, formats)   # a Manifest
     write_manifest(bundle_dir, manifest)        # fills `files`, writes manifest.json atomically, returns it
 
 The device parses the file back with the same dataclasses (dkit.edge.bundle.verify), so what export writes is by
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +22,9 @@ from dkit.core.files import write_json
 from dkit.core.run import RunDir
 from dkit.core.version import __version__
 from dkit.edge.bundle.hashing import sha256_file
-from dkit.edge.bundle.manifest import (
-    SCHEMA_VERSION,
-    Calibration,
-    Decode,
-    Manifest,
-    ModelEntry,
-    Preprocess,
-    Prompts,
-    RuntimeHints,
-    Thresholds,
-    TokenizerSpec,
-)
+from dkit.edge.bundle.manifest import SCHEMA_VERSION, Manifest, ModelEntry, RuntimeHints, Thresholds
 from dkit.edge.bundle.verifier import MANIFEST
+from dkit.export.exporters import Built, Exported, Refused
 
 
 def write_manifest(root: Path, manifest: Manifest | Mapping[str, Any]) -> Manifest:
@@ -58,35 +48,34 @@ def thresholds(kit, task: str, classes: list[str]) -> Thresholds:
     return Thresholds()
 
 
-def build_manifest(kit, run: RunDir, task: str, entry: dict, variants: dict, classes: list[str], parts: dict,
-                   engines: dict) -> Manifest:
-    """The bundle's manifest from the exporter's pieces (`entry`: the fp32 student's model entry and preprocess;
-    `engines`: further model entries by role, TensorRT engines and NCNN models, a refused one with `refused`)."""
+def build_manifest(kit, run: RunDir, task: str, exported: Exported, variants: Iterable[Built] = (),
+                   formats: Iterable[Built] = ()) -> Manifest:
+    """The bundle's manifest from the exporter's result and the further models: the reduced-precision ONNX
+    `variants`, then `formats` (NCNN models, TensorRT engines); a refused one is listed under `refused_variants`
+    with its reason, e.g. {"int8": "mAP50 against fp32 0.512 is below ...", "ncnn_fp16": "..."}."""
     first = next(iter(run.records()), None)
-    models = {"student": ModelEntry.from_dict("student", {k: v for k, v in entry.items()
-                                                         if k not in ("preprocess", "decode")})}
-    models |= {f"student_{p}": ModelEntry.from_dict(f"student_{p}", v) for p, v in variants.items()
-               if "refused" not in v}
-    if "text" in parts:
-        models["text"] = ModelEntry.from_dict("text", parts["text"])
-    models |= {role: ModelEntry.from_dict(role, v) for role, v in engines.items() if "refused" not in v}
-    decode = entry.get("decode") or {"type": "embedding", "output": "(batch, dim)", "normalized": True,
-                                     "dim": parts["prompts"]["dim"]}
+    variants, formats = list(variants), list(formats)
+    models = {"student": exported.model} | {b.role: b for b in variants if isinstance(b, ModelEntry)}
+    if exported.judge is not None:
+        models["text"] = exported.judge.text
+    models |= {b.role: b for b in formats if isinstance(b, ModelEntry)}
+    built = variants + formats
+    judge = exported.judge
+    teacher_id = judge.teacher_id if judge is not None else None
     return Manifest(
         name=kit.name, task=task,
-        teacher={"id": parts.get("teacher_id") or (first.teacher if first else None), "random": kit.teacher.is_random},
+        teacher={"id": teacher_id or (first.teacher if first else None), "random": kit.teacher.is_random},
         student={"kind": kit.student.kind, "model": kit.student.model, "imgsz": kit.student.imgsz,
                  "weights_sha256": sha256_file(run.student_weights)},
-        models=models, preprocess=Preprocess.from_dict(entry["preprocess"]), classes=tuple(classes),
-        thresholds=thresholds(kit, task, classes),
+        models=models, preprocess=exported.preprocess, classes=tuple(exported.classes),
+        thresholds=thresholds(kit, task, exported.classes),
         runtime=RuntimeHints(tuple(kit.edge.providers), kit.edge.threads, kit.edge.max_fps),
-        decode=Decode.from_dict(decode, task),
-        prompts=Prompts.from_dict(parts["prompts"]) if "prompts" in parts else None,
-        calibration=Calibration.from_dict(parts["calibration"]) if "calibration" in parts else None,
-        tokenizer=TokenizerSpec.from_dict(parts["tokenizer"]) if "tokenizer" in parts else None,
+        decode=exported.decode,
+        prompts=None if judge is None else judge.prompts,
+        calibration=None if judge is None else judge.calibration,
+        tokenizer=None if judge is None else judge.tokenizer,
         judge=kit.judge.device_config() if task == "embed" and kit.judge else None,
-        logit_scale=parts.get("logit_scale"),
+        logit_scale=None if judge is None else judge.logit_scale,
         info={"created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "dkit_version": __version__,
-              "refused_variants": {p: v["refused"] for p, v in variants.items() if "refused" in v}
-              | {r.removeprefix("student_"): v["refused"] for r, v in engines.items() if "refused" in v}},
+              "refused_variants": {b.role.removeprefix("student_"): b.reason for b in built if isinstance(b, Refused)}},
     )

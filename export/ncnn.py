@@ -41,9 +41,9 @@ import numpy as np
 from dkit.core.errors import DkitError, UsageError, require
 from dkit.core.run import RunDir
 from dkit.core.student_kinds import student_kinds
-from dkit.edge.bundle.manifest import Preprocess
+from dkit.edge.bundle.manifest import ModelEntry, Preprocess
 from dkit.edge.infer.preprocess import preprocess
-from dkit.export.exporters import resolve
+from dkit.export.exporters import Built, Refused, resolve
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,11 @@ def ncnn_kinds() -> list[str]:
     return [key for key, kind in student_kinds().items() if kind.ncnn]
 
 
-def export_ncnn(kit, run: RunDir, bundle_dir: Path, entry: dict, held_out: list[np.ndarray], task: str,
-                calibration: list[np.ndarray] | None = None) -> dict:
-    """{role: manifest entry} of the NCNN models written into bundle_dir (a refused one has `refused`); with
-    `calibration` images and int8 in export.precisions, a detector's int8 NCNN model too (dkit.export.ncnn_int8)."""
+def export_ncnn(kit, run: RunDir, bundle_dir: Path, model: ModelEntry, spec: Preprocess, held_out: list[np.ndarray],
+                task: str, calibration: list[np.ndarray] | None = None) -> dict[str, Built]:
+    """{role: model entry} of the NCNN models written into bundle_dir, checked against the ONNX student `model`
+    (prepared by `spec`), a Refused where below the guard; with `calibration` images and int8 in
+    export.precisions, a detector's int8 NCNN model too (dkit.export.ncnn_int8)."""
     kind = kit.student.spec
     if kind.ncnn is None:
         raise UsageError(f"export.backends: ncnn is exported for {', '.join(ncnn_kinds())} students; "
@@ -65,8 +66,7 @@ def export_ncnn(kit, run: RunDir, bundle_dir: Path, entry: dict, held_out: list[
     require("ncnn", what="checking the NCNN model", extra="export")
     convert = resolve(kind.ncnn)
     detector = kind.task == "detect"
-    spec = Preprocess.from_dict(entry["preprocess"])  # a detector keeps the bundle's letterbox (any input size)
-    spec = spec if detector else replace(spec, letterbox="square")
+    spec = spec if detector else replace(spec, letterbox="square")  # a detector keeps the bundle's letterbox
     inputs = [preprocess(rgb, spec)[0] for rgb in held_out]  # (1, 3, H, W) each
     out = {}
     for precision in ("fp32", "fp16"):
@@ -74,44 +74,47 @@ def export_ncnn(kit, run: RunDir, bundle_dir: Path, entry: dict, held_out: list[
         stem = "student" if precision == "fp32" else "student-fp16"
         param, weights, head = convert(kit, run, bundle_dir, stem, half=precision == "fp16")
         size = ["height", "width"] if head else list(spec.size)
-        doc = {"file": param.name, "weights": weights.name, "format": "ncnn", "precision": precision,
-               **({"checked_on": platform.machine()} if precision != "fp32" else {}),
-               "inputs": [{"name": "in0", "shape": [1, 3, *size], "dtype": "float32", "layout": "NCHW"}],
-               **({"head": head} if head else {})}
-        doc["vs_onnx"] = _parity(bundle_dir / entry["file"], param, weights, precision, inputs, kit, task, head)
+        parity = _parity(bundle_dir / model.file, param, weights, precision, inputs, kit, task, head)
+        info = {**({"checked_on": platform.machine()} if precision != "fp32" else {}),
+                **({"head": head} if head else {}), "vs_onnx": parity}
+        shape = {"name": "in0", "shape": [1, 3, *size], "dtype": "float32", "layout": "NCHW"}
+        doc = ModelEntry(role, param.name, precision, "ncnn", weights.name, info=info, inputs=(shape,))
         out[role] = _guard(doc, kit, param, weights)
-    if detector and calibration and "int8" in kit.export.precisions and "refused" not in out["student_ncnn"]:
-        out["student_ncnn_int8"] = _int8(kit, bundle_dir, entry, out["student_ncnn"], spec, calibration, inputs,
+    if detector and calibration and "int8" in kit.export.precisions and isinstance(out["student_ncnn"], ModelEntry):
+        out["student_ncnn_int8"] = _int8(kit, bundle_dir, model, out["student_ncnn"], spec, calibration, inputs,
                                          task)
     return out
 
 
-def _int8(kit, bundle_dir: Path, entry: dict, fp32: dict, spec, calibration: list[np.ndarray],
-          inputs: list[np.ndarray], task: str) -> dict:
+def _int8(kit, bundle_dir: Path, model: ModelEntry, fp32: ModelEntry, spec: Preprocess, calibration: list[np.ndarray],
+          inputs: list[np.ndarray], task: str) -> Built:
     """The int8 NCNN detector from the fp32 one, checked against the ONNX model like the others."""
     from dkit.export.ncnn_int8 import quantize_ncnn
 
     param, weights = bundle_dir / "student-int8.ncnn.param", bundle_dir / "student-int8.ncnn.bin"
     calib = [preprocess(rgb, spec)[0] for rgb in calibration]
-    how = quantize_ncnn(bundle_dir / fp32["file"], bundle_dir / fp32["weights"], param, weights, calib)
+    how = quantize_ncnn(bundle_dir / fp32.file, bundle_dir / fp32.weights, param, weights, calib)
     # int8 kernels round differently per CPU family (measured: NCNN int8 on aarch64 agrees with x86's on 0.88 of
     # the boxes): the guard holds for the architecture it ran on; elsewhere the device checks it (checks/)
-    doc = {"file": param.name, "weights": weights.name, "format": "ncnn", "precision": "int8",
-           "inputs": fp32["inputs"], "head": fp32["head"], "int8": how, "checked_on": platform.machine()}
-    doc["vs_onnx"] = _parity(bundle_dir / entry["file"], param, weights, "int8", inputs, kit, task, fp32["head"])
+    head = fp32.info["head"]
+    info = {"head": head, "int8": how, "checked_on": platform.machine(),
+            "vs_onnx": _parity(bundle_dir / model.file, param, weights, "int8", inputs, kit, task, head)}
+    doc = ModelEntry("student_ncnn_int8", param.name, "int8", "ncnn", weights.name, info=info, inputs=fp32.inputs)
     return _guard(doc, kit, param, weights)
 
 
-def _guard(doc: dict, kit, param: Path, weights: Path) -> dict:
-    """Below export.accuracy_guard against the ONNX model: the files go, the entry says why (not shipped)."""
-    if doc["vs_onnx"]["agreement"] < kit.export.accuracy_guard:
-        param.unlink()
-        weights.unlink()
-        doc["refused"] = (f"NCNN {doc['precision']}: {doc['vs_onnx']['metric']} against the ONNX model "
-                          f"{doc['vs_onnx']['agreement']:.3f} is below export.accuracy_guard "
-                          f"{kit.export.accuracy_guard:g}: not shipped")
-        log.warning("%s", doc["refused"])
-    return doc
+def _guard(doc: ModelEntry, kit, param: Path, weights: Path) -> Built:
+    """Below export.accuracy_guard against the ONNX model: the files go, and a Refused says why (not shipped)."""
+    parity = doc.info["vs_onnx"]
+    if parity["agreement"] >= kit.export.accuracy_guard:
+        return doc
+    param.unlink()
+    weights.unlink()
+    refused = Refused(doc, f"NCNN {doc.precision}: {parity['metric']} against the ONNX model "
+                           f"{parity['agreement']:.3f} is below export.accuracy_guard "
+                           f"{kit.export.accuracy_guard:g}: not shipped")
+    log.warning("%s", refused.reason)
+    return refused
 
 
 def convert_yolo_detect(kit, run: RunDir, bundle_dir: Path, stem: str, *, half: bool) -> tuple[Path, Path, dict]:
@@ -181,7 +184,7 @@ def convert_clip_embed(kit, run: RunDir, bundle_dir: Path, stem: str, *, half: b
 
     best = run.trained_weights()
     model, ckpt = clip_embed.load_student(best)
-    size = ckpt["preprocess"]["size"]
+    size = ckpt["preprocess"].size[0]
     _pnnx_export(model.float().eval(), best, bundle_dir, stem, half, torch.zeros(1, 3, size, size))
     return bundle_dir / f"{stem}.ncnn.param", bundle_dir / f"{stem}.ncnn.bin", None
 

@@ -2,7 +2,7 @@
 
     from dkit.export.tensorrt import build_engines
 
-    engines = build_engines(kit, bundle_dir, entry, variants)   # {"engine_fp16": {...}, ...} manifest entries
+    engines = build_engines(kit, bundle_dir, model, spec, variants)   # {"engine_fp16": ModelEntry, ...}
 
 An engine is specific to the GPU model and TensorRT version that built it, so the manifest records both and
 the edge uses an engine only on a matching device; everywhere else the ONNX files (and the build command in
@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 
 from dkit.core.errors import DkitError
+from dkit.edge.bundle.manifest import ModelEntry, Preprocess
+from dkit.export.exporters import Built
 
 log = logging.getLogger(__name__)
 
@@ -25,28 +27,28 @@ MAX_BATCH = 4
 WORKSPACE = 1 << 30  # bytes of GPU scratch memory the builder may use
 
 
-def build_engines(kit, bundle_dir: Path, entry: dict, variants: dict) -> dict:
+def build_engines(kit, bundle_dir: Path, model: ModelEntry, spec: Preprocess,
+                  variants: dict[str, Built]) -> dict[str, ModelEntry]:
+    """TensorRT engines of the fp32 student `model` (and of the int8 variant when shipped), by role `engine_<p>`."""
     import tensorrt as trt
     import torch
 
-    sources = {"fp16": bundle_dir / entry["file"]}
-    if "int8" in variants and "refused" not in variants["int8"]:
-        sources["int8"] = bundle_dir / variants["int8"]["file"]
+    sources = {"fp16": bundle_dir / model.file}
+    if isinstance(variants.get("int8"), ModelEntry):
+        sources["int8"] = bundle_dir / variants["int8"].file
     wanted = [p for p in dict.fromkeys(kit.export.precisions) if p in sources] or ["fp16"]
-    name = entry["inputs"][0]["name"]
-    size = entry["preprocess"]["size"]
-    h, w = (size, size) if isinstance(size, int) else size
+    name = model.inputs[0]["name"]
+    h, w = spec.size
     engines = {}
     for precision in wanted:
         out = bundle_dir / f"student-{precision}.engine"
         _build(trt, sources[precision], out, precision, name, (h, w))
-        engines[f"engine_{precision}"] = {
-            "file": out.name, "precision": precision, "format": "tensorrt", "source": sources[precision].name,
-            "tensorrt_version": trt.__version__, "device": torch.cuda.get_device_name(0),
-            "batch": [1, MAX_BATCH], "note": "runs only on this GPU model with this TensorRT version",
-        }
-        log.info("TensorRT %s engine: %s (%s, TensorRT %s)", precision, out.name, engines[f"engine_{precision}"]
-                 ["device"], trt.__version__)
+        device = torch.cuda.get_device_name(0)
+        engines[f"engine_{precision}"] = ModelEntry(
+            f"engine_{precision}", out.name, precision, "tensorrt",
+            info={"source": sources[precision].name, "tensorrt_version": trt.__version__, "device": device,
+                  "batch": [1, MAX_BATCH], "note": "runs only on this GPU model with this TensorRT version"})
+        log.info("TensorRT %s engine: %s (%s, TensorRT %s)", precision, out.name, device, trt.__version__)
     return engines
 
 

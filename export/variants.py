@@ -2,7 +2,7 @@
 
     from dkit.export.variants import make_variant
 
-    entry = make_variant("int8", fp32_onnx, bundle_dir, kit, held_out, calibration)
+    built = make_variant("int8", fp32_onnx, bundle_dir, kit, held_out, calibration, spec)   # ModelEntry | Refused
 
 - `fp16`: onnxruntime's float16 converter (inputs and outputs stay float32, so the device code is the
   same); for GPUs and NPUs, CPUs mostly run it slower.
@@ -29,14 +29,17 @@ from pathlib import Path
 import numpy as np
 
 from dkit.core.errors import require
+from dkit.edge.bundle.manifest import ModelEntry, Preprocess, model_role
 from dkit.edge.infer.preprocess import preprocess
+from dkit.export.exporters import Built, Refused
 
 log = logging.getLogger(__name__)
 
 
 def make_variant(precision: str, fp32: Path, bundle_dir: Path, kit, held_out: list[np.ndarray],
-                 calibration: list[np.ndarray], spec: dict, task: str = "detect") -> dict:
-    """Write student-<precision>.onnx into bundle_dir; return its manifest entry (with `refused` if below guard)."""
+                 calibration: list[np.ndarray], spec: Preprocess, task: str = "detect") -> Built:
+    """Write student-<precision>.onnx into bundle_dir; return its model entry (`models.student_<precision>`), or a
+    Refused (the file removed) when its agreement with fp32 is below export.accuracy_guard."""
     onnx = require("onnx", what=f"the {precision} variant", extra="export")
     out = bundle_dir / f"student-{precision}.onnx"
     if precision == "fp16":
@@ -48,20 +51,21 @@ def make_variant(precision: str, fp32: Path, bundle_dir: Path, kit, held_out: li
     else:
         raise ValueError(f"unknown precision {precision!r}")
     agreement = compare(fp32, out, held_out, spec, kit, task)
-    entry = {"file": out.name, "precision": precision, "vs_fp32": agreement, "checked_on": platform.machine(),
-             **({"int8_format": kit.export.int8_format} if precision == "int8" else {})}
-    if agreement["agreement"] >= kit.export.accuracy_guard:
-        entry["backends"] = backend_checks(fp32, out, precision, held_out, spec, kit, task, agreement)
+    info = {"vs_fp32": agreement, "checked_on": platform.machine(),
+            **({"int8_format": kit.export.int8_format} if precision == "int8" else {})}
+    entry = ModelEntry(model_role(precision), out.name, precision, info=info)
     if agreement["agreement"] < kit.export.accuracy_guard:
         out.unlink()
-        entry["refused"] = (f"{agreement['metric']} against fp32 {agreement['agreement']:.3f} is below "
-                            f"export.accuracy_guard {kit.export.accuracy_guard:g}: not shipped")
-        log.warning("%s variant refused: %s", precision, entry["refused"])
-    return entry
+        refused = Refused(entry, f"{agreement['metric']} against fp32 {agreement['agreement']:.3f} is below "
+                                 f"export.accuracy_guard {kit.export.accuracy_guard:g}: not shipped")
+        log.warning("%s variant refused: %s", precision, refused.reason)
+        return refused
+    checks = backend_checks(fp32, out, precision, held_out, spec, kit, task, agreement)
+    return ModelEntry(entry.role, entry.file, precision, info=info | {"backends": checks})
 
 
-def backend_checks(fp32: Path, variant: Path, precision: str, images: list[np.ndarray], spec: dict, kit, task: str,
-                   ort_agreement: dict) -> dict:
+def backend_checks(fp32: Path, variant: Path, precision: str, images: list[np.ndarray], spec: Preprocess, kit,
+                   task: str, ort_agreement: dict) -> dict:
     """The variant through every other ONNX-reading backend installed here (OpenVINO), against onnxruntime's fp32
     outputs: {backend: {"agreement": ..., "refused": why?}}. A backend below the guard is refused for this model:
     `dkit run --backend auto` never runs it there (measured: OpenVINO 2026.4 on this project's QDQ int8 detector
@@ -98,7 +102,7 @@ def backend_checks(fp32: Path, variant: Path, precision: str, images: list[np.nd
     return checks
 
 
-def _quantize_int8(fp32: Path, out: Path, images: list[np.ndarray], spec: dict, fmt: str = "s8s8",
+def _quantize_int8(fp32: Path, out: Path, images: list[np.ndarray], spec: Preprocess, fmt: str = "s8s8",
                    task: str = "detect") -> None:
     """Static QDQ int8 of the convolutions of `fp32` into `out`, calibrated on `images`; left in float: the first
     convolution (raw pixels) of every model, and for a detector (task `detect`: a YOLO detection head) the head's
@@ -168,7 +172,8 @@ def input_convs(model_path: Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type == "Conv" and n.input and n.input[0] in inputs]
 
 
-def compare(fp32: Path, variant: Path, images: list[np.ndarray], spec: dict, kit, task: str = "detect") -> dict:
+def compare(fp32: Path, variant: Path, images: list[np.ndarray], spec: Preprocess, kit,
+            task: str = "detect") -> dict:
     """The variant's agreement with fp32 (METRICS[task]) and the median ms/image of each, on the same images."""
     import onnxruntime as ort
 

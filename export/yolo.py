@@ -2,8 +2,8 @@
 
     from dkit.export.yolo import export_detector, export_classifier
 
-    entry, names = export_detector(kit, run_dir, bundle_dir)   # writes bundle_dir/student.onnx: its manifest entry
-    entry, names = export_classifier(kit, run_dir, bundle_dir)  # and its class names in output order (model.names)
+    exported = export_detector(kit, run_dir, bundle_dir)    # writes bundle_dir/student.onnx: an Exported (its model
+    exported = export_classifier(kit, run_dir, bundle_dir)  # entry, preprocess, decode, classes in output order)
 
 The graph comes from Ultralytics' exporter (opset from the kit, dynamic batch, simplified with onnxslim).
 Detector parity: the same letterboxed images (dkit.edge.infer.preprocess, what the device will do) go through the
@@ -28,6 +28,7 @@ import numpy as np
 
 from dkit.core.errors import DkitError, UsageError, require
 from dkit.core.run import RunDir
+from dkit.edge.bundle.manifest import Decode, ModelEntry, Preprocess
 from dkit.edge.infer.map50 import match
 from dkit.edge.infer.preprocess import preprocess
 from dkit.export.exporters import Exported
@@ -40,31 +41,30 @@ PARITY_IOU = 0.9  # an ONNX box agrees with a PyTorch box of the same class at t
 
 def export_yolo_detect(kit, run: RunDir, bundle_dir: Path, store=None) -> Exported:
     """The `yolo-detect` exporter (dkit.export.exporters): its classes are the detector's own, in its output order."""
-    entry, names = export_detector(kit, run, bundle_dir)
-    return Exported(entry, names)
+    return export_detector(kit, run, bundle_dir)
 
 
 def export_yolo_cls(kit, run: RunDir, bundle_dir: Path, store=None) -> Exported:
     """The `yolo-cls` exporter (dkit.export.exporters): its classes are the ones the classifier was trained on."""
-    entry, names = export_classifier(kit, run, bundle_dir)
-    return Exported(entry, names)
+    return export_classifier(kit, run, bundle_dir)
 
 
-def export_detector(kit, run_dir: Path, bundle_dir: Path) -> tuple[dict, list[str]]:
-    """The detector's manifest entry and its class names in output order (`model.names`: the kit's ontology order
-    when it was trained; a kit whose classes changed since is refused by _export_onnx, not renamed)."""
+def export_detector(kit, run_dir: Path, bundle_dir: Path) -> Exported:
+    """The detector's model entry, preprocessing, decoding and class names in output order (`model.names`: the kit's
+    ontology order when it was trained; a kit whose classes changed since is refused by _export_onnx, not renamed)."""
     model, onnx_path, best = _export_onnx(kit, run_dir, bundle_dir)
     names = [model.names[i] for i in range(len(model.names))]
     spec = preprocess_spec(kit, int(max(model.model.stride)))
     parity = detector_parity(model, onnx_path, kit_images(run_dir, split=None, limit=PARITY_IMAGES), spec, kit)
     _check(parity, kit, best, "box/class agreement after NMS")
-    return _entry(onnx_path, kit, parity, spec, {
-        "type": "yolov8-detect", "output": "(batch, 4 + classes, anchors)", "boxes": "xywh, input pixels",
-        "scores": "class probabilities, no objectness", "nms": "class-wise"}), names
+    decode = Decode("yolov8-detect", {"output": "(batch, 4 + classes, anchors)", "boxes": "xywh, input pixels",
+                                      "scores": "class probabilities, no objectness", "nms": "class-wise"})
+    return Exported(_entry(onnx_path, kit, parity), spec, decode, names)
 
 
-def export_classifier(kit, run_dir: Path, bundle_dir: Path) -> tuple[dict, list[str]]:
-    """The classifier's manifest entry and its class names in output order (the classes it was trained on)."""
+def export_classifier(kit, run_dir: Path, bundle_dir: Path) -> Exported:
+    """The classifier's model entry, preprocessing, decoding and class names in output order (the classes it was
+    trained on)."""
     model, onnx_path, best = _export_onnx(kit, run_dir, bundle_dir)
     transform = _classify_transform(model, kit.student.imgsz)
     spec = classifier_spec(transform, kit.student.imgsz)
@@ -72,8 +72,8 @@ def export_classifier(kit, run_dir: Path, bundle_dir: Path) -> tuple[dict, list[
     parity = classifier_parity(model, onnx_path, images, spec, transform)
     _check(parity, kit, best, "top-1 agreement with Ultralytics' predict")
     names = [model.names[i] for i in range(len(model.names))]
-    return _entry(onnx_path, kit, parity, spec, {"type": "classify", "output": "(batch, classes)",
-                                                 "scores": "probabilities (softmax inside the model)"}), names
+    decode = Decode("classify", {"output": "(batch, classes)", "scores": "probabilities (softmax inside the model)"})
+    return Exported(_entry(onnx_path, kit, parity), spec, decode, names)
 
 
 def _export_onnx(kit, run_dir: Path, bundle_dir: Path):
@@ -111,30 +111,29 @@ def _check(parity: dict, kit, best: Path, what: str) -> None:
              parity["max_abs_diff"], parity["agreement"])
 
 
-def _entry(onnx_path: Path, kit, parity: dict, spec: dict, decode: dict) -> dict:
+def _entry(onnx_path: Path, kit, parity: dict) -> ModelEntry:
+    """The fp32 student's model entry (`models.student`): its file, opset, parity report, inputs and outputs."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    return {
-        "file": onnx_path.name, "precision": "fp32", "opset": kit.export.opset, "parity": parity,
-        "inputs": [{"name": i.name, "shape": i.shape, "dtype": "float32", "layout": "NCHW"}
-                   for i in session.get_inputs()],
-        "outputs": [{"name": o.name, "shape": o.shape} for o in session.get_outputs()],
-        "preprocess": spec,
-        "decode": decode,
-    }
+    return ModelEntry(
+        "student", onnx_path.name, "fp32", info={"opset": kit.export.opset, "parity": parity},
+        inputs=tuple({"name": i.name, "shape": i.shape, "dtype": "float32", "layout": "NCHW"}
+                     for i in session.get_inputs()),
+        outputs=tuple({"name": o.name, "shape": o.shape} for o in session.get_outputs()))
 
 
-def preprocess_spec(kit, stride: int = 32) -> dict:
+def preprocess_spec(kit, stride: int = 32) -> Preprocess:
     """What the device does to a frame before the detector: Ultralytics' letterbox at the student's size, minimal
     (stride-aligned padding; the ONNX graph has dynamic spatial axes) or square, as the kit's `edge.letterbox`."""
     size = kit.student.imgsz
-    return {"resize": "letterbox", "size": [size, size], "pad_value": 114, "interpolation": "linear",
-            "channels": "RGB", "scale": 1 / 255, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "layout": "NCHW",
-            **({"letterbox": "minimal", "stride": stride} if kit.edge.letterbox == "minimal" else {})}
+    minimal = kit.edge.letterbox == "minimal"
+    return Preprocess("letterbox", (size, size), pad_value=114, interpolation="linear", channels="RGB", scale=1 / 255,
+                      mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), layout="NCHW",
+                      letterbox="minimal" if minimal else "square", stride=stride if minimal else 32)
 
 
-def detector_parity(model, onnx_path: Path, images: list[np.ndarray], spec: dict, kit) -> dict:
+def detector_parity(model, onnx_path: Path, images: list[np.ndarray], spec: Preprocess, kit) -> dict:
     """Max abs difference of raw outputs, and box/class agreement after NMS, PyTorch vs onnxruntime."""
     import onnxruntime as ort
     import torch
@@ -169,7 +168,7 @@ def _classify_transform(model, imgsz: int):
     return transform if size in (imgsz, [imgsz], (imgsz, imgsz)) else classify_transforms(imgsz)
 
 
-def classifier_spec(transform, imgsz: int) -> dict:
+def classifier_spec(transform, imgsz: int) -> Preprocess:
     """Ultralytics' classify transform (Resize shortest, CenterCrop, ToTensor, Normalize) as manifest data."""
     import torchvision.transforms as T
 
@@ -178,12 +177,12 @@ def classifier_spec(transform, imgsz: int) -> dict:
     if resize is None or normalize is None or resize.interpolation != T.InterpolationMode.BILINEAR:
         raise DkitError(f"this classifier's transform ({transform}) is not the Resize(bilinear) + CenterCrop + "
                         "Normalize the edge reproduces")
-    return {"resize": "shortest", "size": imgsz, "crop": "center", "interpolation": "pil-bilinear",
-            "channels": "RGB", "scale": 1 / 255, "mean": [float(v) for v in normalize.mean],
-            "std": [float(v) for v in normalize.std], "layout": "NCHW"}
+    return Preprocess("shortest", (imgsz, imgsz), crop="center", interpolation="pil-bilinear", channels="RGB",
+                      scale=1 / 255, mean=tuple(float(v) for v in normalize.mean),
+                      std=tuple(float(v) for v in normalize.std), layout="NCHW", size_is_int=True)
 
 
-def classifier_parity(model, onnx_path: Path, images: list[np.ndarray], spec: dict, transform) -> dict:
+def classifier_parity(model, onnx_path: Path, images: list[np.ndarray], spec: Preprocess, transform) -> dict:
     """Device input vs Ultralytics' input, ONNX vs PyTorch outputs, and the two whole paths' top-1 classes."""
     import onnxruntime as ort
     import torch

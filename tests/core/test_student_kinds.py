@@ -24,6 +24,7 @@ from dkit.core.student_kinds import (
     student_kinds,
 )
 from dkit.distill.students import STUDENTS, student_plugin
+from dkit.edge.bundle.manifest import Decode, ModelEntry, Preprocess
 from dkit.export.exporters import EXPORTERS, Exported, exporter_for, resolve
 from dkit.export.ncnn import ncnn_kinds
 from tests.conftest import RECIPES
@@ -50,7 +51,8 @@ def evaluate(kit, run_dir, **kwargs) -> dict:
 
 def export_tiny(kit, run, bundle_dir, store) -> Exported:
     """The dummy kind's exporter."""
-    return Exported(entry={"file": "student.onnx"}, classes=kit.ontology.names)
+    return Exported(ModelEntry("student", "student.onnx"), Preprocess("shortest", (32, 32)), Decode("classify"),
+                    classes=kit.ontology.names)
 
 
 def convert_tiny(kit, run, bundle_dir, stem, *, half):

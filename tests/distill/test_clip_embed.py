@@ -121,7 +121,7 @@ def test_train_writes_the_student_folder(trained):
     config = json.loads((out / "student.json").read_text())
     assert config["student"]["model"] == "mobilenetv3_small_050" and config["started_from"] == "scratch"
     assert config["teacher"]["id"] == "clip:ViT-S-32/random (UNTRAINED)" and config["teacher"]["cache_key"]
-    assert config["preprocess"] == clip_embed.preprocess_spec(kit)
+    assert config["preprocess"] == clip_embed.preprocess_spec(kit).to_dict()  # the JSON form of the Preprocess
     assert (config["epochs_run"], config["best_epoch"]) == (EPOCHS, summary["best_epoch"])
     assert config["best_val_cosine"] == pytest.approx(summary["val_cosine"])
     assert config["images"]["train"] == 90 and config["images"]["val"] == 30

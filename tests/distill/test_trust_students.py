@@ -20,6 +20,7 @@ from dkit.core.records import LabelRecord  # noqa: E402
 from dkit.distill import evaluate as ev  # noqa: E402
 from dkit.distill.students import student_module  # noqa: E402
 from dkit.distill.students import yolo as ys  # noqa: E402
+from dkit.edge.bundle.manifest import Preprocess  # noqa: E402
 from tests.conftest import ASSETS, RECIPES, link_images, yolo_store  # noqa: E402
 
 # ------------------------------------------------------------------------------------------ finding 1
@@ -94,8 +95,9 @@ def test_finding9e_clip_embed_training_view_is_one_resize_from_the_source_pixels
 
     photo = ASSETS / "data" / "photos" / "cat_720p.jpg"
     li = load_image(photo, photo.parent)
-    spec = {"resize": "shortest", "size": 64, "crop": "center", "interpolation": "area", "scale": 1 / 255,
-            "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "layout": "NCHW", "channels": "RGB", "dtype": "float32"}
+    spec = Preprocess.from_dict({"resize": "shortest", "size": 64, "crop": "center", "interpolation": "area",
+                                 "scale": 1 / 255, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "layout": "NCHW",
+                                 "channels": "RGB", "dtype": "float32"})
     rec = LabelRecord(photo.name, str(photo), li.sha256, "t", "train", width=1280, height=720)
     monkeypatch.setattr(data.np.random, "default_rng", lambda *_: _Rng())
     side = round(math.sqrt(0.5 * 1280 * 720))  # 679 source pixels

@@ -19,7 +19,9 @@ from dkit.core.kit import load_kit  # noqa: E402
 from dkit.distill.label import label_images  # noqa: E402
 from dkit.distill.students import student_module  # noqa: E402
 from dkit.edge.bundle import open_bundle  # noqa: E402
+from dkit.edge.bundle.manifest import ModelEntry, Preprocess  # noqa: E402
 from dkit.export.bundle import export_bundle  # noqa: E402
+from dkit.export.exporters import Refused  # noqa: E402
 from tests.conftest import RECIPES, ROOT  # noqa: E402
 
 TINY = ["data.val=4", "teacher.augment=false", "student.imgsz=64", "student.batch=8", "student.epochs=1",
@@ -267,10 +269,11 @@ def test_an_ncnn_model_below_the_guard_is_refused_not_shipped(trained, monkeypat
     monkeypatch.setattr(ncnn_export, "convert_yolo_detect", convert)  # the coco128 kit's kind's (StudentKind.ncnn)
     monkeypatch.setattr(ncnn_export, "_parity", lambda *a: {"metric": "mAP50", "agreement": 0.5, "images": 4,
                                                              "max_abs_diff": 1.0})
-    entry = {"file": "student.onnx", "preprocess": {"resize": "letterbox", "size": [64, 64]}}
-    docs = ncnn_export.export_ncnn(kit(), RunDir(run), tmp_path, entry, [], "detect")
+    student, spec = ModelEntry("student", "student.onnx"), Preprocess("letterbox", (64, 64))
+    docs = ncnn_export.export_ncnn(kit(), RunDir(run), tmp_path, student, spec, [], "detect")
     assert set(docs) == {"student_ncnn", "student_ncnn_fp16"}
-    assert all("below export.accuracy_guard 0.95: not shipped" in d["refused"] for d in docs.values())
+    assert all(isinstance(d, Refused) and "below export.accuracy_guard 0.95: not shipped" in d.reason
+               for d in docs.values())
     assert list(tmp_path.iterdir()) == []  # the refused files are gone
     monkeypatch.setattr(ncnn_export, "export_ncnn", lambda *a: docs)
     result = export_bundle(kit("export.backends=[onnx, ncnn]"), run)
@@ -292,15 +295,16 @@ def test_a_judge_image_encoder_goes_to_ncnn_with_its_cosine(judge_run, tmp_path)
 
     kit, run, _, _ = judge_run
     with open_bundle(run / "bundle") as b:
-        entry = b.manifest.models["student"].to_dict() | {"preprocess": b.manifest.preprocess.to_dict()}
+        student, spec = b.manifest.models["student"], b.manifest.preprocess
         shutil.copy(b.path("student.onnx"), tmp_path / "student.onnx")
     held_out = _split_images(run, "val", 6)
-    docs = export_ncnn(kit, RunDir(run), tmp_path, entry, held_out, "embed")
+    docs = export_ncnn(kit, RunDir(run), tmp_path, student, spec, held_out, "embed")
     for role in ("student_ncnn", "student_ncnn_fp16"):
         doc = docs[role]
-        assert "refused" not in doc and doc["vs_onnx"]["metric"] == "mean cosine"
-        assert doc["vs_onnx"]["agreement"] >= kit.export.accuracy_guard and doc["vs_onnx"]["images"] == len(held_out)
+        assert isinstance(doc, ModelEntry) and doc.info["vs_onnx"]["metric"] == "mean cosine"
+        parity = doc.info["vs_onnx"]
+        assert parity["agreement"] >= kit.export.accuracy_guard and parity["images"] == len(held_out)
     ncnn = NcnnBackend(tmp_path / "student.ncnn.param", tmp_path / "student.ncnn.bin", "fp32")
-    x = preprocess(held_out[0], entry["preprocess"])[0]
+    x = preprocess(held_out[0], spec)[0]
     emb = ncnn.run(x)  # (1, D), normalised inside the model
     assert emb.shape == (1, b.manifest.prompts.dim) and abs(float(np.linalg.norm(emb)) - 1) < 1e-3

@@ -32,6 +32,7 @@ from dkit.core.run import RunDir
 from dkit.distill.cache import TeacherCache
 from dkit.distill.images import iter_images, load_image
 from dkit.distill.students.clip_embed.model import _backbone_mean_std
+from dkit.edge.bundle.manifest import Preprocess
 from dkit.edge.infer.preprocess import center_crop, normalize, resize, shortest_side
 from dkit.edge.infer.preprocess import preprocess as edge_preprocess
 
@@ -43,40 +44,37 @@ MEMORY_BUDGET = 1 << 30  # bytes of decoded training images kept in memory; abov
 # ------------------------------------------------------------------------------------------ preprocessing
 
 
-def preprocess_spec(kit) -> dict:
-    """The student's input transform as data: what the bundle manifest carries to the device."""
+def preprocess_spec(kit) -> Preprocess:
+    """The student's input transform as data: what the bundle manifest carries to the device (checkpoints and
+    student.json keep it as its `to_dict()`)."""
     mean, std = _backbone_mean_std(kit.student.model)
-    return {
+    size = kit.student.imgsz
+    return Preprocess(
         # shorter side to `size`, longer side int(long * size / short) (dkit.edge.infer.preprocess)
-        "resize": "shortest",
-        "size": kit.student.imgsz,
-        "crop": "center",  # size x size at (round((H - size) / 2), round((W - size) / 2))
-        "interpolation": "area",  # cv2.INTER_AREA (shrinking and enlarging alike)
-        "scale": 1 / 255,  # uint8 -> [0, 1], then (x - mean) / std per channel
-        "mean": mean,
-        "std": std,
-        "layout": "NCHW",
-        "channels": "RGB",
-        "dtype": "float32",
-    }
+        "shortest", (size, size), size_is_int=True,
+        crop="center",  # size x size at (round((H - size) / 2), round((W - size) / 2))
+        interpolation="area",  # cv2.INTER_AREA (shrinking and enlarging alike)
+        scale=1 / 255,  # uint8 -> [0, 1], then (x - mean) / std per channel
+        mean=tuple(mean), std=tuple(std), layout="NCHW", channels="RGB", extra={"dtype": "float32"},
+    )
 
 
-def resize_shortest(rgb: np.ndarray, spec: dict) -> np.ndarray:
-    """(H, W, 3) uint8 -> (h, w, 3) uint8 with min(h, w) == spec["size"]: the device's resize
+def resize_shortest(rgb: np.ndarray, spec: Preprocess) -> np.ndarray:
+    """(H, W, 3) uint8 -> (h, w, 3) uint8 with min(h, w) == spec.size[0]: the device's resize
     (dkit.edge.infer.preprocess)."""
-    return shortest_side(rgb, spec["size"], spec["interpolation"])
+    return shortest_side(rgb, spec.size[0], spec.interpolation)
 
 
-def preprocess(rgb: np.ndarray, spec: dict) -> np.ndarray:
+def preprocess(rgb: np.ndarray, spec: Preprocess) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (3, S, S) float32: the exact transform the device repeats (dkit.edge.infer.preprocess)."""
     return edge_preprocess(rgb, spec)[0][0]
 
 
-def _augment(rgb: np.ndarray, spec: dict, rng: np.random.Generator) -> np.ndarray:
+def _augment(rgb: np.ndarray, spec: Preprocess, rng: np.random.Generator) -> np.ndarray:
     """Training view of an (H, W, 3) uint8 image at its source resolution: a random crop chosen in source pixels,
     then one resize to size x size with the device's interpolation (like the device's single resize, never a
     shrink, crop and enlarge), a flip and a little jitter."""
-    size = spec["size"]
+    size = spec.size[0]
     h, w = rgb.shape[:2]
     for _ in range(10):  # torchvision's RandomResizedCrop, mild: the target is the uncropped image's embedding
         area = h * w * rng.uniform(0.5, 1.0)
@@ -87,7 +85,7 @@ def _augment(rgb: np.ndarray, spec: dict, rng: np.random.Generator) -> np.ndarra
     else:
         ch = cw = min(h, w)
     top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    crop = resize(rgb[top : top + ch, left : left + cw], (size, size), spec["interpolation"])
+    crop = resize(rgb[top : top + ch, left : left + cw], (size, size), spec.interpolation)
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
     x = crop.astype(np.float32)
@@ -194,7 +192,7 @@ class _Images(torch.utils.data.Dataset):
     and resized once) or already preprocessed to size x size (val); None: decode per item.
     """
 
-    def __init__(self, records: list[dict], targets: np.ndarray, spec: dict, *, train: bool, seed: int,
+    def __init__(self, records: list[dict], targets: np.ndarray, spec: Preprocess, *, train: bool, seed: int,
                  memory: list[np.ndarray] | None):
         self.records, self.targets, self.spec, self.train, self.seed = records, targets, spec, train, seed
         self.memory, self.epoch = memory, 0
@@ -215,13 +213,14 @@ class _Images(torch.utils.data.Dataset):
         return torch.from_numpy(x), torch.from_numpy(self.targets[i])
 
 
-def _shrink(rgb: np.ndarray, spec: dict) -> np.ndarray:
+def _shrink(rgb: np.ndarray, spec: Preprocess) -> np.ndarray:
     """A held-out image as the device feeds it (shortest side to size, centre crop), uint8."""
-    return np.ascontiguousarray(center_crop(resize_shortest(rgb, spec), spec["size"]))
+    return np.ascontiguousarray(center_crop(resize_shortest(rgb, spec), spec.size[0]))
 
 
-def _datasets(train_recs, val_recs, train_t, val_t, spec, seed, workers) -> tuple[_Images, _Images, bool]:
-    size = spec["size"]
+def _datasets(train_recs, val_recs, train_t, val_t, spec: Preprocess, seed, workers) -> tuple[_Images, _Images,
+                                                                                               bool]:
+    size = spec.size[0]
     # training images stay at their source resolution (each view is one resize from them), held-out ones at size
     source = sum(r.width * r.height * 3 if r.width and r.height else int(1.5 * size * size * 3) for r in train_recs)
     in_memory = source + len(val_recs) * size * size * 3 <= MEMORY_BUDGET

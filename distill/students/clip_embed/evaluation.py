@@ -24,6 +24,7 @@ from dkit.distill.students.clip_embed.model import KIND, build_student, load_stu
 from dkit.distill.students.clip_embed.prompts import _moderation_sets, moderation_agreement, prompt_embeddings
 from dkit.distill.teachers import build_teacher
 from dkit.distill.teachers.base import resolve_device
+from dkit.edge.bundle.manifest import Preprocess
 
 TIMING_IMAGES = 20  # held-out images timed one by one in evaluate (after WARMUP_PASSES)
 WARMUP_PASSES = 3
@@ -72,7 +73,7 @@ def _inputs(kit, run_dir: Path, store, ground_truth: Path | None) -> tuple:
     return best, teacher, model, ckpt, val_recs
 
 
-def _embed_held_out(kit, val_recs, spec: dict, model, baseline, device) -> tuple[np.ndarray, np.ndarray, list]:
+def _embed_held_out(kit, val_recs, spec: Preprocess, model, baseline, device) -> tuple[np.ndarray, np.ndarray, list]:
     """(N, D) student and baseline embeddings of the held-out images, and the first TIMING_IMAGES decoded."""
     student_emb, baseline_emb, timed = [], [], []  # timed: the first TIMING_IMAGES decoded images
     workers = decode_workers(kit.data.workers)
@@ -117,9 +118,9 @@ def _moderation(kit, teacher, student_emb: np.ndarray, teacher_emb: np.ndarray) 
     return None if moderation is None else round(moderation, 5)
 
 
-def _speed(kit, teacher, model, spec: dict, device, timed: list[np.ndarray]) -> tuple[dict, dict]:
+def _speed(kit, teacher, model, spec: Preprocess, device, timed: list[np.ndarray]) -> tuple[dict, dict]:
     """({params, gflops, ms_per_image} of the student, the same of the teacher's image tower)."""
-    size = int(spec["size"])
+    size = spec.size[0]
 
     def student_forward(rgb: np.ndarray) -> np.ndarray:  # what the device does per frame: preprocess + model
         return model(torch.from_numpy(preprocess(rgb, spec))[None].to(device)).cpu().numpy()

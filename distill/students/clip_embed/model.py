@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dkit.core.errors import UsageError
+from dkit.edge.bundle.manifest import Preprocess
 
 KIND = "clip-embed"
 _WRAPPERS = ("state_dict_ema", "model_ema", "state_dict", "model")  # keys a training script nests the weights under
@@ -88,11 +89,12 @@ def _read_state(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 
 def load_student(weights: Path) -> tuple[EmbedStudent, dict]:
-    """(model in eval mode on the CPU, checkpoint dict) from best.pt or last.pt."""
+    """(model in eval mode on the CPU, checkpoint dict) from best.pt or last.pt; the checkpoint's `preprocess` (kept
+    in the file as its JSON form) read back as a Preprocess."""
     ckpt = torch.load(weights, map_location="cpu", weights_only=True)
     model = build_student(ckpt["backbone"], ckpt["dim"], ckpt.get("seed", 0))
     model.load_state_dict(ckpt["model"])
-    return model.eval(), ckpt
+    return model.eval(), {**ckpt, "preprocess": Preprocess.from_dict(ckpt["preprocess"])}
 
 
 def _backbone_mean_std(name: str) -> tuple[list[float], list[float]]:

@@ -22,7 +22,7 @@ RESULTS_COLUMNS = ["epoch", "train_loss", "val_cosine", "lr", "seconds"]
 def _checkpoint(model, cfg, spec, dim, seed, teacher, epoch, best_cos) -> dict:
     return {
         "kind": KIND, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "backbone": cfg.model, "dim": dim, "seed": seed, "imgsz": cfg.imgsz, "preprocess": spec,
+        "backbone": cfg.model, "dim": dim, "seed": seed, "imgsz": cfg.imgsz, "preprocess": spec.to_dict(),
         "epoch": epoch, "val_cosine": best_cos, "teacher": teacher.id, "teacher_cache_key": teacher.cache_key,
         "started_from": "scratch" if cfg.pretrained is None else f"pretrained: {cfg.pretrained}",
     }

@@ -63,6 +63,7 @@ from dkit.distill.students.clip_embed.prompts import prompt_embeddings
 from dkit.distill.teachers import build_teacher
 from dkit.distill.teachers.base import resolve_device
 from dkit.edge.bundle.hashing import sha256_file
+from dkit.edge.bundle.manifest import Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ class _Setup:
     kit: object
     run_dir: Path
     args: dict  # student.train_args over DEFAULT_ARGS
-    spec: dict  # preprocess_spec
+    spec: Preprocess  # preprocess_spec
     teacher: object
     train_recs: list[LabelRecord]
     val_recs: list[LabelRecord]
@@ -399,7 +400,7 @@ def _config(setup: _Setup, job: _Job) -> dict:
         "kind": KIND, "student": dataclasses.asdict(cfg), "train_args": args,
         "teacher": {"id": teacher.id, "cache_key": teacher.cache_key, "random": teacher.random,
                     "logit_scale": job.scale},
-        "backbone": cfg.model, "embedding_dim": setup.dim, "preprocess": setup.spec,
+        "backbone": cfg.model, "embedding_dim": setup.dim, "preprocess": setup.spec.to_dict(),
         "started_from": setup.started_from,
         "pretrained": None if setup.pretrained is None else {**setup.fingerprint["pretrained"],
                                                              "path": str(setup.pretrained)},
