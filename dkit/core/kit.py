@@ -26,12 +26,13 @@ from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 import pydantic
 import yaml
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, Strict, StringConstraints
+from pydantic import AfterValidator, BeforeValidator, Field, Strict, StringConstraints
 from pydantic.dataclasses import dataclass
 
 from dkit.core.errors import KitError, UsageError
 from dkit.core.student_kinds import StudentKind, TrainArgs, student_kind, student_kinds
 from dkit.edge.bundle.manifest import MAX_PROMPT_CHARS, JudgeConfig, Thresholds
+from dkit.edge.bundle.schema import STRICT, Bool, Float, Int
 
 DEVICE_THRESHOLDS, DEVICE_JUDGE = Thresholds(), JudgeConfig()
 
@@ -39,11 +40,9 @@ RANDOM = "random"  # teacher.pretrained value that builds an untrained teacher: 
 CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 BACKBONE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")  # student.pretrained: timm checkpoints
 
-# Sections are plain mappings in YAML; scalars are strict: 640 is an integer, "640" is not, "yes" is no boolean.
-_STRICT = ConfigDict(extra="forbid")
-Int = Annotated[int, Strict()]
-Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]  # strict float still takes an integer
-Bool = Annotated[bool, Strict()]
+# Sections are plain mappings in YAML; scalars are strict: 640 is an integer, "640" is not, "yes" is no boolean (the
+# strict scalars and the pydantic config are the bundle manifest's own: dkit.edge.bundle.schema)
+_STRICT = STRICT
 
 
 def _as_list(value: Any) -> Any:
