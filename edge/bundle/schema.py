@@ -90,11 +90,6 @@ def describe(err: pydantic.ValidationError) -> tuple[str, str]:
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip("."), detail
 
 
-def frozen(value: Mapping) -> Mapping[str, Any]:
-    """A read-only copy of a mapping (a section's free-form report, a model's inputs)."""
-    return MappingProxyType(dict(value))
-
-
 def _strings(value: Any) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise Invalid("expected a JSON array of strings")
@@ -134,11 +129,6 @@ def frozen_dict(value: dict) -> Mapping[str, Any]:
 
 
 Document = Annotated[dict[str, Any], AfterValidator(frozen_dict)]  # a JSON object kept as it is, read-only
-
-
-def read_only(inner: Any) -> Any:
-    """`dict[str, X]` validated, then read-only: e.g. `read_only(dict[str, ModelEntry])`."""
-    return Annotated[inner, AfterValidator(frozen_dict)]
 
 
 class Section:
