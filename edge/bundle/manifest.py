@@ -163,7 +163,8 @@ class Preprocess(_Section):
 
 
 def as_preprocess(spec: Preprocess | Mapping) -> Preprocess:
-    """A Preprocess from itself or from its dict form (a checkpoint written before training kept a Preprocess)."""
+    """A Preprocess from itself or from its JSON form (a manifest's `preprocess` section, as dkit.edge.infer.preprocess
+    also accepts it); a ManifestError names the key at fault."""
     return spec if isinstance(spec, Preprocess) else Preprocess.from_dict(spec)
 
 

@@ -144,3 +144,40 @@ def test_an_exported_judge_bundle_reads_identically_from_the_json(judge_run):
     _, run, _, _ = judge_run
     doc = json.loads((run / "bundle" / "manifest.json").read_text())
     assert Manifest.from_dict(copy.deepcopy(doc)).to_dict() == doc
+
+
+def test_a_section_built_in_python_is_checked_and_names_its_key():
+    """Sections constructed directly (what export does) run the same checks as a parsed document, with the key."""
+    from dkit.edge.bundle.manifest import ModelEntry
+
+    with pytest.raises(ManifestError, match=r"^preprocess\.channels: expected RGB or BGR, got 'YUV'"):
+        Preprocess("letterbox", (64, 64), channels="YUV")
+    with pytest.raises(ManifestError, match=r"^models\.engine_fp16\.format: expected one of onnx, ncnn"):
+        ModelEntry("engine_fp16", "student.engine", "fp16", "tensorrt")
+    with pytest.raises(ManifestError, match=r"^models\.student_ncnn\.format: expected one of onnx, ncnn"):
+        Manifest.from_dict(_broken(DETECT, "models.student_ncnn", {"file": "s.param", "format": "tflite"}))
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    (_broken(DETECT, "teacher", "yolo"), "teacher: expected a JSON object, got str"),
+    (_broken(DETECT, "models.student", "student.onnx"), "models.student: expected a JSON object"),
+    (_broken(DETECT, "classes", ["cat", 3]), "classes: expected a JSON array of strings"),
+    (_broken(DETECT, "thresholds.max_det", True), "thresholds.max_det: expected a number, got bool"),
+    (_broken(DETECT, "preprocess.pad_value", "grey"), "preprocess.pad_value: expected a number, got str"),
+    (_broken(EMBED, "prompts.dim", 4.5), "prompts.dim: expected an integer, got float"),
+    (_broken(EMBED, "tokenizer.file", None), "tokenizer.file: expected a string, got NoneType"),
+    (_broken(EMBED, "judge.kiosk", {"queue": -1}), "judge.kiosk.queue: expected an integer >= 0"),
+    (_broken(DETECT, "files"), "files: missing required key"),
+])
+def test_more_malformed_sections_are_refused_by_key(doc, message):
+    with pytest.raises(ManifestError) as info:
+        Manifest.from_dict(doc)
+    assert message in str(info.value)
+
+
+def test_null_optional_keys_take_their_defaults_and_numbers_are_json_numbers():
+    doc = _broken(DETECT, "runtime", {"providers": None, "threads": None, "max_fps": 2})
+    doc["preprocess"]["pad_value"] = 114.0
+    m = Manifest.from_dict(doc)
+    assert m.runtime.providers == () and m.runtime.threads == 0 and m.runtime.max_fps == 2.0
+    assert m.preprocess.pad_value == 114 and isinstance(m.preprocess.pad_value, int)
