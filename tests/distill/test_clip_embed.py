@@ -287,15 +287,15 @@ def test_preprocess_equals_a_straightforward_reference_on_a_real_photo(assets, t
     rgb = load_image(photo, photo.parent).rgb  # (720, 1280, 3)
     assert rgb.shape == (720, 1280, 3)
     kit = make_kit(tmp_path, assets / "data" / "photos", overrides=["student.imgsz=90"])
-    spec = clip_embed.preprocess_spec(kit)
-    assert spec == {"resize": "shortest", "size": 90, "crop": "center", "interpolation": "area", "scale": 1 / 255,
-                    "mean": pytest.approx([0.485, 0.456, 0.406]), "std": pytest.approx([0.229, 0.224, 0.225]),
-                    "layout": "NCHW", "channels": "RGB", "dtype": "float32"}
-    json.dumps(spec)  # the manifest carries it as plain JSON
+    spec = clip_embed.preprocess_spec(kit)  # a Preprocess; the manifest carries its to_dict() as plain JSON
+    assert json.loads(json.dumps(spec.to_dict())) == {
+        "resize": "shortest", "size": 90, "crop": "center", "interpolation": "area", "scale": 1 / 255,
+        "mean": pytest.approx([0.485, 0.456, 0.406]), "std": pytest.approx([0.229, 0.224, 0.225]),
+        "layout": "NCHW", "channels": "RGB", "dtype": "float32"}
 
     x = clip_embed.preprocess(rgb, spec)
     assert x.shape == (3, 90, 90) and x.dtype == np.float32 and x.flags.c_contiguous
-    mean, std = np.array(spec["mean"]), np.array(spec["std"])
+    mean, std = np.array(spec.mean), np.array(spec.std)
     assert (x.min(axis=(1, 2)) >= -mean / std - 1e-6).all() and (x.max(axis=(1, 2)) <= (1 - mean) / std + 1e-6).all()
 
     blocks = rgb.astype(np.float64).reshape(90, 8, 160, 8, 3).mean(axis=(1, 3))  # (90, 160, 3) shorter side 90
@@ -312,11 +312,13 @@ def test_preprocess_equals_a_straightforward_reference_on_a_real_photo(assets, t
 @pytest.mark.parametrize("size", [32, 64, 224])
 def test_preprocess_shape_and_range_on_real_photos(assets, name, size):
     from dkit.distill.images import load_image
+    from dkit.edge.bundle.manifest import Preprocess
 
     photo = assets / "data" / "photos" / name
     rgb = load_image(photo, photo.parent).rgb
-    spec = {"resize": "shortest", "size": size, "crop": "center", "interpolation": "area", "scale": 1 / 255,
-            "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "layout": "NCHW", "channels": "RGB", "dtype": "float32"}
+    spec = Preprocess.from_dict({"resize": "shortest", "size": size, "crop": "center", "interpolation": "area",
+                                 "scale": 1 / 255, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "layout": "NCHW",
+                                 "channels": "RGB", "dtype": "float32"})
     x = clip_embed.preprocess(rgb, spec)
     assert x.shape == (3, size, size) and x.dtype == np.float32
     assert -1.0 <= x.min() and x.max() <= 1.0 and x.std() > 0.05  # a real picture, not a blank
