@@ -50,6 +50,21 @@ def run_dkit(*args: str, cwd: Path | None = None, env: dict[str, str] | None = N
                           capture_output=True, text=True, timeout=timeout)
 
 
+def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`dkit ARGS` in this process (dkit.cli.main.main; argparse's exits caught), with what it wrote captured by
+    `capsys`: the same result as `run_dkit` without starting an interpreter. For argument parsing, --help and
+    errors raised before any real work; `run_dkit` stays for what must run as the user runs it."""
+    from dkit.cli.main import main
+
+    capsys.readouterr()  # what the test printed before
+    try:
+        code = main(list(args))
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(["dkit", *args], code, out.out, out.err)
+
+
 def link_images(source: Path, pattern: str, count: int, dest: Path) -> Path:
     """A folder `dest` of symlinks to the first `count` files of `source` matching `pattern` (real images,
     never copied into the repo, never modified)."""

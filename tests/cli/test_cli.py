@@ -6,7 +6,7 @@ import pytest
 
 from dkit.cli.main import build_parser, main
 from dkit.core.version import __version__
-from tests.conftest import RECIPES, run_dkit
+from tests.conftest import RECIPES, run_dkit, run_main
 
 KIT = str(RECIPES / "imagenette" / "kit.yaml")
 
@@ -62,8 +62,8 @@ def test_edge_commands_name_a_missing_bundle(argv, capsys):
 
 
 @pytest.mark.parametrize("argv", [["label"], ["run", "b"], ["frobnicate"], ["check", KIT, "--set"]])
-def test_argument_errors_exit_2(argv):
-    result = run_dkit(*argv)
+def test_argument_errors_exit_2(argv, capsys):
+    result = run_main(capsys, *argv)
     assert result.returncode == 2 and "usage: dkit" in result.stderr
 
 

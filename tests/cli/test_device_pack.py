@@ -18,7 +18,7 @@ import pytest
 
 from dkit.core.errors import UsageError
 from dkit.release import wheelhouse as wh
-from tests.conftest import RECIPES, ROOT, run_dkit
+from tests.conftest import RECIPES, ROOT, run_dkit, run_main
 
 
 def _wheel(folder: Path, name: str, version: str, requires: tuple[str, ...] = (), tag: str = "py3-none-any") -> Path:
@@ -226,13 +226,13 @@ def test_the_project_wheel_is_built_from_a_copy_of_the_checkout(tmp_path):
     assert sorted(p.name for p in ROOT.iterdir()) == before  # nothing written into the working tree
 
 
-def test_cli_device_pack_arguments():
-    bad = run_dkit("device-pack", "--target", "nope", "--out", "x")
+def test_cli_device_pack_arguments(capsys):
+    bad = run_main(capsys, "device-pack", "--target", "nope", "--out", "x")
     assert bad.returncode == 2 and "unknown device target 'nope'" in bad.stderr
     assert bad.stderr.count("\n") == 1
-    no_out = run_dkit("device-pack")
+    no_out = run_main(capsys, "device-pack")
     assert no_out.returncode == 2 and "--out DIR is required" in no_out.stderr
-    help_text = run_dkit("device-pack", "--help").stdout
+    help_text = run_main(capsys, "device-pack", "--help").stdout
     assert "pi (Raspberry Pi OS Bookworm" in help_text and "jetson" in help_text and "--check" in help_text
 
 

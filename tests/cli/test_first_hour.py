@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dkit.distill.evaluate import render_markdown
-from tests.conftest import RECIPES, ROOT, run_dkit
+from tests.conftest import RECIPES, ROOT, run_dkit, run_main
 
 KIT = str(RECIPES / "coco128" / "kit.yaml")
 
@@ -59,8 +59,8 @@ def test_fetch_is_told_the_same_overrides(tmp_path):
     (["serve", "no/such/bundle"], 2),
     (["check", KIT, "--set", "studnet.epochs=2"], 2),
 ])
-def test_exit_codes_and_markers(argv, code):
-    proc = run_dkit(*argv)
+def test_exit_codes_and_markers(argv, code, capsys):
+    proc = run_main(capsys, *argv)  # in process: an uncaught exception fails the test as a traceback would
     assert proc.returncode == code
     line = _error_line(proc)
     if "--set" in argv:  # a misspelt section set on the command line is blamed on the option, not the file
@@ -70,12 +70,12 @@ def test_exit_codes_and_markers(argv, code):
                        ".tar.gz of one)"
 
 
-def test_device_commands_help_says_nothing_about_kits():
+def test_device_commands_help_says_nothing_about_kits(capsys):
     for argv in (["run", "--help"], ["serve", "--help"], ["doctor", "--help"]):
-        proc = run_dkit(*argv)
+        proc = run_main(capsys, *argv)
         assert proc.returncode == 0
         assert "kit YAML" not in proc.stdout and "2 bad arguments" in proc.stdout, argv
-    assert "2 bad kit YAML or arguments" in run_dkit("label", "--help").stdout
+    assert "2 bad kit YAML or arguments" in run_main(capsys, "label", "--help").stdout
 
 
 # ------------------------------------------------------------------------------------------ make's Python
