@@ -27,12 +27,12 @@ BUNDLE ?= $(RUN_DIR)/bundle
 KIT_ARGS = $(KIT) $(if $(DATA),--data $(DATA)) $(if $(OUT),--out $(OUT)) $(foreach s,$(SET),--set $(s))
 STAMP := $(VENV)/.installed
 
-.PHONY: setup one-opencv check-python distill label train eval export test layers test-all chromium bench bench-label bench-runtime bench-serve \
+.PHONY: setup one-opencv check-python distill label train eval export test test-edge layers test-all chromium bench bench-label bench-runtime bench-serve \
         serve lint clean distclean help compat wheels-check test-arm64 test-arm64-backends docs
 
 help:
 	@awk '!/^#/{exit} {sub(/^# ?/, ""); print}' Makefile
-	@echo "targets: setup distill (label train eval) export test test-all bench (bench-label bench-runtime)" \
+	@echo "targets: setup distill (label train eval) export test (test-edge) test-all bench (bench-label bench-runtime)" \
 	      "bench-serve serve lint docs clean distclean compat wheels-check test-arm64 test-arm64-backends"
 
 setup: $(STAMP)
@@ -88,9 +88,28 @@ eval: setup
 export: setup
 	$(BIN)/dkit export $(KIT_ARGS)
 
+# The tests in two venvs: the dev venv runs all but the `base` tests (tests/conftest.py marks so every tests/edge and
+# tests/devtools test not marked `devenv`), which then run in the base-only venv of test-edge.
 test: setup chromium layers compat
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow and not base" -q
+	@$(MAKE) --no-print-directory test-edge
+
+# The device runtime's and device tools' tests (tests/edge, tests/devtools) in a base-only venv, $(EDGE_VENV): what
+# `pip install distill-kit` puts on a device (no torch, ultralytics, open_clip or onnx), plus the test tools pytest,
+# pillow (the tests draw images with it) and httpx2 (Starlette's TestClient). The real bundles they run on are built
+# once by the dev venv and cached in build/test-fixtures/ (tests/fixture_cache.py; tests/test_fixture_cache.py builds
+# them, instantly when cached); the tests needing a dev-only package (marked `devenv`) skip here, naming it, and run
+# in the dev venv's pass of `test`.
+EDGE_VENV := build/venv-edge
+$(EDGE_VENV)/.installed: pyproject.toml constraints.txt Makefile
+	@test -x $(EDGE_VENV)/bin/python || $(PYTHON) -m venv $(EDGE_VENV)
+	$(EDGE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e . pytest pillow httpx2
+	@touch $@
+
+test-edge: setup $(EDGE_VENV)/.installed
+	$(BIN)/python -m pytest -q tests/test_fixture_cache.py
+	$(EDGE_VENV)/bin/python -m pytest -m "not slow" -q tests/edge tests/devtools
 
 # The layer contracts (.importlinter) and the import-cycle check (tools/import_cycles.py: no two modules import each
 # other, function-level imports included) over the installed shape of the package: edge/, distill/ and export/ install

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -11,6 +12,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
+from tests.fixture_cache import CACHE, cached, cached_path, source_files, source_key
 
 # Every test (and every `dkit` subprocess it starts) gets a model store of its own, never the user's ~/.cache/dkit:
 # `dkit run` keeps its measured backend choice there (dkit.edge.infer.select), the store keeps weights.
@@ -21,6 +24,39 @@ atexit.register(shutil.rmtree, _HOME, True)
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = (ROOT / ".." / "shared" / "assets").resolve()
 RECIPES = ROOT / "datasets"
+
+
+BASE_TESTS = (ROOT / "tests" / "edge", ROOT / "tests" / "devtools")  # the device runtime's and tools' tests
+SKIPPED_IMPORT = "could not import '"  # pytest.importorskip's reason
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark `base` every test below BASE_TESTS not marked `devenv`: it must pass on a base install."""
+    for item in items:
+        if item.get_closest_marker("devenv") is None and any(item.path.is_relative_to(d) for d in BASE_TESTS):
+            item.add_marker(pytest.mark.base)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip a `devenv` test whose modules (the marker's arguments) are not installed, naming them."""
+    marker = item.get_closest_marker("devenv")
+    if marker is not None:
+        missing = [m for m in marker.args if importlib.util.find_spec(m) is None]
+        if missing:
+            pytest.skip(f"needs {', '.join(missing)} (not in a base install): runs in the dev venv")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A `base` test skipped because a module is missing fails instead: it needs the dev venv, so it must be
+    marked `devenv(module)` (else `make test`, which runs base tests only in the base-only venv, never runs it)."""
+    report = yield
+    if report.skipped and item.get_closest_marker("base") is not None and isinstance(report.longrepr, tuple) \
+            and SKIPPED_IMPORT in str(report.longrepr[2]):
+        report.outcome = "failed"
+        report.longrepr = f"{item.nodeid}: {report.longrepr[2]}; a tests/edge or tests/devtools test that needs " \
+                          "this module must be marked @pytest.mark.devenv(MODULE)"
+    return report
 
 
 @pytest.fixture
@@ -83,6 +119,7 @@ def yolo_store(assets: Path, root: Path):
     return ModelStore(root, offline=True)
 
 
+JUDGE_IMAGES = 40
 JUDGE_KIT = """\
 name: judge-toy
 data: {{images: {images}, val: 0.25, seed: 0}}
@@ -122,8 +159,28 @@ def distill_and_export(tmp: Path, kit_text: str, count: int) -> tuple:
 
 @pytest.fixture(scope="session")
 def judge_run(tmp_path_factory):
-    """40 real ImageNet photos labelled by a random CLIP teacher, a 64 px clip-embed student trained for one epoch
-    and exported to a judge bundle at run_dir/bundle. Once per session."""
+    """JUDGE_IMAGES real ImageNet photos labelled by a random CLIP teacher, a 64 px clip-embed student trained for one
+    epoch and exported to a judge bundle at run_dir/bundle. Once per session."""
     pytest.importorskip("open_clip")
     pytest.importorskip("onnx")
-    return distill_and_export(tmp_path_factory.mktemp("judge"), JUDGE_KIT, 40)
+    return distill_and_export(tmp_path_factory.mktemp("judge"), JUDGE_KIT, JUDGE_IMAGES)
+
+
+@pytest.fixture(scope="session")
+def judge_bundle(request) -> Path:
+    """The judge bundle of `judge_run` (its run_dir/bundle), kept in build/test-fixtures/ (tests.fixture_cache) so
+    later sessions and a base-only venv (no torch, open_clip or onnx: `make test-edge`) use it without training.
+    Rebuilt when the kit, its images or any package source change; skipped when missing and not buildable here."""
+    if not (ASSETS / "README.md").is_file():
+        pytest.skip(f"real test assets not found at {ASSETS}")
+    images = sorted(p.name for p in (ASSETS / "data/imagenet-sample").glob("*.JPEG"))[:JUDGE_IMAGES]
+    key = source_key([JUDGE_KIT, *images], source_files())
+    hit = cached_path("judge-bundle", key)
+    if hit is None:
+        for module in ("torch", "open_clip", "onnx"):
+            if importlib.util.find_spec(module) is None:
+                pytest.skip(f"no judge bundle cached in {CACHE} for these sources and {module} is not installed to "
+                            "build one: run the tests once in the dev venv (`make test-edge` does)")
+        _, run, _, _ = request.getfixturevalue("judge_run")
+        hit = cached("judge-bundle", key, lambda out: shutil.copytree(run / "bundle", out / "bundle"))
+    return hit / "bundle"

@@ -153,10 +153,9 @@ def test_not_a_judge_bundle_exits_2(tmp_path):
 
 
 @pytest.mark.slow  # a benchmark end to end (~15 s): `make test-all`
-def test_bench_attack_quick(judge_run, tmp_path):
-    _, run, _, _ = judge_run
+def test_bench_attack_quick(judge_bundle, tmp_path):
     out = tmp_path / "attack.json"
-    r = run_dkit("bench", "attack", str(run / "bundle"), "--quick", "--only", "rss,healthz,disk,legit", "--json",
+    r = run_dkit("bench", "attack", str(judge_bundle), "--quick", "--only", "rss,healthz,disk,legit", "--json",
                  str(out), timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "bench attack: 4: attacks 1-3 together" in r.stderr  # progress lines
@@ -191,12 +190,11 @@ def test_bench_attack_quick(judge_run, tmp_path):
 
 
 @pytest.mark.slow  # four servers, a few seconds each (~25 s): `make test-all`
-def test_bench_attack_quick_round_two(judge_run, tmp_path):
+def test_bench_attack_quick_round_two(judge_bundle, tmp_path):
     """The audit's attacks (scan bomb, slow sockets, concurrent uploads, hill climb), each on its own server, with
     tiny settings: every figure there, none judged (the goals are the bench's to report)."""
-    _, run, _, _ = judge_run
     out = tmp_path / "attack.json"
-    r = run_dkit("bench", "attack", str(run / "bundle"), "--quick", "--only", "scan-bomb,slow,uploads,climb",
+    r = run_dkit("bench", "attack", str(judge_bundle), "--quick", "--only", "scan-bomb,slow,uploads,climb",
                  "--json", str(out), timeout=240)
     assert r.returncode == 0, r.stdout + r.stderr
     assert sum(line.startswith(("PASS ", "FAIL ")) for line in r.stdout.splitlines()) == 4

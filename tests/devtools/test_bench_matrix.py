@@ -41,6 +41,7 @@ def test_box_iou_and_agreement_of_identical_results(detect_bundle):
     assert agreement(results, results) == 1.0
 
 
+@pytest.mark.devenv("openvino")
 def test_every_configuration_is_measured_and_agrees(detect_bundle):
     pytest.importorskip("openvino")
     rows = bench_matrix(detect_bundle, photos(3) + wide_frames(photos(2)), repeat=2,
@@ -56,6 +57,7 @@ def test_every_configuration_is_measured_and_agrees(detect_bundle):
 
 
 @pytest.mark.slow
+@pytest.mark.devenv("ultralytics")
 def test_dkit_bench_runtime_matrix_cli(detect_bundle, tmp_path):
     pytest.importorskip("ultralytics")
     out = subprocess.run([sys.executable, "-m", "dkit", "bench", "runtime", str(detect_bundle), "--source",

@@ -22,13 +22,14 @@ import pytest
 from tests.edge.test_kiosk_browser import SIZES, chromium, new_page, shot, stroke, wait_for_prompt
 from tests.edge.test_server import TOKEN, Server, drawing
 
+pytestmark = pytest.mark.devenv("playwright")  # drives Chromium; playwright is a dev package
+
 SEED = [("alice", 0), ("bob", 1), ("carol", 2), ("mallory", 3), ("mallory", 4), ("dave", 5)]
 
 
 @pytest.fixture(scope="module")
-def kiosk(judge_run, tmp_path_factory):
-    _, run, _, _ = judge_run
-    srv = Server(run / "bundle", tmp_path_factory.mktemp("admin-kiosk") / "kiosk.sqlite")
+def kiosk(judge_bundle, tmp_path_factory):
+    srv = Server(judge_bundle, tmp_path_factory.mktemp("admin-kiosk") / "kiosk.sqlite")
     try:
         for name, i in SEED:
             assert srv.submit(drawing(i), name=name)[0] == 200

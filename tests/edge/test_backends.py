@@ -27,6 +27,7 @@ def mixed_aspect(step: int) -> list[Path]:
 
 
 @pytest.mark.parametrize("size", [(320, 320), (640, 640), (256, 320)])
+@pytest.mark.devenv("ultralytics")
 def test_minimal_letterbox_is_ultralytics_letterbox_auto(size, monkeypatch):
     from ultralytics.data.augment import LetterBox
 
@@ -52,6 +53,7 @@ def test_minimal_letterbox_feeds_fewer_pixels_for_a_wide_frame():
     assert (meta.pad_left, meta.pad_top, meta.resized) == (0, 6, (180, 320))
 
 
+@pytest.mark.devenv("ultralytics")
 def test_minimal_letterbox_gives_ultralytics_default_predict_boxes(detect_bundle, yolo_onnx, monkeypatch):
     """YOLO(onnx).predict with its defaults (rect: minimal padding for a dynamic model) == the runtime, minimal."""
     from ultralytics import YOLO
@@ -71,6 +73,7 @@ def test_minimal_letterbox_gives_ultralytics_default_predict_boxes(detect_bundle
     assert total >= 20
 
 
+@pytest.mark.devenv("openvino")
 def test_openvino_gives_onnxruntime_detections(detect_bundle):
     pytest.importorskip("openvino")
     paths = sorted(COCO.glob("*.jpg"))[:6] + mixed_aspect(60)
@@ -107,6 +110,7 @@ def test_every_onnx_reader_opens_a_model_file_outside_a_bundle(detect_bundle):
         backends.open_onnx_file("ncnn", detect_bundle / "student.onnx", "fp32")
 
 
+@pytest.mark.devenv("ncnn")
 def test_a_bundle_without_an_ncnn_model_says_how_to_get_one(detect_bundle):
     pytest.importorskip("ncnn")
     with pytest.raises(RuntimeConfigError, match=r"no fp32 ncnn model in this bundle \(it has: onnx fp32\).*"

@@ -59,13 +59,12 @@ def _distinct(i: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def strict(judge_run, tmp_path_factory):
+def strict(judge_bundle, tmp_path_factory):
     """A kiosk with small limits: submissions burst 3 (then 1 per 100 s), scores burst 5, 2 s header and body
     deadlines, 4 connections per client, near-duplicates within 6 bits refused."""
-    _, run, _, _ = judge_run
     names = tmp_path_factory.mktemp("names") / "blocklist.txt"
     names.write_text("badword\n")
-    srv = Server(run / "bundle", tmp_path_factory.mktemp("strict") / "kiosk.sqlite", settings=(
+    srv = Server(judge_bundle, tmp_path_factory.mktemp("strict") / "kiosk.sqlite", settings=(
         "submit_rate=0.01", "submit_burst=3", "score_rate=0.01", "score_burst=5", "header_timeout=2",
         "body_timeout=2", "max_connections_per_client=4", "dup_bits=6", f"blocklist={names}"))
     yield srv
@@ -206,9 +205,8 @@ def test_the_operator_moderates_bans_runs_rounds_and_exports(strict):
     assert strict.request("GET", "/api/prompt")[1]["round"] is None
 
 
-def test_the_quota_bounds_the_disk_and_retention_keeps_the_best(judge_run, tmp_path):
-    _, run, _, _ = judge_run
-    srv = Server(run / "bundle", tmp_path / "kiosk.sqlite",
+def test_the_quota_bounds_the_disk_and_retention_keeps_the_best(judge_bundle, tmp_path):
+    srv = Server(judge_bundle, tmp_path / "kiosk.sqlite",
                  settings=("submit_rate=0", "dup_bits=-1", "keep_top=2", "keep_last=3"))
     try:
         client = Client(srv)
@@ -220,8 +218,8 @@ def test_the_quota_bounds_the_disk_and_retention_keeps_the_best(judge_run, tmp_p
         assert len(thumbs) == len(entries)
     finally:
         srv.kill(signal.SIGTERM)
-    full = Server(run / "bundle", tmp_path / "kiosk.sqlite", settings=("submit_rate=0", "dup_bits=-1",
-                                                                       "max_disk_mb=0.01"))
+    full = Server(judge_bundle, tmp_path / "kiosk.sqlite", settings=("submit_rate=0", "dup_bits=-1",
+                                                                    "max_disk_mb=0.01"))
     try:
         status, doc, _ = Client(full).post("/api/submissions", _distinct(9))
         assert status == 507 and "quota" in doc["error"]
@@ -230,19 +228,18 @@ def test_the_quota_bounds_the_disk_and_retention_keeps_the_best(judge_run, tmp_p
         full.kill(signal.SIGTERM)
 
 
-def test_the_admin_token_on_the_command_line_is_warned_about(judge_run, tmp_path):
+def test_the_admin_token_on_the_command_line_is_warned_about(judge_bundle, tmp_path):
     import subprocess
     import sys
 
     from tests.conftest import ROOT
 
-    _, run, _, _ = judge_run
     token_file = tmp_path / "token"
     token_file.write_text("")
-    out = subprocess.run([sys.executable, "-m", "dkit", "serve", str(run / "bundle"), "--admin-token-file",
+    out = subprocess.run([sys.executable, "-m", "dkit", "serve", str(judge_bundle), "--admin-token-file",
                           str(token_file)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "the file is empty" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "dkit", "serve", str(run / "bundle"), "--set", "workers=0"],
+    out = subprocess.run([sys.executable, "-m", "dkit", "serve", str(judge_bundle), "--set", "workers=0"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "kiosk.workers: expected an integer >= 1" in out.stderr
 

@@ -22,6 +22,8 @@ import pytest
 from tests.conftest import ROOT
 from tests.edge.test_server import drawing
 
+pytestmark = pytest.mark.devenv("playwright")  # drives Chromium; playwright is a dev package
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SHOTS = ROOT / "build" / "screenshots"
 SIZES = {"1080p": (1920, 1080), "800x480": (800, 480)}

@@ -154,19 +154,18 @@ def test_finding4_every_edit_is_caught_and_honest_same_class_drawings_are_not_re
 
 
 @pytest.fixture(scope="module")
-def board(judge_run, tmp_path_factory):
+def board(judge_bundle, tmp_path_factory):
     """A kiosk with near-duplicate refusal on (defaults: dup_bits 6, dup_shape 0.95), no rate limits (the attacks
     here are not floods), and a /api/score budget of BUDGET per client and prompt."""
     import dataclasses
 
     from dkit.edge.bundle.kiosk_config import KioskConfig
 
-    _, run, _, _ = judge_run
     budget = (f"score_budget={BUDGET}", "score_window=3600", "score_step=5")
     known = {f.name for f in dataclasses.fields(KioskConfig)}  # a kiosk without budgets is tested as it is
     settings = ("score_rate=0", "submit_rate=0", "max_connections_per_client=64",
                 *(s for s in budget if s.partition("=")[0] in known))
-    srv = Server(run / "bundle", tmp_path_factory.mktemp("board") / "kiosk.sqlite", settings=settings)
+    srv = Server(judge_bundle, tmp_path_factory.mktemp("board") / "kiosk.sqlite", settings=settings)
     yield srv
     srv.kill(signal.SIGTERM)
 
@@ -389,7 +388,7 @@ def _mount(*args: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def small_disk(judge_run, tmp_path_factory):
+def small_disk(judge_bundle, tmp_path_factory):
     """`dkit serve` with its data (database, thumbnails) on a real 16 MB tmpfs; skips where mounting is not allowed."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a small filesystem needs root")
@@ -398,10 +397,9 @@ def small_disk(judge_run, tmp_path_factory):
         _mount("-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder))
     except (subprocess.CalledProcessError, OSError) as e:
         pytest.skip(f"cannot mount a tmpfs here: {e}")
-    _, run, _, _ = judge_run
     srv = None
     try:
-        srv = Server(run / "bundle", folder / "kiosk.sqlite", settings=(
+        srv = Server(judge_bundle, folder / "kiosk.sqlite", settings=(
             "score_rate=0", "submit_rate=0", "max_connections_per_client=64"))
         yield srv, folder
     finally:

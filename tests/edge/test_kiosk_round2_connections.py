@@ -32,16 +32,15 @@ LIMITS = ("dup_bits=-1", "submit_rate=0", "score_rate=0.01", "score_burst=2", "h
 
 
 @pytest.fixture(scope="module")
-def kiosk(judge_run, tmp_path_factory):
+def kiosk(judge_bundle, tmp_path_factory):
     """One kiosk with small caps and 2 s deadlines, shared by the tests here (each attacks from its own address)."""
     import dataclasses
 
     from dkit.edge.bundle.kiosk_config import KioskConfig
 
-    _, run, _, _ = judge_run
     known = {f.name for f in dataclasses.fields(KioskConfig)}  # (a kiosk without a setting: its rule is absent)
     settings = tuple(s for s in LIMITS if s.partition("=")[0] in known)
-    srv = Server(run / "bundle", tmp_path_factory.mktemp("conns") / "kiosk.sqlite", settings=settings)
+    srv = Server(judge_bundle, tmp_path_factory.mktemp("conns") / "kiosk.sqlite", settings=settings)
     yield srv
     srv.kill(signal.SIGTERM)
 
@@ -498,9 +497,8 @@ class ProxiedServer(Server):
             subprocess.Popen = real
 
 
-def test_finding7_x_forwarded_for_is_honoured_from_the_named_proxy_only(judge_run, tmp_path):
-    _, run, _, _ = judge_run
-    srv = ProxiedServer(run / "bundle", tmp_path / "kiosk.sqlite", proxy="127.0.0.50")
+def test_finding7_x_forwarded_for_is_honoured_from_the_named_proxy_only(judge_bundle, tmp_path):
+    srv = ProxiedServer(judge_bundle, tmp_path / "kiosk.sqlite", proxy="127.0.0.50")
     try:
         assert _listed_client(Client(srv, "127.0.0.50"), {"X-Forwarded-For": "10.7.7.7"}) == "10.7.7.7"
         assert _listed_client(Client(srv, "127.0.0.51"), {"X-Forwarded-For": "10.8.8.8"}) == "127.0.0.51"
@@ -515,7 +513,7 @@ def test_finding7_x_forwarded_for_is_honoured_from_the_named_proxy_only(judge_ru
         assert Client(srv, "127.0.0.1").post("/api/submissions", drawing(6))[0] == 200  # the real screen
     finally:
         srv.kill(signal.SIGTERM)
-    out = subprocess.run([sys.executable, "-m", "dkit", "serve", str(run / "bundle"), "--proxy", "nonsense"],
+    out = subprocess.run([sys.executable, "-m", "dkit", "serve", str(judge_bundle), "--proxy", "nonsense"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--proxy" in out.stderr and "not an IP address" in out.stderr
 

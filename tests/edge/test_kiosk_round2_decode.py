@@ -16,6 +16,7 @@ import socket
 import subprocess
 import threading
 import time
+import types
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -51,10 +52,9 @@ def _known(settings: tuple[str, ...]) -> tuple[str, ...]:
 
 
 @pytest.fixture(scope="module")
-def kiosk(judge_run, tmp_path_factory):
+def kiosk(judge_bundle, tmp_path_factory):
     """One kiosk with the default work queue and decoder limits, shared by the tests here."""
-    _, run, _, _ = judge_run
-    srv = Server(run / "bundle", tmp_path_factory.mktemp("decode") / "kiosk.sqlite",
+    srv = Server(judge_bundle, tmp_path_factory.mktemp("decode") / "kiosk.sqlite",
                  settings=_known((*RELAXED, *DEFAULTS)))
     yield srv
     _stop(srv)
@@ -151,12 +151,11 @@ def test_finding1_scan_bombs_are_refused_at_once_and_the_player_keeps_playing(ki
     assert refused and all("has 1,000 scans; at most 100 are accepted" in e for e in refused), refused[:3]
 
 
-def test_finding1_a_slow_decode_is_killed_at_the_budget_and_the_kiosk_keeps_serving(judge_run, tmp_path_factory):
+def test_finding1_a_slow_decode_is_killed_at_the_budget_and_the_kiosk_keeps_serving(judge_bundle, tmp_path_factory):
     """A legitimate image that passes every header check but decodes slowly (a 4096x2048 16-bit RGBA PNG of 70 kB,
     hundreds of ms to decode) against a 0.1 s budget: its decoder process is killed, the upload answered 400, and
     the kiosk goes on serving and scoring with a new decoder process."""
-    _, run, _, _ = judge_run
-    srv = Server(run / "bundle", tmp_path_factory.mktemp("slow") / "kiosk.sqlite",
+    srv = Server(judge_bundle, tmp_path_factory.mktemp("slow") / "kiosk.sqlite",
                  settings=_known((*RELAXED, "workers=1", "decode_timeout=0.1")))
     try:
         rgba = np.zeros((2048, 4096, 4), np.uint16)
@@ -407,11 +406,14 @@ def test_review1_the_pipe_is_closed_when_the_process_cannot_start():
     assert pipes and all(end.closed for end in pipes[0])
 
 
-def test_review2_the_pixels_share_the_header_s_budget():
+def test_review2_the_pixels_share_the_header_s_budget(monkeypatch):
     """The header came after 0.3 s of a 0.5 s budget: the pixels are waited for the 0.2 s left, not another 0.5."""
+    from dkit.edge.kiosk import decoder
     from dkit.edge.kiosk.decoder import _HEADER, _OK, DecodeTimeout, _Worker
 
-    waits = []
+    waits, now = [], [100.0]
+    # the decoder's own clock (its module's `time` only), moved by the fake pipe: no real waiting
+    monkeypatch.setattr(decoder, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
 
     class Conn:
         def send_bytes(self, data):
@@ -420,7 +422,7 @@ def test_review2_the_pixels_share_the_header_s_budget():
         def poll(self, timeout):
             waits.append(timeout)
             if len(waits) == 1:
-                time.sleep(0.3)
+                now[0] += 0.3  # the header takes 0.3 s to come
                 return True
             return False  # the pixels never come
 
@@ -431,7 +433,7 @@ def test_review2_the_pixels_share_the_header_s_budget():
     worker.conn = Conn()
     with pytest.raises(DecodeTimeout):
         worker.exchange(b"x", 0.5)
-    assert waits[0] == 0.5 and waits[1] <= 0.5 - 0.3 + 1e-6, waits
+    assert waits[0] == 0.5 and waits[1] == pytest.approx(0.5 - 0.3), waits
 
 
 def test_review4_the_lifespan_closes_the_decoder_off_the_event_loop():
@@ -536,7 +538,7 @@ def test_review1_healthz_and_the_admin_stats_show_the_live_decoders(kiosk):
     assert Client(kiosk, "127.0.0.1").admin("GET", "/api/admin/stats")[1]["decoders"] == 2
 
 
-def test_review1_the_kiosk_does_not_start_when_no_decoder_can(judge_run, tmp_path, monkeypatch):
+def test_review1_the_kiosk_does_not_start_when_no_decoder_can(judge_bundle, tmp_path, monkeypatch):
     """Not one decoder process can start (fork refused): the app's startup fails with DecoderUnavailable naming
     why, instead of a kiosk that answers every upload 503 after a minute."""
     from fastapi.testclient import TestClient
@@ -545,7 +547,6 @@ def test_review1_the_kiosk_does_not_start_when_no_decoder_can(judge_run, tmp_pat
     from dkit.edge.kiosk.server import create_app
 
     _failing_starts(monkeypatch, [True] * 100)
-    _, run, _, _ = judge_run
-    app = create_app(run / "bundle", db=tmp_path / "kiosk.sqlite")
+    app = create_app(judge_bundle, db=tmp_path / "kiosk.sqlite")
     with pytest.raises(DecoderUnavailable, match="no decoder process could start"), TestClient(app):
         pass

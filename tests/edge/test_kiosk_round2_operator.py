@@ -41,12 +41,11 @@ SIZES = {"800x480": (800, 480), "1080p": (1920, 1080)}
 
 
 @pytest.fixture(scope="module")
-def kiosk(judge_run, tmp_path_factory):
+def kiosk(judge_bundle, tmp_path_factory):
     """A kiosk of its own: no rate limits, no near-duplicate refusal, a blocklist of one word."""
-    _, run, _, _ = judge_run
     folder = tmp_path_factory.mktemp("round2-operator")
     (folder / "blocklist.txt").write_text(BLOCKED + "\n")
-    srv = Server(run / "bundle", folder / "kiosk.sqlite", settings=(*RELAXED, f"blocklist={folder / 'blocklist.txt'}"))
+    srv = Server(judge_bundle, folder / "kiosk.sqlite", settings=(*RELAXED, f"blocklist={folder / 'blocklist.txt'}"))
     yield srv
     srv.kill(signal.SIGTERM)
 
@@ -213,6 +212,7 @@ WHOLE = """(id) => { const el = document.getElementById(id), box = el.getBoundin
     page: [document.documentElement.scrollWidth, document.documentElement.scrollHeight]}; }"""
 
 
+@pytest.mark.devenv("playwright")  # a real browser (Chromium, driven by playwright)
 def test_finding8_a_template_prompt_reads_naturally(browser, kiosk, errors):
     _prompt(kiosk, "a drawing of an apple")
     page = _screen(browser, kiosk, errors, SIZES["800x480"])
@@ -225,6 +225,7 @@ def test_finding8_a_template_prompt_reads_naturally(browser, kiosk, errors):
 
 
 @pytest.mark.parametrize("size", SIZES)
+@pytest.mark.devenv("playwright")  # a real browser (Chromium, driven by playwright)
 def test_finding8_a_300_character_prompt_shows_whole(browser, kiosk, errors, size):
     width, height = SIZES[size]
     _prompt(kiosk, LONG_PROMPT)
@@ -269,6 +270,7 @@ def _fake_result(**doc):
                    | doc)
 
 
+@pytest.mark.devenv("playwright")  # a real browser (Chromium, driven by playwright)
 def test_finding8_the_name_is_cleared_when_the_result_closes(browser, kiosk, errors):
     page = _screen(browser, kiosk, errors, SIZES["800x480"])
     try:
@@ -288,6 +290,7 @@ def test_finding8_the_name_is_cleared_when_the_result_closes(browser, kiosk, err
         page.context.close()
 
 
+@pytest.mark.devenv("playwright")  # a real browser (Chromium, driven by playwright)
 def test_finding8_on_the_leaderboard_only_for_a_rank_on_screen(browser, kiosk, errors):
     for i in range(12):  # more entries than the small screen shows
         assert Client(kiosk, "127.0.0.6").post("/api/submissions", drawing(70 + i), name=f"seed {i}")[0] == 200
@@ -316,6 +319,7 @@ def test_finding8_on_the_leaderboard_only_for_a_rank_on_screen(browser, kiosk, e
         page.context.close()
 
 
+@pytest.mark.devenv("playwright")  # a real browser (Chromium, driven by playwright)
 def test_finding8_the_duplicate_notice_names_only_an_entry_on_screen(browser, kiosk, errors):
     board = Client(kiosk).request("GET", "/api/leaderboard?limit=100")[1]["entries"]
     assert len(board) > 10
@@ -340,6 +344,7 @@ def test_finding8_the_duplicate_notice_names_only_an_entry_on_screen(browser, ki
 # ------------------------------------------------------------------------------------------ finding 5: the page
 
 
+@pytest.mark.devenv("playwright")  # a real browser (Chromium, driven by playwright)
 def test_finding5_the_operator_page_explains_why_the_screen_has_no_ban_and_shows_hidden_thumbnails(browser, kiosk,
                                                                                                    errors):
     from tests.edge.test_server import TOKEN
@@ -372,6 +377,7 @@ def test_finding5_the_operator_page_explains_why_the_screen_has_no_ban_and_shows
         page.context.close()
 
 
+@pytest.mark.devenv("playwright")  # a real browser (Chromium, driven by playwright)
 def test_finding5_the_page_says_the_screens_entries_are_not_remembered_and_allows_deleted_ones_again(browser, kiosk,
                                                                                                     errors):
     """"Delete all by client" for the kiosk's own screen deletes without remembering (the page says so before and

@@ -18,9 +18,8 @@ SETTINGS = ("workers=1", "queue=3", "queue_per_client=2", "screen_reserve=1", "m
 
 
 @pytest.fixture(scope="module")
-def kiosk(judge_run, tmp_path_factory):
-    _, run, _, _ = judge_run
-    srv = Server(run / "bundle", tmp_path_factory.mktemp("queue") / "kiosk.sqlite",
+def kiosk(judge_bundle, tmp_path_factory):
+    srv = Server(judge_bundle, tmp_path_factory.mktemp("queue") / "kiosk.sqlite",
                  settings=_known((*RELAXED, *SETTINGS)))
     yield srv
     _stop(srv)

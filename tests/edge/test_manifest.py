@@ -139,10 +139,9 @@ def test_the_manifest_is_frozen():
         Calibration((0.0,), (0.0,))
 
 
-def test_an_exported_judge_bundle_reads_identically_from_the_json(judge_run):
+def test_an_exported_judge_bundle_reads_identically_from_the_json(judge_bundle):
     """The manifest a real export wrote parses and re-serialises to exactly the same JSON document."""
-    _, run, _, _ = judge_run
-    doc = json.loads((run / "bundle" / "manifest.json").read_text())
+    doc = json.loads((judge_bundle / "manifest.json").read_text())
     assert Manifest.from_dict(copy.deepcopy(doc)).to_dict() == doc
 
 

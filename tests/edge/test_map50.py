@@ -32,6 +32,7 @@ def _pairs(seed: int, images: int = 12, classes: int = 4) -> list[tuple]:
 
 
 @pytest.mark.parametrize("seed", range(8))
+@pytest.mark.devenv("ultralytics")
 def test_map50_equals_ultralytics(seed):
     pytest.importorskip("ultralytics")
     from dkit.distill.metrics import detection_map

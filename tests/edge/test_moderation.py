@@ -44,7 +44,7 @@ def test_penalty_applies_to_text_and_blocked_has_no_score():
     assert out[:3].tolist() == [80.0, 20.0, 10.0] and np.isnan(out[3])
 
 
-def test_the_device_judge_uses_the_same_rule(judge_run):
+def test_the_device_judge_uses_the_same_rule(judge_bundle):
     """Judge.judge (one frame) and moderate (arrays, as the evaluation calls it) agree on every image and prompt."""
     import cv2
 
@@ -52,9 +52,8 @@ def test_the_device_judge_uses_the_same_rule(judge_run):
     from dkit.edge.infer.runtime import Runtime
     from tests.conftest import ASSETS
 
-    _, run, _, _ = judge_run
     photos = sorted((ASSETS / "data" / "photos").glob("*.jpg"))[:6]
-    with Runtime.load(run / "bundle") as rt:
+    with Runtime.load(judge_bundle) as rt:
         judge = Judge(rt)
         prompts = ["a cat", "a raccoon driving a tractor", "a weapon"]
         for path in photos:

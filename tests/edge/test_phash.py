@@ -83,6 +83,7 @@ def edit_distances(images: list[np.ndarray], edit) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ same as imagehash
 
 
+@pytest.mark.devenv("imagehash")
 def test_it_matches_imagehash_on_every_real_image(step):
     """COCO-128, the photos and the ImageNet sample (442 pictures, 75 portrait): measured 0 bits apart on every
     one (the same grey conversion, antialiased Lanczos resize and DCT scaling). Bound: 4 bits, exact on 95%."""
@@ -102,6 +103,7 @@ def test_it_matches_imagehash_on_every_real_image(step):
     assert apart.max() <= 4 and (apart == 0).mean() >= 0.95, np.bincount(apart)
 
 
+@pytest.mark.devenv("imagehash")
 def test_its_bits_are_imagehash_order_so_stored_hashes_compare():
     imagehash = pytest.importorskip("imagehash")
     from PIL import Image

@@ -73,6 +73,7 @@ def _assert_same(ours: list[Detections], theirs: list[np.ndarray], box_atol: flo
     (0.5, 0.45, 10, None, 30),
     (0.25, 0.7, 300, [0, 2, 56], 10),
 ])
+@pytest.mark.devenv("torch", "torchvision", "ultralytics")
 def test_decode_matches_ultralytics_on_real_outputs(coco_raw, conf, iou, max_det, classes, at_least):
     pytest.importorskip("torchvision")  # Ultralytics' predictor imports it, so its NMS is torchvision.ops.nms
     ours = decode_yolo(coco_raw, conf, iou, max_det, classes)
@@ -83,6 +84,7 @@ def test_decode_matches_ultralytics_on_real_outputs(coco_raw, conf, iou, max_det
 
 
 @pytest.mark.parametrize(("conf", "iou"), [(0.25, 0.7), (0.4, 0.45)])
+@pytest.mark.devenv("ultralytics")
 def test_end_to_end_matches_ultralytics_predict(yolo_onnx, conf, iou, monkeypatch):
     import onnxruntime as ort
     from ultralytics import YOLO
@@ -161,6 +163,7 @@ def test_decode_synthetic(name):
 
 
 @pytest.mark.parametrize("name", list(SYNTHETIC))
+@pytest.mark.devenv("torch", "ultralytics")
 def test_decode_synthetic_matches_ultralytics(name):
     pytest.importorskip("ultralytics")
     raw, conf, iou, max_det, classes, _ = SYNTHETIC[name]
@@ -189,6 +192,7 @@ def test_nms_table(boxes, scores, iou, max_keep, expected):
     assert keep.dtype == np.int64 and keep.tolist() == expected
 
 
+@pytest.mark.devenv("torch", "torchvision")
 def test_nms_matches_torchvision_on_many_tied_boxes():
     torch = pytest.importorskip("torch")
     torchvision = pytest.importorskip("torchvision")

@@ -17,6 +17,7 @@ def _photos(assets: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize("size", [(320, 320), (640, 640), (256, 416)])
+@pytest.mark.devenv("ultralytics")
 def test_letterbox_matches_ultralytics(assets, size, monkeypatch):
     """Ultralytics' LetterBox geometry exactly; its pixels (cv2.INTER_LINEAR, SIMD fixed point that differs between
     x86 and aarch64) within 2 levels, and exactly those of the same LetterBox with OpenCV's bit-exact bilinear,
@@ -91,6 +92,7 @@ def test_pil_bilinear_random_sizes_both_pass_orders():
 
 
 @pytest.mark.parametrize("size", [32, 64, 224])
+@pytest.mark.devenv("ultralytics")
 def test_classify_preprocess_equals_ultralytics_transform(assets, size):
     """The classifier's device input equals Ultralytics' classify_transforms (torchvision on PIL) exactly."""
     pytest.importorskip("ultralytics")
@@ -108,6 +110,7 @@ def test_classify_preprocess_equals_ultralytics_transform(assets, size):
 
 
 @pytest.mark.parametrize(("h", "w"), [(720, 1280), (1280, 720), (301, 300), (224, 224), (225, 224)])
+@pytest.mark.devenv("torch", "torchvision")
 def test_shortest_side_and_center_crop_geometry_match_torchvision(h, w):
     pytest.importorskip("torchvision")
     import torch

@@ -105,6 +105,7 @@ def exact_resize(monkeypatch):
         **kw) if interpolation is not None else real(img, dsize, *a, **kw))
 
 
+@pytest.mark.devenv("ultralytics")
 def test_runtime_matches_ultralytics_predict_on_real_images(detect_bundle, yolo_onnx, caplog, monkeypatch):
     from ultralytics import YOLO
 
@@ -298,6 +299,7 @@ def test_dkit_run_stops_cleanly_on_sigint(detect_bundle):
     assert stats["stopped"] and 1 <= stats["frames"] < 128
 
 
+@pytest.mark.devenv("ultralytics")  # fps_ultralytics: YOLO(onnx).predict on the same images
 def test_dkit_bench_runtime_json(detect_bundle):
     out = run_dkit("bench", "runtime", str(detect_bundle), "--source", str(COCO), "--images", "6", "--repeat", "1",
                    timeout=300)

@@ -160,6 +160,7 @@ def test_only_backends_the_export_checked_run_a_reduced_precision_model():
     assert select.verified(ModelEntry("student_ncnn_fp16", "s.param", "fp16", "ncnn", "s.bin"), "ncnn")
 
 
+@pytest.mark.devenv("openvino")
 def test_a_forced_unchecked_model_runs_with_a_warning(two_precisions, home, caplog):
     pytest.importorskip("openvino")
     with caplog.at_level("WARNING"), Runtime.load(two_precisions, backend="openvino", precision="int8") as rt:

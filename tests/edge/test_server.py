@@ -225,14 +225,13 @@ def test_bad_input_is_refused_clearly_and_nothing_is_stored(server, case, send, 
 # ------------------------------------------------------------------------------------------ moderation
 
 
-def test_moderation_paths(judge_run):
+def test_moderation_paths(judge_bundle):
     """Blocked, penalised for writing, no match, ok: the judge's rules on embeddings placed where each applies."""
     from dkit.edge.bundle.manifest import Calibration
     from dkit.edge.infer.judge import Judge
     from dkit.edge.infer.runtime import Runtime
 
-    _, run, _, _ = judge_run
-    with Runtime.load(run / "bundle") as rt:
+    with Runtime.load(judge_bundle) as rt:
         judge = Judge(rt)
         d = rt.prompt_embeddings.shape[1]
         e = np.eye(d, dtype=np.float32)
@@ -258,12 +257,11 @@ def test_moderation_paths(judge_run):
         assert judge.judge(mix(0.6, 0.8), "a cat").verdict == "ok"
 
 
-def test_a_new_prompt_is_embedded_like_the_shipped_ones(judge_run):
+def test_a_new_prompt_is_embedded_like_the_shipped_ones(judge_bundle):
     from dkit.edge.infer.judge import Judge
     from dkit.edge.infer.runtime import Runtime
 
-    _, run, _, _ = judge_run
-    with Runtime.load(run / "bundle") as rt:
+    with Runtime.load(judge_bundle) as rt:
         judge = Judge(rt)
         shipped = judge.shipped.pop("a raccoon driving a tractor")
         again = judge.embed_prompt("  a raccoon   driving a tractor ")  # the text encoder, on the device
@@ -275,10 +273,9 @@ def test_a_new_prompt_is_embedded_like_the_shipped_ones(judge_run):
 # ------------------------------------------------------------------------------------------ crash
 
 
-def test_kill_9_loses_no_acknowledged_submission(judge_run, tmp_path):
-    _, run, _, _ = judge_run
+def test_kill_9_loses_no_acknowledged_submission(judge_bundle, tmp_path):
     db = tmp_path / "kiosk.sqlite"
-    first = Server(run / "bundle", db)
+    first = Server(judge_bundle, db)
     acknowledged = []
     for i in range(6):
         status, doc = first.submit(drawing(i, "eye"), name=f"crash {i}")
@@ -286,7 +283,7 @@ def test_kill_9_loses_no_acknowledged_submission(judge_run, tmp_path):
         if doc["stored"]:
             acknowledged.append(doc["id"])
     first.kill(signal.SIGKILL)  # no shutdown, no checkpoint
-    second = Server(run / "bundle", db, token=None)
+    second = Server(judge_bundle, db, token=None)
     try:
         entries = second.request("GET", "/api/leaderboard?limit=100")[1]["entries"]
         assert sorted(e["id"] for e in entries) == sorted(acknowledged)
@@ -399,13 +396,12 @@ def test_every_response_carries_the_security_headers_and_docs_are_off(server):
     assert status == 404 and "a cat" not in doc["error"]  # a 404 no longer lists every prompt ever set
 
 
-def test_an_unexpected_failure_is_a_json_500_without_details(judge_run, tmp_path):
+def test_an_unexpected_failure_is_a_json_500_without_details(judge_bundle, tmp_path):
     from fastapi.testclient import TestClient
 
     from dkit.edge.kiosk.server import create_app
 
-    _, run, _, _ = judge_run
-    app = create_app(run / "bundle", db=tmp_path / "k.sqlite")
+    app = create_app(judge_bundle, db=tmp_path / "k.sqlite")
 
     @app.get("/boom")
     def boom():

@@ -13,9 +13,8 @@ from tests.edge.test_server import TOKEN, Server
 
 
 @pytest.fixture(scope="module")
-def kiosk(judge_run, tmp_path_factory):
-    _, run, _, _ = judge_run
-    srv = Server(run / "bundle", tmp_path_factory.mktemp("trust-kiosk") / "kiosk.sqlite")
+def kiosk(judge_bundle, tmp_path_factory):
+    srv = Server(judge_bundle, tmp_path_factory.mktemp("trust-kiosk") / "kiosk.sqlite")
     try:
         yield srv
     finally:
@@ -23,6 +22,7 @@ def kiosk(judge_run, tmp_path_factory):
             srv.kill(signal.SIGTERM)
 
 
+@pytest.mark.devenv("playwright")  # a real browser (Chromium, driven by playwright)
 def test_finding12_untrained_bundle_banner_on_admin_not_on_the_event_screen(kiosk):
     status, stats = kiosk.request("GET", "/api/admin/stats", admin=True)
     assert status == 200 and stats["bundle"]["untrained"] is True

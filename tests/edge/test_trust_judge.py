@@ -25,7 +25,7 @@ def test_finding9b_no_match_rounding_compares_the_shown_score(raw, expected):
         == [expected] * 3
 
 
-def test_finding9b_no_match_rounding_device_judge_agrees_with_unrounded_callers(judge_run):
+def test_finding9b_no_match_rounding_device_judge_agrees_with_unrounded_callers(judge_bundle):
     """The device judge (which shows one decimal) and the export's report (which passes the curve's raw score)
     give the same verdict for a score just under no_match_score."""
     import cv2
@@ -34,9 +34,8 @@ def test_finding9b_no_match_rounding_device_judge_agrees_with_unrounded_callers(
     from dkit.edge.infer.runtime import Runtime
     from tests.conftest import ASSETS
 
-    _, run, _, _ = judge_run
     rgb = cv2.cvtColor(cv2.imread(str(sorted((ASSETS / "data" / "photos").glob("*.jpg"))[0])), cv2.COLOR_BGR2RGB)
-    with Runtime.load(run / "bundle") as rt:
+    with Runtime.load(judge_bundle) as rt:
         judge = Judge(rt)
         judge.cfg = dataclasses.replace(judge.cfg, text_margin=2.0, unsafe_margin=2.0, no_match_score=15.0)
         judge.calibration = Calibration((-1.0, 1.0), (14.96, 14.96))  # every cosine scores 14.96 before rounding

@@ -7,6 +7,7 @@ import pytest
 
 from dkit.edge.infer.yolo_head import decode_head
 
+pytestmark = pytest.mark.devenv("torch", "ultralytics")
 torch = pytest.importorskip("torch")
 
 
