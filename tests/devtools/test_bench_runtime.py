@@ -10,7 +10,7 @@ import pytest
 
 from dkit.cli.main import main
 from dkit.devtools.bench import DEFAULT_MAX_SPREAD, BenchError, Round, bench_runtime, measure_round, summarize
-from tests.conftest import ASSETS, run_dkit
+from tests.conftest import ASSETS, run_main
 
 COCO = ASSETS / "data" / "coco128" / "images" / "train2017"
 
@@ -126,12 +126,13 @@ def test_options_of_the_other_mode_are_refused(extra, capsys):
     assert "dkit bench runtime: --" in err and " appl" in err and "Traceback" not in err
 
 
-def test_real_run_on_a_bundle_has_the_agreement_fields(detect_bundle):
-    """A real small run through the CLI: the JSON carries the per-round ratios, their spread and the verdict."""
+def test_real_run_on_a_bundle_has_the_agreement_fields(detect_bundle, capsys):
+    """A real small run through the CLI (its main, in this process): the JSON carries the per-round ratios, their
+    spread and the verdict."""
     if not COCO.is_dir():
         pytest.skip(f"real test assets not found at {ASSETS}")
-    out = run_dkit("bench", "runtime", str(detect_bundle), "--source", str(COCO), "--images", "4", "--repeat", "2",
-                   "--max-spread", "1000", timeout=300)
+    out = run_main(capsys, "bench", "runtime", str(detect_bundle), "--source", str(COCO), "--images", "4", "--repeat",
+                   "2", "--max-spread", "1000")
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     assert len(got["runtime_vs_bare_rounds"]) == 2 and got["runtime_vs_bare_spread"] >= 1

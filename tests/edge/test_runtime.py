@@ -20,7 +20,7 @@ import pytest
 from dkit.edge.infer.runtime import PROVIDER_ORDER, Runtime, RuntimeConfigError, choose_providers
 from dkit.edge.stream.pipeline import JsonlSink, Pipeline, VideoSink
 from dkit.edge.stream.sources import open_source
-from tests.conftest import ASSETS, ROOT, run_dkit
+from tests.conftest import ASSETS, ROOT, run_dkit, run_main
 
 
 class CallbackSink:
@@ -300,9 +300,9 @@ def test_dkit_run_stops_cleanly_on_sigint(detect_bundle):
 
 
 @pytest.mark.devenv("ultralytics")  # fps_ultralytics: YOLO(onnx).predict on the same images
-def test_dkit_bench_runtime_json(detect_bundle):
-    out = run_dkit("bench", "runtime", str(detect_bundle), "--source", str(COCO), "--images", "6", "--repeat", "1",
-                   timeout=300)
+def test_dkit_bench_runtime_json(detect_bundle, capsys):
+    out = run_main(capsys, "bench", "runtime", str(detect_bundle), "--source", str(COCO), "--images", "6", "--repeat",
+                   "1")  # in this process: Ultralytics is imported once for the session, not again
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     for key in ("fps_runtime", "fps_bare", "fps_ultralytics", "p50_ms", "p99_ms", "fps_pipeline"):
