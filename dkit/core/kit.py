@@ -282,8 +282,6 @@ class Student:
                 raise _Invalid("pretrained", "the file name of a timm checkpoint in the model store ("
                                + ", ".join(BACKBONE_SUFFIXES) + "), not a path", self.pretrained)
 
-        _check_train_args(spec.config, self.train_args)
-
     @property
     def spec(self) -> StudentKind:
         """The declaration of this student's kind (dkit.core.student_kinds): task, traits, implementations."""
@@ -415,6 +413,8 @@ class Kit:
         self._check_abstain()
         if spec.task == "embed":
             self._check_judge_prompts()
+        # last: a student kind that does not fit the teacher or the data is said as that, not as its train_args
+        _check_train_args(spec.config, self.student.train_args, "student.train_args")
 
     def _check_judge_prompts(self) -> None:
         """Every prompt a judge bundle embeds fits what the device accepts (dkit.edge.infer.judge.check_prompt)."""
@@ -652,14 +652,14 @@ class _Invalid(ValueError):
         super().__init__(f"{key}: {problem or f'expected {expected}'}")
 
 
-def _check_train_args(config: type[TrainArgs], train_args: dict[str, Any]) -> None:
-    """`student.train_args` against its kind's model; the first problem as an _Invalid naming train_args.KEY."""
+def _check_train_args(config: type[TrainArgs], train_args: dict[str, Any], where: str = "train_args") -> None:
+    """`student.train_args` against its kind's model; the first problem as an _Invalid naming `where`.KEY."""
     try:
         config.model_validate(train_args)
     except pydantic.ValidationError as e:
         first = max(e.errors(include_url=False), key=lambda err: len(_loc(err)))
         loc, expected, got, problem = _describe(first, lambda at: [] if at else list(config.model_fields))
-        key = ".".join(["train_args", *(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc)])
+        key = ".".join([where, *(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc)])
         raise _Invalid(key.replace(".[", "["), expected, got, problem) from None
 
 

@@ -127,7 +127,8 @@ class LiveSource(Source):
         with self._lock:
             self._gave_up_reason = (f"{self.kind} {self.spec}: no frame after {counted} ({reason}); {hint}, or give "
                                     "it more tries with --open-tries N (0: forever)")
-            self._state = SourceState.GAVE_UP
+            if not self._stop.is_set():  # closed meanwhile: CLOSED stays (read() raises either way)
+                self._state = SourceState.GAVE_UP
         self._buffer.finish()
         return True
 

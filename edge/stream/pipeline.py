@@ -32,7 +32,10 @@ the video is the first frame's size, and a frame of another size is scaled to fi
 plays at the rate given, a video file's own, or measured from the first frames' capture times for a live source),
 WindowSink (a live window; needs an OpenCV build with GUI support and, on Linux, a display: DISPLAY or
 WAYLAND_DISPLAY, checked before any window is made, since a GUI OpenCV without one aborts the process). A sink
-is any object with `write(frame, result)` and `close()` (the Sink protocol)."""
+is any callable `sink(frame, result)` (or an object with `write(frame, result)`), with an optional `close()`. Each
+is isolated from the others: its errors are logged and counted and the run goes on, except the errors it names
+in its `fatal` attribute (the built-in sinks: OSError, so a run whose --jsonl or --save output cannot be written
+stops as it always did), RuntimeConfigError and BrokenPipeError, which end the run."""
 
 from __future__ import annotations
 
@@ -83,7 +86,10 @@ def names(result: Result, fallback: Names | None = None) -> tuple[Sequence[str],
 
 class JsonlSink:
     """One JSON object per scored frame, one per line, flushed at once (pipe it into anything). Names come from the
-    Result; `runtime` (optional) only names a Result made by hand that carries none."""
+    Result; `runtime` (optional) only names a Result made by hand that carries none. An OSError writing the stream
+    (a full disk) ends the run: the output is the run's point."""
+
+    fatal = (OSError,)
 
     def __init__(self, stream: IO[str], runtime: Names | None = None):
         self.stream, self.runtime = stream, runtime
@@ -111,7 +117,10 @@ class VideoSink:
     dropped while the model was busy). Measuring holds back the first MEASURE_FRAMES frames (or MEASURE_S seconds
     of them); a run that ends sooner uses what it has, or `fallback` for a single frame. `why` says where the
     rate came from; the rate and why are logged when the file is opened. Names come from the Result; `runtime`
-    (optional) only names a Result made by hand that carries none."""
+    (optional) only names a Result made by hand that carries none. An OSError (the folder cannot be made, the file
+    cannot be renamed into place) ends the run."""
+
+    fatal = (OSError,)
 
     FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v", ".mov": "mp4v"}
     MEASURE_FRAMES = 10
@@ -415,19 +424,22 @@ class Pipeline:
 
     def _deliver(self, frame: Frame, result: Result) -> None:
         """Hand one scored frame to every sink, each isolated from the others (Roboflow's multi_sink): an error is
-        logged (rate-limited) and counted, and the next sink gets the frame; RuntimeConfigError and BrokenPipeError
-        end the run (a sink that cannot work here; the output pipe closed)."""
+        logged (rate-limited) and counted, and the next sink gets the frame; RuntimeConfigError, BrokenPipeError
+        and the errors a sink names in its `fatal` attribute end the run (a sink that cannot work here; the output
+        pipe closed; the built-in sinks' output cannot be written)."""
         for sink in self.sinks:
             try:
                 (sink if callable(sink) else sink.write)(frame, result)
             except (RuntimeConfigError, BrokenPipeError):
                 raise
             except Exception as e:
+                if isinstance(e, getattr(sink, "fatal", ())):
+                    raise
                 self._sink_failed(sink, f"on frame {frame.id} of {frame.source}", e)
 
     def _close_sinks(self) -> None:
-        """Close every sink that has a close(), each isolated as in _deliver; the first RuntimeConfigError or
-        BrokenPipeError is raised once all are closed."""
+        """Close every sink that has a close(), each isolated as in _deliver; the first RuntimeConfigError,
+        BrokenPipeError or error of the sink's `fatal` is raised once all are closed."""
         fatal: Exception | None = None
         for sink in self.sinks:
             close = getattr(sink, "close", None)
@@ -438,6 +450,9 @@ class Pipeline:
             except (RuntimeConfigError, BrokenPipeError) as e:
                 fatal = fatal or e
             except Exception as e:
+                if isinstance(e, getattr(sink, "fatal", ())):
+                    fatal = fatal or e
+                    continue
                 self._sink_failed(sink, "on close", e)
         if fatal is not None:
             raise fatal

@@ -10,7 +10,7 @@ A source's state (SourceState, `Source.state`) is what its policy switches on:
            CONNECTING --fails--> RETRYING --fails--> ... --open_tries used up--> GAVE_UP
            RETRYING --frame--> UP
     file:  UP --end of file or a decoder error--> ENDED
-    both:  any --close--> CLOSED, except GAVE_UP
+    both:  any --close--> CLOSED, except GAVE_UP (a give-up that ends after close() leaves CLOSED; read() raises)
 
 A GAVE_UP source stays so after close(): read() keeps raising SourceError.
 """
@@ -275,7 +275,7 @@ class Source(abc.ABC):
         if not isinstance(item, Captured):
             with self._lock:
                 state, reason = self._state, self._gave_up_reason
-            if state is SourceState.GAVE_UP:
+            if state is SourceState.GAVE_UP or reason is not None:  # given up, also when close() came in between
                 raise SourceError(reason)
             return None
         with self._lock:

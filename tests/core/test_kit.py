@@ -303,3 +303,14 @@ def test_judge_prompts_longer_than_the_device_takes_are_named_at_load(override, 
     with pytest.raises(KitError, match=rf"{key.replace('[', '.').replace(']', '.')}: expected a non-empty prompt of "
                                        "at most 300 characters"):
         load_kit(RECIPES / "quickdraw" / "kit.yaml", overrides=[override])
+
+
+def test_a_kind_that_does_not_fit_the_teacher_is_said_before_its_train_args():
+    """coco128 (a yolo teacher, YOLO train_args) switched to clip-embed: the error is the kind/teacher mismatch on
+    the --set that made it, not the train_args the new kind does not take (review of #26)."""
+    with pytest.raises(KitError) as e:
+        load_kit(RECIPES / "coco128" / "kit.yaml", overrides=["student.kind=clip-embed"])
+    assert "(--set student.kind=clip-embed): student.kind: expected a yolo-detect student for a yolo teacher" in str(
+        e.value)
+    with pytest.raises(KitError, match=r"student\.train_args\.mosaic: expected a number <= 1\.0, got 2"):
+        load_kit(RECIPES / "coco128" / "kit.yaml", overrides=["student.train_args.mosaic=2"])

@@ -148,3 +148,23 @@ def test_names_come_from_the_result_and_from_a_runtime_only_for_a_result_without
     embed = Result(0, 0.0, 1.0, "embed", scores=np.array([10.0, 90.0]), prompts=("a cat", "a dog"))
     assert embed.to_json()["scores"] == {"a cat": 10.0, "a dog": 90.0}
     assert annotate(np.zeros((32, 32, 3), np.uint8), embed).shape == (32, 32, 3)
+
+
+def test_a_run_whose_own_output_cannot_be_written_fails_as_it_did(detect_bundle, tmp_path):
+    """The built-in sinks' OSErrors are not isolated (review of #26): `dkit run --jsonl` into a full device, or
+    `--save` under a path that is a file, exits 1 with the OSError, as before sinks were isolated; a user's own
+    callable beside them stays isolated (the test above)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, run_dkit
+
+    shots = small_folder(tmp_path, 2)
+    with open("/dev/full", "w") as device_full:
+        full = subprocess.run([sys.executable, "-m", "dkit", "run", str(detect_bundle), "--source", str(shots),
+                               "--jsonl"], cwd=ROOT, stdout=device_full, stderr=subprocess.PIPE, text=True,
+                              timeout=120)
+    assert full.returncode == 1 and "No space left on device" in full.stderr
+    (tmp_path / "afile").write_text("not a folder")
+    saved = run_dkit("run", str(detect_bundle), "--source", str(shots), "--save", str(tmp_path / "afile" / "o.mp4"))
+    assert saved.returncode == 1 and ("FileExistsError" in saved.stderr or "Not a directory" in saved.stderr)

@@ -783,3 +783,46 @@ def test_a_real_http_stream_that_goes_down_comes_back(tmp_path):
         finally:
             server.shutdown()
             server.server_close()
+
+
+def test_a_close_between_the_last_failed_try_and_the_give_up_stays_closed_and_read_still_raises():
+    """Review of #26: close() from the 'disconnected' event (after the supervisor's locked block, before it gives
+    up) leaves the state CLOSED, never CLOSED -> GAVE_UP, and read() raises SourceError as it always did."""
+    import threading
+
+    from dkit.edge.stream.sources import SourceError, SourceState
+
+    class NeverOpens:
+        def isOpened(self):
+            return False
+
+        def read(self):
+            return False, None
+
+        def release(self):
+            pass
+
+    holder: dict = {}
+    given_up = threading.Event()
+
+    def on_event(kind, detail):
+        if kind == "disconnected":
+            holder["src"].close(timeout=0)
+            holder["after_close"] = holder["src"].state
+            given_up.set()
+
+    opened = threading.Event()
+
+    def factory(_):
+        opened.wait(5)  # holder["src"] is set before the first try fails
+        return NeverOpens()
+
+    src = open_source("rtsp://cam/x", capture_factory=factory, open_tries=1, on_event=on_event,
+                      backoff_wait=lambda stop, s: None)
+    holder["src"] = src
+    opened.set()
+    assert given_up.wait(10)
+    src.close()
+    assert holder["after_close"] is SourceState.CLOSED and src.state is SourceState.CLOSED
+    with pytest.raises(SourceError, match="no frame after 1 try"):
+        src.read(timeout=1)
