@@ -2,6 +2,8 @@
 kit (dkit.core.kit) share. Strict scalars (`Int`, `Float`, `Bool`, `Str`: 640 is an integer, "640" is not, true
 is no number), and `Section`, a base for frozen stdlib dataclasses read from and written to JSON documents:
 
+    from dkit.edge.bundle.schema import EXTRA, Int, Section, Strings
+
     @dataclass(frozen=True)
     class Runtime(Section):
         providers: Strings = ()

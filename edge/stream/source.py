@@ -10,7 +10,7 @@ A source's state (SourceState, `Source.state`) is what its policy switches on:
            CONNECTING --fails--> RETRYING --fails--> ... --open_tries used up--> GAVE_UP
            RETRYING --frame--> UP
     file:  UP --end of file or a decoder error--> ENDED
-    both:  any --close--> CLOSED, except GAVE_UP (a give-up that ends after close() leaves CLOSED; read() raises)
+    both:  any --close--> CLOSED, except GAVE_UP; a give-up ending after a close leaves CLOSED, and read raises
 
 A GAVE_UP source stays so after close(): read() keeps raising SourceError.
 """
