@@ -28,8 +28,7 @@ def test_a_given_log_is_kept_and_a_port_is_free(tmp_path):
     assert (tmp_path / "logs" / "serve.stderr").read_text() == server.stderr_text() != ""
 
 
-def test_bench_serve_scores_every_submission(judge_run):
-    _, run, _, _ = judge_run
-    result = bench_serve(run / "bundle", submissions=12, concurrency=2)
+def test_bench_serve_scores_every_submission(judge_bundle):
+    result = bench_serve(judge_bundle, submissions=12, concurrency=2)
     assert (result["ok"], result["errors"], result["first_error"]) == (12, 0, None)
     assert sum(result["verdicts"].values()) == 12 and result["p99_ms"] >= result["p50_ms"] > 0
