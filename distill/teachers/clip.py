@@ -31,9 +31,15 @@ import numpy as np
 from dkit.core.errors import require
 from dkit.core.kit import RANDOM
 from dkit.distill.proposers import build_proposer, crop_boxes
-from dkit.distill.teachers.base import Decision, Raw, Teacher, class_nms, file_digest, resolve_device
+from dkit.distill.teachers.base import Decision, Raw, Teacher, class_nms, resolve_device
+from dkit.distill.teachers.clip_models import ClipModel, ClipModelKey, ClipModels
+from dkit.edge.bundle.hashing import sha256_file
 
 log = logging.getLogger(__name__)
+
+# The last two built models in this process and their prompt embeddings: another teacher of the same kit in the
+# same process (label, then train, eval, export) reuses them instead of loading the weights again.
+MODELS = ClipModels(size=2)
 
 
 class ClipTeacher(Teacher):
@@ -52,24 +58,13 @@ class ClipTeacher(Teacher):
         # (QuickGELU, mean/std, resize mode) must travel with the weights when they load from a store file
         is_tag = not self.random and not Path(cfg.pretrained).is_absolute()
         tag_cfg = open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained) if is_tag else {}
-        # random: the same untrained weights every run (seed 0), so the cache stays valid; the caller's RNG untouched
-        with torch.random.fork_rng(devices=[], enabled=self.random):
-            if self.random:
-                torch.manual_seed(0)
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                cfg.model,
-                pretrained=str(checkpoint) if checkpoint is not None else None,
-                force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
-                image_mean=tag_cfg.get("mean"),
-                image_std=tag_cfg.get("std"),
-                image_interpolation=tag_cfg.get("interpolation"),
-                image_resize_mode=tag_cfg.get("resize_mode"),
-                device=self.device,
-            )
-        self.model, self.preprocess, self.torch = model.eval(), preprocess, torch
-        self.tokenizer = open_clip.get_tokenizer(cfg.model)
-        self.logit_scale = float(model.logit_scale.exp().item())
-        self.dim = self._embedding_width()
+        digest = None if self.random or is_tag else sha256_file(checkpoint)
+        self.model_key = _model_key(cfg.model, checkpoint, digest, tag_cfg, self.device)
+        clip = MODELS.get(self.model_key, lambda: _build(open_clip, torch, cfg.model, checkpoint, tag_cfg, self.device))
+        self._clip = clip
+        self.model, self.preprocess, self.torch = clip.model, clip.preprocess, torch
+        self.tokenizer = clip.tokenizer
+        self.logit_scale, self.dim = clip.logit_scale, clip.dim
 
         names = list(kit.ontology.classes)
         self.class_names = names
@@ -77,7 +72,7 @@ class ClipTeacher(Teacher):
         self.background_prompts = list(kit.ontology.background)
         self.background = self.embed_prompts([[p] for p in self.background_prompts])  # (B, D)
 
-        weights = "random-seed0" if self.random else cfg.pretrained if is_tag else file_digest(str(checkpoint))
+        weights = "random-seed0" if self.random else cfg.pretrained if is_tag else digest[:16]  # file_digest's
         self.id = f"clip:{cfg.model}/{cfg.pretrained if not self.random else RANDOM}" + (
             " (UNTRAINED)" if self.random else ""
         )
@@ -92,26 +87,25 @@ class ClipTeacher(Teacher):
 
     # ------------------------------------------------------------------------------------------ embeddings
 
-    def _embedding_width(self) -> int:
-        """The width of the model's embeddings, read from its output for a probe text: open_clip's classes
-        differ in where the projection lives (CLIP's `text_projection`; CustomTextCLIP's text tower: PE-Core,
-        MobileCLIP, EVA02 have none at the top level), the output is the same everywhere."""
-        with self.torch.inference_mode():
-            return int(self.model.encode_text(self.tokenizer(["a photo"]).to(self.device)).shape[-1])
-
     def embed_prompts(self, prompt_sets: list[list[str]]) -> np.ndarray:
-        """One embedding per set: every prompt in every template, normalised, averaged, normalised."""
+        """One embedding per set: every prompt in every template, normalised, averaged, normalised. A set this
+        model embedded before in this process (with the same templates) is not embedded again (MODELS)."""
         if not prompt_sets:
             return np.zeros((0, self.dim), np.float32)
-        out = []
-        with self.torch.inference_mode():
-            for prompts in prompt_sets:
-                texts = [t.format(p) for p in prompts for t in self.cfg.templates]
-                emb = self.model.encode_text(self.tokenizer(texts).to(self.device)).float()
-                emb = emb / emb.norm(dim=-1, keepdim=True)
-                mean = emb.mean(0)
-                out.append((mean / mean.norm()).cpu().numpy())
+        templates = tuple(self.cfg.templates)
+        out = [MODELS.embed(self.model_key, self._clip, (templates, tuple(prompts)),
+                            lambda prompts=prompts: self._embed_set(prompts, templates))
+               for prompts in prompt_sets]
         return np.stack(out).astype(np.float32)
+
+    def _embed_set(self, prompts: list[str], templates: tuple[str, ...]) -> np.ndarray:
+        """The normalised mean of the normalised embeddings of every prompt in every template."""
+        texts = [t.format(p) for p in prompts for t in templates]
+        with self.torch.inference_mode():
+            emb = self.model.encode_text(self.tokenizer(texts).to(self.device)).float()
+            emb = emb / emb.norm(dim=-1, keepdim=True)
+            mean = emb.mean(0)
+            return (mean / mean.norm()).cpu().numpy()
 
     def embed_images(self, images: list[np.ndarray]) -> np.ndarray:
         """(N, D) normalised embeddings of (H, W, 3) uint8 RGB images, through open_clip's own preprocessing."""
@@ -200,3 +194,50 @@ class ClipTeacher(Teacher):
         box_top = [(int(i), float(best[i])) for i in np.argsort(-best, kind="stable")[:5] if best[i] > 0]
         return Decision(cls[keep], conf[keep], boxes[keep], topk=box_top or top, similarity=similarity)
 
+
+
+# ---------------------------------------------------------------------------------------------- building
+
+
+def _model_key(model: str, checkpoint: Path | None, digest: str | None, tag_cfg: dict, device: str) -> ClipModelKey:
+    """What defines the built model: the name, the weights (seed 0 when random; a checkpoint file by its sha256;
+    a tag's store file by its size and modification time), the tag's load config, the device."""
+    if checkpoint is None:
+        weights = ("random", 0)
+    elif digest is not None:
+        weights = ("file", str(checkpoint), digest)
+    else:
+        st = Path(checkpoint).stat()
+        weights = ("tag", str(Path(checkpoint).resolve()), st.st_size, st.st_mtime_ns)
+    load = tuple((k, _frozen(tag_cfg.get(k))) for k in ("quick_gelu", "mean", "std", "interpolation", "resize_mode"))
+    return ClipModelKey(model, weights, load, device)
+
+
+def _frozen(value):
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
+def _build(open_clip, torch, model_name: str, checkpoint: Path | None, tag_cfg: dict, device: str) -> ClipModel:
+    """Create the open_clip model (random: the same untrained weights every run, seed 0), in eval mode."""
+    # the caller's RNG untouched: the seed-0 init of a random model, and a checkpoint's init before its weights load
+    with torch.random.fork_rng(devices=[]):
+        if checkpoint is None:
+            torch.manual_seed(0)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name,
+            pretrained=str(checkpoint) if checkpoint is not None else None,
+            force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+            image_mean=tag_cfg.get("mean"),
+            image_std=tag_cfg.get("std"),
+            image_interpolation=tag_cfg.get("interpolation"),
+            image_resize_mode=tag_cfg.get("resize_mode"),
+            device=device,
+        )
+    model = model.eval()
+    tokenizer = open_clip.get_tokenizer(model_name)
+    # the embedding width, read from the output for a probe text: open_clip's classes differ in where the
+    # projection lives (CLIP's `text_projection`; CustomTextCLIP's text tower: PE-Core, MobileCLIP, EVA02 have
+    # none at the top level), the output is the same everywhere
+    with torch.inference_mode():
+        dim = int(model.encode_text(tokenizer(["a photo"]).to(device)).shape[-1])
+    return ClipModel(model, preprocess, tokenizer, float(model.logit_scale.exp().item()), dim)
