@@ -233,6 +233,25 @@ def test_early_stopping_ends_a_run_that_stopped_improving(trained, store, tmp_pa
     assert clip_embed.train(patient, run, store=store, progress=False)["already_trained"] is True
 
 
+def test_a_teacher_built_afresh_trains_the_same_weights_as_the_one_shared_in_process(trained, store, tmp_path,
+                                                                                     monkeypatch):
+    """Training's teacher comes from the process's model cache (dkit.distill.teachers.clip_models) when an earlier
+    stage built it: the student is bit for bit the one a freshly built teacher gives."""
+    from dkit.distill.teachers import clip as clip_teacher
+    from dkit.distill.teachers.clip_models import ClipModels
+
+    kit, labelled, _, _ = trained
+    short = make_kit(tmp_path, kit.data.images, epochs=1)
+    clip_embed.train(short, copy_run(labelled, tmp_path / "warm", student=False), store=store, progress=False)
+    monkeypatch.setattr(clip_teacher, "MODELS", ClipModels(size=2))  # nothing cached: the teacher is built again
+    clip_embed.train(short, copy_run(labelled, tmp_path / "cold", student=False), store=store, progress=False)
+    assert len(clip_teacher.MODELS._models) == 1
+    warm, cold = (torch.load(tmp_path / r / "student/weights/best.pt", weights_only=False) for r in ("warm", "cold"))
+    assert warm["model"].keys() == cold["model"].keys()
+    assert all(torch.equal(warm["model"][k], cold["model"][k]) for k in warm["model"])
+    assert warm["val_cosine"] == cold["val_cosine"] and warm["teacher_cache_key"] == cold["teacher_cache_key"]
+
+
 # (student.train_args are checked when the kit loads: tests/core/test_student_kinds.py)
 @pytest.mark.parametrize("overrides, match", [
     ([], "no labels in .*: run `dkit label` first"),
