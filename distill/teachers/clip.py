@@ -93,9 +93,12 @@ class ClipTeacher(Teacher):
         if not prompt_sets:
             return np.zeros((0, self.dim), np.float32)
         templates = tuple(self.cfg.templates)
-        out = [MODELS.embed(self.model_key, self._clip, (templates, tuple(prompts)),
-                            lambda prompts=prompts: self._embed_set(prompts, templates))
-               for prompts in prompt_sets]
+        if self.model is not self._clip.model or self.tokenizer is not self._clip.tokenizer:  # replaced: never cached
+            out = [self._embed_set(prompts, templates) for prompts in prompt_sets]
+        else:
+            out = [MODELS.embed(self.model_key, self._clip, (templates, tuple(prompts)),
+                                lambda prompts=prompts: self._embed_set(prompts, templates))
+                   for prompts in prompt_sets]
         return np.stack(out).astype(np.float32)
 
     def _embed_set(self, prompts: list[str], templates: tuple[str, ...]) -> np.ndarray:

@@ -71,10 +71,17 @@ def test_a_teacher_whose_model_was_changed_shares_it_no_more(tmp_path, monkeypat
     text = first.text.copy()
     with torch.no_grad():
         first.model.logit_scale.add_(1.0)  # in place: the next teacher must not see it
+        first.model.token_embedding.weight.mul_(2.0)
     second = build_teacher(kit, store)
     assert second.model is not first.model and second.logit_scale == first.logit_scale  # read off a fresh build
     assert float(second.model.logit_scale) != float(first.model.logit_scale)
     assert np.array_equal(second.text, text)
+    changed = first._embed_set(["a cat", "a kitten"], ("a photo of {}.",))
+    assert not np.array_equal(changed, text[0])
+    assert np.array_equal(first.embed_prompts([["a cat", "a kitten"]])[0], changed)  # its own model, not the cache
+    second.model = first.model  # a teacher given another model embeds with it
+    assert np.array_equal(second.embed_prompts([["a cat", "a kitten"]])[0], changed)
+    second.model = second._clip.model
     second.model.train()
     assert build_teacher(kit, store).model is not second.model
 
