@@ -74,7 +74,7 @@ def test_a_teacher_whose_model_was_changed_shares_it_no_more(tmp_path, monkeypat
         first.model.token_embedding.weight.mul_(2.0)
     second = build_teacher(kit, store)
     assert second.model is not first.model and second.logit_scale == first.logit_scale  # read off a fresh build
-    assert float(second.model.logit_scale) != float(first.model.logit_scale)
+    assert second.model.logit_scale.item() != first.model.logit_scale.item()
     assert np.array_equal(second.text, text)
     changed = first._embed_set(["a cat", "a kitten"], ("a photo of {}.",))
     assert not np.array_equal(changed, text[0])
