@@ -12,9 +12,11 @@ submodule has changed its attributes (eval mode, a patched method, a hook). A te
 (`model.cpu()`), cast, switched to training or otherwise changed is never handed to the next build: the
 entry is dropped and the model built afresh.
 
+    from dkit.distill.teachers.clip_models import ClipModels
+
     models = ClipModels(size=2)
     clip = models.get(key, build)              # build() -> ClipModel, called on a miss only
-    vectors = models.prompts(clip, key_of_set, embed)
+    vector = models.embed(key, clip, (templates, prompts), compute)  # compute() -> np.ndarray, on a miss only
 """
 
 from __future__ import annotations
