@@ -95,17 +95,6 @@ class ServeProcess:
         finally:
             conn.close()
 
-    def _still_ours(self, settle: float = 0.5) -> bool:
-        """After a 200 on /healthz: is it our server that answered? A port taken by another process in the moment
-        between free_port() and our bind also answers; then our `dkit serve` exits (address in use) at once, so
-        it must still run a moment later and answer again (raises nothing: wait_up's loop sees the exit)."""
-        deadline = time.monotonic() + settle
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            time.sleep(0.05)
-        return self.proc.poll() is None and self.healthy()
-
     def wait_up(self, timeout: float = 120.0) -> float:
         """Seconds until /healthz answered 200. ServeStartError (with the stderr tail) if the server exits first,
         or, after stopping it, if it has not answered within `timeout` seconds."""
@@ -114,7 +103,7 @@ class ServeProcess:
             if self.proc.poll() is not None:
                 raise ServeStartError(f"dkit serve exited {self.proc.returncode} on start "
                                       f"({' '.join(self.args[3:])}):\n{self.stderr_tail()}")
-            if self.healthy() and self._still_ours():
+            if self.healthy() and self.proc.poll() is None:  # ours still runs (a taken port: it exits)
                 return time.monotonic() - start
             time.sleep(0.2)
         self.stop()

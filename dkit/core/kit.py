@@ -42,7 +42,6 @@ BACKBONE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")  # student.pretraine
 
 # Sections are plain mappings in YAML; scalars are strict: 640 is an integer, "640" is not, "yes" is no boolean (the
 # strict scalars and the pydantic config are the bundle manifest's own: dkit.edge.bundle.schema)
-_STRICT = STRICT
 
 
 def _as_list(value: Any) -> Any:
@@ -81,7 +80,7 @@ def _known_kind(value: str) -> str:
 StudentKindKey = Annotated[str, Strict(), AfterValidator(_known_kind)]
 
 
-@dataclass(frozen=True, config=_STRICT)
+@dataclass(frozen=True, config=STRICT)
 class Video:
     """Video files among the inputs (.mp4, .mov, .mkv, ...): frames sampled, near-duplicates skipped."""
 
@@ -93,7 +92,7 @@ class Video:
     max_pixels: PosInt = 40_000_000  # a video whose frames are larger is skipped (8K is 33 megapixels)
 
 
-@dataclass(frozen=True, config=_STRICT)
+@dataclass(frozen=True, config=STRICT)
 class Data:
     """Where the unlabeled images come from, and how they are split."""
 
@@ -126,7 +125,7 @@ class Data:
             raise _Invalid("subdir", "to be used together with data.url", self.subdir)
 
 
-@dataclass(frozen=True, config=_STRICT)
+@dataclass(frozen=True, config=STRICT)
 class Label:
     """Where `dkit label` runs the teacher: this process (`local`) or a Ray cluster (`ray`, dkit.distill.engines)."""
 
@@ -142,7 +141,7 @@ class Label:
     gpus_per_actor: Annotated[float, Strict(), Field(ge=0.0, le=8.0, allow_inf_nan=False)] | None = None
 
 
-@dataclass(frozen=True, config=_STRICT)
+@dataclass(frozen=True, config=STRICT)
 class Ontology:
     """What the teacher looks for: class name -> prompts, plus prompts that mean "none of these".
 
@@ -162,7 +161,7 @@ class Ontology:
         return list(self.classes)
 
 
-@dataclass(frozen=True, config=_STRICT)
+@dataclass(frozen=True, config=STRICT)
 class Abstain:
     """When a CLIP teacher says "none" instead of forcing the argmax (a softmax always picks something).
 
@@ -187,7 +186,7 @@ class Abstain:
         return background > 0 or self.floor is not None or (classes > 1 and self.margin > 0)
 
 
-@dataclass(frozen=True, config=_STRICT)
+@dataclass(frozen=True, config=STRICT)
 class Proposer:
     """Where a CLIP teacher looks for objects: each proposed box is cropped and verified by CLIP."""
 
@@ -207,7 +206,7 @@ class Proposer:
     crop: Literal["square", "letterbox"] = "square"
 
 
-@dataclass(frozen=True, config=_STRICT)
+@dataclass(frozen=True, config=STRICT)
 class TeacherSection:
     """The big zero-shot model that labels the images."""
 
@@ -240,7 +239,7 @@ class TeacherSection:
         return self.pretrained == RANDOM
 
 
-@dataclass(frozen=True, config=_STRICT)
+@dataclass(frozen=True, config=STRICT)
 class Student:
     """The small model trained on the teacher's labels."""
 
@@ -298,7 +297,7 @@ class Student:
         return f"cuda:{self.device[0]}" if isinstance(self.device, list) else self.device
 
 
-@dataclass(frozen=True, config=_STRICT)
+@dataclass(frozen=True, config=STRICT)
 class Export:
     """What goes into the bundle."""
 
@@ -330,7 +329,7 @@ class Export:
                            self.backends)
 
 
-@dataclass(frozen=True, config=_STRICT)
+@dataclass(frozen=True, config=STRICT)
 class Edge:
     """Defaults the device runtime starts with (all overridable on the device)."""
 
@@ -356,7 +355,7 @@ def _kiosk_settings(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
-@dataclass(frozen=True, config=_STRICT)
+@dataclass(frozen=True, config=STRICT)
 class JudgeSection:
     """The kiosk judge (clip-embed students): prompts, moderation prompts and thresholds."""
 
@@ -382,7 +381,7 @@ class JudgeSection:
         return JudgeConfig.from_dict(dataclasses.asdict(self))
 
 
-@dataclass(frozen=True, config=_STRICT)
+@dataclass(frozen=True, config=STRICT)
 class Kit:
     """One kit YAML, validated."""
 

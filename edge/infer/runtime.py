@@ -38,9 +38,10 @@ from dkit.edge.bundle import Bundle, open_bundle
 from dkit.edge.infer.backends import BACKENDS
 from dkit.edge.infer.backends.base import RuntimeConfigError
 from dkit.edge.infer.backends.ort_backend import PROVIDER_ORDER, SHORT_NAMES, choose_providers
+from dkit.edge.infer.device_check import needs_check
 from dkit.edge.infer.model import WARMUP_RUNS, Model, checked_letterbox, model_entry
 from dkit.edge.infer.result import Result
-from dkit.edge.infer.select import verified
+from dkit.edge.infer.select import Choice, checked_here, choose, verified
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +83,6 @@ class Runtime(Model):
     def _warn_unchecked(self, model) -> None:
         """A model forced with backend and precision: warn when the export refused it or never checked it on that
         backend, and run the on-device check (cached per device) when it was checked on another CPU architecture."""
-        from dkit.edge.infer.device_check import needs_check
-        from dkit.edge.infer.select import checked_here
-
         b, src = self.choice.backend, self.bundle.source
         if not verified(model, b):
             refused = dict(model.info.get("backends") or {}).get(b, {}).get("refused", "no record")
@@ -103,8 +101,6 @@ class Runtime(Model):
                 self.check.describe(), "" if self.check.passed else "; its results may be wrong")
 
     def _choose(self, backend: str, precision: str, letterbox: str | None):
-        from dkit.edge.infer.select import Choice, choose
-
         if "auto" not in (backend, precision):
             if backend not in BACKENDS:
                 raise RuntimeConfigError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}, auto")
